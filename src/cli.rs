@@ -1,0 +1,367 @@
+//! The command line: parse -> validate -> config -> run. The original's flag names are aliases.
+
+use crate::cluster;
+use crate::error::{Error, Result};
+use crate::generate::{self, RenderOptions};
+use crate::pipeline::Threads;
+use crate::progress;
+use crate::render::{DrawMode, MaskRng, PngConfig, RenderConfig};
+use crate::search::{self, SearchConfig};
+use crate::sink::Format;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fractaldb",
+    version,
+    about = "Exact, fast FractalDB dataset generator (CPU engine; folders or WebDataset shards)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Category search (the original `param_search/ifs_search.py`): writes class CSVs and previews.
+    Search(SearchArgs),
+    /// Render a dataset (the original `fractal_renderer/make_fractaldb.py`), as folders or WebDataset shards.
+    Render(RenderArgs),
+    /// Print the original's weights_S.csv (S = 0.0125 0.025 0.05 0.1 0.2 0.3 0.4 0.5), byte for byte.
+    Weights(WeightsArgs),
+    /// Merge the per-rank manifests of a sharded run into the manifest and the wids index.
+    Finalize(FinalizeArgs),
+    /// Measure images/s per stage on the CPU engine.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 'j')]
+    pub threads: Option<usize>,
+    /// No progress output.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+impl Common {
+    pub fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            })
+            .max(1)
+    }
+    fn progress(&self) -> progress::Mode {
+        if self.quiet {
+            progress::Mode::Quiet
+        } else {
+            progress::Mode::Auto
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    /// Fill-rate threshold (non-zero pixels / 512^2) [original: --rate, 0.2]
+    #[arg(long, default_value_t = 0.2)]
+    pub rate: f64,
+    /// Number of categories to find [original: --category, 1000]
+    #[arg(long = "categories", alias = "category", default_value_t = 1000)]
+    pub categories: usize,
+    /// Points per candidate [original: --numof_point, 100000]
+    #[arg(long = "points", alias = "numof_point", default_value_t = 100_000)]
+    pub points: usize,
+    /// numpy seed of the search stream (the original hard-codes 1)
+    #[arg(long, default_value_t = 1)]
+    pub seed: u32,
+    /// Output directory [original: --save_dir, '.']
+    #[arg(
+        long = "out",
+        alias = "save_dir",
+        alias = "save-dir",
+        default_value = "./data"
+    )]
+    pub out: PathBuf,
+    /// Skip the 512x512 preview PNGs.
+    #[arg(long)]
+    pub no_previews: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Args, Debug)]
+pub struct RenderArgs {
+    /// Directory of class CSVs (also its csvK/ sub-folders) [original: --load_root, ./data]
+    #[arg(
+        long = "load-root",
+        alias = "load_root",
+        default_value = "./data/csv_rate0.2_category1000"
+    )]
+    pub load_root: PathBuf,
+    /// Output directory [original: --save_root, ./data/FractalDB]
+    #[arg(
+        long = "out",
+        alias = "save_root",
+        alias = "save-root",
+        default_value = "./data/FractalDB-1000"
+    )]
+    pub out: PathBuf,
+    /// Image width [original: --image_size_x, 512; exe.sh 362]
+    #[arg(long = "image-size-x", alias = "image_size_x", default_value_t = 362)]
+    pub image_size_x: u32,
+    /// Image height [original: --image_size_y, 512; exe.sh 362]
+    #[arg(long = "image-size-y", alias = "image_size_y", default_value_t = 362)]
+    pub image_size_y: u32,
+    /// Horizontal pad [original: --pad_size_x, 6]
+    #[arg(long = "pad-size-x", alias = "pad_size_x", default_value_t = 6)]
+    pub pad_size_x: u32,
+    /// Vertical pad [original: --pad_size_y, 6]
+    #[arg(long = "pad-size-y", alias = "pad_size_y", default_value_t = 6)]
+    pub pad_size_y: u32,
+    /// Points per image, the origin included [original: --iteration, 100000; exe.sh 200000]
+    #[arg(long = "iteration", alias = "iterations", default_value_t = 200_000)]
+    pub iteration: usize,
+    /// point_gray | point_color | patch_gray | patch_color [original: --draw_type, patch_gray]
+    #[arg(long = "draw-type", alias = "draw_type", default_value = "patch_gray")]
+    pub draw_type: DrawMode,
+    /// Weights CSV, or builtin:S for the original's weights_S.csv [original: --weight_csv, ./weights/weights_0.1.csv; exe.sh weights_0.4.csv]
+    #[arg(
+        long = "weight-csv",
+        alias = "weight_csv",
+        default_value = "builtin:0.4"
+    )]
+    pub weight_csv: String,
+    /// Patch instances per weight row (ignored by point modes) [original: --instance, 10]
+    #[arg(long, default_value_t = 10)]
+    pub instance: u32,
+    /// Seed of the sample order and of the default patch masks.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Patch masks: counter[:SEED] (default, keyed by seed/class/row/instance/point) or python:S
+    /// (CPython random seeded with S+n before instance n, as a seeded original run)
+    #[arg(long = "mask-rng")]
+    pub mask_rng: Option<MaskRng>,
+    /// folder (the original layout) or wds (WebDataset shards)
+    #[arg(long, default_value = "folder")]
+    pub format: Format,
+    /// Samples per shard (wds)
+    #[arg(long, default_value_t = 10_000)]
+    pub samples_per_shard: u64,
+    /// Shard name prefix: {prefix}-{%06d}.tar (wds)
+    #[arg(long, default_value = "fractaldb")]
+    pub prefix: String,
+    /// Also write DALI wds2idx index files ({prefix}-{%06d}.idx) (wds)
+    #[arg(long)]
+    pub dali_index: bool,
+    /// Keep finished output (verified shards, or existing images) and render the rest.
+    #[arg(long)]
+    pub resume: bool,
+    /// zlib level of the PNGs: 0 (stored) .. 9; 1 is fast with sizes close to the original's level 6
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=9))]
+    pub png_level: u8,
+    /// 1-channel gray PNGs instead of the original's RGB (gray draw modes only)
+    #[arg(long)]
+    pub png_gray: bool,
+    /// PNG encoder threads (default: --threads)
+    #[arg(long)]
+    pub encoders: Option<usize>,
+    /// Writer threads (default: 1 for wds, 2 for folder)
+    #[arg(long)]
+    pub writers: Option<usize>,
+    /// Shards rendered together (wds): each point cloud is computed once per window; memory grows with it
+    #[arg(long, default_value_t = 2)]
+    pub window: usize,
+    /// This process's rank (default: from the launcher's environment)
+    #[arg(long)]
+    pub rank: Option<u64>,
+    /// Number of ranks (default: from the launcher's environment)
+    #[arg(long = "world-size")]
+    pub world_size: Option<u64>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Args, Debug)]
+pub struct WeightsArgs {
+    /// Step S of weights_S.csv
+    #[arg(long, default_value = "0.4")]
+    pub step: String,
+}
+
+#[derive(Args, Debug)]
+pub struct FinalizeArgs {
+    /// Output directory of the sharded run
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Shard name prefix
+    #[arg(long, default_value = "fractaldb")]
+    pub prefix: String,
+}
+
+impl RenderArgs {
+    pub fn to_options(&self) -> Result<RenderOptions> {
+        let cfg = RenderConfig {
+            width: self.image_size_x,
+            height: self.image_size_y,
+            pad_x: self.pad_size_x,
+            pad_y: self.pad_size_y,
+            iterations: self.iteration,
+            mode: self.draw_type,
+            masks: self
+                .mask_rng
+                .unwrap_or(MaskRng::Counter { seed: self.seed }),
+        };
+        cfg.validate()?;
+        if self.png_gray && self.draw_type.is_color() {
+            return Err(Error::flag(
+                "--png-gray",
+                format!("cannot be used with --draw-type {}", self.draw_type),
+            ));
+        }
+        let threads = self.common.threads();
+        let rank = cluster::from_env(self.rank, self.world_size)?;
+        Ok(RenderOptions {
+            load_root: self.load_root.clone(),
+            out: self.out.clone(),
+            weights: self.weight_csv.clone(),
+            cfg,
+            instances: self.instance,
+            png: PngConfig {
+                level: self.png_level,
+                gray: self.png_gray,
+            },
+            format: self.format,
+            seed: self.seed,
+            samples_per_shard: self.samples_per_shard,
+            prefix: self.prefix.clone(),
+            dali_index: self.dali_index,
+            resume: self.resume,
+            threads: Threads {
+                render: threads,
+                encode: self.encoders.unwrap_or(threads).max(1),
+                queue: 2 * threads,
+            },
+            writers: self
+                .writers
+                .unwrap_or(if self.format == Format::Wds { 1 } else { 2 })
+                .max(1),
+            window: self.window.max(1),
+            rank,
+            progress: self.common.progress(),
+        })
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Command::Search(a) => {
+            if !(a.rate.is_finite() && (0.0..=1.0).contains(&a.rate)) {
+                return Err(Error::flag(
+                    "--rate",
+                    format!("{} is not a fraction in [0, 1]", a.rate),
+                ));
+            }
+            if a.points < 2 {
+                return Err(Error::flag("--points", "need at least 2 points"));
+            }
+            let cfg = SearchConfig {
+                rate: a.rate,
+                categories: a.categories,
+                points: a.points,
+                seed: a.seed,
+                out: a.out.clone(),
+                threads: a.common.threads(),
+                write_previews: !a.no_previews,
+                png_level: 6,
+            };
+            let quiet = a.common.quiet;
+            let t0 = std::time::Instant::now();
+            let stats = search::run(&cfg, |k, cands| {
+                if !quiet {
+                    eprintln!(
+                        "save: {k:05} (candidate {cands}, {:.1}s)",
+                        t0.elapsed().as_secs_f64()
+                    );
+                }
+            })?;
+            if !quiet {
+                eprintln!(
+                    "search: {} classes from {} candidates in {:.1}s -> {}",
+                    stats.accepted,
+                    stats.candidates,
+                    t0.elapsed().as_secs_f64(),
+                    search::csv_dir(&cfg.out, cfg.rate, cfg.categories).display()
+                );
+            }
+            Ok(())
+        }
+        Command::Render(a) => {
+            let opts = a.to_options()?;
+            if !a.common.quiet {
+                eprintln!(
+                    "render: rank {}/{} ({}), {} threads, {} encoders, format {:?}",
+                    opts.rank.rank,
+                    opts.rank.world,
+                    opts.rank.source,
+                    opts.threads.render,
+                    opts.threads.encode,
+                    opts.format
+                );
+            }
+            let s = generate::run(&opts)?;
+            if !a.common.quiet {
+                eprintln!(
+                    "done: {} images ({} kept from before), {} shards, {:.1} MB, {} clouds, {:.2}s, {:.1} images/s",
+                    s.images,
+                    s.skipped,
+                    s.shards,
+                    s.bytes as f64 / 1e6,
+                    s.clouds,
+                    s.seconds,
+                    s.images_per_second()
+                );
+            }
+            Ok(())
+        }
+        Command::Weights(a) => {
+            let text = crate::ifs::builtin_weights_csv(&a.step).ok_or_else(|| {
+                Error::flag(
+                    "--step",
+                    format!("expected one of {}", crate::ifs::WEIGHT_STEPS.join(", ")),
+                )
+            })?;
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(text.as_bytes())
+                .map_err(|e| Error::io("<stdout>", "cannot write", e))
+        }
+        Command::Finalize(a) => match crate::sink::wds::finalize(&a.out, &a.prefix)? {
+            Ok(m) => {
+                eprintln!(
+                    "finalized {} shards, {} samples",
+                    m.shards.len(),
+                    m.total_samples
+                );
+                Ok(())
+            }
+            Err(missing) => {
+                let list: Vec<String> = missing
+                    .iter()
+                    .map(|s| crate::sink::wds::shard_name(&a.prefix, *s))
+                    .collect();
+                Err(Error::Other(format!(
+                    "{}: {} shard(s) missing or not matching their manifest: {}",
+                    a.out.display(),
+                    missing.len(),
+                    list.join(" ")
+                )))
+            }
+        },
+        Command::Bench(a) => crate::bench::run(&a),
+    }
+}

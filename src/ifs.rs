@@ -1,0 +1,508 @@
+//! IFS parameters, their CSV formats, the chaos game and the original's rescale.
+
+use crate::error::{Error, Result};
+use std::path::Path;
+
+/// One affine map `x' = a x + b y + e`, `y' = c x + d y + f`, chosen with probability `p`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Map {
+    pub a: f64,
+    pub b: f64,
+    pub c: f64,
+    pub d: f64,
+    pub e: f64,
+    pub f: f64,
+    pub p: f64,
+}
+
+/// An IFS: the maps of one class, in CSV order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ifs {
+    pub maps: Vec<Map>,
+}
+
+/// The six multipliers of one weights-CSV row, for (a, b, c, d, e, f).
+pub type WeightRow = [f64; 6];
+
+/// Parses a comma-separated numeric file the way `np.genfromtxt(..., delimiter=',')` + `float()` reads it:
+/// LF or CRLF, optional final newline, blank lines and `#` comments skipped. Every row must have `cols`
+/// finite numbers.
+pub fn parse_rows(path: &Path, text: &str, cols: usize, what: &str) -> Result<Vec<Vec<f64>>> {
+    let mut rows = Vec::new();
+    for (i, raw) in text.split('\n').enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').collect();
+        if fields.len() != cols {
+            return Err(Error::input(
+                path,
+                Some(i + 1),
+                format!(
+                    "expected {cols} comma-separated values ({what}), found {}",
+                    fields.len()
+                ),
+            ));
+        }
+        let mut row = Vec::with_capacity(cols);
+        for (c, f) in fields.iter().enumerate() {
+            let f = f.trim();
+            let v: f64 = f.parse().map_err(|_| {
+                Error::input(
+                    path,
+                    Some(i + 1),
+                    format!("column {}: {f:?} is not a number", c + 1),
+                )
+            })?;
+            if !v.is_finite() {
+                return Err(Error::input(
+                    path,
+                    Some(i + 1),
+                    format!("column {}: {f:?} is not a finite number", c + 1),
+                ));
+            }
+            row.push(v);
+        }
+        rows.push(row);
+    }
+    if rows.is_empty() {
+        return Err(Error::input(
+            path,
+            None,
+            format!("no rows: expected lines of {cols} numbers ({what})"),
+        ));
+    }
+    Ok(rows)
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, "cannot read", e))?;
+    String::from_utf8(bytes).map_err(|_| Error::input(path, None, "not UTF-8 text"))
+}
+
+impl Ifs {
+    /// Reads a class CSV (`a,b,c,d,e,f,p` per map).
+    pub fn read_csv(path: &Path) -> Result<Ifs> {
+        let text = read_text(path)?;
+        Self::parse_csv(path, &text)
+    }
+
+    pub fn parse_csv(path: &Path, text: &str) -> Result<Ifs> {
+        let rows = parse_rows(path, text, 7, "a,b,c,d,e,f,p")?;
+        let maps = rows
+            .into_iter()
+            .map(|r| Map {
+                a: r[0],
+                b: r[1],
+                c: r[2],
+                d: r[3],
+                e: r[4],
+                f: r[5],
+                p: r[6],
+            })
+            .collect();
+        Ok(Ifs { maps })
+    }
+
+    /// The CSV text as `np.savetxt(..., delimiter=',')` writes it (`%.18e`, LF, final newline).
+    pub fn to_csv(&self) -> String {
+        let mut s = String::new();
+        for m in &self.maps {
+            let vals = [m.a, m.b, m.c, m.d, m.e, m.f, m.p];
+            for (i, v) in vals.iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                s.push_str(&fmt_e18(*v));
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    /// `set_param(..., weight_a=..)`: every map's a..f multiplied; p kept as it is.
+    pub fn weighted(&self, w: &WeightRow) -> Ifs {
+        Ifs {
+            maps: self
+                .maps
+                .iter()
+                .map(|m| Map {
+                    a: m.a * w[0],
+                    b: m.b * w[1],
+                    c: m.c * w[2],
+                    d: m.d * w[3],
+                    e: m.e * w[4],
+                    f: m.f * w[5],
+                    p: m.p,
+                })
+                .collect(),
+        }
+    }
+
+    /// The running sums of p, accumulated left to right (the original's `select_function`).
+    pub fn cumulative(&self) -> Vec<f64> {
+        let mut acc = 0.0;
+        self.maps
+            .iter()
+            .map(|m| {
+                acc += m.p;
+                acc
+            })
+            .collect()
+    }
+
+    /// The chaos game: `u.len()` points including the origin; step k uses `u[k]`.
+    /// Writes into `xs`/`ys` (cleared first).
+    pub fn chaos_game(&self, u: &[f64], xs: &mut Vec<f64>, ys: &mut Vec<f64>) {
+        let n = u.len();
+        xs.clear();
+        ys.clear();
+        xs.reserve(n);
+        ys.reserve(n);
+        if n == 0 {
+            return;
+        }
+        let cum = self.cumulative();
+        let (mut x, mut y) = (0.0f64, 0.0f64);
+        xs.push(x);
+        ys.push(y);
+        // (next_x, next_y) persist across steps: when no map is chosen (u > the last cumulative
+        // sum through rounding) the original appends the previous point again.
+        let (mut nx, mut ny) = (0.0f64, 0.0f64);
+        for &uk in &u[..n - 1] {
+            if let Some(j) = cum.iter().position(|&c| uk <= c) {
+                let m = &self.maps[j];
+                nx = x * m.a + y * m.b + m.e;
+                ny = x * m.c + y * m.d + m.f;
+            }
+            xs.push(nx);
+            ys.push(ny);
+            x = nx;
+            y = ny;
+        }
+    }
+}
+
+/// Reads a weights CSV: rows of 6 multipliers (CRLF or LF, final newline optional).
+pub fn read_weights(path: &Path) -> Result<Vec<WeightRow>> {
+    let text = read_text(path)?;
+    parse_weights(path, &text)
+}
+
+pub fn parse_weights(path: &Path, text: &str) -> Result<Vec<WeightRow>> {
+    Ok(parse_rows(path, text, 6, "weights for a,b,c,d,e,f")?
+        .into_iter()
+        .map(|r| [r[0], r[1], r[2], r[3], r[4], r[5]])
+        .collect())
+}
+
+/// numpy's `%.18e`: 19 significant digits, correctly rounded, exponent with sign and at least 2 digits.
+pub fn fmt_e18(v: f64) -> String {
+    if v.is_nan() {
+        return "nan".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    let s = format!("{v:.18e}");
+    let (mant, exp) = s.split_once('e').expect("exponent");
+    let e: i32 = exp.parse().expect("exponent digits");
+    format!("{mant}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
+}
+
+/// Python's `str(float)` (shortest round-trip repr) for the values a flag takes, e.g. `0.2`, `1.0`.
+pub fn py_float_str(v: f64) -> String {
+    if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e16 {
+        format!("{v:.1}")
+    } else if v != 0.0 && (v.abs() < 1e-4 || v.abs() >= 1e16) {
+        let s = format!("{v:e}");
+        let (m, e) = s.split_once('e').unwrap();
+        let e: i32 = e.parse().unwrap();
+        format!("{m}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Points on the pixel grid, after the original's NaN truncation and per-axis rescale.
+#[derive(Clone, Debug, Default)]
+pub struct Cloud {
+    pub xs: Vec<u16>,
+    pub ys: Vec<u16>,
+    /// How many points the NaN truncation removed (0 when the orbit stayed finite).
+    pub truncated: usize,
+}
+
+/// numpy's `uint16(v)` for a float on x86-64: truncation, NaN/inf to 0, wrap-around past the range.
+#[inline]
+fn np_u16(v: f64) -> u16 {
+    if v.is_finite() { (v as i64) as u16 } else { 0 }
+}
+
+/// Deletes, as `np.delete(a, range(k-100, k) + nan_indices)` does for the first NaN at k, from both arrays.
+fn delete_nan_run(first: &[f64], xs: &mut Vec<f64>, ys: &mut Vec<f64>) -> bool {
+    let Some(k) = first.iter().position(|v| v.is_nan()) else {
+        return false;
+    };
+    let n = first.len() as i64;
+    let mut del = vec![false; first.len()];
+    for i in (k as i64 - 100)..(k as i64) {
+        // numpy wraps negative indices (only reachable for a NaN within the first 100 points).
+        del[i.rem_euclid(n) as usize] = true;
+    }
+    for (i, v) in first.iter().enumerate() {
+        if v.is_nan() {
+            del[i] = true;
+        }
+    }
+    let mut j = 0;
+    xs.retain(|_| {
+        j += 1;
+        !del[j - 1]
+    });
+    j = 0;
+    ys.retain(|_| {
+        j += 1;
+        !del[j - 1]
+    });
+    true
+}
+
+/// The original's `__rescale`: NaN truncation (x first, then y), shift to 0, per-axis scale to
+/// `[pad, size - pad]`, uint16 truncation. `xs`/`ys` are consumed as scratch.
+pub fn rescale(
+    xs: &mut Vec<f64>,
+    ys: &mut Vec<f64>,
+    width: u32,
+    height: u32,
+    pad_x: u32,
+    pad_y: u32,
+    out: &mut Cloud,
+) {
+    let n0 = xs.len();
+    let xs_copy;
+    if xs.iter().any(|v| v.is_nan()) {
+        xs_copy = xs.clone();
+        delete_nan_run(&xs_copy, xs, ys);
+    }
+    if ys.iter().any(|v| v.is_nan()) {
+        let ys_copy = ys.clone();
+        delete_nan_run(&ys_copy, xs, ys);
+    }
+    out.truncated = n0 - xs.len();
+    out.xs.clear();
+    out.ys.clear();
+    scale_axis(xs, width, pad_x, &mut out.xs);
+    scale_axis(ys, height, pad_y, &mut out.ys);
+}
+
+/// numpy's min/max: NaN propagates (cannot happen after truncation, kept for parity).
+fn np_min_max(v: &[f64]) -> (f64, f64) {
+    let mut lo = f64::INFINITY;
+    let mut hi = f64::NEG_INFINITY;
+    for &x in v {
+        if x.is_nan() {
+            return (f64::NAN, f64::NAN);
+        }
+        if x < lo {
+            lo = x;
+        }
+        if x > hi {
+            hi = x;
+        }
+    }
+    (lo, hi)
+}
+
+fn scale_axis(v: &mut [f64], size: u32, pad: u32, out: &mut Vec<u16>) {
+    if v.is_empty() {
+        return;
+    }
+    let (mn, _) = np_min_max(v);
+    if mn < 0.0 {
+        for x in v.iter_mut() {
+            *x -= mn;
+        }
+    }
+    let (mn, mx) = np_min_max(v);
+    let range = mx - mn;
+    let span = (size - 2 * pad) as f64;
+    let pad = pad as f64;
+    out.reserve(v.len());
+    out.extend(v.iter().map(|&x| np_u16(x / range * span + pad)));
+}
+
+/// The bounding box width/height after truncation is zero: the rescale divides by zero.
+pub fn degenerate_axis(xs: &[f64], ys: &[f64]) -> Option<&'static str> {
+    let (x0, x1) = np_min_max(xs);
+    let (y0, y1) = np_min_max(ys);
+    if x1 - x0 == 0.0 {
+        Some("x")
+    } else if y1 - y0 == 0.0 {
+        Some("y")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e18_matches_numpy() {
+        assert_eq!(fmt_e18(0.1724223243171234543), "1.724223243171234543e-01");
+        assert_eq!(fmt_e18(-0.7311756060787280020), "-7.311756060787280020e-01");
+        assert_eq!(fmt_e18(1.0), "1.000000000000000000e+00");
+        assert_eq!(fmt_e18(0.0), "0.000000000000000000e+00");
+        assert_eq!(fmt_e18(1.5e-300), "1.500000000000000120e-300");
+    }
+
+    #[test]
+    fn py_str() {
+        assert_eq!(py_float_str(0.2), "0.2");
+        assert_eq!(py_float_str(1.0), "1.0");
+        assert_eq!(py_float_str(0.25), "0.25");
+    }
+
+    #[test]
+    fn csv_round_trip() {
+        let p = Path::new("x.csv");
+        let ifs = Ifs {
+            maps: vec![
+                Map {
+                    a: 0.1,
+                    b: -0.2,
+                    c: 1.0 / 3.0,
+                    d: 0.4,
+                    e: -0.5,
+                    f: 0.6,
+                    p: 0.25,
+                },
+                Map {
+                    a: -1e-5,
+                    b: 0.9999,
+                    c: 0.0,
+                    d: 0.7,
+                    e: 0.5,
+                    f: -0.6,
+                    p: 0.75,
+                },
+            ],
+        };
+        let text = ifs.to_csv();
+        let back = Ifs::parse_csv(p, &text).unwrap();
+        assert_eq!(back, ifs);
+        assert_eq!(back.to_csv(), text);
+    }
+
+    #[test]
+    fn bad_csv_errors_name_the_line() {
+        let p = Path::new("c.csv");
+        let e = Ifs::parse_csv(p, "1,2,3,4,5,6,7\n1,2,3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c.csv:2") && e.contains("expected 7"), "{e}");
+        let e = Ifs::parse_csv(p, "1,2,3,4,5,x,7\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c.csv:1") && e.contains("column 6"), "{e}");
+        let e = Ifs::parse_csv(p, "1,2,3,4,5,nan,7\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("finite"), "{e}");
+        assert!(
+            Ifs::parse_csv(p, "")
+                .unwrap_err()
+                .to_string()
+                .contains("no rows")
+        );
+    }
+
+    #[test]
+    fn weights_accept_crlf_without_final_newline() {
+        let w = parse_weights(Path::new("w.csv"), "1,1,1,1,1,1\r\n0.2,1,1,1,1,1").unwrap();
+        assert_eq!(w, vec![[1.0; 6], [0.2, 1.0, 1.0, 1.0, 1.0, 1.0]]);
+    }
+
+    #[test]
+    fn nan_truncation_x_first() {
+        // x NaN at index 150, y NaN at 149: x first removes 50..=149 and 150.., y has no NaN left.
+        let mut xs: Vec<f64> = (0..200)
+            .map(|i| if i >= 150 { f64::NAN } else { i as f64 })
+            .collect();
+        let mut ys: Vec<f64> = (0..200)
+            .map(|i| if i >= 149 { f64::NAN } else { -(i as f64) })
+            .collect();
+        let mut c = Cloud::default();
+        rescale(&mut xs, &mut ys, 362, 362, 6, 6, &mut c);
+        assert_eq!(c.xs.len(), 50);
+        assert_eq!(c.truncated, 150);
+        assert_eq!(c.xs[0], 6);
+        assert_eq!(c.xs[49], 356);
+    }
+}
+
+/// The step values of the original's `weights_{s}.csv` files.
+pub const WEIGHT_STEPS: [&str; 8] = ["0.0125", "0.025", "0.05", "0.1", "0.2", "0.3", "0.4", "0.5"];
+
+/// The original's weights file for step `s` as text: 25 rows, coefficient k of (a..f) multiplied by
+/// {1-2s, 1-s, 1, 1+s, 1+2s} (row 2 the identity; `0.5` uses {0.01, 0.5, 1.5, 2}), written like the
+/// published files (CRLF except `0.1`, no final newline).
+pub fn builtin_weights_csv(step: &str) -> Option<String> {
+    if !WEIGHT_STEPS.contains(&step) {
+        return None;
+    }
+    // Work in units of 1e-4 so every value prints as its exact short decimal.
+    let s: i64 = (step.parse::<f64>().ok()? * 10_000.0).round() as i64;
+    let dec = |v: i64| {
+        let int = v / 10_000;
+        let frac = v % 10_000;
+        if frac == 0 {
+            int.to_string()
+        } else {
+            format!("{int}.{}", format!("{frac:04}").trim_end_matches('0'))
+        }
+    };
+    let low = if step == "0.5" { 100 } else { 10_000 - 2 * s };
+    let muls = [low, 10_000 - s, 10_000 + s, 10_000 + 2 * s];
+    let mut rows: Vec<[i64; 6]> = Vec::new();
+    for m in [low, 10_000 - s, 10_000, 10_000 + s, 10_000 + 2 * s] {
+        let mut r = [10_000; 6];
+        r[0] = m;
+        rows.push(r);
+    }
+    for col in 1..6 {
+        for &m in &muls {
+            let mut r = [10_000; 6];
+            r[col] = m;
+            rows.push(r);
+        }
+    }
+    let eol = if step == "0.1" { "\n" } else { "\r\n" };
+    Some(
+        rows.iter()
+            .map(|r| r.iter().map(|&v| dec(v)).collect::<Vec<_>>().join(","))
+            .collect::<Vec<_>>()
+            .join(eol),
+    )
+}
+
+/// Reads `--weight-csv`: a file, or `builtin:S` for the original's `weights_S.csv`.
+pub fn load_weights(spec: &str) -> Result<Vec<WeightRow>> {
+    if let Some(step) = spec.strip_prefix("builtin:") {
+        let text = builtin_weights_csv(step).ok_or_else(|| {
+            Error::flag(
+                "--weight-csv",
+                format!(
+                    "no built-in weights {step:?}: expected one of {}",
+                    WEIGHT_STEPS.join(", ")
+                ),
+            )
+        })?;
+        parse_weights(Path::new(spec), &text)
+    } else {
+        read_weights(Path::new(spec))
+    }
+}

@@ -1,0 +1,296 @@
+//! The streaming pipeline: render threads -> bounded channel -> PNG encoders -> sink writers.
+//!
+//! Work arrives as cloud jobs (one chaos game per class x weight row), each listing the instances and
+//! flips wanted from it. Channels are bounded, so memory stays bounded whatever the dataset size; the
+//! first error stops every stage and is returned.
+
+use crate::error::{Error, Result};
+use crate::ifs::Cloud;
+use crate::plan::{Plan, Sample};
+use crate::render::{self, PngConfig, RenderConfig, cpu};
+use crossbeam_channel::{Receiver, Sender, bounded};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Where one encoded image goes: its sample, its global position in the dataset order, and its shard.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    pub sample: Sample,
+    pub pos: u64,
+    pub shard: u64,
+}
+
+/// The images wanted from one instance of a cloud.
+#[derive(Clone, Debug)]
+pub struct InstanceJob {
+    pub instance: u32,
+    pub flips: Vec<(u8, Target)>,
+}
+
+/// One chaos game (class, weight row) and the images to draw from it.
+#[derive(Clone, Debug)]
+pub struct CloudJob {
+    pub class: u32,
+    pub row: u32,
+    pub instances: Vec<InstanceJob>,
+}
+
+impl CloudJob {
+    pub fn images(&self) -> u64 {
+        self.instances.iter().map(|i| i.flips.len() as u64).sum()
+    }
+}
+
+/// Groups targets into cloud jobs, sorted by (class, row, instance, flip).
+pub fn group_jobs(mut targets: Vec<Target>) -> Vec<CloudJob> {
+    targets.sort_by_key(|t| t.sample);
+    let mut jobs: Vec<CloudJob> = Vec::new();
+    for t in targets {
+        let s = t.sample;
+        match jobs.last_mut() {
+            Some(j) if j.class == s.class && j.row == s.row => match j.instances.last_mut() {
+                Some(i) if i.instance == s.instance => i.flips.push((s.flip, t)),
+                _ => j.instances.push(InstanceJob {
+                    instance: s.instance,
+                    flips: vec![(s.flip, t)],
+                }),
+            },
+            _ => jobs.push(CloudJob {
+                class: s.class,
+                row: s.row,
+                instances: vec![InstanceJob {
+                    instance: s.instance,
+                    flips: vec![(s.flip, t)],
+                }],
+            }),
+        }
+    }
+    jobs
+}
+
+/// Receives encoded images. `accept(w, ..)` is only ever called from writer thread `w`.
+pub trait Sink: Sync {
+    fn writers(&self) -> usize;
+    fn route(&self, t: &Target) -> usize;
+    fn accept(&self, writer: usize, t: Target, png: Vec<u8>) -> Result<()>;
+}
+
+/// Thread counts and queue depth.
+#[derive(Clone, Copy, Debug)]
+pub struct Threads {
+    pub render: usize,
+    pub encode: usize,
+    /// Capacity of each bounded channel, in messages.
+    pub queue: usize,
+}
+
+/// Counters shared with the progress display and the benchmark (nanoseconds summed over threads).
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub images: AtomicU64,
+    pub clouds: AtomicU64,
+    pub chaos_ns: AtomicU64,
+    pub raster_ns: AtomicU64,
+    pub encode_ns: AtomicU64,
+    pub write_ns: AtomicU64,
+    pub png_bytes: AtomicU64,
+}
+
+impl Stats {
+    fn add(counter: &AtomicU64, since: Instant) {
+        counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Everything the render stage reads.
+pub struct Context<'a> {
+    pub plan: &'a Plan,
+    pub cfg: &'a RenderConfig,
+    pub png: PngConfig,
+    /// The shared `np.random.seed(100)` sequence, `cfg.iterations` long.
+    pub u: &'a [f64],
+}
+
+struct Raster {
+    canvas: Arc<Vec<u8>>,
+    flips: Vec<(u8, Target)>,
+}
+
+/// Failure state shared by all stages: the first error wins, everyone stops.
+#[derive(Default)]
+pub struct Abort {
+    flag: AtomicBool,
+    error: Mutex<Option<Error>>,
+}
+
+impl Abort {
+    pub fn set(&self, e: Error) {
+        let mut g = self.error.lock().unwrap();
+        if g.is_none() {
+            *g = Some(e);
+        }
+        self.flag.store(true, Ordering::SeqCst);
+    }
+    pub fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+    pub fn take(&self) -> Option<Error> {
+        self.error.lock().unwrap().take()
+    }
+}
+
+/// Runs the jobs through render -> encode -> sink. Returns the first error of any stage.
+pub fn run(
+    ctx: &Context,
+    jobs: &[CloudJob],
+    sink: &dyn Sink,
+    threads: Threads,
+    stats: &Stats,
+    abort: &Abort,
+) -> Result<()> {
+    let next = AtomicU64::new(0);
+    let (raster_tx, raster_rx) = bounded::<Raster>(threads.queue.max(1));
+    let writers = sink.writers().max(1);
+    let (write_txs, write_rxs): (
+        Vec<Sender<(Target, Vec<u8>)>>,
+        Vec<Receiver<(Target, Vec<u8>)>>,
+    ) = (0..writers)
+        .map(|_| bounded(threads.queue.max(1) * 4))
+        .unzip();
+    std::thread::scope(|s| {
+        for _ in 0..threads.render.max(1) {
+            let tx = raster_tx.clone();
+            let next = &next;
+            s.spawn(move || {
+                if let Err(e) = render_worker(ctx, jobs, next, &tx, stats, abort) {
+                    abort.set(e);
+                }
+            });
+        }
+        drop(raster_tx);
+        for _ in 0..threads.encode.max(1) {
+            let rx = raster_rx.clone();
+            let txs = write_txs.clone();
+            s.spawn(move || {
+                if let Err(e) = encode_worker(ctx, &rx, &txs, sink, stats, abort) {
+                    abort.set(e);
+                }
+            });
+        }
+        drop(raster_rx);
+        drop(write_txs);
+        for (w, rx) in write_rxs.into_iter().enumerate() {
+            s.spawn(move || {
+                for (t, png) in rx.iter() {
+                    if abort.is_set() {
+                        break;
+                    }
+                    let t0 = Instant::now();
+                    if let Err(e) = sink.accept(w, t, png) {
+                        abort.set(e);
+                        break;
+                    }
+                    Stats::add(&stats.write_ns, t0);
+                    stats.images.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    match abort.take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn render_worker(
+    ctx: &Context,
+    jobs: &[CloudJob],
+    next: &AtomicU64,
+    tx: &Sender<Raster>,
+    stats: &Stats,
+    abort: &Abort,
+) -> Result<()> {
+    let mut scratch = cpu::Scratch::default();
+    let mut cloud = Cloud::default();
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+        if i >= jobs.len() || abort.is_set() {
+            return Ok(());
+        }
+        let job = &jobs[i];
+        let class = &ctx.plan.classes[job.class as usize];
+        let t0 = Instant::now();
+        cpu::compute_cloud(
+            &class.ifs,
+            &ctx.plan.weights[job.row as usize],
+            ctx.u,
+            ctx.cfg,
+            &mut scratch,
+            &mut cloud,
+        )
+        .map_err(|axis| cpu::degenerate_error(&class.path, job.row as usize, axis))?;
+        Stats::add(&stats.chaos_ns, t0);
+        stats.clouds.fetch_add(1, Ordering::Relaxed);
+        for inst in &job.instances {
+            let t0 = Instant::now();
+            let mut canvas = Vec::new();
+            cpu::raster(
+                &cloud,
+                ctx.cfg,
+                class.key,
+                job.row,
+                inst.instance,
+                &mut canvas,
+            );
+            Stats::add(&stats.raster_ns, t0);
+            let msg = Raster {
+                canvas: Arc::new(canvas),
+                flips: inst.flips.clone(),
+            };
+            if tx.send(msg).is_err() {
+                return Ok(()); // downstream stopped: its error is already recorded
+            }
+        }
+    }
+}
+
+fn encode_worker(
+    ctx: &Context,
+    rx: &Receiver<Raster>,
+    txs: &[Sender<(Target, Vec<u8>)>],
+    sink: &dyn Sink,
+    stats: &Stats,
+    abort: &Abort,
+) -> Result<()> {
+    let pal = render::palette(ctx.cfg.mode);
+    let (w, h) = (ctx.cfg.width, ctx.cfg.height);
+    let mut pixels = Vec::new();
+    for msg in rx.iter() {
+        if abort.is_set() {
+            return Ok(());
+        }
+        for &(flip, t) in &msg.flips {
+            let t0 = Instant::now();
+            render::write_flip(
+                &msg.canvas,
+                w as usize,
+                h as usize,
+                flip,
+                &pal,
+                ctx.png.channels(),
+                &mut pixels,
+            );
+            let mut png = Vec::with_capacity(32 * 1024);
+            render::encode_png(&pixels, w, h, ctx.png, &mut png)?;
+            Stats::add(&stats.encode_ns, t0);
+            stats
+                .png_bytes
+                .fetch_add(png.len() as u64, Ordering::Relaxed);
+            if txs[sink.route(&t)].send((t, png)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}

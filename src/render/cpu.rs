@@ -1,0 +1,129 @@
+//! The CPU engine: the chaos game once per (class, weight row), then one label canvas per instance.
+
+use super::{DrawMode, MaskRng, RenderConfig};
+use crate::error::{Error, Result};
+use crate::ifs::{self, Cloud, Ifs, WeightRow};
+use crate::rng::{MaskKey, PyRandom};
+
+/// Reusable buffers of one render thread.
+#[derive(Default)]
+pub struct Scratch {
+    xs: Vec<f64>,
+    ys: Vec<f64>,
+}
+
+/// Computes the rescaled point cloud of `ifs` with weight row `w` (the original's `calculate` +
+/// `__rescale`). `u` is the shared `np.random.seed(100)` sequence, `cfg.iterations` long.
+/// A zero-width bounding box is an error (the original divides by zero and draws garbage).
+pub fn compute_cloud(
+    ifs: &Ifs,
+    w: &WeightRow,
+    u: &[f64],
+    cfg: &RenderConfig,
+    scratch: &mut Scratch,
+    out: &mut Cloud,
+) -> Result<(), &'static str> {
+    let weighted = ifs.weighted(w);
+    weighted.chaos_game(&u[..cfg.iterations], &mut scratch.xs, &mut scratch.ys);
+    cloud_from_points(&mut scratch.xs, &mut scratch.ys, cfg, out)
+}
+
+/// The rescale step alone, for engines that compute the points elsewhere.
+pub fn cloud_from_points(
+    xs: &mut Vec<f64>,
+    ys: &mut Vec<f64>,
+    cfg: &RenderConfig,
+    out: &mut Cloud,
+) -> Result<(), &'static str> {
+    ifs::rescale(xs, ys, cfg.width, cfg.height, cfg.pad_x, cfg.pad_y, out);
+    // `rescale` leaves the truncated, shifted coordinates in xs/ys.
+    if let Some(axis) = ifs::degenerate_axis(xs, ys) {
+        return Err(axis);
+    }
+    Ok(())
+}
+
+/// The error for a degenerate cloud, naming the class file and weight row.
+pub fn degenerate_error(class_path: &std::path::Path, row: usize, axis: &str) -> Error {
+    Error::input(
+        class_path,
+        None,
+        format!(
+            "weight row {row:02}: the point cloud has zero {axis}-extent (every point has the same {axis}), \
+             so it cannot be scaled to the image"
+        ),
+    )
+}
+
+/// Draws instance `instance` of a cloud into a label canvas (width*height bytes, y down, cleared first).
+pub fn raster(
+    cloud: &Cloud,
+    cfg: &RenderConfig,
+    class_key: u32,
+    row: u32,
+    instance: u32,
+    canvas: &mut Vec<u8>,
+) {
+    let (w, h) = (cfg.width as usize, cfg.height as usize);
+    canvas.clear();
+    canvas.resize(w * h, 0);
+    let color = cfg.mode.is_color();
+    let label = |i: usize| if color { 1 + (i % 128) as u8 } else { 127u8 };
+    match cfg.mode {
+        DrawMode::PointGray | DrawMode::PointColor => {
+            for (i, (&x, &y)) in cloud.xs.iter().zip(&cloud.ys).enumerate() {
+                let (x, y) = (x as usize, y as usize);
+                if x < w && y < h {
+                    canvas[y * w + x] = label(i);
+                }
+            }
+        }
+        DrawMode::PatchGray | DrawMode::PatchColor => match cfg.masks {
+            MaskRng::Counter { seed } => {
+                let key = MaskKey::new(seed, class_key, row, instance);
+                draw_patches(cloud, w, h, canvas, label, |i| key.mask(i as u32));
+            }
+            MaskRng::Python { seed } => {
+                let mut py = PyRandom::seed(seed as i128 + instance as i128);
+                draw_patches(cloud, w, h, canvas, label, |_| py.randrange_1_512());
+            }
+        },
+    }
+}
+
+/// Pastes a 3x3 patch at (+1..+3, +1..+3) of every point, in point order, zeros included
+/// (PIL's `paste` overwrites), clipped at the canvas edge.
+#[inline]
+fn draw_patches(
+    cloud: &Cloud,
+    w: usize,
+    h: usize,
+    canvas: &mut [u8],
+    label: impl Fn(usize) -> u8,
+    mut mask: impl FnMut(usize) -> u16,
+) {
+    for (i, (&x, &y)) in cloud.xs.iter().zip(&cloud.ys).enumerate() {
+        let m = mask(i);
+        let l = label(i);
+        let (x0, y0) = (x as usize + 1, y as usize + 1);
+        if x0 + 3 <= w && y0 + 3 <= h {
+            for r in 0..3 {
+                let row = &mut canvas[(y0 + r) * w + x0..(y0 + r) * w + x0 + 3];
+                for (c, px) in row.iter_mut().enumerate() {
+                    let bit = (m >> (8 - (3 * r + c))) & 1;
+                    *px = l & (0u8.wrapping_sub(bit as u8));
+                }
+            }
+        } else {
+            for r in 0..3 {
+                for c in 0..3 {
+                    let (yy, xx) = (y0 + r, x0 + c);
+                    if yy < h && xx < w {
+                        let bit = (m >> (8 - (3 * r + c))) & 1;
+                        canvas[yy * w + xx] = if bit == 1 { l } else { 0 };
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Rasterisation: draw modes, patch-mask sources, flips and the CPU engine.
+
+pub mod cpu;
+
+use crate::error::{Error, Result};
+use std::fmt;
+use std::str::FromStr;
+
+/// The original's `--draw_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DrawMode {
+    PointGray,
+    PointColor,
+    PatchGray,
+    PatchColor,
+}
+
+impl DrawMode {
+    pub const ALL: [DrawMode; 4] = [
+        DrawMode::PointGray,
+        DrawMode::PointColor,
+        DrawMode::PatchGray,
+        DrawMode::PatchColor,
+    ];
+
+    pub fn is_patch(self) -> bool {
+        matches!(self, DrawMode::PatchGray | DrawMode::PatchColor)
+    }
+    pub fn is_color(self) -> bool {
+        matches!(self, DrawMode::PointColor | DrawMode::PatchColor)
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            DrawMode::PointGray => "point_gray",
+            DrawMode::PointColor => "point_color",
+            DrawMode::PatchGray => "patch_gray",
+            DrawMode::PatchColor => "patch_color",
+        }
+    }
+}
+
+impl fmt::Display for DrawMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for DrawMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        DrawMode::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| {
+            format!("unknown draw type {s:?}: expected point_gray, point_color, patch_gray or patch_color")
+        })
+    }
+}
+
+/// Where the 9-bit patch masks come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaskRng {
+    /// Counter-based, keyed by (seed, class, row, instance, point index): independent of scheduling.
+    Counter { seed: u64 },
+    /// CPython's `random`, seeded with `S + n` right before instance n of every (class, row):
+    /// reproduces a seeded run of the original (`random.seed(S + n)` before `draw_patch`).
+    Python { seed: i64 },
+}
+
+impl FromStr for MaskRng {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || {
+            format!("invalid mask generator {s:?}: expected counter, counter:SEED or python:SEED")
+        };
+        match s.split_once(':') {
+            None if s == "counter" => Ok(MaskRng::Counter { seed: 0 }),
+            Some(("counter", v)) => v
+                .parse()
+                .map(|seed| MaskRng::Counter { seed })
+                .map_err(|_| bad()),
+            Some(("python", v)) => v
+                .parse()
+                .map(|seed| MaskRng::Python { seed })
+                .map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for MaskRng {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaskRng::Counter { seed } => write!(f, "counter:{seed}"),
+            MaskRng::Python { seed } => write!(f, "python:{seed}"),
+        }
+    }
+}
+
+/// Image geometry and drawing settings shared by every image of a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RenderConfig {
+    pub width: u32,
+    pub height: u32,
+    pub pad_x: u32,
+    pub pad_y: u32,
+    /// Points per image, the origin included (`--iteration`).
+    pub iterations: usize,
+    pub mode: DrawMode,
+    pub masks: MaskRng,
+}
+
+impl RenderConfig {
+    /// Rejects geometry the original would crash on or silently garble.
+    pub fn validate(&self) -> Result<()> {
+        if self.iterations < 1 {
+            return Err(Error::flag("--iteration", "must be at least 1"));
+        }
+        for (flag, size, pad) in [
+            ("--image-size-x/--pad-size-x", self.width, self.pad_x),
+            ("--image-size-y/--pad-size-y", self.height, self.pad_y),
+        ] {
+            if pad < 1 || size <= 2 * pad {
+                return Err(Error::flag(
+                    flag,
+                    format!(
+                        "image size {size} with pad {pad}: need pad >= 1 and size > 2*pad \
+                         (points land in [pad, size-pad]; the 3x3 patch at +1..+3 is clipped at the edge)"
+                    ),
+                ));
+            }
+            if size > 16384 {
+                return Err(Error::flag(
+                    flag,
+                    format!("image size {size} is larger than 16384"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Instances actually drawn per (class, row): point modes ignore `--instance`.
+    pub fn instances(&self, requested: u32) -> u32 {
+        if self.mode.is_patch() { requested } else { 1 }
+    }
+}
+
+/// The original's `convert_color(i, 128)`, returned as (R, G, B).
+pub fn convert_color(i: usize) -> [u8; 3] {
+    use std::f64::consts::PI;
+    let s = 0.75f64;
+    let mut h_ang = 2.0 * PI * ((i % 128) as f64 / 128.0);
+    if h_ang >= 2.0 * PI {
+        h_ang -= 2.0 * PI;
+    }
+    let k = (3.0 / PI) * h_ang;
+    let h = k.floor();
+    let iv = 0.75f64;
+    let p = iv * (1.0 - s);
+    let q = iv * (1.0 - s * (k - h));
+    let t = iv * (1.0 - s * ((1.0 - k) + h));
+    let u8c = |v: f64| (v * 255.0) as u8;
+    let (i8, p8, q8, t8) = (u8c(iv), u8c(p), u8c(q), u8c(t));
+    match h as i32 {
+        0 => [p8, t8, i8],
+        1 => [p8, i8, q8],
+        2 => [t8, i8, p8],
+        3 => [i8, q8, p8],
+        4 => [i8, p8, t8],
+        _ => [q8, p8, i8],
+    }
+}
+
+/// Label → RGB: 0 is black; gray modes use label 127; colour modes use 1 + (i % 128).
+pub fn palette(mode: DrawMode) -> [[u8; 3]; 256] {
+    let mut pal = [[0u8; 3]; 256];
+    if mode.is_color() {
+        for i in 0..128 {
+            pal[1 + i] = convert_color(i);
+        }
+    } else {
+        pal[127] = [127, 127, 127];
+    }
+    pal
+}
+
+/// Writes flip `t` of a label canvas as 8-bit pixels (`channels` 3 = RGB, 1 = gray) into `out`.
+/// The canvas has y pointing down; the original flips it top-bottom first, then:
+/// flip0 = that image, flip1 = top-bottom of it (the raw canvas), flip2 = left-right, flip3 = both.
+pub fn write_flip(
+    canvas: &[u8],
+    width: usize,
+    height: usize,
+    flip: u8,
+    pal: &[[u8; 3]; 256],
+    channels: usize,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.resize(width * height * channels, 0);
+    let tb = flip == 0 || flip == 2;
+    let lr = flip >= 2;
+    for r in 0..height {
+        let src_row = if tb { height - 1 - r } else { r };
+        let src = &canvas[src_row * width..(src_row + 1) * width];
+        let dst = &mut out[r * width * channels..(r + 1) * width * channels];
+        for c in 0..width {
+            let l = if lr { src[width - 1 - c] } else { src[c] };
+            if l == 0 {
+                continue;
+            }
+            if channels == 3 {
+                dst[c * 3..c * 3 + 3].copy_from_slice(&pal[l as usize]);
+            } else {
+                dst[c] = pal[l as usize][0];
+            }
+        }
+    }
+}
+
+/// PNG settings: zlib level and colour type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PngConfig {
+    /// 0 = stored, 1..=9 = zlib levels.
+    pub level: u8,
+    /// 1-channel gray instead of the original's RGB.
+    pub gray: bool,
+}
+
+impl PngConfig {
+    pub fn channels(&self) -> usize {
+        if self.gray { 1 } else { 3 }
+    }
+}
+
+/// Encodes 8-bit pixels as PNG with no filter (best on this sparse, noisy content).
+pub fn encode_png(
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    cfg: PngConfig,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    out.clear();
+    let mut enc = png::Encoder::new(&mut *out, width, height);
+    enc.set_color(if cfg.gray {
+        png::ColorType::Grayscale
+    } else {
+        png::ColorType::Rgb
+    });
+    enc.set_depth(png::BitDepth::Eight);
+    enc.set_deflate_compression(if cfg.level == 0 {
+        png::DeflateCompression::NoCompression
+    } else {
+        png::DeflateCompression::Level(cfg.level.min(9))
+    });
+    enc.set_filter(png::Filter::NoFilter);
+    let mut w = enc.write_header().map_err(|e| Error::Png(e.to_string()))?;
+    w.write_image_data(pixels)
+        .map_err(|e| Error::Png(e.to_string()))?;
+    w.finish().map_err(|e| Error::Png(e.to_string()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_match_the_original_table() {
+        // i = 0: H = 0, h = 0 -> (P, T, I) with P = 47, I = 191, T = uint8(0.75*(1-0.75*1)*255) = 47.
+        assert_eq!(convert_color(0), [47, 47, 191]);
+        assert_eq!(convert_color(128), convert_color(0));
+        let distinct: std::collections::HashSet<_> = (0..128).map(convert_color).collect();
+        assert!(distinct.len() > 64);
+    }
+
+    #[test]
+    fn flips() {
+        // 2x2 canvas, labels: row0 = [127, 0], row1 = [0, 0]
+        let canvas = [127u8, 0, 0, 0];
+        let pal = palette(DrawMode::PointGray);
+        let mut out = Vec::new();
+        write_flip(&canvas, 2, 2, 1, &pal, 1, &mut out);
+        assert_eq!(out, [127, 0, 0, 0]);
+        write_flip(&canvas, 2, 2, 0, &pal, 1, &mut out);
+        assert_eq!(out, [0, 0, 127, 0]);
+        write_flip(&canvas, 2, 2, 2, &pal, 1, &mut out);
+        assert_eq!(out, [0, 0, 0, 127]);
+        write_flip(&canvas, 2, 2, 3, &pal, 1, &mut out);
+        assert_eq!(out, [0, 127, 0, 0]);
+    }
+
+    #[test]
+    fn mask_rng_parse() {
+        assert_eq!(
+            "python:12345".parse::<MaskRng>().unwrap(),
+            MaskRng::Python { seed: 12345 }
+        );
+        assert_eq!(
+            "counter".parse::<MaskRng>().unwrap(),
+            MaskRng::Counter { seed: 0 }
+        );
+        assert!("python:x".parse::<MaskRng>().is_err());
+    }
+}

@@ -1,0 +1,306 @@
+//! Random streams compatible with the original generator.
+//!
+//! * [`Mt19937`]: the Mersenne Twister shared by numpy's legacy `RandomState` and CPython's `random`.
+//! * [`NumpyRandom`]: numpy's legacy recipes (`seed`, `random_sample`, `randint(2,8)`, `uniform`).
+//! * [`PyRandom`]: CPython's `random.seed(int)` and `randrange(1, 512)`.
+//! * [`mask_counter`]: our default patch-mask generator, a pure function of
+//!   (seed, class, row, instance, point index), so output never depends on scheduling.
+
+const N: usize = 624;
+const M: usize = 397;
+
+/// MT19937 with the reference initialisers.
+#[derive(Clone)]
+pub struct Mt19937 {
+    mt: [u32; N],
+    idx: usize,
+}
+
+impl Mt19937 {
+    /// `init_genrand(seed)`: numpy's legacy `RandomState(seed)` for a 32-bit integer seed.
+    pub fn init_genrand(seed: u32) -> Self {
+        let mut mt = [0u32; N];
+        mt[0] = seed;
+        for i in 1..N {
+            mt[i] = 1_812_433_253u32
+                .wrapping_mul(mt[i - 1] ^ (mt[i - 1] >> 30))
+                .wrapping_add(i as u32);
+        }
+        Mt19937 { mt, idx: N }
+    }
+
+    /// `init_by_array(key)`: CPython's `random.seed(int)` with the 32-bit words of |seed|.
+    pub fn init_by_array(key: &[u32]) -> Self {
+        let mut s = Self::init_genrand(19_650_218);
+        let mt = &mut s.mt;
+        let (mut i, mut j) = (1usize, 0usize);
+        let len = key.len().max(1);
+        for _ in 0..N.max(len) {
+            let prev = mt[i - 1] ^ (mt[i - 1] >> 30);
+            mt[i] = (mt[i] ^ prev.wrapping_mul(1_664_525))
+                .wrapping_add(key.get(j).copied().unwrap_or(0))
+                .wrapping_add(j as u32);
+            i += 1;
+            j += 1;
+            if i >= N {
+                mt[0] = mt[N - 1];
+                i = 1;
+            }
+            if j >= len {
+                j = 0;
+            }
+        }
+        for _ in 0..N - 1 {
+            let prev = mt[i - 1] ^ (mt[i - 1] >> 30);
+            mt[i] = (mt[i] ^ prev.wrapping_mul(1_566_083_941)).wrapping_sub(i as u32);
+            i += 1;
+            if i >= N {
+                mt[0] = mt[N - 1];
+                i = 1;
+            }
+        }
+        mt[0] = 0x8000_0000;
+        s
+    }
+
+    fn twist(&mut self) {
+        const UPPER: u32 = 0x8000_0000;
+        const LOWER: u32 = 0x7fff_ffff;
+        const MATRIX_A: u32 = 0x9908_b0df;
+        let mt = &mut self.mt;
+        for k in 0..N {
+            let y = (mt[k] & UPPER) | (mt[(k + 1) % N] & LOWER);
+            let mut v = mt[(k + M) % N] ^ (y >> 1);
+            if y & 1 != 0 {
+                v ^= MATRIX_A;
+            }
+            mt[k] = v;
+        }
+        self.idx = 0;
+    }
+
+    /// `genrand_int32`.
+    #[inline]
+    pub fn next_u32(&mut self) -> u32 {
+        if self.idx >= N {
+            self.twist();
+        }
+        let mut y = self.mt[self.idx];
+        self.idx += 1;
+        y ^= y >> 11;
+        y ^= (y << 7) & 0x9d2c_5680;
+        y ^= (y << 15) & 0xefc6_0000;
+        y ^ (y >> 18)
+    }
+
+    /// Advance by `n` outputs without tempering them (the same state as `n` calls of `next_u32`).
+    pub fn skip(&mut self, mut n: u64) {
+        while n > 0 {
+            if self.idx >= N {
+                self.twist();
+            }
+            let take = ((N - self.idx) as u64).min(n);
+            self.idx += take as usize;
+            n -= take;
+        }
+    }
+}
+
+/// numpy's legacy `RandomState` recipes on top of MT19937.
+#[derive(Clone)]
+pub struct NumpyRandom {
+    mt: Mt19937,
+}
+
+impl NumpyRandom {
+    /// `np.random.seed(seed)` for a seed below 2^32.
+    pub fn seed(seed: u32) -> Self {
+        NumpyRandom {
+            mt: Mt19937::init_genrand(seed),
+        }
+    }
+
+    /// One 53-bit double in [0, 1) (`random_sample`).
+    #[inline]
+    pub fn random(&mut self) -> f64 {
+        let a = (self.mt.next_u32() >> 5) as f64;
+        let b = (self.mt.next_u32() >> 6) as f64;
+        (a * 67_108_864.0 + b) / 9_007_199_254_740_992.0
+    }
+
+    /// `np.random.random(n)`.
+    pub fn random_vec(&mut self, n: usize) -> Vec<f64> {
+        (0..n).map(|_| self.random()).collect()
+    }
+
+    /// `np.random.randint(low, high)` for a span below 2^32 (masked rejection, legacy).
+    pub fn randint(&mut self, low: i64, high: i64) -> i64 {
+        let rng = (high - low - 1) as u32;
+        if rng == 0 {
+            return low;
+        }
+        let mask = u32::MAX >> rng.leading_zeros();
+        loop {
+            let v = self.mt.next_u32() & mask;
+            if v <= rng {
+                return low + v as i64;
+            }
+        }
+    }
+
+    /// `np.random.uniform(lo, hi)`.
+    #[inline]
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.random()
+    }
+
+    /// Skip what `random(n)` would consume (2n words).
+    pub fn skip_doubles(&mut self, n: usize) {
+        self.mt.skip(2 * n as u64);
+    }
+}
+
+/// CPython's `random` module, the parts the original uses.
+#[derive(Clone)]
+pub struct PyRandom {
+    mt: Mt19937,
+}
+
+impl PyRandom {
+    /// `random.seed(seed)` for an integer seed: `init_by_array` of the 32-bit words of |seed|.
+    pub fn seed(seed: i128) -> Self {
+        let mut n = seed.unsigned_abs();
+        let mut key = Vec::new();
+        while n > 0 {
+            key.push(n as u32);
+            n >>= 32;
+        }
+        if key.is_empty() {
+            key.push(0);
+        }
+        PyRandom {
+            mt: Mt19937::init_by_array(&key),
+        }
+    }
+
+    /// `random.getrandbits(k)` for k <= 32.
+    #[inline]
+    pub fn getrandbits(&mut self, k: u32) -> u32 {
+        self.mt.next_u32() >> (32 - k)
+    }
+
+    /// `random.randrange(1, 512)`: 1 + getrandbits(9), redrawn while >= 511.
+    #[inline]
+    pub fn randrange_1_512(&mut self) -> u16 {
+        loop {
+            let r = self.getrandbits(9);
+            if r < 511 {
+                return 1 + r as u16;
+            }
+        }
+    }
+
+    /// `random.random()`.
+    pub fn random(&mut self) -> f64 {
+        let a = (self.mt.next_u32() >> 5) as f64;
+        let b = (self.mt.next_u32() >> 6) as f64;
+        (a * 67_108_864.0 + b) / 9_007_199_254_740_992.0
+    }
+}
+
+/// A 32-bit integer hash with good avalanche ("lowbias32"); cheap on CPUs and in GLSL.
+#[inline]
+pub fn hash32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
+}
+
+/// The key of one patch instance for the counter-based mask generator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaskKey {
+    pub k0: u32,
+    pub k1: u32,
+}
+
+impl MaskKey {
+    /// Mixes (seed, class, weight row, instance) into two 32-bit words.
+    pub fn new(seed: u64, class_key: u32, row: u32, instance: u32) -> Self {
+        let mut h = hash32(seed as u32 ^ 0x5bd1_e995);
+        h = hash32(h ^ (seed >> 32) as u32);
+        h = hash32(h ^ class_key);
+        h = hash32(h ^ row);
+        let k0 = hash32(h ^ instance);
+        let k1 = hash32(k0 ^ 0x68e3_1da4);
+        MaskKey { k0, k1 }
+    }
+
+    /// The 9-bit mask (1..=511) of point `i`.
+    #[inline]
+    pub fn mask(&self, i: u32) -> u16 {
+        let h = hash32(hash32(i.wrapping_add(self.k0)) ^ self.k1);
+        1 + ((h as u64 * 511) >> 32) as u16
+    }
+}
+
+/// Counter-based mask of point `i` for a key (a free-function form for tests and docs).
+pub fn mask_counter(key: MaskKey, i: u32) -> u16 {
+    key.mask(i)
+}
+
+/// A stable 32-bit key of a class name (FNV-1a), so masks follow the class, not its position.
+pub fn class_key(name: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numpy_seed_100_first_doubles() {
+        // np.random.seed(100); np.random.random(3)
+        let mut r = NumpyRandom::seed(100);
+        assert_eq!(r.random(), 0.5434049417909654);
+        assert_eq!(r.random(), 0.27836938509379616);
+        assert_eq!(r.random(), 0.4245175907491331);
+    }
+
+    #[test]
+    fn mt_reference_init_genrand_5489() {
+        // The reference implementation's first output for the default seed 5489.
+        let mut mt = Mt19937::init_genrand(5489);
+        assert_eq!(mt.next_u32(), 3_499_211_612);
+    }
+
+    #[test]
+    fn skip_equals_draws() {
+        let mut a = Mt19937::init_genrand(7);
+        let mut b = a.clone();
+        for _ in 0..5000 {
+            a.next_u32();
+        }
+        b.skip(5000);
+        assert_eq!(a.next_u32(), b.next_u32());
+    }
+
+    #[test]
+    fn counter_masks_in_range_and_spread() {
+        let k = MaskKey::new(0, class_key("00000"), 0, 0);
+        let mut seen = [false; 512];
+        for i in 0..100_000 {
+            let m = k.mask(i);
+            assert!((1..=511).contains(&m));
+            seen[m as usize] = true;
+        }
+        assert!(seen[1..].iter().all(|&s| s));
+        assert_ne!(k, MaskKey::new(0, class_key("00000"), 0, 1));
+    }
+}
