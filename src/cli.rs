@@ -25,14 +25,19 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Category search (the original `param_search/ifs_search.py`): writes class CSVs and previews.
+    #[command(args_override_self = true)]
     Search(SearchArgs),
     /// Render a dataset (the original `fractal_renderer/make_fractaldb.py`), as folders or WebDataset shards.
+    #[command(args_override_self = true)]
     Render(RenderArgs),
     /// Print the original's weights_S.csv (S = 0.0125 0.025 0.05 0.1 0.2 0.3 0.4 0.5), byte for byte.
+    #[command(args_override_self = true)]
     Weights(WeightsArgs),
     /// Merge the per-rank manifests of a sharded run into the manifest and the wids index.
+    #[command(args_override_self = true)]
     Finalize(FinalizeArgs),
     /// Measure images/s per stage on the CPU engine.
+    #[command(args_override_self = true)]
     Bench(crate::bench::BenchArgs),
 }
 
@@ -268,6 +273,17 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             if a.points < 2 {
                 return Err(Error::flag("--points", "need at least 2 points"));
+            }
+            let needed = (a.rate * (search::PREVIEW * search::PREVIEW) as f64).ceil();
+            if (a.points as f64) < needed {
+                return Err(Error::flag(
+                    "--points",
+                    format!(
+                        "{} points can light at most {} of the 512x512 preview's pixels, below the fill rate {} \
+                         ({needed} pixels): no candidate could ever be accepted",
+                        a.points, a.points, a.rate
+                    ),
+                ));
             }
             let cfg = SearchConfig {
                 rate: a.rate,

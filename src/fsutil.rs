@@ -41,10 +41,20 @@ pub fn create_dir(path: &Path) -> Result<()> {
 
 /// Removes temporary files that an interrupted run left in `dir` (not recursive).
 pub fn remove_stale_tmp(dir: &Path) {
+    remove_stale_tmp_of(dir, |_| true);
+}
+
+/// Removes the temporary files in `dir` whose final name (the part before `.{pid}.fdbtmp`) passes
+/// `mine`, so that concurrent ranks sharing a directory leave each other's files alone.
+pub fn remove_stale_tmp_of(dir: &Path, mine: impl Fn(&str) -> bool) {
     if let Ok(rd) = fs::read_dir(dir) {
         for e in rd.flatten() {
-            if e.file_name().to_string_lossy().ends_with(TMP_SUFFIX) {
-                let _ = fs::remove_file(e.path());
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(stem) = name.strip_suffix(TMP_SUFFIX) {
+                let final_name = stem.rsplit_once('.').map(|(f, _pid)| f).unwrap_or(stem);
+                if mine(final_name) {
+                    let _ = fs::remove_file(e.path());
+                }
             }
         }
     }

@@ -188,7 +188,6 @@ fn run_wds(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result<Su
     }
     fsutil::create_dir(&opts.out)?;
     fsutil::check_writable(&opts.out)?;
-    fsutil::remove_stale_tmp(&opts.out);
     let total = plan.total();
     let per = opts.samples_per_shard;
     let nshards = plan::shard_count(total, per);
@@ -206,6 +205,19 @@ fn run_wds(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result<Su
         shards: vec![],
     };
     let mine: Vec<u64> = (0..nshards).filter(|s| s % world == rank).collect();
+    {
+        // Only this rank's leftovers: other ranks may be writing into the same directory right now.
+        let names: std::collections::HashSet<String> = mine
+            .iter()
+            .flat_map(|&s| {
+                let tar = wds::shard_name(&opts.prefix, s);
+                let idx = tar.replace(".tar", ".idx");
+                [tar, idx]
+            })
+            .chain([part.file_name().unwrap().to_string_lossy().into_owned()])
+            .collect();
+        fsutil::remove_stale_tmp_of(&opts.out, |n| names.contains(n));
+    }
     if opts.resume && part.exists() {
         let old = wds::read_manifest(&part)?;
         if old.config != config || old.total_samples != total || old.samples_per_shard != per {

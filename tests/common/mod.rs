@@ -1,0 +1,108 @@
+#![allow(dead_code)]
+//! Helpers shared by the end-to-end tests: the real binary, the reference data, PNG decoding.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fractaldb"))
+}
+
+/// `../shared/reference` beside the checkout (CI has it too).
+pub fn reference() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference");
+    assert!(
+        p.join("SPEC.md").exists(),
+        "reference data not found at {}",
+        p.display()
+    );
+    p
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run fractaldb");
+    assert!(
+        out.status.success(),
+        "command failed: {:?}\nstdout: {}\nstderr: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn run_err(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run fractaldb");
+    assert!(!out.status.success(), "command should have failed: {cmd:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Decodes a PNG to 8-bit RGB (gray expanded), returning (width, height, pixels).
+pub fn decode_rgb(path: &Path) -> (u32, u32, Vec<u8>) {
+    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut dec = png::Decoder::new(std::io::BufReader::new(f))
+        .read_info()
+        .unwrap();
+    let mut buf = vec![0; dec.output_buffer_size().unwrap()];
+    let info = dec.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    let px = match info.color_type {
+        png::ColorType::Rgb => buf,
+        png::ColorType::Grayscale => buf.iter().flat_map(|&g| [g, g, g]).collect(),
+        png::ColorType::Rgba => buf.chunks(4).flat_map(|c| [c[0], c[1], c[2]]).collect(),
+        t => panic!("unexpected colour type {t:?}"),
+    };
+    (info.width, info.height, px)
+}
+
+/// All files under `dir`, relative paths, sorted.
+pub fn files(dir: &Path) -> Vec<PathBuf> {
+    fn walk(base: &Path, d: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.push(p.strip_prefix(base).unwrap().to_path_buf());
+            }
+        }
+    }
+    let mut v = Vec::new();
+    if dir.exists() {
+        walk(dir, dir, &mut v);
+    }
+    v.sort();
+    v
+}
+
+/// A directory holding copies of the given published class CSVs.
+pub fn class_dir(tmp: &Path, names: &[&str]) -> PathBuf {
+    let d = tmp.join("classes");
+    std::fs::create_dir_all(&d).unwrap();
+    for n in names {
+        std::fs::copy(
+            reference().join("categories").join(format!("{n}.csv")),
+            d.join(format!("{n}.csv")),
+        )
+        .unwrap();
+    }
+    d
+}
+
+pub fn python_ok(script: &str, args: &[&str]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(script);
+    let out = Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

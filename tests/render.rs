@@ -1,0 +1,332 @@
+//! End-to-end behaviour of `render` with the folder format: determinism, resume, every bad input.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+fn small<'a>(cmd: &'a mut Command, classes: &Path, out: &Path) -> &'a mut Command {
+    cmd.args([
+        "render",
+        "-q",
+        "--image-size-x",
+        "64",
+        "--image-size-y",
+        "48",
+        "--iteration",
+        "3000",
+    ])
+    .args(["--instance", "2"])
+    .arg("--load-root")
+    .arg(classes)
+    .arg("--out")
+    .arg(out)
+}
+
+fn same_tree(a: &Path, b: &Path) {
+    let fa = files(a);
+    assert!(!fa.is_empty());
+    assert_eq!(fa, files(b));
+    for f in &fa {
+        assert!(
+            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
+            "{} differs",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn output_is_the_same_with_one_thread_and_many() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00001", "00002", "00003"]);
+    for mode in ["patch_gray", "patch_color", "point_color"] {
+        let a = tmp.path().join(format!("{mode}-j1"));
+        let b = tmp.path().join(format!("{mode}-j4"));
+        run_ok(small(&mut bin(), &classes, &a).args([
+            "--draw-type",
+            mode,
+            "-j",
+            "1",
+            "--encoders",
+            "1",
+        ]));
+        run_ok(small(&mut bin(), &classes, &b).args([
+            "--draw-type",
+            mode,
+            "-j",
+            "4",
+            "--writers",
+            "3",
+        ]));
+        same_tree(&a, &b);
+        let n = files(&a).len();
+        let per = if mode.starts_with("patch") {
+            25 * 2 * 4
+        } else {
+            25 * 4
+        };
+        assert_eq!(n, 3 * per, "{mode}: image count");
+    }
+}
+
+#[test]
+fn names_layout_and_png_format_are_the_originals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00004"]);
+    let out = tmp.path().join("out");
+    run_ok(small(&mut bin(), &classes, &out).args(["--instance", "11"]));
+    let f = out.join("00004/00004_24_count_10_flip3.png");
+    assert!(f.exists());
+    let bytes = std::fs::read(&f).unwrap();
+    assert_eq!(bytes[25], 2, "colour type 2 (RGB)");
+    let (w, h, px) = decode_rgb(&f);
+    assert_eq!((w, h), (64, 48));
+    assert!(px.iter().all(|&v| v == 0 || v == 127));
+    assert!(px.iter().any(|&v| v == 127));
+    // Flips: flip1 is flip0 upside down, flip2 is flip0 mirrored.
+    let img = |t: u8| decode_rgb(&out.join(format!("00004/00004_02_count_0_flip{t}.png"))).2;
+    let (f0, f1, f2) = (img(0), img(1), img(2));
+    let row = |p: &Vec<u8>, r: usize| p[r * 64 * 3..(r + 1) * 64 * 3].to_vec();
+    for r in 0..48 {
+        assert_eq!(row(&f0, r), row(&f1, 47 - r));
+        let mirrored: Vec<u8> = row(&f0, r).chunks(3).rev().flatten().copied().collect();
+        assert_eq!(row(&f2, r), mirrored);
+    }
+    // 1-channel gray option.
+    let g = tmp.path().join("gray");
+    run_ok(small(&mut bin(), &classes, &g).arg("--png-gray"));
+    let gb = std::fs::read(g.join("00004/00004_02_count_0_flip0.png")).unwrap();
+    assert_eq!(gb[25], 0, "colour type 0 (gray)");
+    assert_eq!(
+        decode_rgb(&g.join("00004/00004_02_count_0_flip0.png")).2,
+        f0
+    );
+}
+
+#[test]
+fn resume_skips_existing_images_and_completes_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00005", "00006"]);
+    let full = tmp.path().join("full");
+    run_ok(small(&mut bin(), &classes, &full));
+    let part = tmp.path().join("part");
+    run_ok(small(&mut bin(), &classes, &part));
+    let all = files(&part);
+    for f in all.iter().step_by(3) {
+        std::fs::remove_file(part.join(f)).unwrap();
+    }
+    // A stale temporary file, as a kill leaves it, is removed.
+    std::fs::write(part.join("00005/x.png.123.fdbtmp"), b"junk").unwrap();
+    let out = run_ok(
+        small(&mut bin(), &classes, &part)
+            .arg("--resume")
+            .arg("--quiet"),
+    );
+    assert!(out.status.success());
+    same_tree(&full, &part);
+}
+
+#[test]
+fn csv_sub_folders_of_the_original_layout_are_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("csv_rate0.2_category1000");
+    for (sub, n) in [("csv0", "00000"), ("csv1", "00025"), ("csv1", "00026")] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+        std::fs::copy(
+            reference().join(format!("categories/{n}.csv")),
+            root.join(sub).join(format!("{n}.csv")),
+        )
+        .unwrap();
+    }
+    std::fs::write(root.join("README.txt"), "not a class").unwrap();
+    let out = tmp.path().join("out");
+    run_ok(small(&mut bin(), &root, &out).args(["--draw-type", "point_gray"]));
+    let dirs: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut dirs = dirs;
+    dirs.sort();
+    assert_eq!(dirs, ["00000", "00025", "00026"]);
+}
+
+fn bad_class(tmp: &Path, content: &str) -> (std::path::PathBuf, String) {
+    let d = tmp.join(format!("bad{}", content.len()));
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::copy(
+        reference().join("categories/00000.csv"),
+        d.join("00000.csv"),
+    )
+    .unwrap();
+    std::fs::write(d.join("00001.csv"), content).unwrap();
+    let out = tmp.join(format!("out{}", content.len()));
+    let err = run_err(small(&mut bin(), &d, &out));
+    assert!(
+        files(&out)
+            .iter()
+            .all(|f| !f.to_string_lossy().ends_with(".png")),
+        "partial output left in {}",
+        out.display()
+    );
+    (d, err)
+}
+
+#[test]
+fn bad_class_csvs_name_the_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = "0.5,0,0,0.5,0,0,0.5\n0.5,0,0,0.5,0.5,0.5,0.5\n";
+    let cases = [
+        (
+            "0.5,0,0,0.5,0,0,0.5\n0.5,0,0,0.5,0.5,0.5\n",
+            "00001.csv:2",
+            "expected 7",
+        ),
+        (
+            "0.5,0,0,0.5,0,0,0.5\n0.5,0,0,zero,0.5,0.5,0.5\n",
+            "00001.csv:2",
+            "column 4",
+        ),
+        ("", "00001.csv", "no rows"),
+        ("0.5,0,0,0.5,nan,0,0.5\n", "00001.csv:1", "finite"),
+        ("0.5,0,0,0.5,inf,0,0.5\n", "00001.csv:1", "finite"),
+    ];
+    for (content, place, what) in cases {
+        let (_, err) = bad_class(tmp.path(), content);
+        assert!(
+            err.contains(place) && err.contains(what),
+            "{content:?}: {err}"
+        );
+    }
+    // A well-formed one renders.
+    let d = tmp.path().join("good");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("x.csv"), good).unwrap();
+    run_ok(small(&mut bin(), &d, &tmp.path().join("goodout")));
+}
+
+#[test]
+fn bad_weights_directories_and_flags_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00000"]);
+    let out = tmp.path().join("out");
+    let w = tmp.path().join("w.csv");
+    std::fs::write(&w, "1,1,1,1,1,1\r\n1,1,1,1,1\r\n").unwrap();
+    let e = run_err(
+        small(&mut bin(), &classes, &out)
+            .arg("--weight-csv")
+            .arg(&w),
+    );
+    assert!(e.contains("w.csv:2") && e.contains("expected 6"), "{e}");
+    let e = run_err(small(&mut bin(), &classes, &out).args(["--weight-csv", "builtin:0.7"]));
+    assert!(e.contains("--weight-csv"), "{e}");
+    let e = run_err(small(&mut bin(), &tmp.path().join("missing"), &out));
+    assert!(
+        e.contains("missing") && e.contains("cannot open class directory"),
+        "{e}"
+    );
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = run_err(small(&mut bin(), &empty, &out));
+    assert!(e.contains("no classes found"), "{e}");
+    // An output path below a regular file cannot be created.
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let e = run_err(small(&mut bin(), &classes, &file.join("sub")));
+    assert!(
+        e.contains("file/sub") && e.contains("cannot create directory"),
+        "{e}"
+    );
+    // Geometry too small for the pad.
+    let e = run_err(small(&mut bin(), &classes, &out).args([
+        "--image-size-x",
+        "12",
+        "--pad-size-x",
+        "6",
+    ]));
+    assert!(e.contains("--image-size-x") && e.contains("pad 6"), "{e}");
+    let e = run_err(small(&mut bin(), &classes, &out).args(["--pad-size-y", "0"]));
+    assert!(e.contains("pad >= 1"), "{e}");
+    let e = run_err(small(&mut bin(), &classes, &out).args(["--draw-type", "patch_blue"]));
+    assert!(e.contains("patch_blue"), "{e}");
+    assert!(!out.exists(), "no output directory for rejected flags");
+}
+
+#[test]
+fn a_degenerate_bounding_box_is_an_error_naming_class_and_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("deg");
+    std::fs::create_dir_all(&d).unwrap();
+    // Every map sends every point to (0, y): zero x-extent.
+    std::fs::write(
+        d.join("flat.csv"),
+        "0,0,0,0.5,0,0.5,0.5\n0,0,0,0.5,0,-0.5,0.5\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let e = run_err(small(&mut bin(), &d, &out));
+    assert!(e.contains("flat.csv") && e.contains("zero x-extent"), "{e}");
+    assert!(
+        files(&out)
+            .iter()
+            .all(|f| !f.to_string_lossy().contains(".fdbtmp"))
+    );
+}
+
+#[test]
+fn original_flag_names_are_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00007"]);
+    let out = tmp.path().join("FractalDB");
+    run_ok(
+        bin()
+            .args([
+                "render",
+                "-q",
+                "--image_size_x",
+                "40",
+                "--image_size_y",
+                "40",
+                "--pad_size_x",
+                "3",
+                "--pad_size_y",
+                "3",
+            ])
+            .args([
+                "--iteration",
+                "1000",
+                "--draw_type",
+                "point_gray",
+                "--instance",
+                "3",
+            ])
+            .arg("--load_root")
+            .arg(&classes)
+            .arg("--save_root")
+            .arg(&out)
+            .arg("--weight_csv")
+            .arg(reference().join("weights/weights_0.1.csv")),
+    );
+    assert_eq!(files(&out).len(), 25 * 4, "point modes ignore --instance");
+    let s = tmp.path().join("s");
+    run_ok(
+        bin()
+            .args([
+                "search",
+                "-q",
+                "--rate",
+                "0.2",
+                "--category",
+                "1",
+                "--numof_point",
+                "100000",
+                "--save_dir",
+            ])
+            .arg(&s),
+    );
+    assert_eq!(
+        std::fs::read(s.join("csv_rate0.2_category1/00000.csv")).unwrap(),
+        std::fs::read(reference().join("categories/00000.csv")).unwrap()
+    );
+}

@@ -1,0 +1,338 @@
+//! WebDataset shards: read by Python's webdataset/tarfile/PIL, DALI index offsets, crash safety under
+//! kill -9 with resume, and byte-identical output for any number of threads, writers and ranks.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn render<'a>(cmd: &'a mut Command, classes: &Path, out: &Path, fmt: &str) -> &'a mut Command {
+    cmd.args([
+        "render",
+        "-q",
+        "--image-size-x",
+        "64",
+        "--image-size-y",
+        "48",
+        "--iteration",
+        "3000",
+    ])
+    .args([
+        "--instance",
+        "2",
+        "--seed",
+        "11",
+        "--format",
+        fmt,
+        "--samples-per-shard",
+        "64",
+    ])
+    .arg("--load-root")
+    .arg(classes)
+    .arg("--out")
+    .arg(out)
+}
+
+fn shards(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn same_shards(a: &Path, b: &Path) {
+    let (sa, sb) = (shards(a), shards(b));
+    assert!(!sa.is_empty());
+    assert_eq!(
+        sa.iter()
+            .map(|p| p.file_name().unwrap().to_owned())
+            .collect::<Vec<_>>(),
+        sb.iter()
+            .map(|p| p.file_name().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    );
+    for (x, y) in sa.iter().zip(&sb) {
+        assert!(
+            std::fs::read(x).unwrap() == std::fs::read(y).unwrap(),
+            "{} differs",
+            x.display()
+        );
+    }
+    for f in ["fractaldb-wids.json", "fractaldb-manifest.json"] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
+}
+
+#[test]
+fn shards_are_read_by_webdataset_tarfile_and_dali_index_and_match_the_folder_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00010", "00011", "00012"]);
+    let folder = tmp.path().join("folder");
+    let wdsdir = tmp.path().join("wds");
+    run_ok(render(&mut bin(), &classes, &folder, "folder"));
+    run_ok(render(&mut bin(), &classes, &wdsdir, "wds").arg("--dali-index"));
+    let list = shards(&wdsdir);
+    assert_eq!(list.len(), 10, "600 samples / 64 per shard");
+    let out = python_ok(
+        "read_wds.py",
+        &[
+            wdsdir.to_str().unwrap(),
+            "fractaldb",
+            folder.to_str().unwrap(),
+            "600",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    // The seeded global order mixes classes in every shard.
+    for (_, n) in v["classes_per_shard"].as_object().unwrap() {
+        assert_eq!(n.as_u64().unwrap(), 3);
+    }
+    for s in &list {
+        let idx = s.with_extension("idx");
+        python_ok(
+            "check_dali_index.py",
+            &[s.to_str().unwrap(), idx.to_str().unwrap()],
+        );
+        let tv = Command::new("tar").arg("-tvf").arg(s).output().unwrap();
+        assert!(tv.status.success());
+        let lines = String::from_utf8_lossy(&tv.stdout).lines().count();
+        assert_eq!(lines % 3, 0);
+        assert!(
+            String::from_utf8_lossy(&tv.stdout)
+                .lines()
+                .all(|l| l.starts_with("-r--r--r--"))
+        );
+    }
+    // wids index and manifest agree with the files.
+    let wids: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(wdsdir.join("fractaldb-wids.json")).unwrap())
+            .unwrap();
+    assert_eq!(wids["__kind__"], "wids-shard-index-v1");
+    let list_json = wids["shardlist"].as_array().unwrap();
+    assert_eq!(list_json.len(), 10);
+    let total: u64 = list_json
+        .iter()
+        .map(|s| s["nsamples"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 600);
+    for s in list_json {
+        let p = wdsdir.join(s["url"].as_str().unwrap());
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().len(),
+            s["filesize"].as_u64().unwrap()
+        );
+    }
+}
+
+#[test]
+fn shards_do_not_depend_on_threads_writers_or_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00013", "00014"]);
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    run_ok(render(&mut bin(), &classes, &a, "wds").args([
+        "-j",
+        "1",
+        "--encoders",
+        "1",
+        "--window",
+        "1",
+    ]));
+    run_ok(render(&mut bin(), &classes, &b, "wds").args([
+        "-j",
+        "3",
+        "--writers",
+        "3",
+        "--window",
+        "4",
+    ]));
+    same_shards(&a, &b);
+}
+
+#[test]
+fn existing_output_needs_resume_and_the_same_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00015"]);
+    let a = tmp.path().join("a");
+    run_ok(render(&mut bin(), &classes, &a, "wds"));
+    let e = run_err(render(&mut bin(), &classes, &a, "wds"));
+    assert!(e.contains("--resume"), "{e}");
+    let e =
+        run_err(render(&mut bin(), &classes, &a, "wds").args(["--resume", "--iteration", "2000"]));
+    assert!(e.contains("other settings"), "{e}");
+    // Resume of a complete dataset renders nothing and changes nothing.
+    let before = std::fs::read(shards(&a)[0].clone()).unwrap();
+    run_ok(render(&mut bin(), &classes, &a, "wds").arg("--resume"));
+    assert_eq!(std::fs::read(&shards(&a)[0]).unwrap(), before);
+    // A shard whose bytes no longer match the manifest is rendered again.
+    std::fs::write(&shards(&a)[1], b"corrupt").unwrap();
+    run_ok(render(&mut bin(), &classes, &a, "wds").arg("--resume"));
+    let fresh = tmp.path().join("fresh");
+    run_ok(render(&mut bin(), &classes, &fresh, "wds"));
+    same_shards(&fresh, &a);
+}
+
+#[test]
+fn kill_9_at_random_moments_then_resume_gives_the_uninterrupted_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00016", "00017", "00018"]);
+    let heavy = |c: &mut Command| {
+        c.args([
+            "--iteration",
+            "30000",
+            "--image-size-x",
+            "128",
+            "--image-size-y",
+            "128",
+            "--instance",
+            "4",
+        ])
+        .args(["--samples-per-shard", "50"]);
+    };
+    let full = tmp.path().join("full");
+    let mut c = bin();
+    render(&mut c, &classes, &full, "wds");
+    heavy(&mut c);
+    let t0 = std::time::Instant::now();
+    run_ok(&mut c);
+    let full_time = t0.elapsed();
+    // Deterministic "random" kill moments spread over the run.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for trial in 0..3 {
+        let out = tmp.path().join(format!("killed{trial}"));
+        let mut killed_midway = 0;
+        for attempt in 0..4 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let frac = 0.1 + (x % 1000) as f64 / 1000.0 * 0.8;
+            let delay = full_time.mul_f64(frac);
+            let mut c = bin();
+            render(&mut c, &classes, &out, "wds");
+            heavy(&mut c);
+            if attempt > 0 {
+                c.arg("--resume");
+            }
+            let mut child = c.spawn().unwrap();
+            std::thread::sleep(delay);
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap(); // SIGKILL
+                killed_midway += 1;
+            }
+            child.wait().unwrap();
+            // Never a partial shard under a final name: every .tar present is a whole, readable tar.
+            for s in shards(&out) {
+                let tv = Command::new("tar").arg("-tf").arg(&s).output().unwrap();
+                assert!(tv.status.success(), "{} is not a complete tar", s.display());
+            }
+        }
+        assert!(
+            killed_midway > 0,
+            "trial {trial}: the run always finished before the kill"
+        );
+        let mut c = bin();
+        render(&mut c, &classes, &out, "wds");
+        heavy(&mut c);
+        run_ok(c.arg("--resume"));
+        same_shards(&full, &out);
+        assert!(
+            std::fs::read_dir(&out)
+                .unwrap()
+                .flatten()
+                .all(|e| !e.file_name().to_string_lossy().ends_with(".fdbtmp")),
+            "temporary files left behind"
+        );
+    }
+}
+
+#[test]
+fn one_rank_and_three_ranks_give_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00019", "00020", "00021", "00022"]);
+    let one = tmp.path().join("one");
+    run_ok(render(&mut bin(), &classes, &one, "wds"));
+    let three = tmp.path().join("three");
+    let mut kids = Vec::new();
+    for r in 0..3 {
+        let mut c = bin();
+        render(&mut c, &classes, &three, "wds");
+        // torchrun-style variables, inside a Slurm step that says otherwise.
+        c.env("RANK", r.to_string())
+            .env("WORLD_SIZE", "3")
+            .env("SLURM_PROCID", "0")
+            .env("SLURM_NTASKS", "1");
+        kids.push(c.spawn().unwrap());
+    }
+    for mut k in kids {
+        assert!(k.wait().unwrap().success());
+    }
+    assert!(
+        !three.join("fractaldb-wids.json").exists(),
+        "ranks of a multi-rank run do not finalize"
+    );
+    run_ok(bin().args(["finalize", "--out"]).arg(&three));
+    same_shards(&one, &three);
+
+    // Folder format: disjoint classes per rank, the same files in the end.
+    let f1 = tmp.path().join("f1");
+    run_ok(render(&mut bin(), &classes, &f1, "folder"));
+    let f3 = tmp.path().join("f3");
+    for r in 0..3 {
+        run_ok(render(&mut bin(), &classes, &f3, "folder").args([
+            "--rank",
+            &r.to_string(),
+            "--world-size",
+            "3",
+        ]));
+    }
+    let (a, b) = (files(&f1), files(&f3));
+    assert_eq!(a, b);
+    for f in &a {
+        assert_eq!(
+            std::fs::read(f1.join(f)).unwrap(),
+            std::fs::read(f3.join(f)).unwrap()
+        );
+    }
+}
+
+#[test]
+fn finalize_lists_missing_shards_and_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00023"]);
+    let out = tmp.path().join("out");
+    // 400 samples in 7 shards; only ranks 0 and 2 of 3 run, so shards 1 and 4 are missing.
+    for r in [0, 2] {
+        run_ok(render(&mut bin(), &classes, &out, "wds").args([
+            "--instance",
+            "4",
+            "--rank",
+            &r.to_string(),
+            "--world-size",
+            "3",
+        ]));
+    }
+    let e = run_err(bin().args(["finalize", "--out"]).arg(&out));
+    assert!(
+        e.contains("2 shard(s) missing") && e.contains("fractaldb-000001.tar fractaldb-000004.tar"),
+        "{e}"
+    );
+    assert!(!out.join("fractaldb-wids.json").exists());
+    run_ok(render(&mut bin(), &classes, &out, "wds").args([
+        "--instance",
+        "4",
+        "--rank",
+        "1",
+        "--world-size",
+        "3",
+    ]));
+    run_ok(bin().args(["finalize", "--out"]).arg(&out));
+    assert!(out.join("fractaldb-wids.json").exists());
+}
