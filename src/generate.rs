@@ -49,6 +49,13 @@ pub struct Summary {
     pub bytes: u64,
     pub seconds: f64,
     pub clouds: u64,
+    /// Thread-seconds spent per stage (summed over the threads of that stage).
+    pub chaos_s: f64,
+    pub raster_s: f64,
+    pub encode_s: f64,
+    pub write_s: f64,
+    /// CPU-seconds of the process during the run (filled in by the benchmark).
+    pub cpu_s: f64,
 }
 
 impl Summary {
@@ -86,6 +93,11 @@ pub fn run(opts: &RenderOptions) -> Result<Summary> {
     summary.seconds = t0.elapsed().as_secs_f64();
     summary.images = stats.images.load(Ordering::Relaxed);
     summary.clouds = stats.clouds.load(Ordering::Relaxed);
+    let secs = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64 / 1e9;
+    summary.chaos_s = secs(&stats.chaos_ns);
+    summary.raster_s = secs(&stats.raster_ns);
+    summary.encode_s = secs(&stats.encode_ns);
+    summary.write_s = secs(&stats.write_ns);
     if summary.bytes == 0 {
         summary.bytes = stats.png_bytes.load(Ordering::Relaxed);
     }
