@@ -107,12 +107,16 @@ fn draw_patches(
         let l = label(i);
         let (x0, y0) = (x as usize + 1, y as usize + 1);
         if x0 + 3 <= w && y0 + 3 <= h {
+            // Three rows of three bytes: bits 8..6, 5..3, 2..0 of the mask, most significant first.
+            let base = y0 * w + x0;
             for r in 0..3 {
-                let row = &mut canvas[(y0 + r) * w + x0..(y0 + r) * w + x0 + 3];
-                for (c, px) in row.iter_mut().enumerate() {
-                    let bit = (m >> (8 - (3 * r + c))) & 1;
-                    *px = l & (0u8.wrapping_sub(bit as u8));
-                }
+                let bits = (m >> (6 - 3 * r)) & 7;
+                let px = [
+                    l & 0u8.wrapping_sub(((bits >> 2) & 1) as u8),
+                    l & 0u8.wrapping_sub(((bits >> 1) & 1) as u8),
+                    l & 0u8.wrapping_sub((bits & 1) as u8),
+                ];
+                canvas[base + r * w..base + r * w + 3].copy_from_slice(&px);
             }
         } else {
             for r in 0..3 {

@@ -193,7 +193,6 @@ pub fn write_flip(
     channels: usize,
     out: &mut Vec<u8>,
 ) {
-    out.clear();
     out.resize(width * height * channels, 0);
     let tb = flip == 0 || flip == 2;
     let lr = flip >= 2;
@@ -201,16 +200,23 @@ pub fn write_flip(
         let src_row = if tb { height - 1 - r } else { r };
         let src = &canvas[src_row * width..(src_row + 1) * width];
         let dst = &mut out[r * width * channels..(r + 1) * width * channels];
-        for c in 0..width {
-            let l = if lr { src[width - 1 - c] } else { src[c] };
-            if l == 0 {
-                continue;
-            }
-            if channels == 3 {
-                dst[c * 3..c * 3 + 3].copy_from_slice(&pal[l as usize]);
-            } else {
-                dst[c] = pal[l as usize][0];
-            }
+        match (channels, lr) {
+            (1, false) => dst
+                .iter_mut()
+                .zip(src)
+                .for_each(|(d, &l)| *d = pal[l as usize][0]),
+            (1, true) => dst
+                .iter_mut()
+                .zip(src.iter().rev())
+                .for_each(|(d, &l)| *d = pal[l as usize][0]),
+            (_, false) => dst
+                .chunks_exact_mut(3)
+                .zip(src)
+                .for_each(|(d, &l)| d.copy_from_slice(&pal[l as usize])),
+            (_, true) => dst
+                .chunks_exact_mut(3)
+                .zip(src.iter().rev())
+                .for_each(|(d, &l)| d.copy_from_slice(&pal[l as usize])),
         }
     }
 }
