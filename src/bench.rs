@@ -218,6 +218,7 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                     source: "bench".into(),
                 },
                 progress: progress::Mode::Quiet,
+                backend: crate::pipeline::Backend::Cpu,
             };
             let cpu0 = process_cpu_seconds();
             let mut s = generate::run(&opts)?;

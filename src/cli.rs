@@ -3,8 +3,9 @@
 use crate::cluster;
 use crate::error::{Error, Result};
 use crate::generate::{self, RenderOptions};
-use crate::pipeline::Threads;
+use crate::pipeline::{Backend, Threads};
 use crate::progress;
+use crate::render::gl::egl::Choice;
 use crate::render::{DrawMode, MaskRng, PngConfig, RenderConfig};
 use crate::search::{self, SearchConfig};
 use crate::sink::Format;
@@ -36,6 +37,9 @@ pub enum Command {
     /// Merge the per-rank manifests of a sharded run into the manifest and the wids index.
     #[command(args_override_self = true)]
     Finalize(FinalizeArgs),
+    /// List the EGL devices: index, CUDA ordinal, GL renderer, software or not.
+    #[command(args_override_self = true)]
+    Devices,
     /// Measure images/s per stage on the CPU engine.
     #[command(args_override_self = true)]
     Bench(crate::bench::BenchArgs),
@@ -181,6 +185,15 @@ pub struct RenderArgs {
     /// Shards rendered together (wds): each point cloud is computed once per window; memory grows with it
     #[arg(long, default_value_t = 2)]
     pub window: usize,
+    /// Engine: cpu, gl (headless EGL/OpenGL compute shaders) or auto (gl on a hardware GPU, else cpu)
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendArg,
+    /// CUDA ordinal of the GPU for --backend gl (default: the local rank, respecting CUDA_VISIBLE_DEVICES)
+    #[arg(long)]
+    pub gpu: Option<i64>,
+    /// EGL device index (`fractaldb devices`) for --backend gl, overriding --gpu
+    #[arg(long)]
+    pub egl_device: Option<usize>,
     /// This process's rank (default: from the launcher's environment)
     #[arg(long)]
     pub rank: Option<u64>,
@@ -208,7 +221,42 @@ pub struct FinalizeArgs {
     pub prefix: String,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    Cpu,
+    Gl,
+    Auto,
+}
+
 impl RenderArgs {
+    fn backend(&self, rank: &cluster::Rank) -> Backend {
+        let gpu = self.gpu.unwrap_or_else(|| {
+            let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+            crate::render::gl::egl::cuda_ordinal_for(
+                rank.local_rank,
+                visible.as_deref(),
+                usize::MAX,
+            )
+        });
+        let choice = Choice {
+            cuda_ordinal: Some(gpu),
+            egl_index: self.egl_device,
+        };
+        match self.backend {
+            BackendArg::Cpu => Backend::Cpu,
+            BackendArg::Gl => Backend::Gl(choice),
+            BackendArg::Auto => match crate::render::gl::egl::has_hardware_device() {
+                Some(true) => Backend::Gl(choice),
+                _ => {
+                    if !self.common.quiet {
+                        eprintln!("backend auto: no hardware EGL device, using the CPU engine");
+                    }
+                    Backend::Cpu
+                }
+            },
+        }
+    }
+
     pub fn to_options(&self) -> Result<RenderOptions> {
         let cfg = RenderConfig {
             width: self.image_size_x,
@@ -230,6 +278,11 @@ impl RenderArgs {
         }
         let threads = self.common.threads();
         let rank = cluster::from_env(self.rank, self.world_size)?;
+        let backend = self.backend(&rank);
+        if let Backend::Gl(_) = backend {
+            // Fail before any output when libEGL is missing; the context itself is made in the render thread.
+            crate::render::gl::egl::load()?;
+        }
         Ok(RenderOptions {
             load_root: self.load_root.clone(),
             out: self.out.clone(),
@@ -258,6 +311,7 @@ impl RenderArgs {
             window: self.window.max(1),
             rank,
             progress: self.common.progress(),
+            backend,
         })
     }
 }
@@ -379,5 +433,30 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Bench(a) => crate::bench::run(&a),
+        Command::Devices => {
+            let all = crate::render::gl::egl::describe_all()?;
+            if all.is_empty() {
+                println!(
+                    "no EGL devices listed (the driver lacks EGL_EXT_device_enumeration, or none is visible)"
+                );
+            }
+            for (d, r) in all {
+                println!(
+                    "EGL device {}: cuda={} software={} drm={}",
+                    d.index,
+                    d.cuda_ordinal.map(|c| c.to_string()).unwrap_or("-".into()),
+                    d.software,
+                    d.drm_file.as_deref().unwrap_or("-")
+                );
+                match r {
+                    Ok((renderer, version)) => {
+                        println!("  GL_RENDERER {renderer}\n  GL_VERSION  {version}")
+                    }
+                    Err(e) => println!("  cannot open: {e}"),
+                }
+                println!("  extensions  {}", d.extensions);
+            }
+            Ok(())
+        }
     }
 }

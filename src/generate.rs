@@ -3,7 +3,7 @@
 use crate::cluster::Rank;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::pipeline::{self, Abort, CloudJob, Context, Stats, Target, Threads};
+use crate::pipeline::{self, Abort, Backend, CloudJob, Context, Stats, Target, Threads};
 use crate::plan::{self, Permutation, Plan};
 use crate::progress::{self, Reporter};
 use crate::render::{PngConfig, RenderConfig};
@@ -39,6 +39,7 @@ pub struct RenderOptions {
     pub window: usize,
     pub rank: Rank,
     pub progress: progress::Mode,
+    pub backend: Backend,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -79,6 +80,7 @@ pub fn run(opts: &RenderOptions) -> Result<Summary> {
     let plan = Plan::new(classes, &opts.weights, instances)?;
     let u = chaos_sequence(opts.cfg.iterations);
     let ctx = Context {
+        backend: opts.backend,
         plan: &plan,
         cfg: &opts.cfg,
         png: opts.png,

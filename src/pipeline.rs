@@ -103,8 +103,20 @@ impl Stats {
     }
 }
 
+/// Which engine draws the images.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Cpu,
+    /// The GL engine on one EGL device, driven by one thread that owns the context.
+    Gl(render::gl::egl::Choice),
+}
+
+/// Clouds per chaos-game dispatch of the GL engine.
+const GL_BATCH: usize = 32;
+
 /// Everything the render stage reads.
 pub struct Context<'a> {
+    pub backend: Backend,
     pub plan: &'a Plan,
     pub cfg: &'a RenderConfig,
     pub png: PngConfig,
@@ -159,11 +171,19 @@ pub fn run(
         .map(|_| bounded(threads.queue.max(1) * 4))
         .unzip();
     std::thread::scope(|s| {
-        for _ in 0..threads.render.max(1) {
+        let renderers = match ctx.backend {
+            Backend::Cpu => threads.render.max(1),
+            Backend::Gl(_) => 1,
+        };
+        for _ in 0..renderers {
             let tx = raster_tx.clone();
             let next = &next;
             s.spawn(move || {
-                if let Err(e) = render_worker(ctx, jobs, next, &tx, stats, abort) {
+                let r = match ctx.backend {
+                    Backend::Cpu => render_worker(ctx, jobs, next, &tx, stats, abort),
+                    Backend::Gl(choice) => gl_render_worker(ctx, choice, jobs, &tx, stats, abort),
+                };
+                if let Err(e) = r {
                     abort.set(e);
                 }
             });
@@ -253,6 +273,65 @@ fn render_worker(
             }
         }
     }
+}
+
+/// The GL render stage: one thread owns the context; clouds are computed `GL_BATCH` at a time.
+fn gl_render_worker(
+    ctx: &Context,
+    choice: render::gl::egl::Choice,
+    jobs: &[CloudJob],
+    tx: &Sender<Raster>,
+    stats: &Stats,
+    abort: &Abort,
+) -> Result<()> {
+    let mut engine = render::gl::GlEngine::new(choice, ctx.u)?;
+    let c = &engine.ctx;
+    eprintln!("backend gl: {} -> {} ({})", c.device, c.renderer, c.version);
+    if c.software {
+        eprintln!(
+            "WARNING: the GL backend is running on a SOFTWARE renderer ({}): about 100x slower than a GPU; \
+             --backend cpu is faster on this machine",
+            c.renderer
+        );
+    }
+    for batch in jobs.chunks(GL_BATCH) {
+        if abort.is_set() {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        let ifss: Vec<_> = batch
+            .iter()
+            .map(|j| {
+                ctx.plan.classes[j.class as usize]
+                    .ifs
+                    .weighted(&ctx.plan.weights[j.row as usize])
+            })
+            .collect();
+        let clouds = engine.clouds(&ifss, ctx.cfg)?;
+        Stats::add(&stats.chaos_ns, t0);
+        for (job, cloud) in batch.iter().zip(clouds) {
+            let class = &ctx.plan.classes[job.class as usize];
+            let cloud =
+                cloud.map_err(|axis| cpu::degenerate_error(&class.path, job.row as usize, axis))?;
+            stats.clouds.fetch_add(1, Ordering::Relaxed);
+            let t0 = Instant::now();
+            let insts: Vec<u32> = job.instances.iter().map(|i| i.instance).collect();
+            let canvases = engine.raster(&cloud, ctx.cfg, class.key, job.row, &insts)?;
+            Stats::add(&stats.raster_ns, t0);
+            for (inst, canvas) in job.instances.iter().zip(canvases) {
+                if tx
+                    .send(Raster {
+                        canvas: Arc::new(canvas),
+                        flips: inst.flips.clone(),
+                    })
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn encode_worker(

@@ -1,6 +1,7 @@
 //! Rasterisation: draw modes, patch-mask sources, flips and the CPU engine.
 
 pub mod cpu;
+pub mod gl;
 
 use crate::error::{Error, Result};
 use std::fmt;

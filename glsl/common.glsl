@@ -1,0 +1,27 @@
+// Shared by the raster shaders: the counter-based mask hash of the CPU engine (rng.rs), and labels.
+uint hash32(uint x) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    return x ^ (x >> 16);
+}
+
+uniform uint mask_k0;
+uniform uint mask_k1;
+uniform uint python_masks; // 1: masks[] holds CPython randrange(1, 512) draws for this instance
+uniform uint color_mode;   // 1: label = 1 + i % 128, else 127
+
+layout(std430, binding = 3) readonly buffer Masks { uint masks[]; };
+
+uint mask_of(uint i) {
+    if (python_masks == 1u) return masks[i];
+    uint h = hash32(hash32(i + mask_k0) ^ mask_k1);
+    uint hi, lo;
+    umulExtended(h, 511u, hi, lo);
+    return 1u + hi;
+}
+
+uint label_of(uint i) {
+    return color_mode == 1u ? 1u + (i % 128u) : 127u;
+}

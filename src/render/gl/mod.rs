@@ -1,0 +1,342 @@
+//! The GL backend: the chaos game in fp64 compute shaders (many clouds per dispatch, one invocation per
+//! cloud) and a compute raster (atomicMax of the point index per pixel, then a resolve pass per instance),
+//! on a headless EGL context. Its pixels equal the CPU engine's: the chaos game is exact in fp64, the
+//! rescale runs on the CPU with the same code, and "last point wins" is what atomicMax computes.
+
+pub mod egl;
+
+use super::{MaskRng, RenderConfig, cpu};
+use crate::error::{Error, Result};
+use crate::ifs::{Cloud, Ifs};
+use crate::rng::{MaskKey, PyRandom};
+use glow::HasContext;
+
+const CHAOS: &str = include_str!("../../../glsl/chaos.comp");
+const COMMON: &str = include_str!("../../../glsl/common.glsl");
+const SPLAT: &str = include_str!("../../../glsl/splat.comp");
+const RESOLVE: &str = include_str!("../../../glsl/resolve.comp");
+
+/// llvmpipe ends an invocation after 65,535 loop iterations in total; stay well under it.
+const SOFTWARE_LOOP_BUDGET: u32 = 60_000;
+
+struct Program {
+    program: glow::Program,
+}
+
+impl Program {
+    unsafe fn new(gl: &glow::Context, name: &str, src: &str) -> Result<Program> {
+        let src = src.replace("#include \"common.glsl\"", COMMON);
+        unsafe {
+            let shader = gl
+                .create_shader(glow::COMPUTE_SHADER)
+                .map_err(Error::Other)?;
+            gl.shader_source(shader, &src);
+            gl.compile_shader(shader);
+            if !gl.get_shader_compile_status(shader) {
+                let log = gl.get_shader_info_log(shader);
+                return Err(Error::Other(format!(
+                    "GL: compiling {name} failed (the driver may lack fp64 or GLSL 4.30); use --backend cpu:\n{log}"
+                )));
+            }
+            let program = gl.create_program().map_err(Error::Other)?;
+            gl.attach_shader(program, shader);
+            gl.link_program(program);
+            if !gl.get_program_link_status(program) {
+                return Err(Error::Other(format!(
+                    "GL: linking {name} failed: {}",
+                    gl.get_program_info_log(program)
+                )));
+            }
+            gl.delete_shader(shader);
+            Ok(Program { program })
+        }
+    }
+
+    unsafe fn set_u32(&self, gl: &glow::Context, name: &str, v: u32) {
+        unsafe {
+            let loc = gl.get_uniform_location(self.program, name);
+            gl.uniform_1_u32(loc.as_ref(), v);
+        }
+    }
+}
+
+/// A growable shader storage buffer.
+struct Ssbo {
+    buf: glow::Buffer,
+    cap: usize,
+}
+
+impl Ssbo {
+    unsafe fn new(gl: &glow::Context) -> Result<Ssbo> {
+        Ok(Ssbo {
+            buf: unsafe { gl.create_buffer() }.map_err(Error::Other)?,
+            cap: 0,
+        })
+    }
+    /// Ensures `bytes` of storage (contents undefined after growth) and binds it at `binding`.
+    unsafe fn reserve(&mut self, gl: &glow::Context, bytes: usize, binding: u32) {
+        unsafe {
+            gl.bind_buffer(glow::SHADER_STORAGE_BUFFER, Some(self.buf));
+            if bytes > self.cap {
+                self.cap = bytes.next_power_of_two().max(256);
+                gl.buffer_data_size(
+                    glow::SHADER_STORAGE_BUFFER,
+                    self.cap as i32,
+                    glow::DYNAMIC_COPY,
+                );
+            }
+            gl.bind_buffer_base(glow::SHADER_STORAGE_BUFFER, binding, Some(self.buf));
+        }
+    }
+    unsafe fn upload(&mut self, gl: &glow::Context, data: &[u8], binding: u32) {
+        unsafe {
+            self.reserve(gl, data.len().max(4), binding);
+            gl.buffer_sub_data_u8_slice(glow::SHADER_STORAGE_BUFFER, 0, data);
+        }
+    }
+    unsafe fn zero(&mut self, gl: &glow::Context, bytes: usize, binding: u32, zeros: &mut Vec<u8>) {
+        if zeros.len() < bytes {
+            zeros.resize(bytes, 0);
+        }
+        unsafe { self.upload(gl, &zeros[..bytes], binding) }
+    }
+    unsafe fn read(&self, gl: &glow::Context, out: &mut [u8]) {
+        unsafe {
+            gl.bind_buffer(glow::SHADER_STORAGE_BUFFER, Some(self.buf));
+            gl.get_buffer_sub_data(glow::SHADER_STORAGE_BUFFER, 0, out);
+        }
+    }
+}
+
+fn bytes_of<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: plain numeric data, read as bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+/// The GL engine; lives in (and must stay on) the thread that created it.
+pub struct GlEngine {
+    pub ctx: egl::Gl,
+    chaos: Program,
+    splat: Program,
+    resolve: Program,
+    u: Ssbo,
+    maps: Ssbo,
+    nmaps: Ssbo,
+    state: Ssbo,
+    xs: Ssbo,
+    ys: Ssbo,
+    pts: Ssbo,
+    winner: Ssbo,
+    labels: Ssbo,
+    masks: Ssbo,
+    n_u: usize,
+    zeros: Vec<u8>,
+}
+
+impl GlEngine {
+    /// Opens a device and compiles the shaders; `u` is the shared chaos-game sequence.
+    pub fn new(choice: egl::Choice, u: &[f64]) -> Result<GlEngine> {
+        let ctx = egl::open(choice)?;
+        unsafe {
+            let gl = &ctx.gl;
+            let mut e = GlEngine {
+                chaos: Program::new(gl, "glsl/chaos.comp", CHAOS)?,
+                splat: Program::new(gl, "glsl/splat.comp", SPLAT)?,
+                resolve: Program::new(gl, "glsl/resolve.comp", RESOLVE)?,
+                u: Ssbo::new(gl)?,
+                maps: Ssbo::new(gl)?,
+                nmaps: Ssbo::new(gl)?,
+                state: Ssbo::new(gl)?,
+                xs: Ssbo::new(gl)?,
+                ys: Ssbo::new(gl)?,
+                pts: Ssbo::new(gl)?,
+                winner: Ssbo::new(gl)?,
+                labels: Ssbo::new(gl)?,
+                masks: Ssbo::new(gl)?,
+                n_u: u.len(),
+                zeros: Vec::new(),
+                ctx,
+            };
+            e.u.upload(&e.ctx.gl, bytes_of(u), 0);
+            Ok(e)
+        }
+    }
+
+    /// Runs the chaos game of every IFS (already weighted) for `n` points, the origin included.
+    /// Returns (xs, ys) per cloud, bit-identical to `Ifs::chaos_game`.
+    pub fn chaos_games(&mut self, ifss: &[Ifs], n: usize) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
+        if n > self.n_u {
+            return Err(Error::Other(format!(
+                "internal: {n} points but a u sequence of {}",
+                self.n_u
+            )));
+        }
+        let nc = ifss.len();
+        if nc == 0 || n == 0 {
+            return Ok(vec![(vec![], vec![]); nc]);
+        }
+        let max_maps = ifss.iter().map(|f| f.maps.len()).max().unwrap_or(1).max(1);
+        let mut maps = vec![0f64; nc * max_maps * 8];
+        let mut nm = vec![0u32; nc];
+        for (c, ifs) in ifss.iter().enumerate() {
+            let cum = ifs.cumulative();
+            nm[c] = ifs.maps.len() as u32;
+            for (m, (map, cp)) in ifs.maps.iter().zip(cum).enumerate() {
+                let o = (c * max_maps + m) * 8;
+                maps[o..o + 7].copy_from_slice(&[map.a, map.b, map.c, map.d, map.e, map.f, cp]);
+            }
+        }
+        let gl = &self.ctx.gl;
+        unsafe {
+            self.u.reserve(gl, self.n_u * 8, 0);
+            self.maps.upload(gl, bytes_of(&maps), 1);
+            self.nmaps.upload(gl, bytes_of(&nm), 2);
+            self.state.upload(gl, bytes_of(&vec![0f64; nc * 4]), 3);
+            // Every element is written by the shader (index 0 at k_begin == 0).
+            self.xs.reserve(gl, nc * n * 8, 4);
+            self.ys.reserve(gl, nc * n * 8, 5);
+            gl.use_program(Some(self.chaos.program));
+            self.chaos.set_u32(gl, "n_clouds", nc as u32);
+            self.chaos.set_u32(gl, "n_points", n as u32);
+            self.chaos.set_u32(gl, "max_maps", max_maps as u32);
+            let steps = (n - 1) as u32;
+            let chunk = if self.ctx.software {
+                (SOFTWARE_LOOP_BUDGET / (max_maps as u32 + 2)).max(1)
+            } else {
+                steps.max(1)
+            };
+            let mut k = 0;
+            loop {
+                // At least one dispatch: the first one also writes the origin.
+                let end = (k + chunk).min(steps);
+                self.chaos.set_u32(gl, "k_begin", k);
+                self.chaos.set_u32(gl, "k_end", end);
+                gl.dispatch_compute((nc as u32).div_ceil(32), 1, 1);
+                gl.memory_barrier(
+                    glow::SHADER_STORAGE_BARRIER_BIT | glow::BUFFER_UPDATE_BARRIER_BIT,
+                );
+                k = end;
+                if k >= steps {
+                    break;
+                }
+            }
+            let mut xs = vec![0f64; nc * n];
+            let mut ys = vec![0f64; nc * n];
+            self.xs.read(
+                gl,
+                std::slice::from_raw_parts_mut(xs.as_mut_ptr() as *mut u8, nc * n * 8),
+            );
+            self.ys.read(
+                gl,
+                std::slice::from_raw_parts_mut(ys.as_mut_ptr() as *mut u8, nc * n * 8),
+            );
+            check(gl, "chaos game")?;
+            Ok((0..nc)
+                .map(|c| {
+                    (
+                        xs[c * n..(c + 1) * n].to_vec(),
+                        ys[c * n..(c + 1) * n].to_vec(),
+                    )
+                })
+                .collect())
+        }
+    }
+
+    /// Draws the given instances of one cloud; returns one label canvas per instance (y down).
+    pub fn raster(
+        &mut self,
+        cloud: &Cloud,
+        cfg: &RenderConfig,
+        class_key: u32,
+        row: u32,
+        instances: &[u32],
+    ) -> Result<Vec<Vec<u8>>> {
+        let (w, h) = (cfg.width as usize, cfg.height as usize);
+        let n = cloud.xs.len();
+        let pts: Vec<u32> = cloud
+            .xs
+            .iter()
+            .zip(&cloud.ys)
+            .map(|(&x, &y)| x as u32 | (y as u32) << 16)
+            .collect();
+        let patch = cfg.mode.is_patch() as u32;
+        let gl = &self.ctx.gl;
+        let mut out = Vec::with_capacity(instances.len());
+        unsafe {
+            self.pts.upload(gl, bytes_of(&pts), 0);
+            self.winner.zero(gl, w * h * 4, 1, &mut self.zeros);
+            gl.use_program(Some(self.splat.program));
+            self.splat.set_u32(gl, "n_points", n as u32);
+            self.splat.set_u32(gl, "width", w as u32);
+            self.splat.set_u32(gl, "height", h as u32);
+            self.splat.set_u32(gl, "patch_mode", patch);
+            if n > 0 {
+                gl.dispatch_compute((n as u32).div_ceil(256), 1, 1);
+            }
+            gl.memory_barrier(glow::SHADER_STORAGE_BARRIER_BIT);
+            let words = (w * h).div_ceil(4);
+            self.labels.reserve(gl, words * 4, 2);
+            gl.use_program(Some(self.resolve.program));
+            self.resolve.set_u32(gl, "width", w as u32);
+            self.resolve.set_u32(gl, "height", h as u32);
+            self.resolve.set_u32(gl, "patch_mode", patch);
+            self.resolve
+                .set_u32(gl, "color_mode", cfg.mode.is_color() as u32);
+            self.pts.reserve(gl, pts.len().max(1) * 4, 0);
+            self.winner.reserve(gl, w * h * 4, 1);
+            for &inst in instances {
+                match cfg.masks {
+                    MaskRng::Counter { seed } => {
+                        let k = MaskKey::new(seed, class_key, row, inst);
+                        self.resolve.set_u32(gl, "python_masks", 0);
+                        self.resolve.set_u32(gl, "mask_k0", k.k0);
+                        self.resolve.set_u32(gl, "mask_k1", k.k1);
+                        self.masks.reserve(gl, 4, 3);
+                    }
+                    MaskRng::Python { seed } => {
+                        let mut py = PyRandom::seed(seed as i128 + inst as i128);
+                        let m: Vec<u32> = (0..n).map(|_| py.randrange_1_512() as u32).collect();
+                        self.masks.upload(gl, bytes_of(&m), 3);
+                        self.resolve.set_u32(gl, "python_masks", 1);
+                    }
+                }
+                gl.use_program(Some(self.resolve.program));
+                gl.dispatch_compute((words as u32).div_ceil(256), 1, 1);
+                gl.memory_barrier(
+                    glow::SHADER_STORAGE_BARRIER_BIT | glow::BUFFER_UPDATE_BARRIER_BIT,
+                );
+                let mut buf = vec![0u8; words * 4];
+                self.labels.read(gl, &mut buf);
+                buf.truncate(w * h);
+                out.push(buf);
+            }
+            check(gl, "raster")?;
+        }
+        Ok(out)
+    }
+
+    /// Chaos game on the GPU, rescale on the CPU (the same code as the CPU engine).
+    pub fn clouds(
+        &mut self,
+        ifss: &[Ifs],
+        cfg: &RenderConfig,
+    ) -> Result<Vec<std::result::Result<Cloud, &'static str>>> {
+        let pts = self.chaos_games(ifss, cfg.iterations)?;
+        Ok(pts
+            .into_iter()
+            .map(|(mut xs, mut ys)| {
+                let mut c = Cloud::default();
+                cpu::cloud_from_points(&mut xs, &mut ys, cfg, &mut c).map(|_| c)
+            })
+            .collect())
+    }
+}
+
+unsafe fn check(gl: &glow::Context, what: &str) -> Result<()> {
+    let e = unsafe { gl.get_error() };
+    if e == glow::NO_ERROR {
+        Ok(())
+    } else {
+        Err(Error::Other(format!("GL error 0x{e:x} in {what}")))
+    }
+}

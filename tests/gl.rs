@@ -1,0 +1,206 @@
+//! The GL backend (headless EGL; Mesa llvmpipe in CI) against the golden files and the CPU engine.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+fn same_tree(a: &Path, b: &Path) {
+    let fa = files(a);
+    assert!(!fa.is_empty());
+    assert_eq!(fa, files(b));
+    for f in &fa {
+        assert!(
+            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
+            "{} differs",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn gl_reproduces_every_golden_file() {
+    let r = reference();
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00000"]);
+    for mode in ["patch_gray", "point_gray"] {
+        let out = run_ok(
+            bin()
+                .args([
+                    "render",
+                    "-q",
+                    "--backend",
+                    "gl",
+                    "--draw-type",
+                    mode,
+                    "--instance",
+                    "1",
+                ])
+                .args(["--mask-rng", "python:12345", "--iteration", "200000"])
+                .arg("--load-root")
+                .arg(&classes)
+                .arg("--out")
+                .arg(tmp.path().join(mode))
+                .arg("--weight-csv")
+                .arg(r.join("weights/weights_0.4.csv")),
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("backend gl:"));
+    }
+    let manifest = std::fs::read_to_string(r.join("golden/manifest.csv")).unwrap();
+    let mut n = 0;
+    for line in manifest.lines().skip(1) {
+        let file = line.split(',').next().unwrap();
+        let g = decode_rgb(&r.join("golden").join(file));
+        let o = decode_rgb(&tmp.path().join(file));
+        assert!(g == o, "{file}: GL output differs from the original");
+        n += 1;
+    }
+    assert_eq!(n, 16);
+}
+
+#[test]
+fn gl_equals_cpu_for_every_mode_and_odd_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00031", "00047", "00058"]);
+    // 70,000 points: more than one llvmpipe dispatch can iterate, so the chain is split.
+    let cases = [
+        ("patch_gray", "100", "80", "70000", "counter:5"),
+        ("patch_color", "57", "131", "9000", "counter:0"),
+        ("point_gray", "64", "64", "9000", "counter:0"),
+        ("point_color", "91", "33", "9000", "counter:0"),
+        ("patch_gray", "40", "40", "5000", "python:7"),
+    ];
+    for (i, (mode, w, h, it, masks)) in cases.iter().enumerate() {
+        let mut outs = Vec::new();
+        for backend in ["cpu", "gl"] {
+            let out = tmp.path().join(format!("{i}-{backend}"));
+            run_ok(
+                bin()
+                    .args([
+                        "render",
+                        "-q",
+                        "--backend",
+                        backend,
+                        "--draw-type",
+                        mode,
+                        "--instance",
+                        "2",
+                    ])
+                    .args([
+                        "--image-size-x",
+                        w,
+                        "--image-size-y",
+                        h,
+                        "--iteration",
+                        it,
+                        "--mask-rng",
+                        masks,
+                    ])
+                    .args(["--pad-size-x", "3"])
+                    .arg("--load-root")
+                    .arg(&classes)
+                    .arg("--out")
+                    .arg(&out),
+            );
+            outs.push(out);
+        }
+        same_tree(&outs[0], &outs[1]);
+    }
+}
+
+#[test]
+fn gl_shards_equal_cpu_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00061", "00062"]);
+    let mut dirs = Vec::new();
+    for backend in ["cpu", "gl"] {
+        let out = tmp.path().join(backend);
+        run_ok(
+            bin()
+                .args([
+                    "render",
+                    "-q",
+                    "--backend",
+                    backend,
+                    "--format",
+                    "wds",
+                    "--samples-per-shard",
+                    "100",
+                ])
+                .args([
+                    "--image-size-x",
+                    "64",
+                    "--image-size-y",
+                    "64",
+                    "--iteration",
+                    "4000",
+                    "--instance",
+                    "2",
+                ])
+                .arg("--load-root")
+                .arg(&classes)
+                .arg("--out")
+                .arg(&out),
+        );
+        dirs.push(out);
+    }
+    same_tree(&dirs[0], &dirs[1]);
+}
+
+#[test]
+fn devices_lists_the_software_device() {
+    let out = run_ok(bin().arg("devices"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("EGL device 0") && text.contains("GL_RENDERER"),
+        "{text}"
+    );
+}
+
+#[test]
+fn missing_libegl_names_the_packages_and_leaves_no_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00000"]);
+    let empty = tmp.path().join("empty-lib-dir");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = tmp.path().join("out");
+    let e = run_err(
+        Command::new(env!("CARGO_BIN_EXE_fractaldb"))
+            .env("FRACTALDB_EGL_LIBRARY", empty.join("libEGL.so.1"))
+            .args(["render", "-q", "--backend", "gl", "--load-root"])
+            .arg(&classes)
+            .arg("--out")
+            .arg(&out),
+    );
+    assert!(
+        e.contains("libegl1") && e.contains("libegl-mesa0") && e.contains("--backend cpu"),
+        "{e}"
+    );
+    assert!(!out.exists());
+    // auto falls back to the CPU engine.
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_fractaldb"))
+            .env("FRACTALDB_EGL_LIBRARY", empty.join("libEGL.so.1"))
+            .args([
+                "render",
+                "-q",
+                "--backend",
+                "auto",
+                "--iteration",
+                "2000",
+                "--image-size-x",
+                "32",
+            ])
+            .args([
+                "--image-size-y",
+                "32",
+                "--draw-type",
+                "point_gray",
+                "--load-root",
+            ])
+            .arg(&classes)
+            .arg("--out")
+            .arg(&out),
+    );
+    assert_eq!(files(&out).len(), 100);
+}
