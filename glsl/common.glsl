@@ -7,20 +7,18 @@ uint hash32(uint x) {
     return x ^ (x >> 16);
 }
 
-uniform uint mask_k0;
-uniform uint mask_k1;
-uniform uint python_masks; // 1: masks[] holds CPython randrange(1, 512) draws for this instance
-uniform uint color_mode;   // 1: label = 1 + i % 128, else 127
-
-layout(std430, binding = 3) readonly buffer Masks { uint masks[]; };
-
-uint mask_of(uint i) {
-    if (python_masks == 1u) return masks[i];
-    uint h = hash32(hash32(i + mask_k0) ^ mask_k1);
+// 1 + floor(h * 511 / 2^32): the 9-bit mask (1..511) of point i for the instance key (k0, k1).
+uint counter_mask(uint i, uint k0, uint k1) {
+    uint h = hash32(hash32(i + k0) ^ k1);
     uint hi, lo;
     umulExtended(h, 511u, hi, lo);
     return 1u + hi;
 }
+
+uniform uint python_masks; // 1: masks[] holds CPython randrange(1, 512) draws (instance-major)
+uniform uint color_mode;   // 1: label = 1 + i % 128, else 127
+
+layout(std430, binding = 3) readonly buffer Masks { uint masks[]; };
 
 uint label_of(uint i) {
     return color_mode == 1u ? 1u + (i % 128u) : 127u;

@@ -13,6 +13,13 @@ uniform uint patch_mode;
 
 #include "common.glsl"
 
+uniform uint mask_k0;
+uniform uint mask_k1;
+
+uint mask_of(uint i) {
+    return python_masks == 1u ? masks[i] : counter_mask(i, mask_k0, mask_k1);
+}
+
 uint pixel(uint p) {
     if (p >= width * height) return 0u;
     uint w = winner[p];

@@ -188,6 +188,9 @@ pub struct RenderArgs {
     /// Engine: cpu, gl (headless EGL/OpenGL compute shaders) or auto (gl on a hardware GPU, else cpu)
     #[arg(long, default_value = "auto")]
     pub backend: BackendArg,
+    /// GL raster path: compute (atomicMax splat + resolve) or points (GL_POINTS into an integer FBO)
+    #[arg(long, default_value = "compute")]
+    pub raster: crate::render::gl::RasterMethod,
     /// CUDA ordinal of the GPU for --backend gl (default: the local rank, respecting CUDA_VISIBLE_DEVICES)
     #[arg(long)]
     pub gpu: Option<i64>,
@@ -244,9 +247,9 @@ impl RenderArgs {
         };
         match self.backend {
             BackendArg::Cpu => Backend::Cpu,
-            BackendArg::Gl => Backend::Gl(choice),
+            BackendArg::Gl => Backend::Gl(choice, self.raster),
             BackendArg::Auto => match crate::render::gl::egl::has_hardware_device() {
-                Some(true) => Backend::Gl(choice),
+                Some(true) => Backend::Gl(choice, self.raster),
                 _ => {
                     if !self.common.quiet {
                         eprintln!("backend auto: no hardware EGL device, using the CPU engine");
@@ -279,7 +282,7 @@ impl RenderArgs {
         let threads = self.common.threads();
         let rank = cluster::from_env(self.rank, self.world_size)?;
         let backend = self.backend(&rank);
-        if let Backend::Gl(_) = backend {
+        if let Backend::Gl(..) = backend {
             // Fail before any output when libEGL is missing; the context itself is made in the render thread.
             crate::render::gl::egl::load()?;
         }

@@ -108,7 +108,7 @@ impl Stats {
 pub enum Backend {
     Cpu,
     /// The GL engine on one EGL device, driven by one thread that owns the context.
-    Gl(render::gl::egl::Choice),
+    Gl(render::gl::egl::Choice, render::gl::RasterMethod),
 }
 
 /// Clouds per chaos-game dispatch of the GL engine.
@@ -173,7 +173,7 @@ pub fn run(
     std::thread::scope(|s| {
         let renderers = match ctx.backend {
             Backend::Cpu => threads.render.max(1),
-            Backend::Gl(_) => 1,
+            Backend::Gl(..) => 1,
         };
         for _ in 0..renderers {
             let tx = raster_tx.clone();
@@ -181,7 +181,7 @@ pub fn run(
             s.spawn(move || {
                 let r = match ctx.backend {
                     Backend::Cpu => render_worker(ctx, jobs, next, &tx, stats, abort),
-                    Backend::Gl(choice) => gl_render_worker(ctx, choice, jobs, &tx, stats, abort),
+                    Backend::Gl(choice, method) => gl_render_worker(ctx, choice, method, jobs, &tx, stats, abort),
                 };
                 if let Err(e) = r {
                     abort.set(e);
@@ -279,14 +279,15 @@ fn render_worker(
 fn gl_render_worker(
     ctx: &Context,
     choice: render::gl::egl::Choice,
+    method: render::gl::RasterMethod,
     jobs: &[CloudJob],
     tx: &Sender<Raster>,
     stats: &Stats,
     abort: &Abort,
 ) -> Result<()> {
-    let mut engine = render::gl::GlEngine::new(choice, ctx.u)?;
+    let mut engine = render::gl::GlEngine::new(choice, ctx.u, method)?;
     let c = &engine.ctx;
-    eprintln!("backend gl: {} -> {} ({})", c.device, c.renderer, c.version);
+    eprintln!("backend gl: {} -> {} ({}), raster {:?}", c.device, c.renderer, c.version, method);
     if c.software {
         eprintln!(
             "WARNING: the GL backend is running on a SOFTWARE renderer ({}): about 100x slower than a GPU; \

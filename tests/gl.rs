@@ -72,30 +72,13 @@ fn gl_equals_cpu_for_every_mode_and_odd_sizes() {
     ];
     for (i, (mode, w, h, it, masks)) in cases.iter().enumerate() {
         let mut outs = Vec::new();
-        for backend in ["cpu", "gl"] {
-            let out = tmp.path().join(format!("{i}-{backend}"));
+        for (backend, raster) in [("cpu", "compute"), ("gl", "compute"), ("gl", "points")] {
+            let out = tmp.path().join(format!("{i}-{backend}-{raster}"));
             run_ok(
                 bin()
-                    .args([
-                        "render",
-                        "-q",
-                        "--backend",
-                        backend,
-                        "--draw-type",
-                        mode,
-                        "--instance",
-                        "2",
-                    ])
-                    .args([
-                        "--image-size-x",
-                        w,
-                        "--image-size-y",
-                        h,
-                        "--iteration",
-                        it,
-                        "--mask-rng",
-                        masks,
-                    ])
+                    .args(["render", "-q", "--backend", backend, "--raster", raster])
+                    .args(["--draw-type", mode, "--instance", "2", "--mask-rng", masks])
+                    .args(["--image-size-x", w, "--image-size-y", h, "--iteration", it])
                     .args(["--pad-size-x", "3"])
                     .arg("--load-root")
                     .arg(&classes)
@@ -105,6 +88,7 @@ fn gl_equals_cpu_for_every_mode_and_odd_sizes() {
             outs.push(out);
         }
         same_tree(&outs[0], &outs[1]);
+        same_tree(&outs[0], &outs[2]);
     }
 }
 

@@ -15,6 +15,21 @@ const CHAOS: &str = include_str!("../../../glsl/chaos.comp");
 const COMMON: &str = include_str!("../../../glsl/common.glsl");
 const SPLAT: &str = include_str!("../../../glsl/splat.comp");
 const RESOLVE: &str = include_str!("../../../glsl/resolve.comp");
+const POINTS_VS: &str = include_str!("../../../glsl/points.vert");
+const POINTS_FS: &str = include_str!("../../../glsl/points.frag");
+
+/// How the GL engine rasterises: GL_POINTS into an integer FBO, or a compute splat + resolve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+pub enum RasterMethod {
+    Points,
+    #[default]
+    Compute,
+}
+
+/// Instances drawn by one instanced GL_POINTS draw (the size of the fragment shader's key array).
+const MAX_INSTANCES_PER_DRAW: usize = 64;
+/// Guard band around each atlas region: a 3x3 patch at +1..+3 may reach 3 pixels past the image.
+const GUARD: usize = 4;
 
 /// llvmpipe ends an invocation after 65,535 loop iterations in total; stay well under it.
 const SOFTWARE_LOOP_BUDGET: u32 = 60_000;
@@ -25,29 +40,34 @@ struct Program {
 
 impl Program {
     unsafe fn new(gl: &glow::Context, name: &str, src: &str) -> Result<Program> {
-        let src = src.replace("#include \"common.glsl\"", COMMON);
+        unsafe { Self::link(gl, name, &[(glow::COMPUTE_SHADER, src)]) }
+    }
+
+    unsafe fn link(gl: &glow::Context, name: &str, stages: &[(u32, &str)]) -> Result<Program> {
         unsafe {
-            let shader = gl
-                .create_shader(glow::COMPUTE_SHADER)
-                .map_err(Error::Other)?;
-            gl.shader_source(shader, &src);
-            gl.compile_shader(shader);
-            if !gl.get_shader_compile_status(shader) {
-                let log = gl.get_shader_info_log(shader);
-                return Err(Error::Other(format!(
-                    "GL: compiling {name} failed (the driver may lack fp64 or GLSL 4.30); use --backend cpu:\n{log}"
-                )));
-            }
             let program = gl.create_program().map_err(Error::Other)?;
-            gl.attach_shader(program, shader);
+            let mut shaders = Vec::new();
+            for &(kind, src) in stages {
+                let src = src.replace("#include \"common.glsl\"", COMMON);
+                let shader = gl.create_shader(kind).map_err(Error::Other)?;
+                gl.shader_source(shader, &src);
+                gl.compile_shader(shader);
+                if !gl.get_shader_compile_status(shader) {
+                    let log = gl.get_shader_info_log(shader);
+                    return Err(Error::Other(format!(
+                        "GL: compiling {name} failed (the driver may lack fp64 or GLSL 4.30); use --backend cpu:\n{log}"
+                    )));
+                }
+                gl.attach_shader(program, shader);
+                shaders.push(shader);
+            }
             gl.link_program(program);
             if !gl.get_program_link_status(program) {
-                return Err(Error::Other(format!(
-                    "GL: linking {name} failed: {}",
-                    gl.get_program_info_log(program)
-                )));
+                return Err(Error::Other(format!("GL: linking {name} failed: {}", gl.get_program_info_log(program))));
             }
-            gl.delete_shader(shader);
+            for sh in shaders {
+                gl.delete_shader(sh);
+            }
             Ok(Program { program })
         }
     }
@@ -119,6 +139,13 @@ pub struct GlEngine {
     chaos: Program,
     splat: Program,
     resolve: Program,
+    points: Program,
+    vao: glow::VertexArray,
+    fbo: glow::Framebuffer,
+    /// The atlas texture and its size.
+    atlas: Option<(glow::Texture, usize, usize)>,
+    max_texture: usize,
+    pub method: RasterMethod,
     u: Ssbo,
     maps: Ssbo,
     nmaps: Ssbo,
@@ -135,11 +162,21 @@ pub struct GlEngine {
 
 impl GlEngine {
     /// Opens a device and compiles the shaders; `u` is the shared chaos-game sequence.
-    pub fn new(choice: egl::Choice, u: &[f64]) -> Result<GlEngine> {
+    pub fn new(choice: egl::Choice, u: &[f64], method: RasterMethod) -> Result<GlEngine> {
         let ctx = egl::open(choice)?;
         unsafe {
             let gl = &ctx.gl;
             let mut e = GlEngine {
+                points: Program::link(
+                    gl,
+                    "glsl/points.vert + glsl/points.frag",
+                    &[(glow::VERTEX_SHADER, POINTS_VS), (glow::FRAGMENT_SHADER, POINTS_FS)],
+                )?,
+                vao: gl.create_vertex_array().map_err(Error::Other)?,
+                fbo: gl.create_framebuffer().map_err(Error::Other)?,
+                atlas: None,
+                max_texture: gl.get_parameter_i32(glow::MAX_TEXTURE_SIZE).max(1024) as usize,
+                method,
                 chaos: Program::new(gl, "glsl/chaos.comp", CHAOS)?,
                 splat: Program::new(gl, "glsl/splat.comp", SPLAT)?,
                 resolve: Program::new(gl, "glsl/resolve.comp", RESOLVE)?,
@@ -251,6 +288,133 @@ impl GlEngine {
         row: u32,
         instances: &[u32],
     ) -> Result<Vec<Vec<u8>>> {
+        match self.method {
+            RasterMethod::Compute => self.raster_compute(cloud, cfg, class_key, row, instances),
+            RasterMethod::Points => {
+                let mut out = Vec::with_capacity(instances.len());
+                let per = MAX_INSTANCES_PER_DRAW.min((self.max_texture / (cfg.width as usize + GUARD)).max(1));
+                for chunk in instances.chunks(per) {
+                    out.extend(self.raster_points(cloud, cfg, class_key, row, chunk)?);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// GL_POINTS, one instanced draw for up to 64 instances side by side in an R8UI atlas.
+    fn raster_points(
+        &mut self,
+        cloud: &Cloud,
+        cfg: &RenderConfig,
+        class_key: u32,
+        row: u32,
+        instances: &[u32],
+    ) -> Result<Vec<Vec<u8>>> {
+        let (w, h) = (cfg.width as usize, cfg.height as usize);
+        let n = cloud.xs.len();
+        let region_w = w + GUARD;
+        let (aw, ah) = (region_w * instances.len(), h + GUARD);
+        let pts: Vec<u32> = cloud.xs.iter().zip(&cloud.ys).map(|(&x, &y)| x as u32 | (y as u32) << 16).collect();
+        let gl = &self.ctx.gl;
+        unsafe {
+            if !matches!(self.atlas, Some((_, tw, th)) if tw >= aw && th >= ah) {
+                if let Some((t, _, _)) = self.atlas.take() {
+                    gl.delete_texture(t);
+                }
+                let (tw, th) = (aw.max(self.atlas.map_or(0, |a| a.1)), ah);
+                let tex = gl.create_texture().map_err(Error::Other)?;
+                gl.bind_texture(glow::TEXTURE_2D, Some(tex));
+                gl.tex_storage_2d(glow::TEXTURE_2D, 1, glow::R8UI, tw as i32, th as i32);
+                gl.bind_framebuffer(glow::FRAMEBUFFER, Some(self.fbo));
+                gl.framebuffer_texture_2d(glow::FRAMEBUFFER, glow::COLOR_ATTACHMENT0, glow::TEXTURE_2D, Some(tex), 0);
+                gl.draw_buffers(&[glow::COLOR_ATTACHMENT0]);
+                let status = gl.check_framebuffer_status(glow::FRAMEBUFFER);
+                if status != glow::FRAMEBUFFER_COMPLETE {
+                    return Err(Error::Other(format!("GL: the R8UI framebuffer is incomplete (0x{status:x})")));
+                }
+                self.atlas = Some((tex, tw, th));
+            }
+            let (_, tw, th) = self.atlas.unwrap();
+            gl.bind_framebuffer(glow::FRAMEBUFFER, Some(self.fbo));
+            gl.viewport(0, 0, tw as i32, th as i32);
+            gl.disable(glow::BLEND);
+            gl.disable(glow::DEPTH_TEST);
+            gl.clear_buffer_u32_slice(glow::COLOR, 0, &[0, 0, 0, 0]);
+            self.pts.upload(gl, bytes_of(&pts), 0);
+            let p = &self.points;
+            gl.use_program(Some(p.program));
+            p.set_u32(gl, "patch_mode", cfg.mode.is_patch() as u32);
+            p.set_u32(gl, "region_w", region_w as u32);
+            p.set_u32(gl, "atlas_w", tw as u32);
+            p.set_u32(gl, "atlas_h", th as u32);
+            p.set_u32(gl, "n_points", n as u32);
+            p.set_u32(gl, "color_mode", cfg.mode.is_color() as u32);
+            match cfg.masks {
+                MaskRng::Counter { seed } => {
+                    let keys: Vec<u32> = instances
+                        .iter()
+                        .flat_map(|&i| {
+                            let k = MaskKey::new(seed, class_key, row, i);
+                            [k.k0, k.k1]
+                        })
+                        .collect();
+                    let loc = gl.get_uniform_location(p.program, "mask_keys");
+                    gl.uniform_2_u32_slice(loc.as_ref(), &keys);
+                    p.set_u32(gl, "python_masks", 0);
+                    self.masks.reserve(gl, 4, 3);
+                }
+                MaskRng::Python { seed } => {
+                    let mut m = Vec::with_capacity(n * instances.len());
+                    for &i in instances {
+                        let mut py = PyRandom::seed(seed as i128 + i as i128);
+                        m.extend((0..n).map(|_| py.randrange_1_512() as u32));
+                    }
+                    self.masks.upload(gl, bytes_of(&m), 3);
+                    p.set_u32(gl, "python_masks", 1);
+                }
+            }
+            gl.enable(glow::PROGRAM_POINT_SIZE);
+            let loc = gl.get_uniform_location(p.program, "point_size");
+            gl.uniform_1_f32(loc.as_ref(), if cfg.mode.is_patch() { 3.0 } else { 1.0 });
+            gl.bind_vertex_array(Some(self.vao));
+            gl.memory_barrier(glow::SHADER_STORAGE_BARRIER_BIT);
+            if n > 0 {
+                gl.draw_arrays_instanced(glow::POINTS, 0, n as i32, instances.len() as i32);
+            }
+            let mut atlas = vec![0u8; aw * ah];
+            gl.pixel_store_i32(glow::PACK_ALIGNMENT, 1);
+            gl.read_pixels(
+                0,
+                0,
+                aw as i32,
+                ah as i32,
+                glow::RED_INTEGER,
+                glow::UNSIGNED_BYTE,
+                glow::PixelPackData::Slice(Some(&mut atlas)),
+            );
+            check(gl, "GL_POINTS raster")?;
+            Ok((0..instances.len())
+                .map(|k| {
+                    let mut c = Vec::with_capacity(w * h);
+                    for y in 0..h {
+                        let o = y * aw + k * region_w;
+                        c.extend_from_slice(&atlas[o..o + w]);
+                    }
+                    c
+                })
+                .collect())
+        }
+    }
+
+    /// Compute raster: splat once per cloud, resolve per instance.
+    fn raster_compute(
+        &mut self,
+        cloud: &Cloud,
+        cfg: &RenderConfig,
+        class_key: u32,
+        row: u32,
+        instances: &[u32],
+    ) -> Result<Vec<Vec<u8>>> {
         let (w, h) = (cfg.width as usize, cfg.height as usize);
         let n = cloud.xs.len();
         let pts: Vec<u32> = cloud
@@ -288,6 +452,7 @@ impl GlEngine {
                 match cfg.masks {
                     MaskRng::Counter { seed } => {
                         let k = MaskKey::new(seed, class_key, row, inst);
+                        gl.use_program(Some(self.resolve.program));
                         self.resolve.set_u32(gl, "python_masks", 0);
                         self.resolve.set_u32(gl, "mask_k0", k.k0);
                         self.resolve.set_u32(gl, "mask_k1", k.k1);
@@ -297,6 +462,7 @@ impl GlEngine {
                         let mut py = PyRandom::seed(seed as i128 + inst as i128);
                         let m: Vec<u32> = (0..n).map(|_| py.randrange_1_512() as u32).collect();
                         self.masks.upload(gl, bytes_of(&m), 3);
+                        gl.use_program(Some(self.resolve.program));
                         self.resolve.set_u32(gl, "python_masks", 1);
                     }
                 }
