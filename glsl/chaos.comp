@@ -18,6 +18,7 @@ uniform uint n_points;
 uniform uint max_maps;
 uniform uint k_begin;
 uniform uint k_end;
+uniform uint u_stride; // 0: one sequence shared by every cloud (render); n: one per cloud (search)
 
 void main() {
     uint c = gl_GlobalInvocationID.x;
@@ -34,7 +35,7 @@ void main() {
         ys[out_base] = y;
     }
     for (uint k = k_begin; k < k_end; k++) {
-        double uk = u[k];
+        double uk = u[c * u_stride + k];
         for (uint m = 0u; m < nm; m++) {
             uint o = base + m * 8u;
             if (uk <= maps[o + 6u]) {

@@ -159,6 +159,7 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                     .unwrap_or(1),
                 write_previews: false,
                 png_level: 6,
+                gl: None,
             };
             search::run(&cfg, |_, _| {})?;
             search::csv_dir(&cfg.out, cfg.rate, cfg.categories)

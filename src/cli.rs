@@ -99,6 +99,12 @@ pub struct SearchArgs {
     /// Skip the 512x512 preview PNGs.
     #[arg(long)]
     pub no_previews: bool,
+    /// Engine for the candidates' chaos games: cpu, gl or auto (gl on a hardware GPU)
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendArg,
+    /// EGL device index for --backend gl
+    #[arg(long)]
+    pub egl_device: Option<usize>,
     #[command(flatten)]
     pub common: Common,
 }
@@ -351,6 +357,22 @@ pub fn run(cli: Cli) -> Result<()> {
                 threads: a.common.threads(),
                 write_previews: !a.no_previews,
                 png_level: 6,
+                gl: match a.backend {
+                    BackendArg::Cpu => None,
+                    BackendArg::Gl => {
+                        crate::render::gl::egl::load()?;
+                        Some(Choice {
+                            cuda_ordinal: None,
+                            egl_index: a.egl_device,
+                        })
+                    }
+                    BackendArg::Auto => (crate::render::gl::egl::has_hardware_device()
+                        == Some(true))
+                    .then_some(Choice {
+                        cuda_ordinal: None,
+                        egl_index: a.egl_device,
+                    }),
+                },
             };
             let quiet = a.common.quiet;
             let t0 = std::time::Instant::now();

@@ -181,7 +181,9 @@ pub fn run(
             s.spawn(move || {
                 let r = match ctx.backend {
                     Backend::Cpu => render_worker(ctx, jobs, next, &tx, stats, abort),
-                    Backend::Gl(choice, method) => gl_render_worker(ctx, choice, method, jobs, &tx, stats, abort),
+                    Backend::Gl(choice, method) => {
+                        gl_render_worker(ctx, choice, method, jobs, &tx, stats, abort)
+                    }
                 };
                 if let Err(e) = r {
                     abort.set(e);
@@ -287,7 +289,10 @@ fn gl_render_worker(
 ) -> Result<()> {
     let mut engine = render::gl::GlEngine::new(choice, ctx.u, method)?;
     let c = &engine.ctx;
-    eprintln!("backend gl: {} -> {} ({}), raster {:?}", c.device, c.renderer, c.version, method);
+    eprintln!(
+        "backend gl: {} -> {} ({}), raster {:?}",
+        c.device, c.renderer, c.version, method
+    );
     if c.software {
         eprintln!(
             "WARNING: the GL backend is running on a SOFTWARE renderer ({}): about 100x slower than a GPU; \
@@ -295,6 +300,26 @@ fn gl_render_worker(
             c.renderer
         );
     }
+    // Canvases come back asynchronously (a ring of fenced readbacks), tagged with their flips.
+    let mut waiting: std::collections::HashMap<usize, Vec<(u8, Target)>> = Default::default();
+    let mut next_tag = 0usize;
+    let forward =
+        |done: Vec<(usize, Vec<u8>)>,
+         waiting: &mut std::collections::HashMap<usize, Vec<(u8, Target)>>| {
+            for (tag, canvas) in done {
+                let flips = waiting.remove(&tag).expect("a tag we gave");
+                if tx
+                    .send(Raster {
+                        canvas: Arc::new(canvas),
+                        flips,
+                    })
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+            true
+        };
     for batch in jobs.chunks(GL_BATCH) {
         if abort.is_set() {
             return Ok(());
@@ -317,21 +342,23 @@ fn gl_render_worker(
             stats.clouds.fetch_add(1, Ordering::Relaxed);
             let t0 = Instant::now();
             let insts: Vec<u32> = job.instances.iter().map(|i| i.instance).collect();
-            let canvases = engine.raster(&cloud, ctx.cfg, class.key, job.row, &insts)?;
+            let tags: Vec<usize> = (next_tag..next_tag + insts.len()).collect();
+            next_tag += insts.len();
+            for (t, inst) in tags.iter().zip(&job.instances) {
+                waiting.insert(*t, inst.flips.clone());
+            }
+            engine.submit(&cloud, ctx.cfg, class.key, job.row, &insts, &tags)?;
+            let done = engine.collect(false)?;
             Stats::add(&stats.raster_ns, t0);
-            for (inst, canvas) in job.instances.iter().zip(canvases) {
-                if tx
-                    .send(Raster {
-                        canvas: Arc::new(canvas),
-                        flips: inst.flips.clone(),
-                    })
-                    .is_err()
-                {
-                    return Ok(());
-                }
+            if !forward(done, &mut waiting) {
+                return Ok(());
             }
         }
     }
+    let t0 = Instant::now();
+    let done = engine.collect(true)?;
+    Stats::add(&stats.raster_ns, t0);
+    forward(done, &mut waiting);
     Ok(())
 }
 

@@ -25,6 +25,8 @@ pub struct SearchConfig {
     pub threads: usize,
     pub write_previews: bool,
     pub png_level: u8,
+    /// Run the candidates' chaos games on this GL device instead of the CPU.
+    pub gl: Option<crate::render::gl::egl::Choice>,
 }
 
 /// One candidate: its maps (p already normalised) and the stream positioned at its chaos-game draws.
@@ -67,10 +69,21 @@ pub fn next_candidate(rng: &mut NumpyRandom, points: usize) -> Candidate {
 /// The search preview: single gray pixels on a 512x512 canvas, not flipped. Returns the label canvas
 /// and the fill (non-zero pixels of channel 0 / 512^2).
 pub fn evaluate(c: &Candidate, points: usize) -> (Vec<u8>, f64) {
-    let mut s = c.stream.clone();
-    let u = s.random_vec(points);
+    let u = c.chaos_sequence(points);
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
     c.ifs.chaos_game(&u, &mut xs, &mut ys);
+    fill(xs, ys)
+}
+
+impl Candidate {
+    /// The candidate's own `np.random.random(points)` draws.
+    pub fn chaos_sequence(&self, points: usize) -> Vec<f64> {
+        self.stream.clone().random_vec(points)
+    }
+}
+
+/// The preview and fill of a candidate's chaos-game points (however they were computed).
+pub fn fill(mut xs: Vec<f64>, mut ys: Vec<f64>) -> (Vec<u8>, f64) {
     let mut cloud = Cloud::default();
     ifs::rescale(
         &mut xs,
@@ -193,4 +206,45 @@ pub fn evaluate_all(cands: &[Candidate], points: usize, threads: usize) -> Vec<(
     });
     drop(slots);
     results.into_iter().map(|r| r.expect("evaluated")).collect()
+}
+
+/// The GL form of [`evaluate_all`]: the chaos games run on the GPU (bit-identical in fp64), the
+/// rescale and fill count on the CPU with the same code.
+pub fn evaluate_all_gl(
+    engine: &mut crate::render::gl::GlEngine,
+    cands: &[Candidate],
+    points: usize,
+    threads: usize,
+) -> Result<Vec<(Vec<u8>, f64)>> {
+    let mut u = Vec::with_capacity(cands.len() * points);
+    for c in cands {
+        u.extend(c.chaos_sequence(points));
+    }
+    let ifss: Vec<Ifs> = cands.iter().map(|c| c.ifs.clone()).collect();
+    let pts = engine.chaos_games_own_u(&ifss, points, &u)?;
+    let slots: Vec<std::sync::Mutex<Option<(Vec<f64>, Vec<f64>)>>> = pts
+        .into_iter()
+        .map(|p| std::sync::Mutex::new(Some(p)))
+        .collect();
+    let out: Vec<std::sync::Mutex<Option<(Vec<u8>, f64)>>> =
+        (0..cands.len()).map(|_| Default::default()).collect();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(cands.len()).max(1) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= cands.len() {
+                        break;
+                    }
+                    let (xs, ys) = slots[i].lock().unwrap().take().unwrap();
+                    *out[i].lock().unwrap() = Some(fill(xs, ys));
+                }
+            });
+        }
+    });
+    Ok(out
+        .into_iter()
+        .map(|m| m.into_inner().unwrap().unwrap())
+        .collect())
 }

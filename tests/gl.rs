@@ -188,3 +188,27 @@ fn missing_libegl_names_the_packages_and_leaves_no_output() {
     );
     assert_eq!(files(&out).len(), 100);
 }
+
+#[test]
+fn gl_search_equals_cpu_search_and_the_published_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    for backend in ["cpu", "gl"] {
+        let out = run_ok(
+            bin()
+                .args(["search", "--categories", "5", "--backend", backend, "--out"])
+                .arg(tmp.path().join(backend)),
+        );
+        if backend == "gl" {
+            assert!(String::from_utf8_lossy(&out.stderr).contains("search: chaos games on"));
+        }
+    }
+    same_tree(&tmp.path().join("cpu"), &tmp.path().join("gl"));
+    for k in 0..5 {
+        let name = format!("{k:05}.csv");
+        assert_eq!(
+            std::fs::read(tmp.path().join("gl/csv_rate0.2_category5").join(&name)).unwrap(),
+            std::fs::read(reference().join("categories").join(&name)).unwrap(),
+            "{name}"
+        );
+    }
+}

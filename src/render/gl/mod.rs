@@ -63,7 +63,10 @@ impl Program {
             }
             gl.link_program(program);
             if !gl.get_program_link_status(program) {
-                return Err(Error::Other(format!("GL: linking {name} failed: {}", gl.get_program_info_log(program))));
+                return Err(Error::Other(format!(
+                    "GL: linking {name} failed: {}",
+                    gl.get_program_info_log(program)
+                )));
             }
             for sh in shaders {
                 gl.delete_shader(sh);
@@ -128,6 +131,151 @@ impl Ssbo {
     }
 }
 
+/// Readback slots in flight: the GL thread queues up to this many readbacks before it waits for one.
+const RING: usize = 4;
+
+/// How a finished readback splits into canvases.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// One canvas, w*h bytes.
+    Packed { w: usize, h: usize },
+    /// An atlas row-major `aw` wide: canvas k starts at column k*region_w.
+    Atlas {
+        aw: usize,
+        region_w: usize,
+        w: usize,
+        h: usize,
+    },
+}
+
+struct Pending {
+    fence: glow::Fence,
+    slot: usize,
+    bytes: usize,
+    layout: Layout,
+    tags: Vec<usize>,
+}
+
+/// A ring of buffer objects that readbacks land in (PIXEL_PACK for GL_POINTS, SSBO for the compute
+/// resolve), each guarded by a fence, so the GL thread keeps queueing work while earlier results travel.
+struct Ring {
+    slots: Vec<(glow::Buffer, usize)>,
+    next: usize,
+    pending: std::collections::VecDeque<Pending>,
+    done: Vec<(usize, Vec<u8>)>,
+}
+
+impl Ring {
+    unsafe fn new(gl: &glow::Context) -> Result<Ring> {
+        let mut slots = Vec::new();
+        for _ in 0..RING {
+            slots.push((unsafe { gl.create_buffer() }.map_err(Error::Other)?, 0));
+        }
+        Ok(Ring {
+            slots,
+            next: 0,
+            pending: Default::default(),
+            done: vec![],
+        })
+    }
+
+    /// A free slot of at least `bytes`, waiting for the oldest readback when all are in flight.
+    unsafe fn acquire(&mut self, gl: &glow::Context, bytes: usize) -> Result<usize> {
+        if self.pending.len() >= self.slots.len() {
+            unsafe { self.finish_oldest(gl)? };
+        }
+        let i = self.next;
+        self.next = (self.next + 1) % self.slots.len();
+        let (buf, cap) = &mut self.slots[i];
+        if *cap < bytes {
+            *cap = bytes.next_power_of_two();
+            unsafe {
+                gl.bind_buffer(glow::COPY_WRITE_BUFFER, Some(*buf));
+                gl.buffer_data_size(glow::COPY_WRITE_BUFFER, *cap as i32, glow::STREAM_READ);
+                gl.bind_buffer(glow::COPY_WRITE_BUFFER, None);
+            }
+        }
+        Ok(i)
+    }
+
+    unsafe fn push(
+        &mut self,
+        gl: &glow::Context,
+        slot: usize,
+        bytes: usize,
+        layout: Layout,
+        tags: Vec<usize>,
+    ) -> Result<()> {
+        let fence =
+            unsafe { gl.fence_sync(glow::SYNC_GPU_COMMANDS_COMPLETE, 0) }.map_err(Error::Other)?;
+        unsafe { gl.flush() };
+        self.pending.push_back(Pending {
+            fence,
+            slot,
+            bytes,
+            layout,
+            tags,
+        });
+        Ok(())
+    }
+
+    unsafe fn finish_oldest(&mut self, gl: &glow::Context) -> Result<()> {
+        let Some(p) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        unsafe {
+            loop {
+                let r = gl.client_wait_sync(p.fence, glow::SYNC_FLUSH_COMMANDS_BIT, 1_000_000_000);
+                if r == glow::ALREADY_SIGNALED || r == glow::CONDITION_SATISFIED {
+                    break;
+                }
+                if r == glow::WAIT_FAILED {
+                    return Err(Error::Other(
+                        "GL: waiting for a readback fence failed".into(),
+                    ));
+                }
+            }
+            gl.delete_sync(p.fence);
+            let mut data = vec![0u8; p.bytes];
+            gl.bind_buffer(glow::COPY_READ_BUFFER, Some(self.slots[p.slot].0));
+            gl.get_buffer_sub_data(glow::COPY_READ_BUFFER, 0, &mut data);
+            gl.bind_buffer(glow::COPY_READ_BUFFER, None);
+            match p.layout {
+                Layout::Packed { w, h } => {
+                    data.truncate(w * h);
+                    self.done.push((p.tags[0], data));
+                }
+                Layout::Atlas { aw, region_w, w, h } => {
+                    for (k, &tag) in p.tags.iter().enumerate() {
+                        let mut c = Vec::with_capacity(w * h);
+                        for y in 0..h {
+                            let o = y * aw + k * region_w;
+                            c.extend_from_slice(&data[o..o + w]);
+                        }
+                        self.done.push((tag, c));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Finished readbacks: those already signalled, or all of them with `wait`.
+    unsafe fn collect(&mut self, gl: &glow::Context, wait: bool) -> Result<Vec<(usize, Vec<u8>)>> {
+        while let Some(p) = self.pending.front() {
+            let ready = wait || {
+                let r = unsafe { gl.client_wait_sync(p.fence, 0, 0) };
+                r == glow::ALREADY_SIGNALED || r == glow::CONDITION_SATISFIED
+            };
+            if !ready {
+                break;
+            }
+            unsafe { self.finish_oldest(gl)? };
+        }
+        Ok(std::mem::take(&mut self.done))
+    }
+}
+
 fn bytes_of<T: Copy>(v: &[T]) -> &[u8] {
     // SAFETY: plain numeric data, read as bytes.
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
@@ -146,6 +294,7 @@ pub struct GlEngine {
     atlas: Option<(glow::Texture, usize, usize)>,
     max_texture: usize,
     pub method: RasterMethod,
+    ring: Ring,
     u: Ssbo,
     maps: Ssbo,
     nmaps: Ssbo,
@@ -154,7 +303,6 @@ pub struct GlEngine {
     ys: Ssbo,
     pts: Ssbo,
     winner: Ssbo,
-    labels: Ssbo,
     masks: Ssbo,
     n_u: usize,
     zeros: Vec<u8>,
@@ -170,13 +318,17 @@ impl GlEngine {
                 points: Program::link(
                     gl,
                     "glsl/points.vert + glsl/points.frag",
-                    &[(glow::VERTEX_SHADER, POINTS_VS), (glow::FRAGMENT_SHADER, POINTS_FS)],
+                    &[
+                        (glow::VERTEX_SHADER, POINTS_VS),
+                        (glow::FRAGMENT_SHADER, POINTS_FS),
+                    ],
                 )?,
                 vao: gl.create_vertex_array().map_err(Error::Other)?,
                 fbo: gl.create_framebuffer().map_err(Error::Other)?,
                 atlas: None,
                 max_texture: gl.get_parameter_i32(glow::MAX_TEXTURE_SIZE).max(1024) as usize,
                 method,
+                ring: Ring::new(gl)?,
                 chaos: Program::new(gl, "glsl/chaos.comp", CHAOS)?,
                 splat: Program::new(gl, "glsl/splat.comp", SPLAT)?,
                 resolve: Program::new(gl, "glsl/resolve.comp", RESOLVE)?,
@@ -188,7 +340,6 @@ impl GlEngine {
                 ys: Ssbo::new(gl)?,
                 pts: Ssbo::new(gl)?,
                 winner: Ssbo::new(gl)?,
-                labels: Ssbo::new(gl)?,
                 masks: Ssbo::new(gl)?,
                 n_u: u.len(),
                 zeros: Vec::new(),
@@ -202,7 +353,34 @@ impl GlEngine {
     /// Runs the chaos game of every IFS (already weighted) for `n` points, the origin included.
     /// Returns (xs, ys) per cloud, bit-identical to `Ifs::chaos_game`.
     pub fn chaos_games(&mut self, ifss: &[Ifs], n: usize) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
-        if n > self.n_u {
+        self.chaos_games_with(ifss, n, None)
+    }
+
+    /// The search's form: cloud c uses its own sequence `own_u[c*n..(c+1)*n]` (replacing the shared one).
+    pub fn chaos_games_own_u(
+        &mut self,
+        ifss: &[Ifs],
+        n: usize,
+        own_u: &[f64],
+    ) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
+        if own_u.len() != ifss.len() * n {
+            return Err(Error::Other(
+                "internal: one u sequence per cloud expected".into(),
+            ));
+        }
+        self.chaos_games_with(ifss, n, Some(own_u))
+    }
+
+    fn chaos_games_with(
+        &mut self,
+        ifss: &[Ifs],
+        n: usize,
+        own_u: Option<&[f64]>,
+    ) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
+        if let Some(u) = own_u {
+            unsafe { self.u.upload(&self.ctx.gl, bytes_of(u), 0) };
+            self.n_u = 0; // the shared sequence is gone
+        } else if n > self.n_u {
             return Err(Error::Other(format!(
                 "internal: {n} points but a u sequence of {}",
                 self.n_u
@@ -225,7 +403,8 @@ impl GlEngine {
         }
         let gl = &self.ctx.gl;
         unsafe {
-            self.u.reserve(gl, self.n_u * 8, 0);
+            self.u
+                .reserve(gl, own_u.map_or(self.n_u, |u| u.len()).max(1) * 8, 0);
             self.maps.upload(gl, bytes_of(&maps), 1);
             self.nmaps.upload(gl, bytes_of(&nm), 2);
             self.state.upload(gl, bytes_of(&vec![0f64; nc * 4]), 3);
@@ -236,6 +415,8 @@ impl GlEngine {
             self.chaos.set_u32(gl, "n_clouds", nc as u32);
             self.chaos.set_u32(gl, "n_points", n as u32);
             self.chaos.set_u32(gl, "max_maps", max_maps as u32);
+            self.chaos
+                .set_u32(gl, "u_stride", if own_u.is_some() { n as u32 } else { 0 });
             let steps = (n - 1) as u32;
             let chunk = if self.ctx.software {
                 (SOFTWARE_LOOP_BUDGET / (max_maps as u32 + 2)).max(1)
@@ -279,26 +460,35 @@ impl GlEngine {
         }
     }
 
-    /// Draws the given instances of one cloud; returns one label canvas per instance (y down).
-    pub fn raster(
+    /// Queues the instances of one cloud; their canvases come back from [`collect`](Self::collect)
+    /// with the given tags, once their readback has finished.
+    pub fn submit(
         &mut self,
         cloud: &Cloud,
         cfg: &RenderConfig,
         class_key: u32,
         row: u32,
         instances: &[u32],
-    ) -> Result<Vec<Vec<u8>>> {
+        tags: &[usize],
+    ) -> Result<()> {
         match self.method {
-            RasterMethod::Compute => self.raster_compute(cloud, cfg, class_key, row, instances),
+            RasterMethod::Compute => {
+                self.raster_compute(cloud, cfg, class_key, row, instances, tags)
+            }
             RasterMethod::Points => {
-                let mut out = Vec::with_capacity(instances.len());
-                let per = MAX_INSTANCES_PER_DRAW.min((self.max_texture / (cfg.width as usize + GUARD)).max(1));
-                for chunk in instances.chunks(per) {
-                    out.extend(self.raster_points(cloud, cfg, class_key, row, chunk)?);
+                let per = MAX_INSTANCES_PER_DRAW
+                    .min((self.max_texture / (cfg.width as usize + GUARD)).max(1));
+                for (chunk, tchunk) in instances.chunks(per).zip(tags.chunks(per)) {
+                    self.raster_points(cloud, cfg, class_key, row, chunk, tchunk)?;
                 }
-                Ok(out)
+                Ok(())
             }
         }
+    }
+
+    /// Canvases whose readback has finished (all queued ones with `wait`), with their tags.
+    pub fn collect(&mut self, wait: bool) -> Result<Vec<(usize, Vec<u8>)>> {
+        unsafe { self.ring.collect(&self.ctx.gl, wait) }
     }
 
     /// GL_POINTS, one instanced draw for up to 64 instances side by side in an R8UI atlas.
@@ -309,12 +499,18 @@ impl GlEngine {
         class_key: u32,
         row: u32,
         instances: &[u32],
-    ) -> Result<Vec<Vec<u8>>> {
+        tags: &[usize],
+    ) -> Result<()> {
         let (w, h) = (cfg.width as usize, cfg.height as usize);
         let n = cloud.xs.len();
         let region_w = w + GUARD;
         let (aw, ah) = (region_w * instances.len(), h + GUARD);
-        let pts: Vec<u32> = cloud.xs.iter().zip(&cloud.ys).map(|(&x, &y)| x as u32 | (y as u32) << 16).collect();
+        let pts: Vec<u32> = cloud
+            .xs
+            .iter()
+            .zip(&cloud.ys)
+            .map(|(&x, &y)| x as u32 | (y as u32) << 16)
+            .collect();
         let gl = &self.ctx.gl;
         unsafe {
             if !matches!(self.atlas, Some((_, tw, th)) if tw >= aw && th >= ah) {
@@ -326,11 +522,19 @@ impl GlEngine {
                 gl.bind_texture(glow::TEXTURE_2D, Some(tex));
                 gl.tex_storage_2d(glow::TEXTURE_2D, 1, glow::R8UI, tw as i32, th as i32);
                 gl.bind_framebuffer(glow::FRAMEBUFFER, Some(self.fbo));
-                gl.framebuffer_texture_2d(glow::FRAMEBUFFER, glow::COLOR_ATTACHMENT0, glow::TEXTURE_2D, Some(tex), 0);
+                gl.framebuffer_texture_2d(
+                    glow::FRAMEBUFFER,
+                    glow::COLOR_ATTACHMENT0,
+                    glow::TEXTURE_2D,
+                    Some(tex),
+                    0,
+                );
                 gl.draw_buffers(&[glow::COLOR_ATTACHMENT0]);
                 let status = gl.check_framebuffer_status(glow::FRAMEBUFFER);
                 if status != glow::FRAMEBUFFER_COMPLETE {
-                    return Err(Error::Other(format!("GL: the R8UI framebuffer is incomplete (0x{status:x})")));
+                    return Err(Error::Other(format!(
+                        "GL: the R8UI framebuffer is incomplete (0x{status:x})"
+                    )));
                 }
                 self.atlas = Some((tex, tw, th));
             }
@@ -381,8 +585,9 @@ impl GlEngine {
             if n > 0 {
                 gl.draw_arrays_instanced(glow::POINTS, 0, n as i32, instances.len() as i32);
             }
-            let mut atlas = vec![0u8; aw * ah];
+            let slot = self.ring.acquire(gl, aw * ah)?;
             gl.pixel_store_i32(glow::PACK_ALIGNMENT, 1);
+            gl.bind_buffer(glow::PIXEL_PACK_BUFFER, Some(self.ring.slots[slot].0));
             gl.read_pixels(
                 0,
                 0,
@@ -390,19 +595,17 @@ impl GlEngine {
                 ah as i32,
                 glow::RED_INTEGER,
                 glow::UNSIGNED_BYTE,
-                glow::PixelPackData::Slice(Some(&mut atlas)),
+                glow::PixelPackData::BufferOffset(0),
             );
+            gl.bind_buffer(glow::PIXEL_PACK_BUFFER, None);
             check(gl, "GL_POINTS raster")?;
-            Ok((0..instances.len())
-                .map(|k| {
-                    let mut c = Vec::with_capacity(w * h);
-                    for y in 0..h {
-                        let o = y * aw + k * region_w;
-                        c.extend_from_slice(&atlas[o..o + w]);
-                    }
-                    c
-                })
-                .collect())
+            self.ring.push(
+                gl,
+                slot,
+                aw * ah,
+                Layout::Atlas { aw, region_w, w, h },
+                tags.to_vec(),
+            )
         }
     }
 
@@ -414,7 +617,8 @@ impl GlEngine {
         class_key: u32,
         row: u32,
         instances: &[u32],
-    ) -> Result<Vec<Vec<u8>>> {
+        tags: &[usize],
+    ) -> Result<()> {
         let (w, h) = (cfg.width as usize, cfg.height as usize);
         let n = cloud.xs.len();
         let pts: Vec<u32> = cloud
@@ -425,7 +629,6 @@ impl GlEngine {
             .collect();
         let patch = cfg.mode.is_patch() as u32;
         let gl = &self.ctx.gl;
-        let mut out = Vec::with_capacity(instances.len());
         unsafe {
             self.pts.upload(gl, bytes_of(&pts), 0);
             self.winner.zero(gl, w * h * 4, 1, &mut self.zeros);
@@ -439,7 +642,6 @@ impl GlEngine {
             }
             gl.memory_barrier(glow::SHADER_STORAGE_BARRIER_BIT);
             let words = (w * h).div_ceil(4);
-            self.labels.reserve(gl, words * 4, 2);
             gl.use_program(Some(self.resolve.program));
             self.resolve.set_u32(gl, "width", w as u32);
             self.resolve.set_u32(gl, "height", h as u32);
@@ -448,7 +650,14 @@ impl GlEngine {
                 .set_u32(gl, "color_mode", cfg.mode.is_color() as u32);
             self.pts.reserve(gl, pts.len().max(1) * 4, 0);
             self.winner.reserve(gl, w * h * 4, 1);
-            for &inst in instances {
+            for (&inst, &tag) in instances.iter().zip(tags) {
+                // The resolve writes straight into a readback slot.
+                let slot = self.ring.acquire(gl, words * 4)?;
+                gl.bind_buffer_base(
+                    glow::SHADER_STORAGE_BUFFER,
+                    2,
+                    Some(self.ring.slots[slot].0),
+                );
                 match cfg.masks {
                     MaskRng::Counter { seed } => {
                         let k = MaskKey::new(seed, class_key, row, inst);
@@ -471,14 +680,12 @@ impl GlEngine {
                 gl.memory_barrier(
                     glow::SHADER_STORAGE_BARRIER_BIT | glow::BUFFER_UPDATE_BARRIER_BIT,
                 );
-                let mut buf = vec![0u8; words * 4];
-                self.labels.read(gl, &mut buf);
-                buf.truncate(w * h);
-                out.push(buf);
+                self.ring
+                    .push(gl, slot, words * 4, Layout::Packed { w, h }, vec![tag])?;
             }
             check(gl, "raster")?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Chaos game on the GPU, rescale on the CPU (the same code as the CPU engine).
