@@ -153,11 +153,29 @@ pub fn run(cfg: &SearchConfig, mut on_accept: impl FnMut(usize, usize)) -> Resul
     let pal = crate::render::palette(crate::render::DrawMode::PointGray);
     let mut rgb = Vec::new();
     let mut bytes = Vec::new();
+    let mut engine = match cfg.gl {
+        Some(choice) => Some(crate::render::gl::GlEngine::new(
+            choice,
+            &[],
+            Default::default(),
+        )?),
+        None => None,
+    };
+    if let Some(e) = &engine {
+        eprintln!(
+            "search: chaos games on {} ({})",
+            e.ctx.renderer, e.ctx.device
+        );
+    }
+    let batch = if engine.is_some() { 64 } else { batch };
     while stats.accepted < cfg.categories {
         let cands: Vec<Candidate> = (0..batch)
             .map(|_| next_candidate(&mut rng, cfg.points))
             .collect();
-        let results = evaluate_all(&cands, cfg.points, threads);
+        let results = match engine.as_mut() {
+            Some(e) => evaluate_all_gl(e, &cands, cfg.points, threads)?,
+            None => evaluate_all(&cands, cfg.points, threads),
+        };
         for (cand, (canvas, fill)) in cands.iter().zip(results) {
             stats.candidates += 1;
             if fill >= cfg.rate {
