@@ -1,5 +1,6 @@
 //! `fractaldb bench`: images/s per stage and end to end, per backend, with median and spread over
-//! repetitions (a warm-up run excluded). Only the CPU engine exists so far; the GL backend will add rows.
+//! repetitions (a warm-up run excluded): the CPU engine with 1 thread and with all threads, and the GL
+//! backend with each raster path.
 
 use crate::cluster::Rank;
 use crate::error::{Error, Result};
@@ -14,8 +15,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Backends to measure: cpu (1 thread and all threads).
-    #[arg(long, default_value = "cpu")]
+    /// Backends: auto (cpu, plus gl on a hardware GPU), cpu, gl, or cpu,gl (gl also on a software renderer).
+    #[arg(long, default_value = "auto")]
     pub backend: String,
     /// Class CSV directory; by default the first --classes published classes are made by the search.
     #[arg(long = "load-root")]
@@ -92,7 +93,7 @@ pub struct Report {
     pub cores: usize,
     pub cpu: String,
     pub backends: Vec<BackendResult>,
-    /// End-to-end ratio of each backend to the 1-thread CPU run.
+    /// End-to-end ratio of each backend to the first one measured (the 1-thread CPU run when present).
     pub ratio_to_cpu_1t: std::collections::BTreeMap<String, f64>,
 }
 
@@ -124,15 +125,32 @@ pub fn run(a: &BenchArgs) -> Result<()> {
 }
 
 pub fn measure(a: &BenchArgs) -> Result<Report> {
-    if a.backend != "cpu" {
-        return Err(Error::flag(
-            "--backend",
-            format!(
-                "{:?}: only the cpu backend is built in this version",
-                a.backend
-            ),
-        ));
-    }
+    let (want_cpu, want_gl) = match a.backend.as_str() {
+        "cpu" => (true, false),
+        "gl" => (false, true),
+        "cpu,gl" | "gl,cpu" | "all" => (true, true),
+        "auto" => (
+            true,
+            crate::render::gl::egl::has_hardware_device() == Some(true),
+        ),
+        other => {
+            return Err(Error::flag(
+                "--backend",
+                format!("{other:?}: expected auto, cpu, gl, cpu,gl or all"),
+            ));
+        }
+    };
+    let gl_device = if want_gl {
+        let all = crate::render::gl::egl::describe_all()?;
+        all.into_iter()
+            .find_map(|(_, r)| r.ok())
+            .map(|(renderer, version)| format!("{renderer} / {version}"))
+            .ok_or_else(|| {
+                Error::Other("bench: no EGL device could be opened for the GL backend".into())
+            })?
+    } else {
+        String::new()
+    };
     if a.repeat == 0 {
         return Err(Error::flag("--repeat", "must be at least 1"));
     }
@@ -181,14 +199,32 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
     };
     cfg.validate()?;
     let mut backends = Vec::new();
-    let mut thread_counts = vec![1];
-    if all > 1 {
-        thread_counts.push(all);
+    use crate::pipeline::Backend;
+    use crate::render::gl::RasterMethod;
+    let mut variants: Vec<(String, Backend, usize, String)> = Vec::new();
+    if want_cpu {
+        variants.push(("cpu-1t".into(), Backend::Cpu, 1, cpu_name()));
+        if all > 1 {
+            variants.push((format!("cpu-{all}t"), Backend::Cpu, all, cpu_name()));
+        }
     }
-    for &t in &thread_counts {
+    if want_gl {
+        for (name, m) in [
+            ("gl-compute", RasterMethod::Compute),
+            ("gl-points", RasterMethod::Points),
+        ] {
+            variants.push((
+                name.into(),
+                Backend::Gl(Default::default(), m),
+                all,
+                gl_device.clone(),
+            ));
+        }
+    }
+    for (name, backend, t, device) in variants {
         let mut runs: Vec<Summary> = Vec::new();
         for rep in 0..=a.repeat {
-            let out = work.join(format!("cpu-{t}-{rep}"));
+            let out = work.join(format!("{name}-{rep}"));
             let opts = RenderOptions {
                 load_root: load_root.clone(),
                 out: out.clone(),
@@ -219,15 +255,14 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                     source: "bench".into(),
                 },
                 progress: progress::Mode::Quiet,
-                backend: crate::pipeline::Backend::Cpu,
+                backend,
             };
             let cpu0 = process_cpu_seconds();
             let mut s = generate::run(&opts)?;
-            // Stash CPU-seconds of the whole process in `write_s`'s neighbour: per-core = images / CPU-s.
             s.cpu_s = process_cpu_seconds() - cpu0;
             let _ = std::fs::remove_dir_all(&out);
             if rep > 0 {
-                runs.push(s); // rep 0 is the warm-up
+                runs.push(s); // rep 0 is the warm-up (and, for GL, the shader compile)
             }
         }
         let stage = |f: &dyn Fn(&Summary) -> f64| Rate::of(runs.iter().map(f).collect());
@@ -235,27 +270,30 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
         let per_img = |secs: f64, s: &Summary| s.images as f64 / secs.max(1e-12);
         stages.insert("chaos_game".to_string(), stage(&|s| per_img(s.chaos_s, s)));
         stages.insert("raster".to_string(), stage(&|s| per_img(s.raster_s, s)));
-        stages.insert("png_encode".to_string(), stage(&|s| per_img(s.encode_s, s)));
+        // The render thread's whole rate: chaos game + raster (+ readback for GL), before PNG.
         stages.insert(
-            format!(
-                "{}_write",
-                if a.format == Format::Wds {
-                    "tar"
-                } else {
-                    "file"
-                }
-            ),
-            stage(&|s| per_img(s.write_s, s)),
+            "render_readback".to_string(),
+            stage(&|s| per_img(s.chaos_s + s.raster_s, s)),
         );
+        stages.insert("png_encode".to_string(), stage(&|s| per_img(s.encode_s, s)));
+        let write = if a.format == Format::Wds {
+            "tar_write"
+        } else {
+            "file_write"
+        };
+        stages.insert(write.to_string(), stage(&|s| per_img(s.write_s, s)));
         backends.push(BackendResult {
-            backend: format!("cpu-{t}t"),
-            device: cpu_name(),
+            backend: name,
+            device,
             threads: t,
             images: runs[0].images,
             stages,
             end_to_end: stage(&|s| s.images_per_second()),
             per_core: stage(&|s| s.images as f64 / s.cpu_s.max(1e-9)),
         });
+    }
+    if backends.is_empty() {
+        return Err(Error::flag("--backend", "no backend to measure"));
     }
     let base = backends[0].end_to_end.median;
     let ratio = backends
@@ -280,9 +318,13 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
 /// The readable table.
 pub fn table(r: &Report) -> String {
     let mut s = format!(
-        "workload: {}\nmachine: {} cores, {}\n\n",
+        "workload: {}\nmachine: {} cores, {}\n",
         r.workload, r.cores, r.cpu
     );
+    for b in &r.backends {
+        s.push_str(&format!("  {}: {}\n", b.backend, b.device));
+    }
+    s.push('\n');
     let stages: Vec<String> = r.backends[0].stages.keys().cloned().collect();
     s.push_str(&format!("{:<10} {:>7}", "backend", "threads"));
     for st in &stages {

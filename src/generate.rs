@@ -81,6 +81,7 @@ pub fn run(opts: &RenderOptions) -> Result<Summary> {
     let u = chaos_sequence(opts.cfg.iterations);
     let ctx = Context {
         backend: opts.backend,
+        quiet: opts.progress == progress::Mode::Quiet,
         plan: &plan,
         cfg: &opts.cfg,
         png: opts.png,

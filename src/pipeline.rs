@@ -117,6 +117,8 @@ const GL_BATCH: usize = 32;
 /// Everything the render stage reads.
 pub struct Context<'a> {
     pub backend: Backend,
+    /// No messages from the render stage (the device line and the software-renderer warning).
+    pub quiet: bool,
     pub plan: &'a Plan,
     pub cfg: &'a RenderConfig,
     pub png: PngConfig,
@@ -289,16 +291,18 @@ fn gl_render_worker(
 ) -> Result<()> {
     let mut engine = render::gl::GlEngine::new(choice, ctx.u, method)?;
     let c = &engine.ctx;
-    eprintln!(
-        "backend gl: {} -> {} ({}), raster {:?}",
-        c.device, c.renderer, c.version, method
-    );
-    if c.software {
+    if !ctx.quiet {
         eprintln!(
-            "WARNING: the GL backend is running on a SOFTWARE renderer ({}): about 100x slower than a GPU; \
-             --backend cpu is faster on this machine",
-            c.renderer
+            "backend gl: {} -> {} ({}), raster {:?}",
+            c.device, c.renderer, c.version, method
         );
+        if c.software {
+            eprintln!(
+                "WARNING: the GL backend is running on a SOFTWARE renderer ({}): about 100x slower than a GPU; \
+             --backend cpu is faster on this machine",
+                c.renderer
+            );
+        }
     }
     // Canvases come back asynchronously (a ring of fenced readbacks), tagged with their flips.
     let mut waiting: std::collections::HashMap<usize, Vec<(u8, Target)>> = Default::default();

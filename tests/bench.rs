@@ -1,0 +1,91 @@
+//! `fractaldb bench` on a tiny workload: well-formed JSON with every backend and stage, and a valid SVG.
+//! (No test asserts a speed.)
+
+mod common;
+use common::*;
+
+#[test]
+fn bench_reports_every_backend_and_stage_with_positive_rates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let svg = tmp.path().join("bench.svg");
+    let out = run_ok(
+        bin()
+            .args([
+                "bench",
+                "--json",
+                "--backend",
+                "cpu,gl",
+                "--classes",
+                "1",
+                "--instance",
+                "1",
+            ])
+            .args([
+                "--iteration",
+                "3000",
+                "--image-size",
+                "64",
+                "--repeat",
+                "2",
+                "-j",
+                "2",
+                "--plot",
+            ])
+            .arg(&svg),
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("bench --json prints JSON");
+    let backends = v["backends"].as_array().unwrap();
+    let names: Vec<&str> = backends
+        .iter()
+        .map(|b| b["backend"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cpu-1t", "cpu-2t", "gl-compute", "gl-points"]);
+    for b in backends {
+        assert_eq!(b["images"], 100, "25 rows x 1 instance x 4 flips");
+        assert!(!b["device"].as_str().unwrap().is_empty());
+        for stage in [
+            "chaos_game",
+            "raster",
+            "render_readback",
+            "png_encode",
+            "tar_write",
+        ] {
+            let r = &b["stages"][stage];
+            let (lo, med, hi) = (
+                r["min"].as_f64().unwrap(),
+                r["median"].as_f64().unwrap(),
+                r["max"].as_f64().unwrap(),
+            );
+            assert!(
+                lo > 0.0 && lo <= med && med <= hi,
+                "{} {stage}: {r}",
+                b["backend"]
+            );
+        }
+        assert!(b["end_to_end"]["median"].as_f64().unwrap() > 0.0);
+        assert!(
+            v["ratio_to_cpu_1t"][b["backend"].as_str().unwrap()]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+    }
+    assert_eq!(v["cores"].as_u64().unwrap() > 0, true);
+    // The SVG parses as XML and has one bar per backend and stage.
+    let check = std::process::Command::new("python3")
+        .args(["-c", "import sys, xml.etree.ElementTree as E; r = E.parse(sys.argv[1]).getroot(); \
+                      assert r.tag.endswith('svg'); print(len([e for e in r.iter() if e.tag.endswith('rect')]))"])
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        (4 * 6).to_string()
+    );
+}
