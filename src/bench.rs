@@ -215,7 +215,7 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
         ] {
             variants.push((
                 name.into(),
-                Backend::Gl(Default::default(), m),
+                Backend::Gl(vec![Default::default()], m),
                 all,
                 gl_device.clone(),
             ));
@@ -255,7 +255,7 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                     source: "bench".into(),
                 },
                 progress: progress::Mode::Quiet,
-                backend,
+                backend: backend.clone(),
             };
             let cpu0 = process_cpu_seconds();
             let mut s = generate::run(&opts)?;

@@ -203,6 +203,9 @@ pub struct RenderArgs {
     /// EGL device index (`fractaldb devices`) for --backend gl, overriding --gpu
     #[arg(long)]
     pub egl_device: Option<usize>,
+    /// Drive several GPUs from this process, one GL thread each: `all`, or EGL device indices `0,1,3`
+    #[arg(long, value_parser = parse_gpus)]
+    pub gpus: Option<String>,
     /// This process's rank (default: from the launcher's environment)
     #[arg(long)]
     pub rank: Option<u64>,
@@ -230,11 +233,50 @@ pub struct FinalizeArgs {
     pub prefix: String,
 }
 
+/// `--gpus all` (every hardware EGL device; every device when there is none) or `--gpus 0,2` (EGL indices).
+fn gpu_list(list: &str) -> Vec<Choice> {
+    let idx: Vec<usize> = if list == "all" {
+        let devs = crate::render::gl::egl::load()
+            .map(|e| crate::render::gl::egl::devices(&e))
+            .unwrap_or_default();
+        let hw: Vec<usize> = devs
+            .iter()
+            .filter(|d| !d.software)
+            .map(|d| d.index)
+            .collect();
+        if hw.is_empty() {
+            devs.iter().map(|d| d.index).collect()
+        } else {
+            hw
+        }
+    } else {
+        list.split(',')
+            .filter_map(|v| v.trim().parse().ok())
+            .collect()
+    };
+    idx.into_iter()
+        .map(|i| Choice {
+            cuda_ordinal: None,
+            egl_index: Some(i),
+        })
+        .collect()
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendArg {
     Cpu,
     Gl,
     Auto,
+}
+
+fn parse_gpus(v: &str) -> std::result::Result<String, String> {
+    if v == "all" || (!v.is_empty() && v.split(',').all(|x| x.trim().parse::<usize>().is_ok())) {
+        Ok(v.to_string())
+    } else {
+        Err(format!(
+            "{v:?}: expected `all` or comma-separated EGL device indices such as 0,1"
+        ))
+    }
 }
 
 impl RenderArgs {
@@ -251,11 +293,15 @@ impl RenderArgs {
             cuda_ordinal: Some(gpu),
             egl_index: self.egl_device,
         };
+        let devices = match self.gpus.as_deref() {
+            None => vec![choice],
+            Some(list) => gpu_list(list),
+        };
         match self.backend {
             BackendArg::Cpu => Backend::Cpu,
-            BackendArg::Gl => Backend::Gl(choice, self.raster),
+            BackendArg::Gl => Backend::Gl(devices, self.raster),
             BackendArg::Auto => match crate::render::gl::egl::has_hardware_device() {
-                Some(true) => Backend::Gl(choice, self.raster),
+                Some(true) => Backend::Gl(devices, self.raster),
                 _ => {
                     if !self.common.quiet {
                         eprintln!("backend auto: no hardware EGL device, using the CPU engine");

@@ -80,7 +80,7 @@ pub fn run(opts: &RenderOptions) -> Result<Summary> {
     let plan = Plan::new(classes, &opts.weights, instances)?;
     let u = chaos_sequence(opts.cfg.iterations);
     let ctx = Context {
-        backend: opts.backend,
+        backend: opts.backend.clone(),
         quiet: opts.progress == progress::Mode::Quiet,
         plan: &plan,
         cfg: &opts.cfg,

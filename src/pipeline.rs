@@ -104,11 +104,11 @@ impl Stats {
 }
 
 /// Which engine draws the images.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Backend {
     Cpu,
-    /// The GL engine on one EGL device, driven by one thread that owns the context.
-    Gl(render::gl::egl::Choice, render::gl::RasterMethod),
+    /// The GL engine: one thread per listed EGL device, each owning its context.
+    Gl(Vec<render::gl::egl::Choice>, render::gl::RasterMethod),
 }
 
 /// Clouds per chaos-game dispatch of the GL engine.
@@ -173,18 +173,19 @@ pub fn run(
         .map(|_| bounded(threads.queue.max(1) * 4))
         .unzip();
     std::thread::scope(|s| {
-        let renderers = match ctx.backend {
+        let renderers = match &ctx.backend {
             Backend::Cpu => threads.render.max(1),
-            Backend::Gl(..) => 1,
+            Backend::Gl(devices, _) => devices.len().max(1),
         };
-        for _ in 0..renderers {
+        for worker in 0..renderers {
             let tx = raster_tx.clone();
             let next = &next;
             s.spawn(move || {
-                let r = match ctx.backend {
+                let r = match &ctx.backend {
                     Backend::Cpu => render_worker(ctx, jobs, next, &tx, stats, abort),
-                    Backend::Gl(choice, method) => {
-                        gl_render_worker(ctx, choice, method, jobs, &tx, stats, abort)
+                    Backend::Gl(devices, method) => {
+                        let choice = devices.get(worker).copied().unwrap_or_default();
+                        gl_render_worker(ctx, choice, *method, jobs, next, &tx, stats, abort)
                     }
                 };
                 if let Err(e) = r {
@@ -285,6 +286,7 @@ fn gl_render_worker(
     choice: render::gl::egl::Choice,
     method: render::gl::RasterMethod,
     jobs: &[CloudJob],
+    next: &AtomicU64,
     tx: &Sender<Raster>,
     stats: &Stats,
     abort: &Abort,
@@ -324,10 +326,13 @@ fn gl_render_worker(
             }
             true
         };
-    for batch in jobs.chunks(GL_BATCH) {
-        if abort.is_set() {
-            return Ok(());
+    loop {
+        // Batches are claimed from the shared queue, so several GPUs split the work.
+        let start = next.fetch_add(GL_BATCH as u64, Ordering::Relaxed) as usize;
+        if start >= jobs.len() || abort.is_set() {
+            break;
         }
+        let batch = &jobs[start..(start + GL_BATCH).min(jobs.len())];
         let t0 = Instant::now();
         let ifss: Vec<_> = batch
             .iter()

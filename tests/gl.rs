@@ -212,3 +212,47 @@ fn gl_search_equals_cpu_search_and_the_published_classes() {
         );
     }
 }
+
+#[test]
+fn several_gl_threads_split_the_work_and_give_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00070", "00071", "00072"]);
+    let mut outs = Vec::new();
+    for (name, extra) in [
+        ("cpu", vec!["--backend", "cpu"]),
+        ("gl2", vec!["--backend", "gl", "--gpus", "0,0"]),
+    ] {
+        let out = tmp.path().join(name);
+        let o = run_ok(
+            bin()
+                .args([
+                    "render",
+                    "--image-size-x",
+                    "80",
+                    "--image-size-y",
+                    "80",
+                    "--iteration",
+                    "5000",
+                ])
+                .args(["--instance", "2"])
+                .args(&extra)
+                .arg("--load-root")
+                .arg(&classes)
+                .arg("--out")
+                .arg(&out),
+        );
+        if name == "gl2" {
+            // 75 clouds in batches of 32: both GL threads open a context.
+            assert_eq!(
+                String::from_utf8_lossy(&o.stderr)
+                    .matches("backend gl:")
+                    .count(),
+                2
+            );
+        }
+        outs.push(out);
+    }
+    same_tree(&outs[0], &outs[1]);
+    let e = run_err(bin().args(["render", "--backend", "gl", "--gpus", "zero"]));
+    assert!(e.contains("--gpus") && e.contains("zero"), "{e}");
+}
