@@ -178,6 +178,8 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                 write_previews: false,
                 png_level: 6,
                 gl: None,
+                rank: 0,
+                world: 1,
             };
             search::run(&cfg, |_, _| {})?;
             search::csv_dir(&cfg.out, cfg.rate, cfg.categories)

@@ -105,6 +105,13 @@ pub struct SearchArgs {
     /// EGL device index for --backend gl
     #[arg(long)]
     pub egl_device: Option<usize>,
+    /// This process's rank: ranks split the candidate evaluation through files in --out (default: from
+    /// the launcher's environment); the classes are those of a single-process search
+    #[arg(long)]
+    pub rank: Option<u64>,
+    /// Number of ranks
+    #[arg(long = "world-size")]
+    pub world_size: Option<u64>,
     #[command(flatten)]
     pub common: Common,
 }
@@ -394,7 +401,10 @@ pub fn run(cli: Cli) -> Result<()> {
                     ),
                 ));
             }
+            let rank = cluster::from_env(a.rank, a.world_size)?;
             let cfg = SearchConfig {
+                rank: rank.rank,
+                world: rank.world,
                 rate: a.rate,
                 categories: a.categories,
                 points: a.points,

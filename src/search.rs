@@ -4,6 +4,7 @@
 //! draws are skipped on the main thread (a snapshot of the stream is handed to the evaluator), so the
 //! candidates can be evaluated in parallel while the accepted set stays that of a sequential run.
 
+use crate::error::Error;
 use crate::error::Result;
 use crate::fsutil;
 use crate::ifs::{self, Cloud, Ifs, Map};
@@ -27,7 +28,15 @@ pub struct SearchConfig {
     pub png_level: u8,
     /// Run the candidates' chaos games on this GL device instead of the CPU.
     pub gl: Option<crate::render::gl::egl::Choice>,
+    /// This process's rank and the number of ranks sharing the candidate evaluation.
+    pub rank: u64,
+    pub world: u64,
 }
+
+/// Candidates per block of the multi-rank search: block b goes to rank b % world.
+pub const RANK_BLOCK: u64 = 32;
+/// How many of its own blocks a rank may run ahead of the finished prefix before it waits.
+const RANK_AHEAD: u64 = 4;
 
 /// One candidate: its maps (p already normalised) and the stream positioned at its chaos-game draws.
 pub struct Candidate {
@@ -139,6 +148,9 @@ pub fn run(cfg: &SearchConfig, mut on_accept: impl FnMut(usize, usize)) -> Resul
         fsutil::create_dir(&pdir)?;
         fsutil::remove_stale_tmp(&pdir);
     }
+    if cfg.world > 1 {
+        return run_ranked(cfg, &cdir, &pdir, on_accept);
+    }
     let mut rng = NumpyRandom::seed(cfg.seed);
     let threads = cfg.threads.max(1);
     let batch = threads * 4;
@@ -146,11 +158,6 @@ pub fn run(cfg: &SearchConfig, mut on_accept: impl FnMut(usize, usize)) -> Resul
         candidates: 0,
         accepted: 0,
     };
-    let png = PngConfig {
-        level: cfg.png_level,
-        gray: false,
-    };
-    let pal = crate::render::palette(crate::render::DrawMode::PointGray);
     let mut rgb = Vec::new();
     let mut bytes = Vec::new();
     let mut engine = match cfg.gl {
@@ -180,17 +187,7 @@ pub fn run(cfg: &SearchConfig, mut on_accept: impl FnMut(usize, usize)) -> Resul
             stats.candidates += 1;
             if fill >= cfg.rate {
                 let k = stats.accepted;
-                let name = format!("{k:05}");
-                if cfg.write_previews {
-                    crate::render::write_flip(&canvas, 512, 512, 1, &pal, 3, &mut rgb);
-                    encode_png(&rgb, 512, 512, png, &mut bytes)?;
-                    fsutil::write_atomic(&pdir.join(format!("{name}.png")), &bytes, false)?;
-                }
-                fsutil::write_atomic(
-                    &cdir.join(format!("{name}.csv")),
-                    cand.ifs.to_csv().as_bytes(),
-                    false,
-                )?;
+                write_class(cfg, (&cdir, &pdir), k, cand, &canvas, &mut rgb, &mut bytes)?;
                 stats.accepted += 1;
                 on_accept(k, stats.candidates);
                 if stats.accepted == cfg.categories {
@@ -200,6 +197,203 @@ pub fn run(cfg: &SearchConfig, mut on_accept: impl FnMut(usize, usize)) -> Resul
         }
     }
     Ok(stats)
+}
+
+/// Writes accepted class `k`: its CSV and (if wanted) its preview.
+fn write_class(
+    cfg: &SearchConfig,
+    (cdir, pdir): (&Path, &Path),
+    k: usize,
+    cand: &Candidate,
+    canvas: &[u8],
+    rgb: &mut Vec<u8>,
+    bytes: &mut Vec<u8>,
+) -> Result<()> {
+    let name = format!("{k:05}");
+    if cfg.write_previews {
+        let pal = crate::render::palette(crate::render::DrawMode::PointGray);
+        crate::render::write_flip(canvas, 512, 512, 1, &pal, 3, rgb);
+        encode_png(
+            rgb,
+            512,
+            512,
+            PngConfig {
+                level: cfg.png_level,
+                gray: false,
+            },
+            bytes,
+        )?;
+        fsutil::write_atomic(&pdir.join(format!("{name}.png")), bytes, false)?;
+    }
+    fsutil::write_atomic(
+        &cdir.join(format!("{name}.csv")),
+        cand.ifs.to_csv().as_bytes(),
+        false,
+    )
+}
+
+/// One rank's record of a finished block: the candidate indices it accepted.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BlockLine {
+    block: u64,
+    accepted: Vec<u64>,
+}
+
+/// The multi-rank search. Candidates are numbered in stream order and grouped in blocks of
+/// `RANK_BLOCK`; rank r evaluates blocks r, r+W, ... and appends each block's accepted candidates to its
+/// own file under `{out}/.fractaldb-search/`. The ranks share nothing but that directory (the output
+/// filesystem): each reads the others' files to see when the finished prefix of blocks holds enough
+/// accepted candidates. Rank 0 then writes the first N of them in candidate order: exactly the classes of
+/// a single-process search.
+fn run_ranked(
+    cfg: &SearchConfig,
+    cdir: &Path,
+    pdir: &Path,
+    mut on_accept: impl FnMut(usize, usize),
+) -> Result<SearchStats> {
+    let dir = cfg.out.join(".fractaldb-search");
+    fsutil::create_dir(&dir)?;
+    let header = serde_json::json!({
+        "rate": cfg.rate, "categories": cfg.categories, "points": cfg.points, "seed": cfg.seed,
+        "block": RANK_BLOCK, "world": cfg.world,
+    })
+    .to_string();
+    let mine = dir.join(format!("rank-{:05}-of-{:05}.jsonl", cfg.rank, cfg.world));
+    let read_parts = || -> Result<std::collections::HashMap<u64, Vec<u64>>> {
+        let mut blocks = std::collections::HashMap::new();
+        for r in 0..cfg.world {
+            let p = dir.join(format!("rank-{r:05}-of-{:05}.jsonl", cfg.world));
+            let Ok(text) = std::fs::read_to_string(&p) else {
+                continue;
+            };
+            let mut lines = text.lines();
+            match lines.next() {
+                Some(h) if h == header => {}
+                Some(_) => {
+                    return Err(Error::input(
+                        &p,
+                        Some(1),
+                        "a search with other settings wrote this part: use another --out",
+                    ));
+                }
+                None => continue,
+            }
+            for (i, l) in lines.enumerate() {
+                // A line cut by a crash is incomplete: ignore it (the block is evaluated again).
+                if let Ok(b) = serde_json::from_str::<BlockLine>(l) {
+                    blocks.insert(b.block, b.accepted);
+                } else if !l.is_empty() && i + 2 < text.lines().count() {
+                    return Err(Error::input(&p, Some(i + 2), "not a search block record"));
+                }
+            }
+        }
+        Ok(blocks)
+    };
+    // Resume: keep the blocks this rank already recorded.
+    let own_text = std::fs::read_to_string(&mine).unwrap_or_default();
+    if !own_text.starts_with(&header) {
+        fsutil::write_atomic(&mine, format!("{header}\n").as_bytes(), true)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&mine)
+        .map_err(|e| Error::io(&mine, "cannot open search part", e))?;
+    let mut engine = match cfg.gl {
+        Some(choice) => Some(crate::render::gl::GlEngine::new(
+            choice,
+            &[],
+            Default::default(),
+        )?),
+        None => None,
+    };
+    let threads = cfg.threads.max(1);
+    let mut rng = NumpyRandom::seed(cfg.seed);
+    let mut next_index = 0u64;
+    let mut b = cfg.rank;
+    let mut evaluated = 0usize;
+    let needed = cfg.categories as u64;
+    let mut last_note = std::time::Instant::now();
+    let accepted_prefix = loop {
+        let blocks = read_parts()?;
+        let mut prefix = 0u64;
+        let mut acc: Vec<u64> = Vec::new();
+        while let Some(a) = blocks.get(&prefix) {
+            acc.extend(a);
+            prefix += 1;
+        }
+        if acc.len() as u64 >= needed {
+            break acc;
+        }
+        if blocks.contains_key(&b) {
+            b += cfg.world;
+            continue;
+        }
+        if b >= prefix + RANK_AHEAD * cfg.world {
+            if last_note.elapsed().as_secs() >= 30 {
+                eprintln!(
+                    "search rank {}: waiting for block {prefix} (rank {})",
+                    cfg.rank,
+                    prefix % cfg.world
+                );
+                last_note = std::time::Instant::now();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
+        }
+        while next_index < b * RANK_BLOCK {
+            next_candidate(&mut rng, cfg.points);
+            next_index += 1;
+        }
+        let cands: Vec<Candidate> = (0..RANK_BLOCK)
+            .map(|_| next_candidate(&mut rng, cfg.points))
+            .collect();
+        next_index += RANK_BLOCK;
+        let results = match engine.as_mut() {
+            Some(e) => evaluate_all_gl(e, &cands, cfg.points, threads)?,
+            None => evaluate_all(&cands, cfg.points, threads),
+        };
+        evaluated += cands.len();
+        let accepted: Vec<u64> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, fill))| *fill >= cfg.rate)
+            .map(|(i, _)| b * RANK_BLOCK + i as u64)
+            .collect();
+        let mut line = serde_json::to_string(&BlockLine { block: b, accepted }).expect("json");
+        line.push('\n');
+        use std::io::Write;
+        file.write_all(line.as_bytes())
+            .and_then(|_| file.sync_data())
+            .map_err(|e| Error::io(&mine, "cannot append to search part", e))?;
+        b += cfg.world;
+    };
+    if cfg.rank == 0 {
+        let mut wanted: Vec<u64> = accepted_prefix;
+        wanted.sort();
+        wanted.truncate(cfg.categories);
+        let mut rng = NumpyRandom::seed(cfg.seed);
+        let (mut rgb, mut bytes) = (Vec::new(), Vec::new());
+        let mut idx = 0u64;
+        for (k, &want) in wanted.iter().enumerate() {
+            while idx < want {
+                next_candidate(&mut rng, cfg.points);
+                idx += 1;
+            }
+            let cand = next_candidate(&mut rng, cfg.points);
+            idx += 1;
+            let canvas = if cfg.write_previews {
+                evaluate(&cand, cfg.points).0
+            } else {
+                Vec::new()
+            };
+            write_class(cfg, (cdir, pdir), k, &cand, &canvas, &mut rgb, &mut bytes)?;
+            on_accept(k, want as usize + 1);
+        }
+    }
+    Ok(SearchStats {
+        candidates: evaluated,
+        accepted: if cfg.rank == 0 { cfg.categories } else { 0 },
+    })
 }
 
 /// Evaluates candidates on `threads` threads; the result is in candidate order.
