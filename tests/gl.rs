@@ -23,39 +23,55 @@ fn gl_reproduces_every_golden_file() {
     let r = reference();
     let tmp = tempfile::tempdir().unwrap();
     let classes = class_dir(tmp.path(), &["00000"]);
-    for mode in ["patch_gray", "point_gray"] {
-        let out = run_ok(
-            bin()
-                .args([
-                    "render",
-                    "-q",
-                    "--backend",
-                    "gl",
-                    "--draw-type",
-                    mode,
-                    "--instance",
-                    "1",
-                ])
-                .args(["--mask-rng", "python:12345", "--iteration", "200000"])
-                .arg("--load-root")
-                .arg(&classes)
-                .arg("--out")
-                .arg(tmp.path().join(mode))
-                .arg("--weight-csv")
-                .arg(r.join("weights/weights_0.4.csv")),
-        );
-        assert!(String::from_utf8_lossy(&out.stderr).contains("backend gl:"));
-    }
     let manifest = std::fs::read_to_string(r.join("golden/manifest.csv")).unwrap();
-    let mut n = 0;
-    for line in manifest.lines().skip(1) {
-        let file = line.split(',').next().unwrap();
-        let g = decode_rgb(&r.join("golden").join(file));
-        let o = decode_rgb(&tmp.path().join(file));
-        assert!(g == o, "{file}: GL output differs from the original");
-        n += 1;
+    for raster in ["compute", "points"] {
+        let dir = tmp.path().join(raster);
+        for mode in ["patch_gray", "point_gray"] {
+            let out = run_ok(
+                bin()
+                    .args([
+                        "render",
+                        "--backend",
+                        "gl",
+                        "--raster",
+                        raster,
+                        "--draw-type",
+                        mode,
+                    ])
+                    .args([
+                        "--instance",
+                        "1",
+                        "--mask-rng",
+                        "python:12345",
+                        "--iteration",
+                        "200000",
+                    ])
+                    .arg("--load-root")
+                    .arg(&classes)
+                    .arg("--out")
+                    .arg(dir.join(mode))
+                    .arg("--weight-csv")
+                    .arg(r.join("weights/weights_0.4.csv")),
+            );
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("backend gl:") && err.to_lowercase().contains(raster),
+                "{err}"
+            );
+        }
+        let mut n = 0;
+        for line in manifest.lines().skip(1) {
+            let file = line.split(',').next().unwrap();
+            let g = decode_rgb(&r.join("golden").join(file));
+            let o = decode_rgb(&dir.join(file));
+            assert!(
+                g == o,
+                "{file}: GL ({raster}) output differs from the original"
+            );
+            n += 1;
+        }
+        assert_eq!(n, 16);
     }
-    assert_eq!(n, 16);
 }
 
 #[test]

@@ -275,6 +275,35 @@ fn a_degenerate_bounding_box_is_an_error_naming_class_and_row() {
 }
 
 #[test]
+fn search_refuses_settings_that_can_never_accept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = run_err(
+        bin()
+            .args([
+                "search",
+                "-q",
+                "--categories",
+                "1",
+                "--points",
+                "20000",
+                "--out",
+            ])
+            .arg(tmp.path()),
+    );
+    assert!(
+        e.contains("--points") && e.contains("no candidate could ever be accepted"),
+        "{e}"
+    );
+    let e = run_err(
+        bin()
+            .args(["search", "-q", "--rate", "1.5", "--out"])
+            .arg(tmp.path()),
+    );
+    assert!(e.contains("--rate"), "{e}");
+    assert!(files(tmp.path()).is_empty());
+}
+
+#[test]
 fn original_flag_names_are_accepted() {
     let tmp = tempfile::tempdir().unwrap();
     let classes = class_dir(tmp.path(), &["00007"]);

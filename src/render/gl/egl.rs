@@ -334,3 +334,63 @@ pub fn has_hardware_device() -> Option<bool> {
     let egl = load().ok()?;
     Some(devices(&egl).iter().any(|d| !d.software))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuda_ordinal_follows_local_rank_and_visible_devices() {
+        // One GPU pinned per rank by the launcher: always ordinal 0.
+        assert_eq!(cuda_ordinal_for(3, Some("3"), 8), 0);
+        // All 4 visible: local rank modulo 4.
+        assert_eq!(cuda_ordinal_for(5, Some("0,1,2,3"), 8), 1);
+        // Nothing set: local rank modulo the device count.
+        assert_eq!(cuda_ordinal_for(9, None, 8), 1);
+        assert_eq!(cuda_ordinal_for(2, Some(""), 8), 2);
+    }
+
+    #[test]
+    fn hardware_devices_come_before_software_ones() {
+        let d = |index, cuda: Option<i64>, software| DeviceInfo {
+            index,
+            extensions: String::new(),
+            cuda_ordinal: cuda,
+            drm_file: None,
+            software,
+            raw: 0,
+        };
+        let devs = [
+            d(0, None, true),
+            d(1, Some(1), false),
+            d(2, Some(0), false),
+            d(3, None, false),
+        ];
+        let order: Vec<usize> = ordered(&devs, Choice::default())
+            .unwrap()
+            .iter()
+            .map(|d| d.index)
+            .collect();
+        assert_eq!(order, [1, 2, 3, 0]);
+        let pick = ordered(
+            &devs,
+            Choice {
+                cuda_ordinal: Some(0),
+                egl_index: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(pick.len(), 1);
+        assert_eq!(pick[0].index, 2);
+        assert!(
+            ordered(
+                &devs,
+                Choice {
+                    cuda_ordinal: None,
+                    egl_index: Some(7)
+                }
+            )
+            .is_err()
+        );
+    }
+}
