@@ -74,6 +74,23 @@ impl Common {
     }
 }
 
+/// `--rank/--world-size`, else the launcher's environment (docs/cluster.md).
+#[derive(Args, Debug, Clone)]
+pub struct RankArgs {
+    /// This process's rank (default: from the launcher's environment)
+    #[arg(long)]
+    pub rank: Option<u64>,
+    /// Number of ranks (default: from the launcher's environment)
+    #[arg(long = "world-size")]
+    pub world_size: Option<u64>,
+}
+
+impl RankArgs {
+    fn resolve(&self) -> Result<cluster::Rank> {
+        cluster::from_env(self.rank, self.world_size)
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct SearchArgs {
     /// Fill-rate threshold (non-zero pixels / 512^2) [original: --rate, 0.2]
@@ -105,13 +122,10 @@ pub struct SearchArgs {
     /// EGL device index for --backend gl
     #[arg(long)]
     pub egl_device: Option<usize>,
-    /// This process's rank: ranks split the candidate evaluation through files in --out (default: from
-    /// the launcher's environment); the classes are those of a single-process search
-    #[arg(long)]
-    pub rank: Option<u64>,
-    /// Number of ranks
-    #[arg(long = "world-size")]
-    pub world_size: Option<u64>,
+    /// Ranks split the candidate evaluation through files in --out; the classes are those of a
+    /// single-process search.
+    #[command(flatten)]
+    pub ranks: RankArgs,
     #[command(flatten)]
     pub common: Common,
 }
@@ -213,12 +227,8 @@ pub struct RenderArgs {
     /// Drive several GPUs from this process, one GL thread each: `all`, or EGL device indices `0,1,3`
     #[arg(long, value_parser = parse_gpus)]
     pub gpus: Option<String>,
-    /// This process's rank (default: from the launcher's environment)
-    #[arg(long)]
-    pub rank: Option<u64>,
-    /// Number of ranks (default: from the launcher's environment)
-    #[arg(long = "world-size")]
-    pub world_size: Option<u64>,
+    #[command(flatten)]
+    pub ranks: RankArgs,
     #[command(flatten)]
     pub common: Common,
 }
@@ -339,7 +349,7 @@ impl RenderArgs {
             ));
         }
         let threads = self.common.threads();
-        let rank = cluster::from_env(self.rank, self.world_size)?;
+        let rank = self.ranks.resolve()?;
         let backend = self.backend(&rank);
         if let Backend::Gl(..) = backend {
             // Fail before any output when libEGL is missing; the context itself is made in the render thread.
@@ -401,7 +411,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     ),
                 ));
             }
-            let rank = cluster::from_env(a.rank, a.world_size)?;
+            let rank = a.ranks.resolve()?;
             let cfg = SearchConfig {
                 rank: rank.rank,
                 world: rank.world,

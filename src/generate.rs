@@ -135,7 +135,7 @@ fn run_folder(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result
         opts,
         per_class * mine.len() as u64,
         stats,
-        Box::new(|| String::new()),
+        Box::new(String::new),
     );
     let abort = Abort::default();
     // Classes in chunks, so the job list stays small for any number of classes.

@@ -346,6 +346,69 @@ pub fn degenerate_axis(xs: &[f64], ys: &[f64]) -> Option<&'static str> {
     }
 }
 
+/// The step values of the original's `weights_{s}.csv` files.
+pub const WEIGHT_STEPS: [&str; 8] = ["0.0125", "0.025", "0.05", "0.1", "0.2", "0.3", "0.4", "0.5"];
+
+/// The original's weights file for step `s` as text: 25 rows, coefficient k of (a..f) multiplied by
+/// {1-2s, 1-s, 1, 1+s, 1+2s} (row 2 the identity; `0.5` uses {0.01, 0.5, 1.5, 2}), written like the
+/// published files (CRLF except `0.1`, no final newline).
+pub fn builtin_weights_csv(step: &str) -> Option<String> {
+    if !WEIGHT_STEPS.contains(&step) {
+        return None;
+    }
+    // Work in units of 1e-4 so every value prints as its exact short decimal.
+    let s: i64 = (step.parse::<f64>().ok()? * 10_000.0).round() as i64;
+    let dec = |v: i64| {
+        let int = v / 10_000;
+        let frac = v % 10_000;
+        if frac == 0 {
+            int.to_string()
+        } else {
+            format!("{int}.{}", format!("{frac:04}").trim_end_matches('0'))
+        }
+    };
+    let low = if step == "0.5" { 100 } else { 10_000 - 2 * s };
+    let muls = [low, 10_000 - s, 10_000 + s, 10_000 + 2 * s];
+    let mut rows: Vec<[i64; 6]> = Vec::new();
+    for m in [low, 10_000 - s, 10_000, 10_000 + s, 10_000 + 2 * s] {
+        let mut r = [10_000; 6];
+        r[0] = m;
+        rows.push(r);
+    }
+    for col in 1..6 {
+        for &m in &muls {
+            let mut r = [10_000; 6];
+            r[col] = m;
+            rows.push(r);
+        }
+    }
+    let eol = if step == "0.1" { "\n" } else { "\r\n" };
+    Some(
+        rows.iter()
+            .map(|r| r.iter().map(|&v| dec(v)).collect::<Vec<_>>().join(","))
+            .collect::<Vec<_>>()
+            .join(eol),
+    )
+}
+
+/// Reads `--weight-csv`: a file, or `builtin:S` for the original's `weights_S.csv`.
+pub fn load_weights(spec: &str) -> Result<Vec<WeightRow>> {
+    if let Some(step) = spec.strip_prefix("builtin:") {
+        let text = builtin_weights_csv(step).ok_or_else(|| {
+            Error::flag(
+                "--weight-csv",
+                format!(
+                    "no built-in weights {step:?}: expected one of {}",
+                    WEIGHT_STEPS.join(", ")
+                ),
+            )
+        })?;
+        parse_weights(Path::new(spec), &text)
+    } else {
+        read_weights(Path::new(spec))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,68 +504,5 @@ mod tests {
         assert_eq!(c.truncated, 150);
         assert_eq!(c.xs[0], 6);
         assert_eq!(c.xs[49], 356);
-    }
-}
-
-/// The step values of the original's `weights_{s}.csv` files.
-pub const WEIGHT_STEPS: [&str; 8] = ["0.0125", "0.025", "0.05", "0.1", "0.2", "0.3", "0.4", "0.5"];
-
-/// The original's weights file for step `s` as text: 25 rows, coefficient k of (a..f) multiplied by
-/// {1-2s, 1-s, 1, 1+s, 1+2s} (row 2 the identity; `0.5` uses {0.01, 0.5, 1.5, 2}), written like the
-/// published files (CRLF except `0.1`, no final newline).
-pub fn builtin_weights_csv(step: &str) -> Option<String> {
-    if !WEIGHT_STEPS.contains(&step) {
-        return None;
-    }
-    // Work in units of 1e-4 so every value prints as its exact short decimal.
-    let s: i64 = (step.parse::<f64>().ok()? * 10_000.0).round() as i64;
-    let dec = |v: i64| {
-        let int = v / 10_000;
-        let frac = v % 10_000;
-        if frac == 0 {
-            int.to_string()
-        } else {
-            format!("{int}.{}", format!("{frac:04}").trim_end_matches('0'))
-        }
-    };
-    let low = if step == "0.5" { 100 } else { 10_000 - 2 * s };
-    let muls = [low, 10_000 - s, 10_000 + s, 10_000 + 2 * s];
-    let mut rows: Vec<[i64; 6]> = Vec::new();
-    for m in [low, 10_000 - s, 10_000, 10_000 + s, 10_000 + 2 * s] {
-        let mut r = [10_000; 6];
-        r[0] = m;
-        rows.push(r);
-    }
-    for col in 1..6 {
-        for &m in &muls {
-            let mut r = [10_000; 6];
-            r[col] = m;
-            rows.push(r);
-        }
-    }
-    let eol = if step == "0.1" { "\n" } else { "\r\n" };
-    Some(
-        rows.iter()
-            .map(|r| r.iter().map(|&v| dec(v)).collect::<Vec<_>>().join(","))
-            .collect::<Vec<_>>()
-            .join(eol),
-    )
-}
-
-/// Reads `--weight-csv`: a file, or `builtin:S` for the original's `weights_S.csv`.
-pub fn load_weights(spec: &str) -> Result<Vec<WeightRow>> {
-    if let Some(step) = spec.strip_prefix("builtin:") {
-        let text = builtin_weights_csv(step).ok_or_else(|| {
-            Error::flag(
-                "--weight-csv",
-                format!(
-                    "no built-in weights {step:?}: expected one of {}",
-                    WEIGHT_STEPS.join(", ")
-                ),
-            )
-        })?;
-        parse_weights(Path::new(spec), &text)
-    } else {
-        read_weights(Path::new(spec))
     }
 }

@@ -160,20 +160,7 @@ pub fn run(cfg: &SearchConfig, mut on_accept: impl FnMut(usize, usize)) -> Resul
     };
     let mut rgb = Vec::new();
     let mut bytes = Vec::new();
-    let mut engine = match cfg.gl {
-        Some(choice) => Some(crate::render::gl::GlEngine::new(
-            choice,
-            &[],
-            Default::default(),
-        )?),
-        None => None,
-    };
-    if let Some(e) = &engine {
-        eprintln!(
-            "search: chaos games on {} ({})",
-            e.ctx.renderer, e.ctx.device
-        );
-    }
+    let mut engine = open_engine(cfg)?;
     let batch = if engine.is_some() { 64 } else { batch };
     while stats.accepted < cfg.categories {
         let cands: Vec<Candidate> = (0..batch)
@@ -197,6 +184,19 @@ pub fn run(cfg: &SearchConfig, mut on_accept: impl FnMut(usize, usize)) -> Resul
         }
     }
     Ok(stats)
+}
+
+/// The GL engine for `--backend gl` (made in this thread, which drives it), announced on stderr.
+fn open_engine(cfg: &SearchConfig) -> Result<Option<crate::render::gl::GlEngine>> {
+    let Some(choice) = cfg.gl else {
+        return Ok(None);
+    };
+    let e = crate::render::gl::GlEngine::new(choice, &[], Default::default())?;
+    eprintln!(
+        "search: chaos games on {} ({})",
+        e.ctx.renderer, e.ctx.device
+    );
+    Ok(Some(e))
 }
 
 /// Writes accepted class `k`: its CSV and (if wanted) its preview.
@@ -298,14 +298,7 @@ fn run_ranked(
         .append(true)
         .open(&mine)
         .map_err(|e| Error::io(&mine, "cannot open search part", e))?;
-    let mut engine = match cfg.gl {
-        Some(choice) => Some(crate::render::gl::GlEngine::new(
-            choice,
-            &[],
-            Default::default(),
-        )?),
-        None => None,
-    };
+    let mut engine = open_engine(cfg)?;
     let threads = cfg.threads.max(1);
     let mut rng = NumpyRandom::seed(cfg.seed);
     let mut next_index = 0u64;
@@ -396,28 +389,33 @@ fn run_ranked(
     })
 }
 
-/// Evaluates candidates on `threads` threads; the result is in candidate order.
-pub fn evaluate_all(cands: &[Candidate], points: usize, threads: usize) -> Vec<(Vec<u8>, f64)> {
+/// `f(0..n)` on `threads` threads, results in index order.
+fn parallel_map<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let next = AtomicUsize::new(0);
-    let mut results: Vec<Option<(Vec<u8>, f64)>> = (0..cands.len()).map(|_| None).collect();
-    let slots: Vec<std::sync::Mutex<&mut Option<(Vec<u8>, f64)>>> =
-        results.iter_mut().map(std::sync::Mutex::new).collect();
+    let out: Vec<std::sync::Mutex<Option<T>>> =
+        (0..n).map(|_| std::sync::Mutex::new(None)).collect();
     std::thread::scope(|s| {
-        for _ in 0..threads.min(cands.len()) {
+        for _ in 0..threads.min(n).max(1) {
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= cands.len() {
+                    if i >= n {
                         break;
                     }
-                    let r = evaluate(&cands[i], points);
-                    **slots[i].lock().unwrap() = Some(r);
+                    let r = f(i);
+                    *out[i].lock().unwrap() = Some(r);
                 }
             });
         }
     });
-    drop(slots);
-    results.into_iter().map(|r| r.expect("evaluated")).collect()
+    out.into_iter()
+        .map(|m| m.into_inner().unwrap().expect("computed"))
+        .collect()
+}
+
+/// Evaluates candidates on `threads` threads; the result is in candidate order.
+pub fn evaluate_all(cands: &[Candidate], points: usize, threads: usize) -> Vec<(Vec<u8>, f64)> {
+    parallel_map(cands.len(), threads, |i| evaluate(&cands[i], points))
 }
 
 /// The GL form of [`evaluate_all`]: the chaos games run on the GPU (bit-identical in fp64), the
@@ -433,30 +431,13 @@ pub fn evaluate_all_gl(
         u.extend(c.chaos_sequence(points));
     }
     let ifss: Vec<Ifs> = cands.iter().map(|c| c.ifs.clone()).collect();
-    let pts = engine.chaos_games_own_u(&ifss, points, &u)?;
-    let slots: Vec<std::sync::Mutex<Option<(Vec<f64>, Vec<f64>)>>> = pts
+    let pts: Vec<std::sync::Mutex<_>> = engine
+        .chaos_games_own_u(&ifss, points, &u)?
         .into_iter()
-        .map(|p| std::sync::Mutex::new(Some(p)))
+        .map(std::sync::Mutex::new)
         .collect();
-    let out: Vec<std::sync::Mutex<Option<(Vec<u8>, f64)>>> =
-        (0..cands.len()).map(|_| Default::default()).collect();
-    let next = AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..threads.min(cands.len()).max(1) {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= cands.len() {
-                        break;
-                    }
-                    let (xs, ys) = slots[i].lock().unwrap().take().unwrap();
-                    *out[i].lock().unwrap() = Some(fill(xs, ys));
-                }
-            });
-        }
-    });
-    Ok(out
-        .into_iter()
-        .map(|m| m.into_inner().unwrap().unwrap())
-        .collect())
+    Ok(parallel_map(cands.len(), threads, |i| {
+        let (xs, ys) = std::mem::take(&mut *pts[i].lock().unwrap());
+        fill(xs, ys)
+    }))
 }

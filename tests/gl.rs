@@ -2,21 +2,7 @@
 
 mod common;
 use common::*;
-use std::path::Path;
 use std::process::Command;
-
-fn same_tree(a: &Path, b: &Path) {
-    let fa = files(a);
-    assert!(!fa.is_empty());
-    assert_eq!(fa, files(b));
-    for f in &fa {
-        assert!(
-            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
-            "{} differs",
-            f.display()
-        );
-    }
-}
 
 #[test]
 fn gl_reproduces_every_golden_file() {

@@ -23,19 +23,6 @@ fn small<'a>(cmd: &'a mut Command, classes: &Path, out: &Path) -> &'a mut Comman
     .arg(out)
 }
 
-fn same_tree(a: &Path, b: &Path) {
-    let fa = files(a);
-    assert!(!fa.is_empty());
-    assert_eq!(fa, files(b));
-    for f in &fa {
-        assert!(
-            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
-            "{} differs",
-            f.display()
-        );
-    }
-}
-
 #[test]
 fn output_is_the_same_with_one_thread_and_many() {
     let tmp = tempfile::tempdir().unwrap();

@@ -106,3 +106,17 @@ pub fn python_ok(script: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Two output trees hold the same files with the same bytes (and at least one file).
+pub fn same_tree(a: &Path, b: &Path) {
+    let fa = files(a);
+    assert!(!fa.is_empty(), "{} is empty", a.display());
+    assert_eq!(fa, files(b));
+    for f in &fa {
+        assert!(
+            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
+            "{} differs",
+            f.display()
+        );
+    }
+}

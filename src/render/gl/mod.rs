@@ -276,6 +276,16 @@ impl Ring {
     }
 }
 
+/// Points as the shaders read them: x | y << 16.
+fn pack_points(cloud: &Cloud) -> Vec<u32> {
+    cloud
+        .xs
+        .iter()
+        .zip(&cloud.ys)
+        .map(|(&x, &y)| x as u32 | (y as u32) << 16)
+        .collect()
+}
+
 fn bytes_of<T: Copy>(v: &[T]) -> &[u8] {
     // SAFETY: plain numeric data, read as bytes.
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
@@ -505,12 +515,7 @@ impl GlEngine {
         let n = cloud.xs.len();
         let region_w = w + GUARD;
         let (aw, ah) = (region_w * instances.len(), h + GUARD);
-        let pts: Vec<u32> = cloud
-            .xs
-            .iter()
-            .zip(&cloud.ys)
-            .map(|(&x, &y)| x as u32 | (y as u32) << 16)
-            .collect();
+        let pts = pack_points(cloud);
         let gl = &self.ctx.gl;
         unsafe {
             if !matches!(self.atlas, Some((_, tw, th)) if tw >= aw && th >= ah) {
@@ -621,12 +626,7 @@ impl GlEngine {
     ) -> Result<()> {
         let (w, h) = (cfg.width as usize, cfg.height as usize);
         let n = cloud.xs.len();
-        let pts: Vec<u32> = cloud
-            .xs
-            .iter()
-            .zip(&cloud.ys)
-            .map(|(&x, &y)| x as u32 | (y as u32) << 16)
-            .collect();
+        let pts = pack_points(cloud);
         let patch = cfg.mode.is_patch() as u32;
         let gl = &self.ctx.gl;
         unsafe {
