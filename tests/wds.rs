@@ -336,3 +336,74 @@ fn finalize_lists_missing_shards_and_fails() {
     run_ok(bin().args(["finalize", "--out"]).arg(&out));
     assert!(out.join("fractaldb-wids.json").exists());
 }
+
+/// Runs `f` with a 1 MiB tmpfs mounted at a fresh directory (needs root, as CI has).
+fn with_small_disk(f: impl FnOnce(&Path)) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("SKIPPED disk-full test: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let m = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(m.success(), "mount tmpfs failed");
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mnt)));
+    let _ = Command::new("umount").arg(&mnt).status();
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
+}
+
+#[test]
+fn disk_full_is_a_clear_error_and_leaves_no_corrupt_shard() {
+    with_small_disk(|mnt| {
+        let tmp = tempfile::tempdir().unwrap();
+        let classes = class_dir(tmp.path(), &["00024"]);
+        let out = mnt.join("out");
+        let e = run_err(
+            render(&mut bin(), &classes, &out, "wds")
+                .args([
+                    "--image-size-x",
+                    "128",
+                    "--image-size-y",
+                    "128",
+                    "--iteration",
+                    "20000",
+                ])
+                .args(["--instance", "4", "--samples-per-shard", "20"]),
+        );
+        assert!(
+            e.contains("No space left on device") && e.contains("fractaldb-0"),
+            "{e}"
+        );
+        let part = out.join("fractaldb-manifest.part-00000-of-00001.json");
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&part).unwrap()).unwrap();
+        let recorded: Vec<String> = m["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["url"].as_str().unwrap().to_string())
+            .collect();
+        for s in shards(&out) {
+            let name = s.file_name().unwrap().to_string_lossy().into_owned();
+            let tv = Command::new("tar").arg("-tf").arg(&s).output().unwrap();
+            assert!(tv.status.success(), "{name} is not a complete tar");
+            assert!(
+                recorded.contains(&name) || recorded.len() + 1 >= shards(&out).len(),
+                "{name}"
+            );
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".fdbtmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    });
+}

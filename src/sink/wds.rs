@@ -292,7 +292,17 @@ impl<'a> WdsSink<'a> {
         })
     }
 
-    fn finish(&self, shard: u64, mut f: ShardFile) -> Result<()> {
+    /// Completes a shard; on failure its temporary file is removed.
+    fn finish(&self, shard: u64, f: ShardFile) -> Result<()> {
+        let tmp = f.tmp.clone();
+        let r = self.finish_inner(shard, f);
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r
+    }
+
+    fn finish_inner(&self, shard: u64, mut f: ShardFile) -> Result<()> {
         let name = shard_name(&self.opts.prefix, shard);
         let path = self.opts.out.join(&name);
         let tmp = f.tmp.clone();
