@@ -74,7 +74,8 @@ impl Rate {
     }
 }
 
-/// One backend's figures. Stage rates are images/s of one thread of that stage (thread-seconds);
+/// One backend's figures. Stage rates are images/s of one thread of that stage (thread-seconds;
+/// `readback`, GL rows only, is the device-to-host copy time alone, also counted inside `raster`);
 /// `end_to_end` is images/s of wall time; `per_core` is images per CPU-second of the whole process.
 #[derive(Serialize, Debug, Clone)]
 pub struct BackendResult {
@@ -278,6 +279,10 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
             stage(&|s| per_img(s.chaos_s + s.raster_s, s)),
         );
         stages.insert("png_encode".to_string(), stage(&|s| per_img(s.encode_s, s)));
+        if matches!(backend, Backend::Gl(..)) {
+            // Device-to-host copies alone (after each fence signalled); the CPU engine has none.
+            stages.insert("readback".to_string(), stage(&|s| per_img(s.readback_s, s)));
+        }
         let write = if a.format == Format::Wds {
             "tar_write"
         } else {
@@ -327,7 +332,13 @@ pub fn table(r: &Report) -> String {
         s.push_str(&format!("  {}: {}\n", b.backend, b.device));
     }
     s.push('\n');
-    let stages: Vec<String> = r.backends[0].stages.keys().cloned().collect();
+    let stages: Vec<String> = r
+        .backends
+        .iter()
+        .flat_map(|b| b.stages.keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     s.push_str(&format!("{:<10} {:>7}", "backend", "threads"));
     for st in &stages {
         s.push_str(&format!(" {:>16}", format!("{st}/thread")));
@@ -339,7 +350,10 @@ pub fn table(r: &Report) -> String {
     for b in &r.backends {
         s.push_str(&format!("{:<10} {:>7}", b.backend, b.threads));
         for st in &stages {
-            s.push_str(&format!(" {:>16.1}", b.stages[st].median));
+            match b.stages.get(st) {
+                Some(rate) => s.push_str(&format!(" {:>16.1}", rate.median)),
+                None => s.push_str(&format!(" {:>16}", "-")),
+            }
         }
         s.push_str(&format!(
             " {:>10.1} [{:.1}-{:.1}] {:>14.1} {:>6.2}x\n",

@@ -55,6 +55,8 @@ pub struct Summary {
     pub raster_s: f64,
     pub encode_s: f64,
     pub write_s: f64,
+    /// GL only: seconds of device-to-host copies.
+    pub readback_s: f64,
     /// CPU-seconds of the process during the run (filled in by the benchmark).
     pub cpu_s: f64,
 }
@@ -101,6 +103,7 @@ pub fn run(opts: &RenderOptions) -> Result<Summary> {
     summary.raster_s = secs(&stats.raster_ns);
     summary.encode_s = secs(&stats.encode_ns);
     summary.write_s = secs(&stats.write_ns);
+    summary.readback_s = secs(&stats.readback_ns);
     if summary.bytes == 0 {
         summary.bytes = stats.png_bytes.load(Ordering::Relaxed);
     }

@@ -94,6 +94,8 @@ pub struct Stats {
     pub raster_ns: AtomicU64,
     pub encode_ns: AtomicU64,
     pub write_ns: AtomicU64,
+    /// GL only: device-to-host copies of finished results (also inside chaos_ns/raster_ns).
+    pub readback_ns: AtomicU64,
     pub png_bytes: AtomicU64,
 }
 
@@ -368,6 +370,9 @@ fn gl_render_worker(
     let done = engine.collect(true)?;
     Stats::add(&stats.raster_ns, t0);
     forward(done, &mut waiting);
+    stats
+        .readback_ns
+        .fetch_add(engine.take_readback_ns(), Ordering::Relaxed);
     Ok(())
 }
 

@@ -44,13 +44,17 @@ fn bench_reports_every_backend_and_stage_with_positive_rates() {
     for b in backends {
         assert_eq!(b["images"], 100, "25 rows x 1 instance x 4 flips");
         assert!(!b["device"].as_str().unwrap().is_empty());
-        for stage in [
+        let mut stages = vec![
             "chaos_game",
             "raster",
             "render_readback",
             "png_encode",
             "tar_write",
-        ] {
+        ];
+        if b["backend"].as_str().unwrap().starts_with("gl") {
+            stages.push("readback");
+        }
+        for stage in stages {
             let r = &b["stages"][stage];
             let (lo, med, hi) = (
                 r["min"].as_f64().unwrap(),
@@ -84,8 +88,9 @@ fn bench_reports_every_backend_and_stage_with_positive_rates() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+    // 5 stages + end-to-end for each CPU row, 6 + end-to-end for each GL row.
     assert_eq!(
         String::from_utf8_lossy(&check.stdout).trim(),
-        (4 * 6).to_string()
+        (2 * 6 + 2 * 7).to_string()
     );
 }

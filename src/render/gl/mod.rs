@@ -163,6 +163,8 @@ struct Ring {
     next: usize,
     pending: std::collections::VecDeque<Pending>,
     done: Vec<(usize, Vec<u8>)>,
+    /// Time spent copying finished results to the host (after their fences signalled).
+    readback_ns: u64,
 }
 
 impl Ring {
@@ -176,6 +178,7 @@ impl Ring {
             next: 0,
             pending: Default::default(),
             done: vec![],
+            readback_ns: 0,
         })
     }
 
@@ -236,10 +239,12 @@ impl Ring {
                 }
             }
             gl.delete_sync(p.fence);
+            let t0 = std::time::Instant::now();
             let mut data = vec![0u8; p.bytes];
             gl.bind_buffer(glow::COPY_READ_BUFFER, Some(self.slots[p.slot].0));
             gl.get_buffer_sub_data(glow::COPY_READ_BUFFER, 0, &mut data);
             gl.bind_buffer(glow::COPY_READ_BUFFER, None);
+            self.readback_ns += t0.elapsed().as_nanos() as u64;
             match p.layout {
                 Layout::Packed { w, h } => {
                     data.truncate(w * h);
@@ -448,6 +453,9 @@ impl GlEngine {
                     break;
                 }
             }
+            // Wait for the compute first, so that the copy below times the transfer alone.
+            gl.finish();
+            let t0 = std::time::Instant::now();
             let mut xs = vec![0f64; nc * n];
             let mut ys = vec![0f64; nc * n];
             self.xs.read(
@@ -458,6 +466,7 @@ impl GlEngine {
                 gl,
                 std::slice::from_raw_parts_mut(ys.as_mut_ptr() as *mut u8, nc * n * 8),
             );
+            self.ring.readback_ns += t0.elapsed().as_nanos() as u64;
             check(gl, "chaos game")?;
             Ok((0..nc)
                 .map(|c| {
@@ -494,6 +503,11 @@ impl GlEngine {
                 Ok(())
             }
         }
+    }
+
+    /// Nanoseconds spent copying results to the host since the last call.
+    pub fn take_readback_ns(&mut self) -> u64 {
+        std::mem::take(&mut self.ring.readback_ns)
     }
 
     /// Canvases whose readback has finished (all queued ones with `wait`), with their tags.
