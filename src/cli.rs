@@ -318,15 +318,20 @@ impl RenderArgs {
         match self.backend {
             BackendArg::Cpu => Backend::Cpu,
             BackendArg::Gl => Backend::Gl(devices, self.raster),
-            BackendArg::Auto => match crate::render::gl::egl::has_hardware_device() {
-                Some(true) => Backend::Gl(devices, self.raster),
-                _ => {
+            BackendArg::Auto => {
+                // A hardware device must be listed and must open (a cgroup can list GPUs it hides):
+                // the probe context is destroyed before the render thread makes its own.
+                let usable = crate::render::gl::egl::has_hardware_device() == Some(true)
+                    && devices.iter().all(|&c| crate::render::gl::egl::open(c).is_ok_and(|gl| !gl.software));
+                if usable {
+                    Backend::Gl(devices, self.raster)
+                } else {
                     if !self.common.quiet {
-                        eprintln!("backend auto: no hardware EGL device, using the CPU engine");
+                        eprintln!("backend auto: no usable hardware EGL device, using the CPU engine");
                     }
                     Backend::Cpu
                 }
-            },
+            }
         }
     }
 
