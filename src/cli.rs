@@ -319,15 +319,13 @@ impl RenderArgs {
             BackendArg::Cpu => Backend::Cpu,
             BackendArg::Gl => Backend::Gl(devices, self.raster),
             BackendArg::Auto => {
-                // A hardware device must be listed and must open (a cgroup can list GPUs it hides):
-                // the probe context is destroyed before the render thread makes its own.
-                let usable = crate::render::gl::egl::has_hardware_device() == Some(true)
-                    && devices.iter().all(|&c| crate::render::gl::egl::open(c).is_ok_and(|gl| !gl.software));
-                if usable {
+                if crate::render::gl::egl::hardware_usable(&devices) {
                     Backend::Gl(devices, self.raster)
                 } else {
                     if !self.common.quiet {
-                        eprintln!("backend auto: no usable hardware EGL device, using the CPU engine");
+                        eprintln!(
+                            "backend auto: no usable hardware EGL device, using the CPU engine"
+                        );
                     }
                     Backend::Cpu
                 }
@@ -438,12 +436,13 @@ pub fn run(cli: Cli) -> Result<()> {
                             egl_index: a.egl_device,
                         })
                     }
-                    BackendArg::Auto => (crate::render::gl::egl::has_hardware_device()
-                        == Some(true))
-                    .then_some(Choice {
-                        cuda_ordinal: None,
-                        egl_index: a.egl_device,
-                    }),
+                    BackendArg::Auto => {
+                        let c = Choice {
+                            cuda_ordinal: None,
+                            egl_index: a.egl_device,
+                        };
+                        crate::render::gl::egl::hardware_usable(&[c]).then_some(c)
+                    }
                 },
             };
             let quiet = a.common.quiet;

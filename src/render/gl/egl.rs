@@ -329,6 +329,15 @@ pub fn describe_all() -> Result<Vec<(DeviceInfo, std::result::Result<(String, St
         .collect())
 }
 
+/// For `--backend auto`: a hardware device is listed and every chosen device opens on hardware (a cgroup
+/// can list GPUs it hides). The probe contexts are destroyed before any render thread makes its own.
+pub fn hardware_usable(choices: &[Choice]) -> bool {
+    has_hardware_device() == Some(true)
+        && choices
+            .iter()
+            .all(|&c| open(c).is_ok_and(|gl| !gl.software))
+}
+
 /// Whether a hardware (non-software) EGL device is listed; `None` when libEGL cannot be loaded.
 pub fn has_hardware_device() -> Option<bool> {
     let egl = load().ok()?;
