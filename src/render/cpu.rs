@@ -3,7 +3,7 @@
 use super::{DrawMode, MaskRng, RenderConfig};
 use crate::error::{Error, Result};
 use crate::ifs::{self, Cloud, Ifs, WeightRow};
-use crate::rng::{MaskKey, PyRandom};
+use crate::rng::MaskKey;
 
 /// Reusable buffers of one render thread.
 #[derive(Default)]
@@ -84,8 +84,8 @@ pub fn raster(
                 draw_patches(cloud, w, h, canvas, label, |i| key.mask(i as u32));
             }
             MaskRng::Python { seed } => {
-                let mut py = PyRandom::seed(seed as i128 + instance as i128);
-                draw_patches(cloud, w, h, canvas, label, |_| py.randrange_1_512());
+                let masks = super::python_masks(seed, instance, cloud.xs.len());
+                draw_patches(cloud, w, h, canvas, label, |i| masks[i] as u16);
             }
         },
     }

@@ -95,6 +95,13 @@ impl fmt::Display for MaskRng {
     }
 }
 
+/// The masks of instance `instance` under `--mask-rng python:S`: CPython's `randrange(1, 512)` after
+/// `random.seed(S + instance)`, one per point, in point order.
+pub fn python_masks(seed: i64, instance: u32, n: usize) -> Vec<u32> {
+    let mut py = crate::rng::PyRandom::seed(seed as i128 + instance as i128);
+    (0..n).map(|_| py.randrange_1_512() as u32).collect()
+}
+
 /// Image geometry and drawing settings shared by every image of a run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RenderConfig {

@@ -8,7 +8,7 @@ pub mod egl;
 use super::{MaskRng, RenderConfig, cpu};
 use crate::error::{Error, Result};
 use crate::ifs::{Cloud, Ifs};
-use crate::rng::{MaskKey, PyRandom};
+use crate::rng::MaskKey;
 use glow::HasContext;
 
 const CHAOS: &str = include_str!("../../../glsl/chaos.comp");
@@ -587,11 +587,10 @@ impl GlEngine {
                     self.masks.reserve(gl, 4, 3);
                 }
                 MaskRng::Python { seed } => {
-                    let mut m = Vec::with_capacity(n * instances.len());
-                    for &i in instances {
-                        let mut py = PyRandom::seed(seed as i128 + i as i128);
-                        m.extend((0..n).map(|_| py.randrange_1_512() as u32));
-                    }
+                    let m: Vec<u32> = instances
+                        .iter()
+                        .flat_map(|&i| super::python_masks(seed, i, n))
+                        .collect();
                     self.masks.upload(gl, bytes_of(&m), 3);
                     p.set_u32(gl, "python_masks", 1);
                 }
@@ -662,8 +661,6 @@ impl GlEngine {
             self.resolve.set_u32(gl, "patch_mode", patch);
             self.resolve
                 .set_u32(gl, "color_mode", cfg.mode.is_color() as u32);
-            self.pts.reserve(gl, pts.len().max(1) * 4, 0);
-            self.winner.reserve(gl, w * h * 4, 1);
             for (&inst, &tag) in instances.iter().zip(tags) {
                 // The resolve writes straight into a readback slot.
                 let slot = self.ring.acquire(gl, words * 4)?;
@@ -682,8 +679,7 @@ impl GlEngine {
                         self.masks.reserve(gl, 4, 3);
                     }
                     MaskRng::Python { seed } => {
-                        let mut py = PyRandom::seed(seed as i128 + inst as i128);
-                        let m: Vec<u32> = (0..n).map(|_| py.randrange_1_512() as u32).collect();
+                        let m = super::python_masks(seed, inst, n);
                         self.masks.upload(gl, bytes_of(&m), 3);
                         gl.use_program(Some(self.resolve.program));
                         self.resolve.set_u32(gl, "python_masks", 1);
