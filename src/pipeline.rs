@@ -113,8 +113,10 @@ pub enum Backend {
     Gl(Vec<render::gl::egl::Choice>, render::gl::RasterMethod),
 }
 
-/// Clouds per chaos-game dispatch of the GL engine.
-const GL_BATCH: usize = 32;
+/// Clouds per chaos-game dispatch of the GL engine: a GPU wants many invocations in flight; a
+/// software renderer wants short dispatches.
+const GL_BATCH: usize = 128;
+const GL_BATCH_SOFTWARE: usize = 32;
 
 /// Everything the render stage reads.
 pub struct Context<'a> {
@@ -282,7 +284,7 @@ fn render_worker(
     }
 }
 
-/// The GL render stage: one thread owns the context; clouds are computed `GL_BATCH` at a time.
+/// The GL render stage: one thread owns the context; clouds are computed a batch at a time.
 fn gl_render_worker(
     ctx: &Context,
     choice: render::gl::egl::Choice,
@@ -330,11 +332,16 @@ fn gl_render_worker(
         };
     loop {
         // Batches are claimed from the shared queue, so several GPUs split the work.
-        let start = next.fetch_add(GL_BATCH as u64, Ordering::Relaxed) as usize;
+        let size = if engine.ctx.software {
+            GL_BATCH_SOFTWARE
+        } else {
+            GL_BATCH
+        };
+        let start = next.fetch_add(size as u64, Ordering::Relaxed) as usize;
         if start >= jobs.len() || abort.is_set() {
             break;
         }
-        let batch = &jobs[start..(start + GL_BATCH).min(jobs.len())];
+        let batch = &jobs[start..(start + size).min(jobs.len())];
         let t0 = Instant::now();
         let ifss: Vec<_> = batch
             .iter()

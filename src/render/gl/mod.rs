@@ -704,14 +704,34 @@ impl GlEngine {
         ifss: &[Ifs],
         cfg: &RenderConfig,
     ) -> Result<Vec<std::result::Result<Cloud, &'static str>>> {
-        let pts = self.chaos_games(ifss, cfg.iterations)?;
-        Ok(pts
-            .into_iter()
-            .map(|(mut xs, mut ys)| {
-                let mut c = Cloud::default();
-                cpu::cloud_from_points(&mut xs, &mut ys, cfg, &mut c).map(|_| c)
-            })
-            .collect())
+        let mut pts = self.chaos_games(ifss, cfg.iterations)?;
+        // The rescale is sequential per cloud: spread the clouds over the cores, in order.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(pts.len())
+            .max(1);
+        let per = pts.len().div_ceil(threads).max(1);
+        let mut out: Vec<std::result::Result<Cloud, &'static str>> = Vec::with_capacity(pts.len());
+        std::thread::scope(|s| {
+            let handles: Vec<_> = pts
+                .chunks_mut(per)
+                .map(|chunk| {
+                    s.spawn(move || {
+                        chunk
+                            .iter_mut()
+                            .map(|(xs, ys)| {
+                                let mut c = Cloud::default();
+                                cpu::cloud_from_points(xs, ys, cfg, &mut c).map(|_| c)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for h in handles {
+                out.extend(h.join().expect("rescale thread"));
+            }
+        });
+        Ok(out)
     }
 }
 
