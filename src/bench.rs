@@ -145,7 +145,7 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
         let all = crate::render::gl::egl::describe_all()?;
         all.into_iter()
             .find_map(|(_, r)| r.ok())
-            .map(|(renderer, version)| format!("{renderer} / {version}"))
+            .map(|i| format!("{} / {}", i.renderer, i.version))
             .ok_or_else(|| {
                 Error::Other("bench: no EGL device could be opened for the GL backend".into())
             })?

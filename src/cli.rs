@@ -545,9 +545,10 @@ pub fn run(cli: Cli) -> Result<()> {
                     d.drm_file.as_deref().unwrap_or("-")
                 );
                 match r {
-                    Ok((renderer, version)) => {
-                        println!("  GL_RENDERER {renderer}\n  GL_VERSION  {version}")
-                    }
+                    Ok(i) => println!(
+                        "  GL_VENDOR   {}\n  GL_RENDERER {}\n  GL_VERSION  {}",
+                        i.vendor, i.renderer, i.version
+                    ),
                     Err(e) => println!("  cannot open: {e}"),
                 }
                 println!("  extensions  {}", d.extensions);

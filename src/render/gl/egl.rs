@@ -132,6 +132,7 @@ pub struct Gl {
     display: egl::Display,
     context: egl::Context,
     pub gl: glow::Context,
+    pub vendor: String,
     pub renderer: String,
     pub version: String,
     pub device: String,
@@ -201,9 +202,10 @@ pub fn open(choice: Choice) -> Result<Gl> {
     for (name, software, platform, native) in candidates {
         match unsafe { try_open(&egl, platform, native) } {
             Ok((display, context, gl)) => {
-                let (renderer, version) = unsafe {
+                let (vendor, renderer, version) = unsafe {
                     use glow::HasContext;
                     (
+                        gl.get_parameter_string(glow::VENDOR),
                         gl.get_parameter_string(glow::RENDERER),
                         gl.get_parameter_string(glow::VERSION),
                     )
@@ -215,6 +217,7 @@ pub fn open(choice: Choice) -> Result<Gl> {
                     display,
                     context,
                     gl,
+                    vendor,
                     renderer,
                     version,
                     device: name,
@@ -310,8 +313,16 @@ pub fn cuda_ordinal_for(
     (local_rank % visible.max(1) as u64) as i64
 }
 
-/// Every device with what opening it gives: (device, Ok((renderer, version)) or the error).
-pub fn describe_all() -> Result<Vec<(DeviceInfo, std::result::Result<(String, String), String>)>> {
+/// What an opened device's GL context reports.
+#[derive(Clone, Debug)]
+pub struct GlInfo {
+    pub vendor: String,
+    pub renderer: String,
+    pub version: String,
+}
+
+/// Every device with what opening it gives (or why it did not open).
+pub fn describe_all() -> Result<Vec<(DeviceInfo, std::result::Result<GlInfo, String>)>> {
     let egl = load()?;
     let devs = devices(&egl);
     drop(egl);
@@ -322,7 +333,11 @@ pub fn describe_all() -> Result<Vec<(DeviceInfo, std::result::Result<(String, St
                 egl_index: Some(d.index),
                 cuda_ordinal: None,
             })
-            .map(|gl| (gl.renderer.clone(), gl.version.clone()))
+            .map(|gl| GlInfo {
+                vendor: gl.vendor.clone(),
+                renderer: gl.renderer.clone(),
+                version: gl.version.clone(),
+            })
             .map_err(|e| e.to_string());
             (d, r)
         })
