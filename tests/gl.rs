@@ -138,8 +138,12 @@ fn devices_lists_the_software_device() {
     let out = run_ok(bin().arg("devices"));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("EGL device 0") && text.contains("GL_RENDERER"),
+        text.contains("EGL device 0") && text.contains("GL_RENDERER") && text.contains("GL_VENDOR"),
         "{text}"
+    );
+    assert!(
+        text.contains("software=true"),
+        "llvmpipe is listed as software: {text}"
     );
 }
 
