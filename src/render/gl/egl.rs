@@ -249,20 +249,25 @@ unsafe fn try_open(
     let result = (|| {
         egl.bind_api(egl::OPENGL_API)
             .map_err(|e| format!("eglBindAPI(OpenGL): {e}"))?;
-        let config = egl
-            // SURFACE_TYPE defaults to WINDOW_BIT; we draw into our own FBOs and need no surface at all.
-            .choose_first_config(
-                display,
-                &[
-                    egl::RENDERABLE_TYPE,
-                    egl::OPENGL_BIT,
-                    egl::SURFACE_TYPE,
-                    0,
-                    egl::NONE,
-                ],
-            )
-            .map_err(|e| format!("eglChooseConfig: {e}"))?
-            .ok_or("no OpenGL-capable EGL config")?;
+        // SURFACE_TYPE defaults to WINDOW_BIT, which a headless device has none of. We draw into our own
+        // FBOs and need no surface: ask for any surface type, then (some drivers) for pbuffer configs.
+        let mut config = None;
+        for surface in [0, egl::PBUFFER_BIT] {
+            let attrs = [
+                egl::RENDERABLE_TYPE,
+                egl::OPENGL_BIT,
+                egl::SURFACE_TYPE,
+                surface,
+                egl::NONE,
+            ];
+            config = egl
+                .choose_first_config(display, &attrs)
+                .map_err(|e| format!("eglChooseConfig: {e}"))?;
+            if config.is_some() {
+                break;
+            }
+        }
+        let config = config.ok_or("no OpenGL-capable EGL config")?;
         let mut last = String::new();
         for minor in [6, 5, 4, 3] {
             let attrs = [
