@@ -365,7 +365,13 @@ fn gl_render_worker(
             for (t, inst) in tags.iter().zip(&job.instances) {
                 waiting.insert(*t, inst.flips.clone());
             }
-            engine.submit(&cloud, ctx.cfg, class.key, job.row, &insts, &tags)?;
+            let draw = render::gl::Draw {
+                cloud: &cloud,
+                cfg: ctx.cfg,
+                class_key: class.key,
+                row: job.row,
+            };
+            engine.submit(draw, &insts, &tags)?;
             let done = engine.collect(false)?;
             Stats::add(&stats.raster_ns, t0);
             if !forward(done, &mut waiting) {

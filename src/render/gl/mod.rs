@@ -296,6 +296,15 @@ fn bytes_of<T: Copy>(v: &[T]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
 
+/// One cloud to draw: its points, the run's settings, and the keys of its masks.
+#[derive(Clone, Copy)]
+pub struct Draw<'a> {
+    pub cloud: &'a Cloud,
+    pub cfg: &'a RenderConfig,
+    pub class_key: u32,
+    pub row: u32,
+}
+
 /// The GL engine; lives in (and must stay on) the thread that created it.
 pub struct GlEngine {
     pub ctx: egl::Gl,
@@ -481,24 +490,15 @@ impl GlEngine {
 
     /// Queues the instances of one cloud; their canvases come back from [`collect`](Self::collect)
     /// with the given tags, once their readback has finished.
-    pub fn submit(
-        &mut self,
-        cloud: &Cloud,
-        cfg: &RenderConfig,
-        class_key: u32,
-        row: u32,
-        instances: &[u32],
-        tags: &[usize],
-    ) -> Result<()> {
+    pub fn submit(&mut self, d: Draw, instances: &[u32], tags: &[usize]) -> Result<()> {
+        let cfg = d.cfg;
         match self.method {
-            RasterMethod::Compute => {
-                self.raster_compute(cloud, cfg, class_key, row, instances, tags)
-            }
+            RasterMethod::Compute => self.raster_compute(d, instances, tags),
             RasterMethod::Points => {
                 let per = MAX_INSTANCES_PER_DRAW
                     .min((self.max_texture / (cfg.width as usize + GUARD)).max(1));
                 for (chunk, tchunk) in instances.chunks(per).zip(tags.chunks(per)) {
-                    self.raster_points(cloud, cfg, class_key, row, chunk, tchunk)?;
+                    self.raster_points(d, chunk, tchunk)?;
                 }
                 Ok(())
             }
@@ -516,15 +516,13 @@ impl GlEngine {
     }
 
     /// GL_POINTS, one instanced draw for up to 64 instances side by side in an R8UI atlas.
-    fn raster_points(
-        &mut self,
-        cloud: &Cloud,
-        cfg: &RenderConfig,
-        class_key: u32,
-        row: u32,
-        instances: &[u32],
-        tags: &[usize],
-    ) -> Result<()> {
+    fn raster_points(&mut self, d: Draw, instances: &[u32], tags: &[usize]) -> Result<()> {
+        let Draw {
+            cloud,
+            cfg,
+            class_key,
+            row,
+        } = d;
         let (w, h) = (cfg.width as usize, cfg.height as usize);
         let n = cloud.xs.len();
         let region_w = w + GUARD;
@@ -628,15 +626,13 @@ impl GlEngine {
     }
 
     /// Compute raster: splat once per cloud, resolve per instance.
-    fn raster_compute(
-        &mut self,
-        cloud: &Cloud,
-        cfg: &RenderConfig,
-        class_key: u32,
-        row: u32,
-        instances: &[u32],
-        tags: &[usize],
-    ) -> Result<()> {
+    fn raster_compute(&mut self, d: Draw, instances: &[u32], tags: &[usize]) -> Result<()> {
+        let Draw {
+            cloud,
+            cfg,
+            class_key,
+            row,
+        } = d;
         let (w, h) = (cfg.width as usize, cfg.height as usize);
         let n = cloud.xs.len();
         let pts = pack_points(cloud);
