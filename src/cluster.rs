@@ -79,11 +79,11 @@ pub fn resolve(
                         // PMIx: take the size from a later source that has one.
                         let mut s = None;
                         for (_, sv2) in &SOURCES[i + 1..] {
-                            if let Some(sv2) = sv2 {
-                                if let Some(x) = parse(env, sv2)? {
-                                    s = Some((x, format!("{rv} with size from {sv2}")));
-                                    break;
-                                }
+                            if let Some(sv2) = sv2
+                                && let Some(x) = parse(env, sv2)?
+                            {
+                                s = Some((x, format!("{rv} with size from {sv2}")));
+                                break;
                             }
                         }
                         s

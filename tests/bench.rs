@@ -75,7 +75,7 @@ fn bench_reports_every_backend_and_stage_with_positive_rates() {
                 > 0.0
         );
     }
-    assert_eq!(v["cores"].as_u64().unwrap() > 0, true);
+    assert!(v["cores"].as_u64().unwrap() > 0);
     // The SVG parses as XML and has one bar per backend and stage.
     let check = std::process::Command::new("python3")
         .args(["-c", "import sys, xml.etree.ElementTree as E; r = E.parse(sys.argv[1]).getroot(); \

@@ -70,7 +70,7 @@ fn names_layout_and_png_format_are_the_originals() {
     let (w, h, px) = decode_rgb(&f);
     assert_eq!((w, h), (64, 48));
     assert!(px.iter().all(|&v| v == 0 || v == 127));
-    assert!(px.iter().any(|&v| v == 127));
+    assert!(px.contains(&127));
     // Flips: flip1 is flip0 upside down, flip2 is flip0 mirrored.
     let img = |t: u8| decode_rgb(&out.join(format!("00004/00004_02_count_0_flip{t}.png"))).2;
     let (f0, f1, f2) = (img(0), img(1), img(2));

@@ -201,20 +201,27 @@ fn kill_9_at_random_moments_then_resume_gives_the_uninterrupted_bytes() {
     let mut c = bin();
     render(&mut c, &classes, &full, "wds");
     heavy(&mut c);
-    let t0 = std::time::Instant::now();
     run_ok(&mut c);
-    let full_time = t0.elapsed();
-    // Deterministic "random" kill moments spread over the run.
+    let total_shards = shards(&full).len(); // 3 x 25 x 4 x 4 / 50 = 24
+    assert_eq!(total_shards, 24);
+    // Deterministic "random" kill moments: each run is killed after a pseudo-random number of its
+    // shards has appeared, plus a pseudo-random few milliseconds, so the kill lands while it works
+    // (between shards, inside one, or during the manifest update) however fast the machine is.
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
     for trial in 0..3 {
         let out = tmp.path().join(format!("killed{trial}"));
         let mut killed_midway = 0;
         for attempt in 0..4 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let frac = 0.1 + (x % 1000) as f64 / 1000.0 * 0.8;
-            let delay = full_time.mul_f64(frac);
+            let have = if out.exists() { shards(&out).len() } else { 0 };
+            let left = total_shards.saturating_sub(have).max(1);
+            let wait_for = have + (next() as usize % left);
+            let extra = std::time::Duration::from_millis(next() % 40);
             let mut c = bin();
             render(&mut c, &classes, &out, "wds");
             heavy(&mut c);
@@ -222,10 +229,19 @@ fn kill_9_at_random_moments_then_resume_gives_the_uninterrupted_bytes() {
                 c.arg("--resume");
             }
             let mut child = c.spawn().unwrap();
-            std::thread::sleep(delay);
-            if child.try_wait().unwrap().is_none() {
-                child.kill().unwrap(); // SIGKILL
-                killed_midway += 1;
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if out.exists() && shards(&out).len() >= wait_for {
+                    std::thread::sleep(extra);
+                    if child.try_wait().unwrap().is_none() {
+                        child.kill().unwrap(); // SIGKILL
+                        killed_midway += 1;
+                    }
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
             }
             child.wait().unwrap();
             // Never a partial shard under a final name: every .tar present is a whole, readable tar.

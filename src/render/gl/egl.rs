@@ -157,10 +157,10 @@ fn ordered(devs: &[DeviceInfo], choice: Choice) -> Result<Vec<DeviceInfo>> {
             )
         });
     }
-    if let Some(c) = choice.cuda_ordinal {
-        if let Some(d) = devs.iter().find(|d| d.cuda_ordinal == Some(c)) {
-            return Ok(vec![d.clone()]);
-        }
+    if let Some(c) = choice.cuda_ordinal
+        && let Some(d) = devs.iter().find(|d| d.cuda_ordinal == Some(c))
+    {
+        return Ok(vec![d.clone()]);
     }
     let mut v = devs.to_vec();
     v.sort_by_key(|d| (d.software, d.cuda_ordinal.is_none(), d.index));
