@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 /// The suffix of every temporary file we write; a rerun removes stale ones.
 pub const TMP_SUFFIX: &str = ".fdbtmp";
 
+/// The final name of the writability probe (it never gets one: the probe is removed).
+const PROBE: &str = ".fractaldb-probe";
+
 pub fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().expect("file name").to_os_string();
     name.push(format!(".{}{TMP_SUFFIX}", std::process::id()));
@@ -45,14 +48,15 @@ pub fn remove_stale_tmp(dir: &Path) {
 }
 
 /// Removes the temporary files in `dir` whose final name (the part before `.{pid}.fdbtmp`) passes
-/// `mine`, so that concurrent ranks sharing a directory leave each other's files alone.
+/// `mine`, so that concurrent ranks sharing a directory leave each other's files alone. Leftover
+/// writability probes go too (whoever made them is done with them).
 pub fn remove_stale_tmp_of(dir: &Path, mine: impl Fn(&str) -> bool) {
     if let Ok(rd) = fs::read_dir(dir) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(stem) = name.strip_suffix(TMP_SUFFIX) {
                 let final_name = stem.rsplit_once('.').map(|(f, _pid)| f).unwrap_or(stem);
-                if mine(final_name) {
+                if mine(final_name) || final_name == PROBE {
                     let _ = fs::remove_file(e.path());
                 }
             }
@@ -62,10 +66,7 @@ pub fn remove_stale_tmp_of(dir: &Path, mine: impl Fn(&str) -> bool) {
 
 /// Checks that a directory can be written, by creating and removing a probe file.
 pub fn check_writable(dir: &Path) -> Result<()> {
-    let probe = dir.join(format!(
-        ".fractaldb-probe.{}{TMP_SUFFIX}",
-        std::process::id()
-    ));
+    let probe = dir.join(format!("{PROBE}.{}{TMP_SUFFIX}", std::process::id()));
     fs::write(&probe, b"").map_err(|e| Error::io(dir, "output directory is not writable", e))?;
     let _ = fs::remove_file(&probe);
     Ok(())

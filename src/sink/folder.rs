@@ -24,6 +24,7 @@ impl<'a> FolderSink<'a> {
     /// Creates the class directories of `classes` and removes temporary files a killed run left.
     pub fn new(root: &Path, plan: &'a Plan, classes: &[u32], writers: usize) -> Result<Self> {
         fsutil::create_dir(root)?;
+        fsutil::remove_stale_tmp_of(root, |_| false); // a killed run's writability probe
         fsutil::check_writable(root)?;
         for &c in classes {
             let dir = root.join(&plan.classes[c as usize].name);

@@ -400,6 +400,13 @@ pub fn verified_shards(out: &Path, m: &Manifest) -> Vec<ShardEntry> {
 /// Merges all manifest parts of `out` into `{prefix}-manifest.json` and `{prefix}-wids.json`.
 /// Returns the missing shard indices (then nothing is written).
 pub fn finalize(out: &Path, prefix: &str) -> Result<std::result::Result<Manifest, Vec<u64>>> {
+    // A finalize that was killed while writing leaves its temporary files: remove them first.
+    let (mpath, wpath) = (manifest_path(out, prefix), wids_path(out, prefix));
+    let finals: Vec<String> = [&mpath, &wpath]
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    fsutil::remove_stale_tmp_of(out, |n| finals.iter().any(|f| f == n));
     let start = format!("{prefix}-manifest.part-");
     let mut parts = Vec::new();
     let rd =
@@ -457,7 +464,7 @@ pub fn finalize(out: &Path, prefix: &str) -> Result<std::result::Result<Manifest
     m.rank = 0;
     m.world_size = 1;
     m.kind = "fractaldb-manifest-v1".into();
-    write_json(&manifest_path(out, prefix), &m)?;
-    write_json(&wids_path(out, prefix), &wids_index(prefix, &m.shards))?;
+    write_json(&mpath, &m)?;
+    write_json(&wpath, &wids_index(prefix, &m.shards))?;
     Ok(Ok(m))
 }
