@@ -271,7 +271,6 @@ fn run_wds(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result<Su
         WdsOptions {
             out: opts.out.clone(),
             prefix: opts.prefix.clone(),
-            samples_per_shard: per,
             dali_index: opts.dali_index,
             writers: opts.writers,
         },

@@ -102,7 +102,6 @@ pub struct Sample {
 pub struct Plan {
     pub classes: Vec<Class>,
     pub weights: Vec<WeightRow>,
-    pub weights_path: PathBuf,
     /// Instances per (class, row): `--instance` for patch modes, 1 for point modes.
     pub instances: u32,
 }
@@ -115,7 +114,7 @@ impl Plan {
         Ok(Plan {
             classes,
             weights: rows,
-            weights_path: PathBuf::from(weights),
+
             instances,
         })
     }
@@ -228,7 +227,7 @@ mod tests {
         let plan = Plan {
             classes: vec![],
             weights: vec![[1.0; 6]; 25],
-            weights_path: PathBuf::new(),
+
             instances: 10,
         };
         for id in [0u64, 1, 3, 4, 39, 40, 999, 1000, 123_456] {

@@ -3,7 +3,7 @@
 //! * [`Mt19937`]: the Mersenne Twister shared by numpy's legacy `RandomState` and CPython's `random`.
 //! * [`NumpyRandom`]: numpy's legacy recipes (`seed`, `random_sample`, `randint(2,8)`, `uniform`).
 //! * [`PyRandom`]: CPython's `random.seed(int)` and `randrange(1, 512)`.
-//! * [`mask_counter`]: our default patch-mask generator, a pure function of
+//! * [`MaskKey`]: our default patch-mask generator, a pure function of
 //!   (seed, class, row, instance, point index), so output never depends on scheduling.
 
 const N: usize = 624;
@@ -199,13 +199,6 @@ impl PyRandom {
             }
         }
     }
-
-    /// `random.random()`.
-    pub fn random(&mut self) -> f64 {
-        let a = (self.mt.next_u32() >> 5) as f64;
-        let b = (self.mt.next_u32() >> 6) as f64;
-        (a * 67_108_864.0 + b) / 9_007_199_254_740_992.0
-    }
 }
 
 /// A 32-bit integer hash with good avalanche ("lowbias32"); cheap on CPUs and in GLSL.
@@ -243,11 +236,6 @@ impl MaskKey {
         let h = hash32(hash32(i.wrapping_add(self.k0)) ^ self.k1);
         1 + ((h as u64 * 511) >> 32) as u16
     }
-}
-
-/// Counter-based mask of point `i` for a key (a free-function form for tests and docs).
-pub fn mask_counter(key: MaskKey, i: u32) -> u16 {
-    key.mask(i)
 }
 
 /// A stable 32-bit key of a class name (FNV-1a), so masks follow the class, not its position.

@@ -186,7 +186,6 @@ struct ShardBuf {
 pub struct WdsOptions {
     pub out: PathBuf,
     pub prefix: String,
-    pub samples_per_shard: u64,
     pub dali_index: bool,
     pub writers: usize,
 }
