@@ -33,6 +33,31 @@ for s in shards:
                 assert len(m.name.encode()) <= 100 and "." not in key
             keys.append(key)
 assert len(keys) == len(set(keys)) == expected, (len(keys), len(set(keys)), expected)
+
+# wids: its index (the nsamples per shard) and its mmap tar reader, which reads only the 100-byte name
+# field of each header. wids/__init__ imports torch, so load just its tar module from the package.
+import importlib.util
+import site
+
+mm_path = next(
+    os.path.join(d, "wids", "wids_mmtar.py")
+    for d in site.getsitepackages() + [site.getusersitepackages()]
+    if os.path.exists(os.path.join(d, "wids", "wids_mmtar.py"))
+)
+spec = importlib.util.spec_from_file_location("wids_mmtar", mm_path)
+wids_mmtar = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(wids_mmtar)
+index = json.load(open(os.path.join(shard_dir, f"{prefix}-wids.json")))
+assert index["__kind__"] == "wids-shard-index-v1"
+assert [e["url"] for e in index["shardlist"]] == [os.path.basename(s) for s in shards]
+for entry, s in zip(index["shardlist"], shards):
+    mt = wids_mmtar.MMIndexedTar(s)
+    names = list(mt.names())
+    assert len(names) == 3 * entry["nsamples"], (s, len(names), entry["nsamples"])
+    with tarfile.open(s) as t:
+        for name in names[:9]:
+            _, data = mt.get_by_name(name)
+            assert bytes(data) == t.extractfile(name).read(), (s, name)
 assert keys == sorted(keys), "samples are in position order"
 
 # webdataset: decode and compare with the folder layout
