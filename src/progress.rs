@@ -35,14 +35,15 @@ impl Reporter {
                 let bar = indicatif::ProgressBar::new(total);
                 bar.set_style(
                     indicatif::ProgressStyle::with_template(
-                        "{elapsed_precise} [{bar:40}] {pos}/{len} {msg} ({per_sec}, ETA {eta})",
+                        "{elapsed_precise} [{bar:40}] {pos}/{len} {msg} (ETA {eta})",
                     )
                     .unwrap()
                     .progress_chars("=> "),
                 );
                 while !stop2.load(Ordering::Relaxed) {
                     bar.set_position(done());
-                    bar.set_message(format!("{what} {}", extra()));
+                    let rate = done() as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+                    bar.set_message(format!("{what}, {rate:.0}/s {}", extra()));
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 bar.set_position(done());
