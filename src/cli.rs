@@ -207,12 +207,14 @@ pub struct RenderArgs {
     /// PNG encoder threads (default: --threads)
     #[arg(long)]
     pub encoders: Option<usize>,
-    /// Writer threads (default: 1 for wds, 2 for folder)
+    /// Writer threads (default: one per 4 threads, 1 to 4, for wds; 2 for folder). A wds writer owns
+    /// the shards it writes, and one writes about 14,000 images/s here
     #[arg(long)]
     pub writers: Option<usize>,
-    /// Shards rendered together (wds): each point cloud is computed once per window; memory grows with it
-    #[arg(long, default_value_t = 2)]
-    pub window: usize,
+    /// Shards rendered together (wds; default: max(2, writers)): each point cloud is computed once per
+    /// window, and the window's PNGs wait in memory until their shard is written
+    #[arg(long)]
+    pub window: Option<usize>,
     /// Engine: cpu, gl (headless EGL/OpenGL compute shaders) or auto (gl on a hardware GPU, else cpu)
     #[arg(long, default_value = "auto")]
     pub backend: BackendArg,
@@ -353,6 +355,10 @@ impl RenderArgs {
             ));
         }
         let threads = self.common.threads();
+        let writers = self
+            .writers
+            .unwrap_or(if self.format == Format::Wds { (threads / 4).clamp(1, 4) } else { 2 })
+            .max(1);
         let rank = self.ranks.resolve()?;
         let backend = self.backend(&rank);
         if let Backend::Gl(..) = backend {
@@ -380,11 +386,8 @@ impl RenderArgs {
                 encode: self.encoders.unwrap_or(threads).max(1),
                 queue: 2 * threads,
             },
-            writers: self
-                .writers
-                .unwrap_or(if self.format == Format::Wds { 1 } else { 2 })
-                .max(1),
-            window: self.window.max(1),
+            writers,
+            window: self.window.unwrap_or(writers.max(2)).max(1),
             rank,
             progress: self.common.progress(),
             backend,
