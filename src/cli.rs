@@ -357,7 +357,11 @@ impl RenderArgs {
         let threads = self.common.threads();
         let writers = self
             .writers
-            .unwrap_or(if self.format == Format::Wds { (threads / 4).clamp(1, 4) } else { 2 })
+            .unwrap_or(if self.format == Format::Wds {
+                (threads / 4).clamp(1, 4)
+            } else {
+                2
+            })
             .max(1);
         let rank = self.ranks.resolve()?;
         let backend = self.backend(&rank);
