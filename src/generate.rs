@@ -14,7 +14,7 @@ use crate::sink::wds::{self, Manifest, WdsOptions, WdsSink};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 #[derive(Clone, Debug)]
@@ -110,18 +110,20 @@ pub fn run(opts: &RenderOptions) -> Result<Summary> {
     Ok(summary)
 }
 
+/// The progress display: `kept` counts images that were already there (resume) against the total.
 fn reporter(
     opts: &RenderOptions,
     total: u64,
     stats: &Arc<Stats>,
+    kept: &Arc<AtomicU64>,
     extra: Box<dyn Fn() -> String + Send>,
 ) -> Reporter {
-    let s = stats.clone();
+    let (s, kept) = (stats.clone(), kept.clone());
     Reporter::start(
         opts.progress,
         "images",
         total,
-        Box::new(move || s.images.load(Ordering::Relaxed)),
+        Box::new(move || s.images.load(Ordering::Relaxed) + kept.load(Ordering::Relaxed)),
         extra,
     )
 }
@@ -134,10 +136,12 @@ fn run_folder(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result
     let sink = FolderSink::new(&opts.out, plan, &mine, opts.writers)?;
     let per_class = plan.weights.len() as u64 * plan.instances as u64 * plan::FLIPS;
     let mut summary = Summary::default();
+    let kept = Arc::new(AtomicU64::new(0));
     let _rep = reporter(
         opts,
         per_class * mine.len() as u64,
         stats,
+        &kept,
         Box::new(String::new),
     );
     let abort = Abort::default();
@@ -149,8 +153,7 @@ fn run_folder(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result
             for id in first..first + per_class {
                 let sample = plan.sample(id);
                 if opts.resume && folder::image_path(&opts.out, plan, sample).is_file() {
-                    summary.skipped += 1;
-                    stats.images.fetch_add(1, Ordering::Relaxed);
+                    kept.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 targets.push(Target {
@@ -163,7 +166,7 @@ fn run_folder(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result
         let jobs = pipeline::group_jobs(targets);
         pipeline::run(ctx, &jobs, &sink, opts.threads, stats, &abort)?;
     }
-    stats.images.fetch_sub(summary.skipped, Ordering::Relaxed);
+    summary.skipped = kept.load(Ordering::Relaxed);
     Ok(summary)
 }
 
@@ -286,13 +289,16 @@ fn run_wds(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result<Su
         .iter()
         .map(|&s| plan::shard_range(s, total, per).count() as u64)
         .sum();
-    let shards_done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let shards_done = Arc::new(AtomicU64::new(0));
     let sd = shards_done.clone();
     let ntodo = todo.len();
+    // The total counts only what is left, so nothing kept is added to the count.
+    let none_kept = Arc::new(AtomicU64::new(0));
     let _rep = reporter(
         opts,
         todo_images,
         stats,
+        &none_kept,
         Box::new(move || format!("shards {}/{ntodo}", sd.load(Ordering::Relaxed))),
     );
     let abort = Abort::default();
