@@ -202,7 +202,8 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
     };
     cfg.validate()?;
     let mut backends = Vec::new();
-    use crate::pipeline::Backend;
+    use crate::render::Backend;
+    use crate::render::gl::GlOptions;
     use crate::render::gl::RasterMethod;
     let mut variants: Vec<(String, Backend, usize, String)> = Vec::new();
     if want_cpu {
@@ -218,7 +219,13 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
         ] {
             variants.push((
                 name.into(),
-                Backend::Gl(vec![Default::default()], m),
+                Backend::Gl(
+                    vec![Default::default()],
+                    GlOptions {
+                        raster: m,
+                        cpu_rescale: false,
+                    },
+                ),
                 all,
                 gl_device.clone(),
             ));
@@ -250,7 +257,6 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                     queue: 2 * t,
                 },
                 writers: 1,
-                window: 2,
                 rank: Rank {
                     rank: 0,
                     world: 1,

@@ -3,8 +3,10 @@
 use crate::cluster;
 use crate::error::{Error, Result};
 use crate::generate::{self, RenderOptions};
-use crate::pipeline::{Backend, Threads};
+use crate::pipeline::Threads;
 use crate::progress;
+use crate::render::Backend;
+use crate::render::gl::GlOptions;
 use crate::render::gl::egl::Choice;
 use crate::render::{DrawMode, MaskRng, PngConfig, RenderConfig};
 use crate::search::{self, SearchConfig};
@@ -211,9 +213,9 @@ pub struct RenderArgs {
     /// the shards it writes, and one writes about 14,000 images/s here
     #[arg(long)]
     pub writers: Option<usize>,
-    /// Shards rendered together (wds; default: max(2, writers)): each point cloud is computed once per
-    /// window, and the window's PNGs wait in memory until their shard is written
-    #[arg(long)]
+    /// No longer used: every point cloud is computed once whatever the shard count (order v2), so there
+    /// is no window of shards to size. Accepted for old scripts
+    #[arg(long, hide = true)]
     pub window: Option<usize>,
     /// Engine: cpu, gl (headless EGL/OpenGL compute shaders) or auto (gl on a hardware GPU, else cpu)
     #[arg(long, default_value = "auto")]
@@ -221,6 +223,10 @@ pub struct RenderArgs {
     /// GL raster path: compute (atomicMax splat + resolve) or points (GL_POINTS into an integer FBO)
     #[arg(long, default_value = "compute")]
     pub raster: crate::render::gl::RasterMethod,
+    /// GL: where the clouds are rescaled to pixels: gpu (glsl/rescale.comp, only label canvases come
+    /// back) or cpu (the fp64 points are read back and rescaled by the CPU engine's code)
+    #[arg(long, default_value = "gpu")]
+    pub rescale: RescaleArg,
     /// CUDA ordinal of the GPU for --backend gl (default: the local rank, respecting CUDA_VISIBLE_DEVICES)
     #[arg(long)]
     pub gpu: Option<i64>,
@@ -283,6 +289,12 @@ fn gpu_list(list: &str) -> Vec<Choice> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RescaleArg {
+    Gpu,
+    Cpu,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendArg {
     Cpu,
     Gl,
@@ -300,6 +312,13 @@ fn parse_gpus(v: &str) -> std::result::Result<String, String> {
 }
 
 impl RenderArgs {
+    fn gl_options(&self) -> GlOptions {
+        GlOptions {
+            raster: self.raster,
+            cpu_rescale: self.rescale == RescaleArg::Cpu,
+        }
+    }
+
     fn backend(&self, rank: &cluster::Rank) -> Backend {
         let gpu = self.gpu.unwrap_or_else(|| {
             let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
@@ -319,10 +338,10 @@ impl RenderArgs {
         };
         match self.backend {
             BackendArg::Cpu => Backend::Cpu,
-            BackendArg::Gl => Backend::Gl(devices, self.raster),
+            BackendArg::Gl => Backend::Gl(devices, self.gl_options()),
             BackendArg::Auto => {
                 if crate::render::gl::egl::hardware_usable(&devices) {
-                    Backend::Gl(devices, self.raster)
+                    Backend::Gl(devices, self.gl_options())
                 } else {
                     if !self.common.quiet {
                         eprintln!(
@@ -391,7 +410,6 @@ impl RenderArgs {
                 queue: 2 * threads,
             },
             writers,
-            window: self.window.unwrap_or(writers.max(2)).max(1),
             rank,
             progress: self.common.progress(),
             backend,

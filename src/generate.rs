@@ -2,15 +2,14 @@
 
 use crate::cluster::Rank;
 use crate::error::{Error, Result};
-use crate::fsutil;
-use crate::pipeline::{self, Abort, Backend, CloudJob, Context, Stats, Target, Threads};
-use crate::plan::{self, Permutation, Plan};
+use crate::pipeline::{self, Abort, Context, Job, Jobs, Stats, Target, Threads};
+use crate::plan::{self, Layout, Plan};
 use crate::progress::{self, Reporter};
-use crate::render::{PngConfig, RenderConfig};
+use crate::render::{Backend, PngConfig, RenderConfig};
 use crate::rng::NumpyRandom;
 use crate::sink::Format;
 use crate::sink::folder::{self, FolderSink};
-use crate::sink::wds::{self, Manifest, WdsOptions, WdsSink};
+use crate::sink::wds::{self, WdsOptions, WdsSink};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,8 +34,6 @@ pub struct RenderOptions {
     pub resume: bool,
     pub threads: Threads,
     pub writers: usize,
-    /// Shards rendered together (each cloud is computed once per window).
-    pub window: usize,
     pub rank: Rank,
     pub progress: progress::Mode,
     pub backend: Backend,
@@ -55,8 +52,9 @@ pub struct Summary {
     pub raster_s: f64,
     pub encode_s: f64,
     pub write_s: f64,
-    /// GL only: seconds of device-to-host copies.
+    /// GL only: seconds of device-to-host copies, and their bytes.
     pub readback_s: f64,
+    pub readback_bytes: u64,
     /// CPU-seconds of the process during the run (filled in by the benchmark).
     pub cpu_s: f64,
 }
@@ -97,13 +95,14 @@ pub fn run(opts: &RenderOptions) -> Result<Summary> {
     };
     summary.seconds = t0.elapsed().as_secs_f64();
     summary.images = stats.images.load(Ordering::Relaxed);
-    summary.clouds = stats.clouds.load(Ordering::Relaxed);
+    summary.clouds = stats.render.clouds.load(Ordering::Relaxed);
     let secs = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64 / 1e9;
-    summary.chaos_s = secs(&stats.chaos_ns);
-    summary.raster_s = secs(&stats.raster_ns);
+    summary.chaos_s = secs(&stats.render.chaos_ns);
+    summary.raster_s = secs(&stats.render.raster_ns);
     summary.encode_s = secs(&stats.encode_ns);
     summary.write_s = secs(&stats.write_ns);
-    summary.readback_s = secs(&stats.readback_ns);
+    summary.readback_s = secs(&stats.render.readback_ns);
+    summary.readback_bytes = stats.render.readback_bytes.load(Ordering::Relaxed);
     if summary.bytes == 0 {
         summary.bytes = stats.png_bytes.load(Ordering::Relaxed);
     }
@@ -128,6 +127,57 @@ fn reporter(
     )
 }
 
+/// Folder output: this rank's classes, one job per (class, row), skipping images already there
+/// on `--resume`.
+struct FolderJobs<'a> {
+    plan: &'a Plan,
+    classes: Vec<u32>,
+    /// With `--resume`, the root to look for existing images in.
+    resume: Option<&'a std::path::Path>,
+    kept: &'a AtomicU64,
+}
+
+impl Jobs for FolderJobs<'_> {
+    fn count(&self) -> u64 {
+        self.classes.len() as u64 * self.plan.weights.len() as u64
+    }
+    fn job(&self, i: u64) -> Job {
+        let rows = self.plan.weights.len() as u64;
+        let class = self.classes[(i / rows) as usize];
+        let row = (i % rows) as u32;
+        let per_cloud = self.plan.instances as u64 * plan::FLIPS;
+        let first = self.plan.id(plan::Sample {
+            class,
+            row,
+            instance: 0,
+            flip: 0,
+        });
+        let plan = self.plan;
+        pipeline::job_of(
+            class,
+            row,
+            (first..first + per_cloud).filter_map(|id| {
+                let sample = plan.sample(id);
+                if let Some(root) = self.resume
+                    && folder::image_path(root, plan, sample).is_file()
+                {
+                    self.kept.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+                Some((
+                    sample.instance,
+                    sample.flip,
+                    Target {
+                        sample,
+                        pos: id,
+                        shard: 0,
+                    },
+                ))
+            }),
+        )
+    }
+}
+
 fn run_folder(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result<Summary> {
     let plan = ctx.plan;
     let mine: Vec<u32> = (0..plan.classes.len() as u32)
@@ -135,7 +185,6 @@ fn run_folder(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result
         .collect();
     let sink = FolderSink::new(&opts.out, plan, &mine, opts.writers)?;
     let per_class = plan.weights.len() as u64 * plan.instances as u64 * plan::FLIPS;
-    let mut summary = Summary::default();
     let kept = Arc::new(AtomicU64::new(0));
     let _rep = reporter(
         opts,
@@ -144,31 +193,22 @@ fn run_folder(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result
         &kept,
         Box::new(String::new),
     );
-    let abort = Abort::default();
-    // Classes in chunks, so the job list stays small for any number of classes.
-    for chunk in mine.chunks(64) {
-        let mut targets = Vec::new();
-        for &c in chunk {
-            let first = c as u64 * per_class;
-            for id in first..first + per_class {
-                let sample = plan.sample(id);
-                if opts.resume && folder::image_path(&opts.out, plan, sample).is_file() {
-                    kept.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                targets.push(Target {
-                    sample,
-                    pos: id,
-                    shard: 0,
-                });
-            }
-        }
-        let jobs = pipeline::group_jobs(targets);
-        pipeline::run(ctx, &jobs, &sink, opts.threads, stats, &abort)?;
-    }
-    summary.skipped = kept.load(Ordering::Relaxed);
-    Ok(summary)
+    let jobs = FolderJobs {
+        plan,
+        classes: mine,
+        resume: opts.resume.then_some(opts.out.as_path()),
+        kept: &kept,
+    };
+    pipeline::run(ctx, &jobs, &sink, opts.threads, stats, &Abort::default())?;
+    Ok(Summary {
+        skipped: kept.load(Ordering::Relaxed),
+        ..Summary::default()
+    })
 }
+
+/// The identity of the PNG encoder: the shard bytes depend on it (the `png` crate's version is
+/// checked against Cargo.lock by a test).
+pub const ENCODER: &str = "png-0.18 nofilter";
 
 /// Everything that determines the shard bytes.
 fn fingerprint(opts: &RenderOptions, plan: &Plan) -> serde_json::Value {
@@ -181,6 +221,8 @@ fn fingerprint(opts: &RenderOptions, plan: &Plan) -> serde_json::Value {
     let classes: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     serde_json::json!({
         "format": "fractaldb-wds-v1",
+        "order": plan::ORDER_VERSION,
+        "encoder": ENCODER,
         "classes": plan.classes.len(),
         "classes_sha256": classes,
         "weights": plan.weights.iter().map(|r| r.to_vec()).collect::<Vec<_>>(),
@@ -196,102 +238,80 @@ fn fingerprint(opts: &RenderOptions, plan: &Plan) -> serde_json::Value {
     })
 }
 
+/// Shard output: this rank's blocks, one job per cloud of each block, in the layout's cloud order
+/// (the order each shard lists its samples in), images only for shards still to write.
+struct WdsJobs<'a> {
+    layout: &'a Layout,
+    todo: &'a wds::Todo,
+    /// Jobs before each block of `todo.blocks`, and the total after the last.
+    starts: Vec<u64>,
+}
+
+impl Jobs for WdsJobs<'_> {
+    fn count(&self) -> u64 {
+        *self.starts.last().unwrap()
+    }
+    fn job(&self, i: u64) -> Job {
+        let b = self.starts.partition_point(|&s| s <= i) - 1;
+        let g = self.todo.blocks[b];
+        let q = self.layout.block_clouds(g).start + (i - self.starts[b]);
+        let (class, row) = self.layout.cloud(q);
+        pipeline::job_of(
+            class,
+            row,
+            self.layout
+                .place_cloud(q)
+                .into_iter()
+                .filter(|p| self.todo.shards.contains(&p.shard))
+                .map(|p| {
+                    (
+                        p.sample.instance,
+                        p.sample.flip,
+                        Target {
+                            sample: p.sample,
+                            pos: p.pos,
+                            shard: p.shard,
+                        },
+                    )
+                }),
+        )
+    }
+}
+
 fn run_wds(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result<Summary> {
     let plan = ctx.plan;
     if opts.samples_per_shard == 0 {
         return Err(Error::flag("--samples-per-shard", "must be at least 1"));
     }
-    if opts.prefix.is_empty() || opts.prefix.contains(['/', '.']) {
-        return Err(Error::flag(
-            "--prefix",
-            "must be non-empty, without '/' or '.'",
-        ));
-    }
-    fsutil::create_dir(&opts.out)?;
-    fsutil::check_writable(&opts.out)?;
-    let total = plan.total();
-    let per = opts.samples_per_shard;
-    let nshards = plan::shard_count(total, per);
+    let layout = Layout::new(plan, opts.samples_per_shard, opts.seed);
     let (rank, world) = (opts.rank.rank, opts.rank.world);
-    let config = fingerprint(opts, plan);
-    let part = wds::part_path(&opts.out, &opts.prefix, rank, world);
-    let mut manifest = Manifest {
-        kind: "fractaldb-manifest-part-v1".into(),
-        config: config.clone(),
-        total_samples: total,
-        samples_per_shard: per,
-        shard_count: nshards,
-        rank,
-        world_size: world,
-        shards: vec![],
-    };
-    let mine: Vec<u64> = (0..nshards).filter(|s| s % world == rank).collect();
-    {
-        // Only this rank's leftovers: other ranks may be writing into the same directory right now.
-        let names: std::collections::HashSet<String> = mine
-            .iter()
-            .flat_map(|&s| {
-                let tar = wds::shard_name(&opts.prefix, s);
-                let idx = tar.replace(".tar", ".idx");
-                [tar, idx]
-            })
-            .chain([part.file_name().unwrap().to_string_lossy().into_owned()])
-            .collect();
-        fsutil::remove_stale_tmp_of(&opts.out, |n| names.contains(n));
-    }
-    if opts.resume && part.exists() {
-        let old = wds::read_manifest(&part)?;
-        if old.config != config || old.total_samples != total || old.samples_per_shard != per {
-            return Err(Error::input(
-                &part,
-                None,
-                "--resume: this dataset was started with other settings (classes, weights, size, seed, ...); \
-                 use the same flags or another --out",
-            ));
-        }
-        manifest.shards = wds::verified_shards(&opts.out, &old);
-    } else if !opts.resume {
-        let existing = part.exists()
-            || mine
-                .iter()
-                .any(|&s| opts.out.join(wds::shard_name(&opts.prefix, s)).exists());
-        if existing {
-            return Err(Error::input(
-                &opts.out,
-                None,
-                "already holds shards of this prefix: pass --resume to complete them, or choose another --out/--prefix",
-            ));
-        }
-    }
-    let done: std::collections::HashSet<u64> = manifest.shards.iter().map(|e| e.shard).collect();
-    let todo: Vec<u64> = mine.iter().copied().filter(|s| !done.contains(s)).collect();
-    let skipped: u64 = mine
-        .iter()
-        .filter(|s| done.contains(s))
-        .map(|&s| plan::shard_range(s, total, per).count() as u64)
-        .sum();
-    let sink = WdsSink::new(
+    let (sink, todo) = WdsSink::open(
         WdsOptions {
             out: opts.out.clone(),
             prefix: opts.prefix.clone(),
             dali_index: opts.dali_index,
             writers: opts.writers,
+            resume: opts.resume,
+            draw_type: opts.cfg.mode.name().to_string(),
+            masks: opts.cfg.masks.to_string(),
         },
         plan,
-        manifest,
-        opts.cfg.mode.name(),
-        &opts.cfg.masks.to_string(),
+        &layout,
+        fingerprint(opts, plan),
+        (rank, world),
     )?;
-    // Record the part even before the first shard, so `finalize` can see this rank started.
-    wds::write_json(&part, &sink.manifest())?;
-    let perm = Permutation::new(total, opts.seed);
+    let mut starts = vec![0u64];
+    for &g in &todo.blocks {
+        let c = layout.block_clouds(g);
+        starts.push(starts.last().unwrap() + (c.end - c.start));
+    }
     let todo_images: u64 = todo
+        .shards
         .iter()
-        .map(|&s| plan::shard_range(s, total, per).count() as u64)
+        .map(|&s| layout.shard_range(s).count() as u64)
         .sum();
-    let shards_done = Arc::new(AtomicU64::new(0));
-    let sd = shards_done.clone();
-    let ntodo = todo.len();
+    let ntodo = todo.shards.len();
+    let written = sink.written.clone();
     // The total counts only what is left, so nothing kept is added to the count.
     let none_kept = Arc::new(AtomicU64::new(0));
     let _rep = reporter(
@@ -299,26 +319,15 @@ fn run_wds(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result<Su
         todo_images,
         stats,
         &none_kept,
-        Box::new(move || format!("shards {}/{ntodo}", sd.load(Ordering::Relaxed))),
+        Box::new(move || format!("shards {}/{ntodo}", written.load(Ordering::Relaxed))),
     );
-    let abort = Abort::default();
-    for window in todo.chunks(opts.window.max(1)) {
-        let mut targets = Vec::new();
-        for &s in window {
-            let range = plan::shard_range(s, total, per);
-            sink.expect_shard(s, range.clone());
-            for pos in range {
-                targets.push(Target {
-                    sample: plan.sample(perm.apply(pos)),
-                    pos,
-                    shard: s,
-                });
-            }
-        }
-        let jobs: Vec<CloudJob> = pipeline::group_jobs(targets);
-        pipeline::run(ctx, &jobs, &sink, opts.threads, stats, &abort)?;
-        shards_done.fetch_add(window.len() as u64, Ordering::Relaxed);
-    }
+    let jobs = WdsJobs {
+        layout: &layout,
+        todo: &todo,
+        starts,
+    };
+    pipeline::run(ctx, &jobs, &sink, opts.threads, stats, &Abort::default())?;
+    sink.finish_empty(&todo)?;
     drop(_rep);
     let m = sink.manifest();
     let bytes = m.shards.iter().map(|e| e.filesize).sum();
@@ -333,9 +342,28 @@ fn run_wds(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result<Su
         }
     }
     Ok(Summary {
-        skipped,
+        skipped: todo.kept,
         shards: m.shards.len() as u64,
         bytes,
         ..Summary::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn encoder_identity_names_the_png_crate_in_cargo_lock() {
+        let lock = include_str!("../Cargo.lock");
+        let i = lock
+            .find("name = \"png\"\nversion = \"")
+            .expect("png in Cargo.lock");
+        let v = &lock[i + 24..];
+        let v = &v[..v.find('"').unwrap()];
+        let minor: String = v.split('.').take(2).collect::<Vec<_>>().join(".");
+        assert!(
+            super::ENCODER.starts_with(&format!("png-{minor} ")),
+            "ENCODER {} but Cargo.lock has png {v}: update ENCODER (shard bytes may change)",
+            super::ENCODER
+        );
+    }
 }

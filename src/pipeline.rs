@@ -1,14 +1,17 @@
-//! The streaming pipeline: render threads -> bounded channel -> PNG encoders -> sink writers.
+//! The streaming pipeline: render stages -> bounded channel -> PNG encoders -> sink writers.
 //!
-//! Work arrives as cloud jobs (one chaos game per class x weight row), each listing the instances and
-//! flips wanted from it. Channels are bounded, so memory stays bounded whatever the dataset size; the
-//! first error stops every stage and is returned.
+//! The pipeline knows only jobs: a render unit (see [`render::Unit`]) and, for each of its canvases,
+//! the images wanted from it (flip and where it goes). Jobs are made on demand from a [`Jobs`] source,
+//! so memory does not grow with the dataset; channels are bounded; the first error of any stage stops
+//! every stage and is returned. One call runs a whole render: each stage (and GL context) is made once.
 
 use crate::error::{Error, Result};
-use crate::ifs::Cloud;
 use crate::plan::{Plan, Sample};
-use crate::render::{self, PngConfig, RenderConfig, cpu};
+use crate::render::{
+    self, Backend, Canvas, Feed, PngConfig, RenderConfig, StageContext, StageStats, Unit,
+};
 use crossbeam_channel::{Receiver, Sender, bounded};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -21,52 +24,45 @@ pub struct Target {
     pub shard: u64,
 }
 
-/// The images wanted from one instance of a cloud.
+/// The images wanted from one canvas: flip, and where each goes.
+pub type Flips = Vec<(u8, Target)>;
+/// An encoded image on its way to a writer.
+type Encoded = (Target, Vec<u8>);
+
+/// A unit of render work and, per canvas of it (indexed like `unit.instances`), the images wanted.
 #[derive(Clone, Debug)]
-pub struct InstanceJob {
-    pub instance: u32,
-    pub flips: Vec<(u8, Target)>,
+pub struct Job {
+    pub unit: Unit,
+    pub images: Vec<Flips>,
 }
 
-/// One chaos game (class, weight row) and the images to draw from it.
-#[derive(Clone, Debug)]
-pub struct CloudJob {
-    pub class: u32,
-    pub row: u32,
-    pub instances: Vec<InstanceJob>,
+/// The run's jobs, made on demand (in order, from any thread).
+pub trait Jobs: Sync {
+    fn count(&self) -> u64;
+    fn job(&self, i: u64) -> Job;
 }
 
-impl CloudJob {
-    pub fn images(&self) -> u64 {
-        self.instances.iter().map(|i| i.flips.len() as u64).sum()
-    }
-}
-
-/// Groups targets into cloud jobs, sorted by (class, row, instance, flip).
-pub fn group_jobs(mut targets: Vec<Target>) -> Vec<CloudJob> {
-    targets.sort_by_key(|t| t.sample);
-    let mut jobs: Vec<CloudJob> = Vec::new();
-    for t in targets {
-        let s = t.sample;
-        match jobs.last_mut() {
-            Some(j) if j.class == s.class && j.row == s.row => match j.instances.last_mut() {
-                Some(i) if i.instance == s.instance => i.flips.push((s.flip, t)),
-                _ => j.instances.push(InstanceJob {
-                    instance: s.instance,
-                    flips: vec![(s.flip, t)],
-                }),
-            },
-            _ => jobs.push(CloudJob {
-                class: s.class,
-                row: s.row,
-                instances: vec![InstanceJob {
-                    instance: s.instance,
-                    flips: vec![(s.flip, t)],
-                }],
-            }),
+/// Groups images of one cloud by instance, in the order given: a job for the pipeline.
+pub fn job_of(class: u32, row: u32, images: impl IntoIterator<Item = (u32, u8, Target)>) -> Job {
+    let mut unit = Unit {
+        class,
+        row,
+        instances: vec![],
+    };
+    let mut wanted: Vec<Flips> = vec![];
+    for (instance, flip, t) in images {
+        match unit.instances.iter().position(|&i| i == instance) {
+            Some(k) => wanted[k].push((flip, t)),
+            None => {
+                unit.instances.push(instance);
+                wanted.push(vec![(flip, t)]);
+            }
         }
     }
-    jobs
+    Job {
+        unit,
+        images: wanted,
+    }
 }
 
 /// Receives encoded images. `accept(w, ..)` is only ever called from writer thread `w`.
@@ -89,36 +85,13 @@ pub struct Threads {
 #[derive(Default, Debug)]
 pub struct Stats {
     pub images: AtomicU64,
-    pub clouds: AtomicU64,
-    pub chaos_ns: AtomicU64,
-    pub raster_ns: AtomicU64,
+    pub render: StageStats,
     pub encode_ns: AtomicU64,
     pub write_ns: AtomicU64,
-    /// GL only: device-to-host copies of finished results (also inside chaos_ns/raster_ns).
-    pub readback_ns: AtomicU64,
     pub png_bytes: AtomicU64,
 }
 
-impl Stats {
-    fn add(counter: &AtomicU64, since: Instant) {
-        counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    }
-}
-
-/// Which engine draws the images.
-#[derive(Clone, Debug)]
-pub enum Backend {
-    Cpu,
-    /// The GL engine: one thread per listed EGL device, each owning its context.
-    Gl(Vec<render::gl::egl::Choice>, render::gl::RasterMethod),
-}
-
-/// Clouds per chaos-game dispatch of the GL engine: a GPU wants many invocations in flight; a
-/// software renderer wants short dispatches.
-const GL_BATCH: usize = 128;
-const GL_BATCH_SOFTWARE: usize = 32;
-
-/// Everything the render stage reads.
+/// Everything the stages read.
 pub struct Context<'a> {
     pub backend: Backend,
     /// No messages from the render stage (the device line and the software-renderer warning).
@@ -132,7 +105,7 @@ pub struct Context<'a> {
 
 struct Raster {
     canvas: Arc<Vec<u8>>,
-    flips: Vec<(u8, Target)>,
+    flips: Flips,
 }
 
 /// Failure state shared by all stages: the first error wins, everyone stops.
@@ -158,10 +131,63 @@ impl Abort {
     }
 }
 
+/// A render thread's side of the job queue: it claims jobs in order and keeps their targets until
+/// their canvases come back.
+struct ThreadFeed<'a> {
+    jobs: &'a dyn Jobs,
+    next: &'a AtomicU64,
+    abort: &'a Abort,
+    tx: &'a Sender<Raster>,
+    waiting: HashMap<u64, (Vec<Flips>, usize)>,
+}
+
+impl Feed for ThreadFeed<'_> {
+    fn claim(&mut self, max: usize) -> Option<Vec<(u64, Unit)>> {
+        let n = self.jobs.count();
+        let start = self.next.fetch_add(max as u64, Ordering::Relaxed);
+        if start >= n || self.abort.is_set() {
+            return None;
+        }
+        Some(
+            (start..(start + max as u64).min(n))
+                .map(|i| {
+                    let j = self.jobs.job(i);
+                    let left = j.images.len();
+                    self.waiting.insert(i, (j.images, left));
+                    (i, j.unit)
+                })
+                .collect(),
+        )
+    }
+
+    fn emit(&mut self, c: Canvas) -> bool {
+        let Some((images, left)) = self.waiting.get_mut(&c.unit) else {
+            self.abort.set(Error::Other(format!(
+                "internal: canvas of unknown unit {}",
+                c.unit
+            )));
+            return false;
+        };
+        let flips = std::mem::take(&mut images[c.slot]);
+        *left -= 1;
+        if *left == 0 {
+            self.waiting.remove(&c.unit);
+        }
+        !self.abort.is_set()
+            && self
+                .tx
+                .send(Raster {
+                    canvas: Arc::new(c.pixels),
+                    flips,
+                })
+                .is_ok()
+    }
+}
+
 /// Runs the jobs through render -> encode -> sink. Returns the first error of any stage.
 pub fn run(
     ctx: &Context,
-    jobs: &[CloudJob],
+    jobs: &dyn Jobs,
     sink: &dyn Sink,
     threads: Threads,
     stats: &Stats,
@@ -170,28 +196,31 @@ pub fn run(
     let next = AtomicU64::new(0);
     let (raster_tx, raster_rx) = bounded::<Raster>(threads.queue.max(1));
     let writers = sink.writers().max(1);
-    let (write_txs, write_rxs): (
-        Vec<Sender<(Target, Vec<u8>)>>,
-        Vec<Receiver<(Target, Vec<u8>)>>,
-    ) = (0..writers)
+    let (write_txs, write_rxs): (Vec<Sender<Encoded>>, Vec<Receiver<Encoded>>) = (0..writers)
         .map(|_| bounded(threads.queue.max(1) * 4))
         .unzip();
+    let sctx = StageContext {
+        plan: ctx.plan,
+        cfg: ctx.cfg,
+        u: ctx.u,
+        quiet: ctx.quiet,
+        stats: &stats.render,
+    };
     std::thread::scope(|s| {
-        let renderers = match &ctx.backend {
-            Backend::Cpu => threads.render.max(1),
-            Backend::Gl(devices, _) => devices.len().max(1),
-        };
-        for worker in 0..renderers {
+        for worker in 0..ctx.backend.workers(threads.render) {
             let tx = raster_tx.clone();
             let next = &next;
             s.spawn(move || {
-                let r = match &ctx.backend {
-                    Backend::Cpu => render_worker(ctx, jobs, next, &tx, stats, abort),
-                    Backend::Gl(devices, method) => {
-                        let choice = devices.get(worker).copied().unwrap_or_default();
-                        gl_render_worker(ctx, choice, *method, jobs, next, &tx, stats, abort)
-                    }
-                };
+                let r = ctx.backend.open(worker, sctx).and_then(|mut stage| {
+                    let mut feed = ThreadFeed {
+                        jobs,
+                        next,
+                        abort,
+                        tx: &tx,
+                        waiting: HashMap::new(),
+                    };
+                    stage.run(&mut feed)
+                });
                 if let Err(e) = r {
                     abort.set(e);
                 }
@@ -220,7 +249,7 @@ pub fn run(
                         abort.set(e);
                         break;
                     }
-                    Stats::add(&stats.write_ns, t0);
+                    StageStats::add(&stats.write_ns, t0);
                     stats.images.fetch_add(1, Ordering::Relaxed);
                 }
             });
@@ -232,167 +261,10 @@ pub fn run(
     }
 }
 
-fn render_worker(
-    ctx: &Context,
-    jobs: &[CloudJob],
-    next: &AtomicU64,
-    tx: &Sender<Raster>,
-    stats: &Stats,
-    abort: &Abort,
-) -> Result<()> {
-    let mut scratch = cpu::Scratch::default();
-    let mut cloud = Cloud::default();
-    loop {
-        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-        if i >= jobs.len() || abort.is_set() {
-            return Ok(());
-        }
-        let job = &jobs[i];
-        let class = &ctx.plan.classes[job.class as usize];
-        let t0 = Instant::now();
-        cpu::compute_cloud(
-            &class.ifs,
-            &ctx.plan.weights[job.row as usize],
-            ctx.u,
-            ctx.cfg,
-            &mut scratch,
-            &mut cloud,
-        )
-        .map_err(|axis| cpu::degenerate_error(&class.path, job.row as usize, axis))?;
-        Stats::add(&stats.chaos_ns, t0);
-        stats.clouds.fetch_add(1, Ordering::Relaxed);
-        for inst in &job.instances {
-            let t0 = Instant::now();
-            let mut canvas = Vec::new();
-            cpu::raster(
-                &cloud,
-                ctx.cfg,
-                class.key,
-                job.row,
-                inst.instance,
-                &mut canvas,
-            );
-            Stats::add(&stats.raster_ns, t0);
-            let msg = Raster {
-                canvas: Arc::new(canvas),
-                flips: inst.flips.clone(),
-            };
-            if tx.send(msg).is_err() {
-                return Ok(()); // downstream stopped: its error is already recorded
-            }
-        }
-    }
-}
-
-/// The GL render stage: one thread owns the context; clouds are computed a batch at a time.
-fn gl_render_worker(
-    ctx: &Context,
-    choice: render::gl::egl::Choice,
-    method: render::gl::RasterMethod,
-    jobs: &[CloudJob],
-    next: &AtomicU64,
-    tx: &Sender<Raster>,
-    stats: &Stats,
-    abort: &Abort,
-) -> Result<()> {
-    let mut engine = render::gl::GlEngine::new(choice, ctx.u, method)?;
-    let c = &engine.ctx;
-    if !ctx.quiet {
-        eprintln!(
-            "backend gl: {} -> {} ({}), raster {:?}",
-            c.device, c.renderer, c.version, method
-        );
-        if c.software {
-            eprintln!(
-                "WARNING: the GL backend is running on a SOFTWARE renderer ({}): about 100x slower than a GPU; \
-             --backend cpu is faster on this machine",
-                c.renderer
-            );
-        }
-    }
-    // Canvases come back asynchronously (a ring of fenced readbacks), tagged with their flips.
-    let mut waiting: std::collections::HashMap<usize, Vec<(u8, Target)>> = Default::default();
-    let mut next_tag = 0usize;
-    let forward =
-        |done: Vec<(usize, Vec<u8>)>,
-         waiting: &mut std::collections::HashMap<usize, Vec<(u8, Target)>>| {
-            for (tag, canvas) in done {
-                let flips = waiting.remove(&tag).expect("a tag we gave");
-                if tx
-                    .send(Raster {
-                        canvas: Arc::new(canvas),
-                        flips,
-                    })
-                    .is_err()
-                {
-                    return false;
-                }
-            }
-            true
-        };
-    loop {
-        // Batches are claimed from the shared queue, so several GPUs split the work.
-        let size = if engine.ctx.software {
-            GL_BATCH_SOFTWARE
-        } else {
-            GL_BATCH
-        };
-        let start = next.fetch_add(size as u64, Ordering::Relaxed) as usize;
-        if start >= jobs.len() || abort.is_set() {
-            break;
-        }
-        let batch = &jobs[start..(start + size).min(jobs.len())];
-        let t0 = Instant::now();
-        let ifss: Vec<_> = batch
-            .iter()
-            .map(|j| {
-                ctx.plan.classes[j.class as usize]
-                    .ifs
-                    .weighted(&ctx.plan.weights[j.row as usize])
-            })
-            .collect();
-        let clouds = engine.clouds(&ifss, ctx.cfg)?;
-        Stats::add(&stats.chaos_ns, t0);
-        for (job, cloud) in batch.iter().zip(clouds) {
-            let class = &ctx.plan.classes[job.class as usize];
-            let cloud =
-                cloud.map_err(|axis| cpu::degenerate_error(&class.path, job.row as usize, axis))?;
-            stats.clouds.fetch_add(1, Ordering::Relaxed);
-            let t0 = Instant::now();
-            let insts: Vec<u32> = job.instances.iter().map(|i| i.instance).collect();
-            let tags: Vec<usize> = (next_tag..next_tag + insts.len()).collect();
-            next_tag += insts.len();
-            for (t, inst) in tags.iter().zip(&job.instances) {
-                waiting.insert(*t, inst.flips.clone());
-            }
-            let draw = render::gl::Draw {
-                cloud: &cloud,
-                cfg: ctx.cfg,
-                class_key: class.key,
-                row: job.row,
-            };
-            engine.submit(draw, &insts, &tags)?;
-            let done = engine.collect(false)?;
-            Stats::add(&stats.raster_ns, t0);
-            if !forward(done, &mut waiting) {
-                return Ok(());
-            }
-        }
-    }
-    let t0 = Instant::now();
-    let done = engine.collect(true)?;
-    Stats::add(&stats.raster_ns, t0);
-    forward(done, &mut waiting);
-    stats
-        .readback_ns
-        .fetch_add(engine.take_readback_ns(), Ordering::Relaxed);
-    Ok(())
-}
-
 fn encode_worker(
     ctx: &Context,
     rx: &Receiver<Raster>,
-    txs: &[Sender<(Target, Vec<u8>)>],
+    txs: &[Sender<Encoded>],
     sink: &dyn Sink,
     stats: &Stats,
     abort: &Abort,
@@ -417,7 +289,7 @@ fn encode_worker(
             );
             let mut png = Vec::with_capacity(32 * 1024);
             render::encode_png(&pixels, w, h, ctx.png, &mut png)?;
-            Stats::add(&stats.encode_ns, t0);
+            StageStats::add(&stats.encode_ns, t0);
             stats
                 .png_bytes
                 .fetch_add(png.len() as u64, Ordering::Relaxed);

@@ -188,13 +188,176 @@ impl Permutation {
     }
 }
 
-/// Shard `s` holds positions `[s*per, min((s+1)*per, total))`.
-pub fn shard_count(total: u64, per_shard: u64) -> u64 {
-    total.div_ceil(per_shard)
+/// The version of the sharded order below; recorded in every manifest, so a resume across orders is refused.
+pub const ORDER_VERSION: &str = "fractaldb-order-v2";
+
+/// One image of a cloud as the shard order places it: its sample, its global position, its shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placed {
+    pub sample: Sample,
+    pub pos: u64,
+    pub shard: u64,
 }
 
-pub fn shard_range(s: u64, total: u64, per_shard: u64) -> std::ops::Range<u64> {
-    s * per_shard..((s + 1) * per_shard).min(total)
+/// The sharded order (order v2): every point cloud's images land in one *block* of consecutive shards,
+/// so a block's clouds are computed once, and a rank that owns a block owns all of its shards.
+///
+/// - The clouds (class x row) form a seeded sequence of `rows` rounds; round `r` holds every class once,
+///   in a seeded order, each with a seeded row of its own, so a stretch of the sequence mixes classes.
+/// - A block holds a contiguous stretch of that sequence: about half a round (at most `per_shard` clouds),
+///   i.e. `block_shards = ceil(clouds_per_block * images_per_cloud / per_shard)` shards.
+/// - Inside a block, image `k` of the block's `j`-th cloud is image `t = j * K + k` (its (instance, flip)
+///   drawn by a seeded per-cloud permutation); it goes to the block's shard `t % b`, at index `t / b`.
+///   So every cloud reaches every shard of its block, and a shard lists its images in the order the
+///   clouds are computed: the writers need no window of whole shards in memory.
+///
+/// Shards of a block differ in size by at most one image, and none holds more than `per_shard`.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub classes: u64,
+    pub rows: u64,
+    pub instances: u64,
+    /// Images per cloud: instances x flips.
+    pub per_cloud: u64,
+    pub clouds: u64,
+    pub total: u64,
+    pub per_shard: u64,
+    pub shards: u64,
+    /// Shards per block (the last block may have fewer).
+    pub block_shards: u64,
+    pub seed: u64,
+}
+
+fn mix(seed: u64, what: u32, v: u64) -> u64 {
+    let a = hash32((seed as u32) ^ hash32(what.wrapping_mul(0x9e37_79b9) ^ (v as u32)));
+    let b = hash32(((seed >> 32) as u32) ^ hash32((v >> 32) as u32 ^ a));
+    (a as u64) << 32 | b as u64
+}
+
+impl Layout {
+    pub fn new(plan: &Plan, per_shard: u64, seed: u64) -> Layout {
+        let classes = plan.classes.len() as u64;
+        let rows = plan.weights.len() as u64;
+        let instances = plan.instances as u64;
+        let per_cloud = instances * FLIPS;
+        let clouds = classes * rows;
+        let total = clouds * per_cloud;
+        let per_shard = per_shard.max(1);
+        let target = classes.div_ceil(2).min(per_shard).max(1);
+        let block_shards = (target * per_cloud).div_ceil(per_shard).max(1);
+        let mut l = Layout {
+            classes,
+            rows,
+            instances,
+            per_cloud,
+            clouds,
+            total,
+            per_shard,
+            shards: total.div_ceil(per_shard).max(1),
+            block_shards,
+            seed,
+        };
+        // The clouds split evenly over the shards may leave a shard one cloud's share over the limit.
+        while (0..l.blocks()).any(|g| l.largest_shard(g) > per_shard) {
+            l.shards += 1;
+        }
+        l
+    }
+
+    pub fn blocks(&self) -> u64 {
+        self.shards.div_ceil(self.block_shards)
+    }
+
+    /// Clouds of the sequence before shard boundary `s`.
+    fn cloud_bound(&self, s: u64) -> u64 {
+        (self.clouds as u128 * s as u128 / self.shards as u128) as u64
+    }
+
+    pub fn block_of(&self, shard: u64) -> u64 {
+        shard / self.block_shards
+    }
+
+    pub fn block_shard_range(&self, g: u64) -> std::ops::Range<u64> {
+        g * self.block_shards..((g + 1) * self.block_shards).min(self.shards)
+    }
+
+    /// Positions in the cloud sequence of block `g`'s clouds.
+    pub fn block_clouds(&self, g: u64) -> std::ops::Range<u64> {
+        let r = self.block_shard_range(g);
+        self.cloud_bound(r.start)..self.cloud_bound(r.end)
+    }
+
+    fn largest_shard(&self, g: u64) -> u64 {
+        let (c, r) = (self.block_clouds(g), self.block_shard_range(g));
+        ((c.end - c.start) * self.per_cloud).div_ceil(r.end - r.start)
+    }
+
+    /// Images of the block's shards before its `j`-th: the t < n with t % b < j.
+    fn before_in_block(n: u64, b: u64, j: u64) -> u64 {
+        n / b * j + (n % b).min(j)
+    }
+
+    /// The positions of shard `s` in the global order.
+    pub fn shard_range(&self, s: u64) -> std::ops::Range<u64> {
+        let g = self.block_of(s);
+        let (c, r) = (self.block_clouds(g), self.block_shard_range(g));
+        let n = (c.end - c.start) * self.per_cloud;
+        let b = r.end - r.start;
+        let j = s - r.start;
+        let base = c.start * self.per_cloud;
+        base + Self::before_in_block(n, b, j)..base + Self::before_in_block(n, b, j + 1)
+    }
+
+    /// (class, row) of the `q`-th cloud of the sequence.
+    pub fn cloud(&self, q: u64) -> (u32, u32) {
+        let (round, p) = (q / self.classes, q % self.classes);
+        let class = Permutation::new(self.classes, mix(self.seed, 1, round)).apply(p);
+        let row = Permutation::new(self.rows, mix(self.seed, 2, class)).apply(round);
+        (class as u32, row as u32)
+    }
+
+    /// Every image of the `q`-th cloud: where it goes, in the cloud's image order.
+    pub fn place_cloud(&self, q: u64) -> Vec<Placed> {
+        let g = self.block_of(self.shard_of_cloud(q));
+        let (c, r) = (self.block_clouds(g), self.block_shard_range(g));
+        let n = (c.end - c.start) * self.per_cloud;
+        let b = r.end - r.start;
+        let base = c.start * self.per_cloud;
+        let (class, row) = self.cloud(q);
+        let perm = Permutation::new(self.per_cloud, mix(self.seed, 3, q));
+        (0..self.per_cloud)
+            .map(|k| {
+                let t = (q - c.start) * self.per_cloud + k;
+                let v = perm.apply(k);
+                let (j, index) = (t % b, t / b);
+                Placed {
+                    sample: Sample {
+                        class,
+                        row,
+                        instance: (v / FLIPS) as u32,
+                        flip: (v % FLIPS) as u8,
+                    },
+                    pos: base + Self::before_in_block(n, b, j) + index,
+                    shard: r.start + j,
+                }
+            })
+            .collect()
+    }
+
+    /// A shard of the block that holds cloud `q` (its first one).
+    fn shard_of_cloud(&self, q: u64) -> u64 {
+        // The first shard boundary past q, minus one: cloud_bound is monotone, so search it.
+        let (mut lo, mut hi) = (0u64, self.shards);
+        while lo + 1 < hi {
+            let mid = (lo + hi) / 2;
+            if self.cloud_bound(mid) <= q {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
 }
 
 #[cfg(test)]
@@ -220,6 +383,89 @@ mod tests {
             .collect();
         assert_ne!(a, b);
         assert_ne!(a, (0..100).collect::<Vec<_>>());
+    }
+
+    fn plan_of(classes: usize, rows: usize, instances: u32) -> Plan {
+        let ifs = crate::ifs::Ifs { maps: vec![] };
+        Plan {
+            classes: (0..classes)
+                .map(|i| Class {
+                    name: format!("{i:05}"),
+                    path: PathBuf::new(),
+                    ifs: ifs.clone(),
+                    key: 0,
+                })
+                .collect(),
+            weights: vec![[1.0; 6]; rows],
+            instances,
+        }
+    }
+
+    /// Every sample is placed once, inside its shard's range, each shard's positions are all used,
+    /// and no shard holds more than `per_shard`.
+    fn check_layout(plan: &Plan, per_shard: u64, seed: u64) -> Layout {
+        let l = Layout::new(plan, per_shard, seed);
+        let mut seen = vec![false; l.total as usize];
+        let mut ids = std::collections::HashSet::new();
+        let mut clouds = std::collections::HashSet::new();
+        for q in 0..l.clouds {
+            assert!(clouds.insert(l.cloud(q)), "cloud {q} repeats");
+            for p in l.place_cloud(q) {
+                assert!(l.shard_range(p.shard).contains(&p.pos), "{p:?}");
+                assert!(!seen[p.pos as usize], "position {} twice", p.pos);
+                seen[p.pos as usize] = true;
+                assert!(ids.insert(plan.id(p.sample)));
+                assert_eq!((p.sample.class, p.sample.row), l.cloud(q));
+            }
+        }
+        assert!(seen.iter().all(|&b| b));
+        let mut next = 0;
+        for s in 0..l.shards {
+            let r = l.shard_range(s);
+            assert_eq!(r.start, next);
+            assert!(r.end - r.start <= per_shard);
+            next = r.end;
+        }
+        assert_eq!(next, l.total);
+        l
+    }
+
+    #[test]
+    fn layout_places_every_sample_once() {
+        for (c, r, i, per) in [
+            (3, 25, 2, 64),
+            (3, 25, 2, 1),
+            (3, 25, 2, 7),
+            (3, 25, 4, 50),
+            (10, 25, 10, 100),
+            (7, 3, 1, 10_000),
+            (100, 25, 10, 1000),
+            (1, 1, 1, 1),
+        ] {
+            let l = check_layout(&plan_of(c, r, i), per, 5);
+            assert!(l.shards >= l.total.div_ceil(per));
+        }
+    }
+
+    #[test]
+    fn layout_mixes_classes_in_every_shard() {
+        // FractalDB-1k's ratio (1,000 classes, 10,000 per shard) at 1/10: every shard holds at least
+        // 30% of the classes and no class more than 10x its fair share.
+        let plan = plan_of(100, 25, 10);
+        let l = Layout::new(&plan, 1000, 0);
+        assert_eq!(l.shards, 100);
+        let mut per = vec![vec![0u64; 100]; l.shards as usize];
+        for q in 0..l.clouds {
+            for p in l.place_cloud(q) {
+                per[p.shard as usize][p.sample.class as usize] += 1;
+            }
+        }
+        for counts in &per {
+            let n: u64 = counts.iter().sum();
+            let present = counts.iter().filter(|&&c| c > 0).count();
+            assert!(present >= 30, "{present} classes");
+            assert!(*counts.iter().max().unwrap() * 100 <= 10 * n);
+        }
     }
 
     #[test]

@@ -133,7 +133,7 @@ fn shards_are_read_by_webdataset_tarfile_and_dali_index_and_match_the_folder_out
 }
 
 #[test]
-fn shards_do_not_depend_on_threads_writers_or_window() {
+fn shards_do_not_depend_on_threads_encoders_or_writers() {
     let tmp = tempfile::tempdir().unwrap();
     let classes = class_dir(tmp.path(), &["00013", "00014"]);
     let a = tmp.path().join("a");
@@ -143,7 +143,7 @@ fn shards_do_not_depend_on_threads_writers_or_window() {
         "1",
         "--encoders",
         "1",
-        "--window",
+        "--writers",
         "1",
     ]));
     run_ok(render(&mut bin(), &classes, &b, "wds").args([
@@ -151,8 +151,8 @@ fn shards_do_not_depend_on_threads_writers_or_window() {
         "3",
         "--writers",
         "3",
-        "--window",
-        "4",
+        "--encoders",
+        "2",
     ]));
     same_shards(&a, &b);
 }
@@ -168,6 +168,18 @@ fn existing_output_needs_resume_and_the_same_settings() {
     let e =
         run_err(render(&mut bin(), &classes, &a, "wds").args(["--resume", "--iteration", "2000"]));
     assert!(e.contains("other settings"), "{e}");
+    // A part written by an older shard order (or another encoder) is refused too: its bytes would differ.
+    let part = a.join("fractaldb-manifest.part-00000-of-00001.json");
+    let text = std::fs::read_to_string(&part).unwrap();
+    assert!(text.contains("fractaldb-order-v2") && text.contains("\"encoder\""));
+    std::fs::write(
+        &part,
+        text.replace("fractaldb-order-v2", "fractaldb-order-v1"),
+    )
+    .unwrap();
+    let e = run_err(render(&mut bin(), &classes, &a, "wds").arg("--resume"));
+    assert!(e.contains("order or encoder"), "{e}");
+    std::fs::write(&part, text).unwrap();
     // Resume of a complete dataset renders nothing and changes nothing.
     let before = std::fs::read(shards(&a)[0].clone()).unwrap();
     run_ok(render(&mut bin(), &classes, &a, "wds").arg("--resume"));
@@ -202,8 +214,10 @@ fn kill_9_at_random_moments_then_resume_gives_the_uninterrupted_bytes() {
     render(&mut c, &classes, &full, "wds");
     heavy(&mut c);
     run_ok(&mut c);
-    let total_shards = shards(&full).len(); // 3 x 25 x 4 x 4 / 50 = 24
-    assert_eq!(total_shards, 24);
+    // 1,200 samples at most 50 per shard: each shard holds whole clouds here (one block per shard,
+    // 16 images per cloud), so 3 clouds (48 images) per shard, 25 shards.
+    let total_shards = shards(&full).len();
+    assert_eq!(total_shards, 25);
     // Deterministic "random" kill moments: each run is killed after a pseudo-random number of its
     // shards has appeared, plus a pseudo-random few milliseconds, so the kill lands while it works
     // (between shards, inside one, or during the manifest update) however fast the machine is.

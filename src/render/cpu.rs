@@ -1,9 +1,72 @@
 //! The CPU engine: the chaos game once per (class, weight row), then one label canvas per instance.
 
-use super::{DrawMode, MaskRng, RenderConfig};
+use super::{Canvas, DrawMode, Feed, MaskRng, RenderConfig, Stage, StageContext, StageStats};
 use crate::error::{Error, Result};
 use crate::ifs::{self, Cloud, Ifs, WeightRow};
 use crate::rng::MaskKey;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// The CPU engine as a render stage: one unit at a time, its canvases as soon as they are drawn.
+pub struct CpuStage<'a> {
+    ctx: StageContext<'a>,
+    scratch: Scratch,
+    cloud: Cloud,
+}
+
+impl<'a> CpuStage<'a> {
+    pub fn new(ctx: StageContext<'a>) -> Self {
+        CpuStage {
+            ctx,
+            scratch: Scratch::default(),
+            cloud: Cloud::default(),
+        }
+    }
+}
+
+impl Stage for CpuStage<'_> {
+    fn run(&mut self, feed: &mut dyn Feed) -> Result<()> {
+        let ctx = self.ctx;
+        while let Some(units) = feed.claim(1) {
+            for (id, unit) in units {
+                let class = &ctx.plan.classes[unit.class as usize];
+                let t0 = Instant::now();
+                compute_cloud(
+                    &class.ifs,
+                    &ctx.plan.weights[unit.row as usize],
+                    ctx.u,
+                    ctx.cfg,
+                    &mut self.scratch,
+                    &mut self.cloud,
+                )
+                .map_err(|axis| degenerate_error(&class.path, unit.row as usize, axis))?;
+                StageStats::add(&ctx.stats.chaos_ns, t0);
+                ctx.stats.clouds.fetch_add(1, Ordering::Relaxed);
+                for (slot, &instance) in unit.instances.iter().enumerate() {
+                    let t0 = Instant::now();
+                    let mut pixels = Vec::new();
+                    raster(
+                        &self.cloud,
+                        ctx.cfg,
+                        class.key,
+                        unit.row,
+                        instance,
+                        &mut pixels,
+                    );
+                    StageStats::add(&ctx.stats.raster_ns, t0);
+                    if !feed.emit(Canvas {
+                        unit: id,
+                        slot,
+                        pixels,
+                    }) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Reusable buffers of one render thread.
 #[derive(Default)]

@@ -4,8 +4,103 @@ pub mod cpu;
 pub mod gl;
 
 use crate::error::{Error, Result};
+use crate::plan::Plan;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// One unit of render work: a point cloud (class, weight row), computed once, and the instances to draw
+/// from it. The pipeline sees only units and the canvases they yield; another dataset family brings a
+/// unit of its own (a stretch of one random stream, a 3D model seen from many views) and a stage for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unit {
+    pub class: u32,
+    pub row: u32,
+    /// Instances to draw, in the order their canvases are emitted.
+    pub instances: Vec<u32>,
+}
+
+/// A finished label canvas (width x height bytes, y down): `slot` indexes its unit's `instances`.
+pub struct Canvas {
+    pub unit: u64,
+    pub slot: usize,
+    pub pixels: Vec<u8>,
+}
+
+/// What a render stage talks to: it claims units in order and hands back their canvases.
+pub trait Feed {
+    /// The next units (at most `max`) with their ids, in order; `None` when there is no more work
+    /// or the run is stopping.
+    fn claim(&mut self, max: usize) -> Option<Vec<(u64, Unit)>>;
+    /// Hands over one canvas; `false` when the run is stopping (the stage then returns).
+    fn emit(&mut self, canvas: Canvas) -> bool;
+}
+
+/// A render stage: made once per run and worker thread (one per CPU thread, or one per GPU with its
+/// GL context), it turns claimed units into canvases until the feed runs dry.
+pub trait Stage {
+    fn run(&mut self, feed: &mut dyn Feed) -> Result<()>;
+}
+
+/// Counters of the render stage (nanoseconds summed over its threads).
+#[derive(Default, Debug)]
+pub struct StageStats {
+    /// Chaos games run (one per unit, whatever the shard layout).
+    pub clouds: AtomicU64,
+    pub chaos_ns: AtomicU64,
+    pub raster_ns: AtomicU64,
+    /// GL only: device-to-host copies of finished results, and their bytes.
+    pub readback_ns: AtomicU64,
+    pub readback_bytes: AtomicU64,
+}
+
+impl StageStats {
+    pub fn add(counter: &AtomicU64, since: Instant) {
+        counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Everything a render stage reads, for the whole run.
+#[derive(Clone, Copy)]
+pub struct StageContext<'a> {
+    pub plan: &'a Plan,
+    pub cfg: &'a RenderConfig,
+    /// The shared `np.random.seed(100)` sequence, `cfg.iterations` long.
+    pub u: &'a [f64],
+    /// No messages (the device line and the software-renderer warning).
+    pub quiet: bool,
+    pub stats: &'a StageStats,
+}
+
+/// Which engine draws the images.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Cpu,
+    /// The GL engine: one stage per listed EGL device, each owning its context.
+    Gl(Vec<gl::egl::Choice>, gl::GlOptions),
+}
+
+impl Backend {
+    /// Render worker threads: `threads` for the CPU engine, one per GPU for GL.
+    pub fn workers(&self, threads: usize) -> usize {
+        match self {
+            Backend::Cpu => threads.max(1),
+            Backend::Gl(devices, _) => devices.len().max(1),
+        }
+    }
+
+    /// Opens the stage of worker `worker`; call it on the thread that runs the stage.
+    pub fn open<'a>(&self, worker: usize, ctx: StageContext<'a>) -> Result<Box<dyn Stage + 'a>> {
+        Ok(match self {
+            Backend::Cpu => Box::new(cpu::CpuStage::new(ctx)),
+            Backend::Gl(devices, opts) => {
+                let choice = devices.get(worker).copied().unwrap_or_default();
+                Box::new(gl::GlStage::new(ctx, choice, *opts)?)
+            }
+        })
+    }
+}
 
 /// The original's `--draw_type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -8,14 +8,15 @@
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::pipeline::{Sink, Target};
-use crate::plan::{Plan, Sample};
+use crate::plan::{Layout, Plan, Sample};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub const MTIME: u64 = 0;
 
@@ -128,14 +129,6 @@ struct SampleMeta<'a> {
     sample: u64,
 }
 
-/// Writes tar members by hand (with the `tar` crate's headers) so the DALI index gets exact offsets.
-struct ShardFile {
-    tmp: PathBuf,
-    out: HashingWriter<BufWriter<File>>,
-    idx: String,
-    samples: u64,
-}
-
 struct HashingWriter<W: Write> {
     inner: W,
     hash: Sha256,
@@ -154,7 +147,37 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-impl ShardFile {
+/// What a finished shard was: its size, hash, sample count and DALI index text.
+#[derive(Clone, Debug)]
+pub struct ShardInfo {
+    pub samples: u64,
+    pub bytes: u64,
+    pub sha256: String,
+    /// `wds2idx` format: `v1.2 N` then one line per sample.
+    pub dali_index: String,
+}
+
+/// Writes one shard's bytes to any writer: ustar members with fixed metadata, samples in the order
+/// given, the two zero blocks at the end. The bytes do not depend on where they go (a file, a socket).
+pub struct ShardWriter<W: Write> {
+    out: HashingWriter<W>,
+    idx: String,
+    samples: u64,
+}
+
+impl<W: Write> ShardWriter<W> {
+    pub fn new(w: W) -> Self {
+        ShardWriter {
+            out: HashingWriter {
+                inner: w,
+                hash: Sha256::new(),
+                len: 0,
+            },
+            idx: String::new(),
+            samples: 0,
+        }
+    }
+
     fn member(&mut self, name: &str, data: &[u8]) -> std::io::Result<(u64, u64)> {
         let mut h = tar::Header::new_ustar();
         h.set_path(name)?;
@@ -172,13 +195,47 @@ impl ShardFile {
         self.out.write_all(&[0u8; 512][..pad])?;
         Ok((offset, data.len() as u64))
     }
+
+    /// One sample: `KEY.EXT` members, contiguous, in the order given (WebDataset groups by key).
+    pub fn write_sample(&mut self, key: &str, members: &[(&str, &[u8])]) -> std::io::Result<()> {
+        let mut line = String::new();
+        for (ext, data) in members {
+            let name = format!("{key}.{ext}");
+            let (off, size) = self.member(&name, data)?;
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(&format!("{ext} {off} {size} {name}"));
+        }
+        self.idx.push_str(&line);
+        self.idx.push('\n');
+        self.samples += 1;
+        Ok(())
+    }
+
+    /// Ends the archive and returns the writer (flushed) with what was written.
+    pub fn finish(mut self) -> std::io::Result<(W, ShardInfo)> {
+        self.out.write_all(&[0u8; 1024])?;
+        self.out.flush()?;
+        let HashingWriter { inner, hash, len } = self.out;
+        Ok((
+            inner,
+            ShardInfo {
+                samples: self.samples,
+                bytes: len,
+                sha256: hex(&hash.finalize()),
+                dali_index: format!("v1.2 {}\n{}", self.samples, self.idx),
+            },
+        ))
+    }
 }
 
+/// A shard being written: its temporary file, and the images that arrived before their turn.
 struct ShardBuf {
     end: u64,
     next: u64,
     pending: BTreeMap<u64, (Sample, Vec<u8>)>,
-    file: Option<ShardFile>,
+    file: Option<(PathBuf, ShardWriter<BufWriter<File>>)>,
 }
 
 /// Settings of the WebDataset sink.
@@ -188,63 +245,159 @@ pub struct WdsOptions {
     pub prefix: String,
     pub dali_index: bool,
     pub writers: usize,
+    pub resume: bool,
+    /// The samples' `draw_type` and `seed` (mask generator) metadata.
+    pub draw_type: String,
+    pub masks: String,
 }
 
+/// The shard files of one rank: images arrive in any order, each shard is written in its order
+/// (the layout makes that the order clouds are rendered in, so little waits in memory).
 pub struct WdsSink<'a> {
     pub opts: WdsOptions,
     plan: &'a Plan,
+    layout: &'a Layout,
     key_width: usize,
-    draw_type: String,
-    seed: String,
     states: Vec<Mutex<HashMap<u64, ShardBuf>>>,
     manifest: Mutex<Manifest>,
     part: PathBuf,
+    /// Shards finished by this run (for the progress display).
+    pub written: Arc<AtomicU64>,
+}
+
+/// What is left to do for this rank after a resume.
+pub struct Todo {
+    /// Blocks with at least one shard to write, in order.
+    pub blocks: Vec<u64>,
+    /// Shards to write (all of this rank's not yet verified).
+    pub shards: std::collections::HashSet<u64>,
+    /// Images of verified shards, kept from before.
+    pub kept: u64,
 }
 
 impl<'a> WdsSink<'a> {
-    pub fn new(
+    /// Prepares this rank's part of a sharded run in `opts.out`: checks the prefix and the directory,
+    /// removes this rank's crash leftovers, reads the manifest part on `--resume` (refusing other
+    /// settings) or refuses to overwrite, and records the part before the first shard.
+    pub fn open(
         opts: WdsOptions,
         plan: &'a Plan,
-        manifest: Manifest,
-        draw_type: &str,
-        seed: &str,
-    ) -> Result<Self> {
-        let part = part_path(&opts.out, &opts.prefix, manifest.rank, manifest.world_size);
-        let total = manifest.total_samples;
-        Ok(WdsSink {
+        layout: &'a Layout,
+        config: serde_json::Value,
+        (rank, world): (u64, u64),
+    ) -> Result<(Self, Todo)> {
+        if opts.prefix.is_empty() || opts.prefix.contains(['/', '.']) {
+            return Err(Error::flag(
+                "--prefix",
+                "must be non-empty, without '/' or '.'",
+            ));
+        }
+        fsutil::create_dir(&opts.out)?;
+        fsutil::check_writable(&opts.out)?;
+        let part = part_path(&opts.out, &opts.prefix, rank, world);
+        let mut manifest = Manifest {
+            kind: "fractaldb-manifest-part-v1".into(),
+            config,
+            total_samples: layout.total,
+            samples_per_shard: layout.per_shard,
+            shard_count: layout.shards,
+            rank,
+            world_size: world,
+            shards: vec![],
+        };
+        let my_blocks: Vec<u64> = (0..layout.blocks()).filter(|g| g % world == rank).collect();
+        let mine: Vec<u64> = my_blocks
+            .iter()
+            .flat_map(|&g| layout.block_shard_range(g))
+            .collect();
+        {
+            // Only this rank's leftovers: other ranks may be writing into the same directory right now.
+            let names: std::collections::HashSet<String> = mine
+                .iter()
+                .flat_map(|&s| {
+                    let tar = shard_name(&opts.prefix, s);
+                    let idx = tar.replace(".tar", ".idx");
+                    [tar, idx]
+                })
+                .chain([part.file_name().unwrap().to_string_lossy().into_owned()])
+                .collect();
+            fsutil::remove_stale_tmp_of(&opts.out, |n| names.contains(n));
+        }
+        if opts.resume && part.exists() {
+            let old = read_manifest(&part)?;
+            if old.config != manifest.config
+                || old.total_samples != layout.total
+                || old.samples_per_shard != layout.per_shard
+            {
+                return Err(Error::input(
+                    &part,
+                    None,
+                    "--resume: this dataset was started with other settings (classes, weights, size, seed, \
+                     or an older fractaldb's shard order or encoder); use the same flags and version, or another --out",
+                ));
+            }
+            manifest.shards = verified_shards(&opts.out, &old);
+        } else if !opts.resume {
+            let existing = part.exists()
+                || mine
+                    .iter()
+                    .any(|&s| opts.out.join(shard_name(&opts.prefix, s)).exists());
+            if existing {
+                return Err(Error::input(
+                    &opts.out,
+                    None,
+                    "already holds shards of this prefix: pass --resume to complete them, or choose another --out/--prefix",
+                ));
+            }
+        }
+        let done: std::collections::HashSet<u64> =
+            manifest.shards.iter().map(|e| e.shard).collect();
+        let shards: std::collections::HashSet<u64> =
+            mine.iter().copied().filter(|s| !done.contains(s)).collect();
+        let blocks = my_blocks
+            .into_iter()
+            .filter(|&g| layout.block_shard_range(g).any(|s| shards.contains(&s)))
+            .collect();
+        let kept = mine
+            .iter()
+            .filter(|s| done.contains(s))
+            .map(|&s| layout.shard_range(s).count() as u64)
+            .sum();
+        let sink = WdsSink {
             states: (0..opts.writers.max(1))
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
+            key_width: key_width(layout.total),
             opts,
             plan,
-
-            key_width: key_width(total),
-            draw_type: draw_type.to_string(),
-            seed: seed.to_string(),
+            layout,
             manifest: Mutex::new(manifest),
             part,
-        })
-    }
-
-    /// Registers a shard to be written: positions `range`.
-    pub fn expect_shard(&self, shard: u64, range: std::ops::Range<u64>) {
-        let w = (shard % self.states.len() as u64) as usize;
-        self.states[w].lock().unwrap().insert(
-            shard,
-            ShardBuf {
-                end: range.end,
-                next: range.start,
-                pending: BTreeMap::new(),
-                file: None,
+            written: Arc::default(),
+        };
+        // Record the part even before the first shard, so `finalize` can see this rank started.
+        write_json(&sink.part, &sink.manifest())?;
+        Ok((
+            sink,
+            Todo {
+                blocks,
+                shards,
+                kept,
             },
-        );
+        ))
     }
 
     pub fn manifest(&self) -> Manifest {
         self.manifest.lock().unwrap().clone()
     }
 
-    fn write_sample(&self, f: &mut ShardFile, pos: u64, s: Sample, png: &[u8]) -> Result<()> {
+    fn write_sample(
+        &self,
+        w: &mut ShardWriter<BufWriter<File>>,
+        pos: u64,
+        s: Sample,
+        png: &[u8],
+    ) -> std::io::Result<()> {
         let key = format!("{pos:0w$}", w = self.key_width);
         let meta = SampleMeta {
             class: &self.plan.classes[s.class as usize].name,
@@ -252,91 +405,87 @@ impl<'a> WdsSink<'a> {
             weight_row: s.row,
             instance: s.instance,
             flip: s.flip,
-            draw_type: &self.draw_type,
-            seed: &self.seed,
+            draw_type: &self.opts.draw_type,
+            seed: &self.opts.masks,
             sample: self.plan.id(s),
         };
-        let json = serde_json::to_vec(&meta).map_err(|e| Error::Other(e.to_string()))?;
+        let json = serde_json::to_vec(&meta).map_err(std::io::Error::other)?;
         let cls = s.class.to_string();
-        let tmp = f.tmp.clone();
-        let io = |e| Error::io(&tmp, "cannot write shard", e);
-        let mut line = String::new();
-        for (ext, data) in [("cls", cls.as_bytes()), ("json", &json[..]), ("png", png)] {
-            let name = format!("{key}.{ext}");
-            let (off, size) = f.member(&name, data).map_err(io)?;
-            if !line.is_empty() {
-                line.push(' ');
-            }
-            line.push_str(&format!("{ext} {off} {size} {name}"));
-        }
-        f.idx.push_str(&line);
-        f.idx.push('\n');
-        f.samples += 1;
-        Ok(())
+        w.write_sample(
+            &key,
+            &[("cls", cls.as_bytes()), ("json", &json[..]), ("png", png)],
+        )
     }
 
-    fn open(&self, shard: u64) -> Result<ShardFile> {
+    fn create(&self, shard: u64) -> Result<(PathBuf, ShardWriter<BufWriter<File>>)> {
         let path = self.opts.out.join(shard_name(&self.opts.prefix, shard));
         let tmp = fsutil::tmp_path(&path);
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, "cannot create shard", e))?;
-        Ok(ShardFile {
+        Ok((
             tmp,
-            out: HashingWriter {
-                inner: BufWriter::with_capacity(1 << 20, file),
-                hash: Sha256::new(),
-                len: 0,
-            },
-            idx: String::new(),
-            samples: 0,
-        })
+            ShardWriter::new(BufWriter::with_capacity(256 << 10, file)),
+        ))
     }
 
     /// Completes a shard; on failure its temporary file is removed.
-    fn finish(&self, shard: u64, f: ShardFile) -> Result<()> {
-        let tmp = f.tmp.clone();
-        let r = self.finish_inner(shard, f);
+    fn finish(&self, shard: u64, tmp: PathBuf, w: ShardWriter<BufWriter<File>>) -> Result<()> {
+        let r = self.finish_inner(shard, &tmp, w);
         if r.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
         r
     }
 
-    fn finish_inner(&self, shard: u64, mut f: ShardFile) -> Result<()> {
+    fn finish_inner(&self, shard: u64, tmp: &Path, w: ShardWriter<BufWriter<File>>) -> Result<()> {
         let name = shard_name(&self.opts.prefix, shard);
         let path = self.opts.out.join(&name);
-        let tmp = f.tmp.clone();
-        let io = |e| Error::io(&tmp, "cannot write shard", e);
-        f.out.write_all(&[0u8; 1024]).map_err(io)?;
-        f.out.flush().map_err(io)?;
-        let HashingWriter { inner, hash, len } = f.out;
-        let file = inner
+        let io = |e| Error::io(tmp, "cannot write shard", e);
+        let (buf, info) = w.finish().map_err(io)?;
+        let file = buf
             .into_inner()
-            .map_err(|e| Error::io(&f.tmp, "cannot write shard", e.into_error()))?;
+            .map_err(|e| Error::io(tmp, "cannot write shard", e.into_error()))?;
         file.sync_all()
-            .map_err(|e| Error::io(&f.tmp, "cannot sync shard", e))?;
+            .map_err(|e| Error::io(tmp, "cannot sync shard", e))?;
         drop(file);
         if self.opts.dali_index {
-            let idx = format!("v1.2 {}\n{}", f.samples, f.idx);
             let idx_path = self
                 .opts
                 .out
                 .join(format!("{}.idx", name.trim_end_matches(".tar")));
-            fsutil::write_atomic(&idx_path, idx.as_bytes(), true)?;
+            fsutil::write_atomic(&idx_path, info.dali_index.as_bytes(), true)?;
         }
-        std::fs::rename(&f.tmp, &path)
+        std::fs::rename(tmp, &path)
             .map_err(|e| Error::io(&path, "cannot rename shard into place", e))?;
         let entry = ShardEntry {
             shard,
             url: name,
-            nsamples: f.samples,
-            filesize: len,
-            sha256: hex(&hash.finalize()),
+            nsamples: info.samples,
+            filesize: info.bytes,
+            sha256: info.sha256,
         };
         let mut m = self.manifest.lock().unwrap();
         m.shards.retain(|e| e.shard != shard);
         m.shards.push(entry);
         m.shards.sort_by_key(|e| e.shard);
-        write_json(&self.part, &*m)
+        write_json(&self.part, &*m)?;
+        self.written.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes the shards of `todo` that no image reaches (a layout can leave a shard empty).
+    pub fn finish_empty(&self, todo: &Todo) -> Result<()> {
+        let mut empty: Vec<u64> = todo
+            .shards
+            .iter()
+            .copied()
+            .filter(|&s| self.layout.shard_range(s).is_empty())
+            .collect();
+        empty.sort();
+        for s in empty {
+            let (tmp, w) = self.create(s)?;
+            self.finish(s, tmp, w)?;
+        }
+        Ok(())
     }
 }
 
@@ -349,22 +498,36 @@ impl Sink for WdsSink<'_> {
     }
     fn accept(&self, writer: usize, t: Target, png: Vec<u8>) -> Result<()> {
         let mut states = self.states[writer].lock().unwrap();
-        let buf = states
-            .get_mut(&t.shard)
-            .ok_or_else(|| Error::Other(format!("internal: shard {} was not expected", t.shard)))?;
+        let buf = states.entry(t.shard).or_insert_with(|| {
+            let r = self.layout.shard_range(t.shard);
+            ShardBuf {
+                end: r.end,
+                next: r.start,
+                pending: BTreeMap::new(),
+                file: None,
+            }
+        });
+        if t.pos < buf.next || t.pos >= buf.end {
+            return Err(Error::Other(format!(
+                "internal: sample {} is not expected in shard {}",
+                t.pos, t.shard
+            )));
+        }
         buf.pending.insert(t.pos, (t.sample, png));
         while let Some((s, png)) = buf.pending.remove(&buf.next) {
             if buf.file.is_none() {
-                buf.file = Some(self.open(t.shard)?);
+                buf.file = Some(self.create(t.shard)?);
             }
-            self.write_sample(buf.file.as_mut().unwrap(), buf.next, s, &png)?;
+            let (tmp, w) = buf.file.as_mut().unwrap();
+            self.write_sample(w, buf.next, s, &png)
+                .map_err(|e| Error::io(&*tmp, "cannot write shard", e))?;
             buf.next += 1;
         }
         if buf.next == buf.end {
-            let f = buf.file.take().expect("a complete shard has a file");
+            let (tmp, w) = buf.file.take().expect("a complete shard has a file");
             states.remove(&t.shard);
             drop(states);
-            self.finish(t.shard, f)?;
+            self.finish(t.shard, tmp, w)?;
         }
         Ok(())
     }
@@ -375,9 +538,8 @@ impl Drop for WdsSink<'_> {
         // Unfinished shards (after an error): remove their temporary files.
         for st in &self.states {
             for (_, b) in st.lock().unwrap().drain() {
-                if let Some(f) = b.file {
-                    let tmp = f.tmp.clone();
-                    drop(f);
+                if let Some((tmp, w)) = b.file {
+                    drop(w);
                     let _ = std::fs::remove_file(tmp);
                 }
             }

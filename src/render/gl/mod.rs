@@ -4,6 +4,9 @@
 //! rescale runs on the CPU with the same code, and "last point wins" is what atomicMax computes.
 
 pub mod egl;
+mod stage;
+
+pub use stage::GlStage;
 
 use super::{MaskRng, RenderConfig, cpu};
 use crate::error::{Error, Result};
@@ -24,6 +27,14 @@ pub enum RasterMethod {
     Points,
     #[default]
     Compute,
+}
+
+/// Settings of the GL engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlOptions {
+    pub raster: RasterMethod,
+    /// Rescale the clouds on the CPU (read the fp64 points back) instead of in `glsl/rescale.comp`.
+    pub cpu_rescale: bool,
 }
 
 /// Instances drawn by one instanced GL_POINTS draw (the size of the fragment shader's key array).
