@@ -5,6 +5,7 @@
 layout(std430, binding = 0) readonly buffer Points { uint pts[]; };
 
 uniform uint patch_mode;
+uniform uint pt_base; // the cloud's first point in Points
 uniform uint region_w;
 uniform uint atlas_w;
 uniform uint atlas_h;
@@ -18,7 +19,7 @@ flat out uint v_k;
 void main() {
     uint i = uint(gl_VertexID);
     uint k = uint(gl_InstanceID);
-    uint p = pts[i];
+    uint p = pts[pt_base + i];
     uint x = p & 0xffffu;
     uint y = p >> 16;
     uint off = patch_mode == 1u ? 2u : 0u;

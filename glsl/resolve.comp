@@ -1,6 +1,7 @@
 #version 430 core
-// Compute raster, pass 2: one invocation per 4 pixels turns the winning point of each pixel into its
-// label (point modes) or its mask bit times the label (patch modes), packed 4 labels per uint.
+// Compute raster, pass 2: one invocation per 4 pixels of one canvas (gl_WorkGroupID.y) turns the
+// winning point of each pixel into its label (point modes) or its mask bit times the label (patch
+// modes), packed 4 labels per uint; canvas j of the group fills words [j*words, (j+1)*words).
 layout(local_size_x = 256) in;
 
 layout(std430, binding = 0) readonly buffer Points { uint pts[]; };
@@ -10,32 +11,34 @@ layout(std430, binding = 2) writeonly buffer Labels { uint labels[]; };
 uniform uint width;
 uniform uint height;
 uniform uint patch_mode;
+uniform uint words;
+uniform uvec2 clouds[8];
+// Per canvas of the group (keep in sync: MAX_GROUP_CANVASES): cloud in the group, the counter
+// mask key (k0, k1), and the first of its CPython masks in Masks.
+uniform uvec4 canvases[64];
 
 #include "common.glsl"
 
-uniform uint mask_k0;
-uniform uint mask_k1;
-
-uint mask_of(uint i) {
-    return python_masks == 1u ? masks[i] : counter_mask(i, mask_k0, mask_k1);
-}
-
-uint pixel(uint p) {
+uint pixel(uint p, uvec4 cv) {
     if (p >= width * height) return 0u;
-    uint w = winner[p];
+    uint z = cv.x;
+    uint w = winner[z * width * height + p];
     if (w == 0u) return 0u;
     uint i = w - 1u;
     if (patch_mode == 0u) return label_of(i);
-    uint q = pts[i];
+    uint q = pts[clouds[z].x + i];
     uint c = p % width - ((q & 0xffffu) + 1u);
     uint r = p / width - ((q >> 16) + 1u);
-    uint bit = (mask_of(i) >> (8u - (3u * r + c))) & 1u;
+    uint m = python_masks == 1u ? masks[cv.w + i] : counter_mask(i, cv.y, cv.z);
+    uint bit = (m >> (8u - (3u * r + c))) & 1u;
     return bit * label_of(i);
 }
 
 void main() {
     uint g = gl_GlobalInvocationID.x;
+    uint j = gl_WorkGroupID.y;
+    if (g >= words) return;
+    uvec4 cv = canvases[j];
     uint p = g * 4u;
-    if (p >= width * height) return;
-    labels[g] = pixel(p) | (pixel(p + 1u) << 8) | (pixel(p + 2u) << 16) | (pixel(p + 3u) << 24);
+    labels[j * words + g] = pixel(p, cv) | (pixel(p + 1u, cv) << 8) | (pixel(p + 2u, cv) << 16) | (pixel(p + 3u, cv) << 24);
 }

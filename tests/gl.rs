@@ -10,8 +10,8 @@ fn gl_reproduces_every_golden_file() {
     let tmp = tempfile::tempdir().unwrap();
     let classes = class_dir(tmp.path(), &["00000"]);
     let manifest = std::fs::read_to_string(r.join("golden/manifest.csv")).unwrap();
-    for raster in ["compute", "points"] {
-        let dir = tmp.path().join(raster);
+    for (raster, rescale) in [("compute", "gpu"), ("points", "gpu"), ("compute", "cpu")] {
+        let dir = tmp.path().join(format!("{raster}-{rescale}"));
         for mode in ["patch_gray", "point_gray"] {
             let out = run_ok(
                 bin()
@@ -21,6 +21,8 @@ fn gl_reproduces_every_golden_file() {
                         "gl",
                         "--raster",
                         raster,
+                        "--rescale",
+                        rescale,
                         "--draw-type",
                         mode,
                     ])
@@ -41,7 +43,9 @@ fn gl_reproduces_every_golden_file() {
             );
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(
-                err.contains("backend gl:") && err.to_lowercase().contains(raster),
+                err.contains("backend gl:")
+                    && err.to_lowercase().contains(raster)
+                    && err.contains(&format!("rescale {rescale}")),
                 "{err}"
             );
         }
@@ -52,7 +56,7 @@ fn gl_reproduces_every_golden_file() {
             let o = decode_rgb(&dir.join(file));
             assert!(
                 g == o,
-                "{file}: GL ({raster}) output differs from the original"
+                "{file}: GL ({raster}, rescale {rescale}) output differs from the original"
             );
             n += 1;
         }

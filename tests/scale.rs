@@ -64,7 +64,10 @@ fn run_ranks(classes: &Path, out: &Path, world: u64, extra: &[&str]) -> (u64, us
     (clouds, banners)
 }
 
-fn tars(dir: &Path) -> Vec<(String, Vec<u8>)> {
+/// Every shard of a directory: (name, bytes), by name.
+type Shards = Vec<(String, Vec<u8>)>;
+
+fn tars(dir: &Path) -> Shards {
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
@@ -88,7 +91,7 @@ fn every_cloud_is_computed_once_at_any_shard_count_threads_and_ranks_on_the_cpu(
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .max(2);
-    let mut reference: Vec<Option<Vec<(String, Vec<u8>)>>> = vec![None; 3];
+    let mut reference: Vec<Option<Shards>> = vec![None; 3];
     for (k, shards) in [1u64, 7, 100].into_iter().enumerate() {
         let (per, shards) = per_shard_for(&classes, shards);
         for t in [1, threads] {

@@ -16,6 +16,8 @@ use glow::HasContext;
 
 const CHAOS: &str = include_str!("../../../glsl/chaos.comp");
 const COMMON: &str = include_str!("../../../glsl/common.glsl");
+const RESCALE: &str = include_str!("../../../glsl/rescale.comp");
+const CLEAR: &str = include_str!("../../../glsl/clear.comp");
 const SPLAT: &str = include_str!("../../../glsl/splat.comp");
 const RESOLVE: &str = include_str!("../../../glsl/resolve.comp");
 const POINTS_VS: &str = include_str!("../../../glsl/points.vert");
@@ -112,7 +114,11 @@ impl Ssbo {
         unsafe {
             gl.bind_buffer(glow::SHADER_STORAGE_BUFFER, Some(self.buf));
             if bytes > self.cap {
+                // Powers of two, up to the largest size a GL buffer takes here.
                 self.cap = bytes.next_power_of_two().max(256);
+                if self.cap > MAX_BUFFER {
+                    self.cap = bytes;
+                }
                 gl.buffer_data_size(
                     glow::SHADER_STORAGE_BUFFER,
                     self.cap as i32,
@@ -128,11 +134,8 @@ impl Ssbo {
             gl.buffer_sub_data_u8_slice(glow::SHADER_STORAGE_BUFFER, 0, data);
         }
     }
-    unsafe fn zero(&mut self, gl: &glow::Context, bytes: usize, binding: u32, zeros: &mut Vec<u8>) {
-        if zeros.len() < bytes {
-            zeros.resize(bytes, 0);
-        }
-        unsafe { self.upload(gl, &zeros[..bytes], binding) }
+    unsafe fn bind(&self, gl: &glow::Context, binding: u32) {
+        unsafe { gl.bind_buffer_base(glow::SHADER_STORAGE_BUFFER, binding, Some(self.buf)) };
     }
     unsafe fn read(&self, gl: &glow::Context, out: &mut [u8]) {
         unsafe {
@@ -143,13 +146,13 @@ impl Ssbo {
 }
 
 /// Readback slots in flight: the GL thread queues up to this many readbacks before it waits for one.
-const RING: usize = 4;
+const RING: usize = 8;
 
 /// How a finished readback splits into canvases.
 #[derive(Clone, Copy)]
 enum Layout {
-    /// One canvas, w*h bytes.
-    Packed { w: usize, h: usize },
+    /// Canvases of w*h bytes, canvas k at byte k*stride.
+    Packed { w: usize, h: usize, stride: usize },
     /// An atlas row-major `aw` wide: canvas k starts at column k*region_w.
     Atlas {
         aw: usize,
@@ -174,8 +177,9 @@ struct Ring {
     next: usize,
     pending: std::collections::VecDeque<Pending>,
     done: Vec<(usize, Vec<u8>)>,
-    /// Time spent copying finished results to the host (after their fences signalled).
+    /// Time spent copying finished results to the host (after their fences signalled), and bytes.
     readback_ns: u64,
+    readback_bytes: u64,
 }
 
 impl Ring {
@@ -190,6 +194,7 @@ impl Ring {
             pending: Default::default(),
             done: vec![],
             readback_ns: 0,
+            readback_bytes: 0,
         })
     }
 
@@ -256,10 +261,18 @@ impl Ring {
             gl.get_buffer_sub_data(glow::COPY_READ_BUFFER, 0, &mut data);
             gl.bind_buffer(glow::COPY_READ_BUFFER, None);
             self.readback_ns += t0.elapsed().as_nanos() as u64;
+            self.readback_bytes += p.bytes as u64;
             match p.layout {
-                Layout::Packed { w, h } => {
-                    data.truncate(w * h);
-                    self.done.push((p.tags[0], data));
+                Layout::Packed { w, h, stride } => {
+                    if p.tags.len() == 1 {
+                        data.truncate(w * h);
+                        self.done.push((p.tags[0], data));
+                    } else {
+                        for (k, &tag) in p.tags.iter().enumerate() {
+                            self.done
+                                .push((tag, data[k * stride..k * stride + w * h].to_vec()));
+                        }
+                    }
                 }
                 Layout::Atlas { aw, region_w, w, h } => {
                     for (k, &tag) in p.tags.iter().enumerate() {
@@ -307,19 +320,50 @@ fn bytes_of<T: Copy>(v: &[T]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
 
-/// One cloud to draw: its points, the run's settings, and the keys of its masks.
+/// Most clouds one splat dispatch draws (keep in sync: `clouds[8]` in glsl/splat.comp and resolve.comp).
+pub const MAX_GROUP: usize = 8;
+/// Most canvases one resolve dispatch writes (keep in sync: `canvases[64]` in glsl/resolve.comp).
+pub const MAX_GROUP_CANVASES: usize = 64;
+/// The largest buffer glow can allocate (its sizes are i32).
+const MAX_BUFFER: usize = i32::MAX as usize;
+/// Clouds per batch on a hardware device, at most (memory decides below that).
+const MAX_BATCH: usize = 4096;
+/// Clouds per batch on a software renderer: short dispatches.
+const SOFTWARE_BATCH: usize = 32;
+
+/// One cloud of a raster group: its index in the batch, its point count after the rescale, the keys
+/// of its masks, and the instances to draw.
 #[derive(Clone, Copy)]
-pub struct Draw<'a> {
-    pub cloud: &'a Cloud,
-    pub cfg: &'a RenderConfig,
+pub struct GroupCloud<'a> {
+    pub index: usize,
+    pub count: u32,
     pub class_key: u32,
     pub row: u32,
+    pub instances: &'a [u32],
+}
+
+/// What the rescale left per cloud of a batch: the point count, or the degenerate axis.
+pub type BatchCounts = Vec<std::result::Result<u32, &'static str>>;
+
+/// A chaos game in flight over several dispatches: its clouds, points, and the next step.
+struct ChaosRun {
+    nc: usize,
+    n: usize,
+    steps: u32,
+    k: u32,
+    set: usize,
+    max_maps: usize,
+    /// The CPU rescale's results (with `cpu_rescale`), ready after `end_clouds`.
+    cpu_counts: Option<BatchCounts>,
+    fence: Option<glow::Fence>,
 }
 
 /// The GL engine; lives in (and must stay on) the thread that created it.
 pub struct GlEngine {
     pub ctx: egl::Gl,
     chaos: Program,
+    rescale: Program,
+    clear: Program,
     splat: Program,
     resolve: Program,
     points: Program,
@@ -328,7 +372,7 @@ pub struct GlEngine {
     /// The atlas texture and its size.
     atlas: Option<(glow::Texture, usize, usize)>,
     max_texture: usize,
-    pub method: RasterMethod,
+    pub opts: GlOptions,
     ring: Ring,
     u: Ssbo,
     maps: Ssbo,
@@ -336,16 +380,23 @@ pub struct GlEngine {
     state: Ssbo,
     xs: Ssbo,
     ys: Ssbo,
-    pts: Ssbo,
+    /// Packed points of two batches (one rastered while the next one's chaos game runs), and per
+    /// cloud (count, truncated, degenerate axis, 0).
+    pts: [Ssbo; 2],
+    info: [Ssbo; 2],
+    next_set: usize,
+    run: Option<ChaosRun>,
     winner: Ssbo,
     masks: Ssbo,
     n_u: usize,
-    zeros: Vec<u8>,
+    /// Bytes copied to the host outside the ring (cloud info, CPU-rescale points).
+    readback_bytes: u64,
+    readback_ns: u64,
 }
 
 impl GlEngine {
-    /// Opens a device and compiles the shaders; `u` is the shared chaos-game sequence.
-    pub fn new(choice: egl::Choice, u: &[f64], method: RasterMethod) -> Result<GlEngine> {
+    /// Opens a device and compiles the shaders; `u` is the shared chaos-game sequence (uploaded once).
+    pub fn new(choice: egl::Choice, u: &[f64], opts: GlOptions) -> Result<GlEngine> {
         let ctx = egl::open(choice)?;
         unsafe {
             let gl = &ctx.gl;
@@ -362,9 +413,11 @@ impl GlEngine {
                 fbo: gl.create_framebuffer().map_err(Error::Other)?,
                 atlas: None,
                 max_texture: gl.get_parameter_i32(glow::MAX_TEXTURE_SIZE).max(1024) as usize,
-                method,
+                opts,
                 ring: Ring::new(gl)?,
                 chaos: Program::new(gl, "glsl/chaos.comp", CHAOS)?,
+                rescale: Program::new(gl, "glsl/rescale.comp", RESCALE)?,
+                clear: Program::new(gl, "glsl/clear.comp", CLEAR)?,
                 splat: Program::new(gl, "glsl/splat.comp", SPLAT)?,
                 resolve: Program::new(gl, "glsl/resolve.comp", RESOLVE)?,
                 u: Ssbo::new(gl)?,
@@ -373,16 +426,43 @@ impl GlEngine {
                 state: Ssbo::new(gl)?,
                 xs: Ssbo::new(gl)?,
                 ys: Ssbo::new(gl)?,
-                pts: Ssbo::new(gl)?,
+                pts: [Ssbo::new(gl)?, Ssbo::new(gl)?],
+                info: [Ssbo::new(gl)?, Ssbo::new(gl)?],
+                next_set: 0,
+                run: None,
                 winner: Ssbo::new(gl)?,
                 masks: Ssbo::new(gl)?,
                 n_u: u.len(),
-                zeros: Vec::new(),
+                readback_bytes: 0,
+                readback_ns: 0,
                 ctx,
             };
             e.u.upload(&e.ctx.gl, bytes_of(u), 0);
             Ok(e)
         }
+    }
+
+    /// Clouds of `n` points per batch: a GPU wants thousands of invocations in flight, as many as
+    /// its memory allows (the fp64 points, and two batches of packed points); a software renderer
+    /// wants short dispatches.
+    pub fn batch_size(&self, n: usize) -> usize {
+        if self.ctx.software {
+            return SOFTWARE_BATCH;
+        }
+        let n = n.max(1);
+        // NVX_gpu_memory_info's available video memory (KiB), when the driver has it: use a quarter.
+        let avail = unsafe {
+            let kib = self.ctx.gl.get_parameter_i32(0x9049);
+            while self.ctx.gl.get_error() != glow::NO_ERROR {}
+            if kib > 0 {
+                kib as usize * 1024 / 4
+            } else {
+                2 << 30
+            }
+        };
+        let by_memory = avail / (n * (8 + 8 + 4 + 4));
+        let by_buffer = MAX_BUFFER / (n * 8);
+        by_memory.min(by_buffer).clamp(1, MAX_BATCH)
     }
 
     /// Runs the chaos game of every IFS (already weighted) for `n` points, the origin included.
@@ -406,12 +486,8 @@ impl GlEngine {
         self.chaos_games_with(ifss, n, Some(own_u))
     }
 
-    fn chaos_games_with(
-        &mut self,
-        ifss: &[Ifs],
-        n: usize,
-        own_u: Option<&[f64]>,
-    ) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
+    /// Uploads the maps of a batch and zeroes the chain state; the dispatches follow.
+    fn prepare_chaos(&mut self, ifss: &[Ifs], n: usize, own_u: Option<&[f64]>) -> Result<usize> {
         if let Some(u) = own_u {
             unsafe { self.u.upload(&self.ctx.gl, bytes_of(u), 0) };
             self.n_u = 0; // the shared sequence is gone
@@ -422,8 +498,10 @@ impl GlEngine {
             )));
         }
         let nc = ifss.len();
-        if nc == 0 || n == 0 {
-            return Ok(vec![(vec![], vec![]); nc]);
+        if nc * n * 8 > MAX_BUFFER {
+            return Err(Error::Other(format!(
+                "internal: {nc} clouds of {n} points exceed a GL buffer"
+            )));
         }
         let max_maps = ifss.iter().map(|f| f.maps.len()).max().unwrap_or(1).max(1);
         let mut maps = vec![0f64; nc * max_maps * 8];
@@ -452,27 +530,74 @@ impl GlEngine {
             self.chaos.set_u32(gl, "max_maps", max_maps as u32);
             self.chaos
                 .set_u32(gl, "u_stride", if own_u.is_some() { n as u32 } else { 0 });
-            let steps = (n - 1) as u32;
-            let chunk = if self.ctx.software {
-                (SOFTWARE_LOOP_BUDGET / (max_maps as u32 + 2)).max(1)
-            } else {
-                steps.max(1)
-            };
-            let mut k = 0;
-            loop {
-                // At least one dispatch: the first one also writes the origin.
-                let end = (k + chunk).min(steps);
+        }
+        Ok(max_maps)
+    }
+
+    /// Dispatches steps `[k, end)` of the prepared chaos game, in dispatches short enough for a
+    /// software renderer (llvmpipe stops an invocation after 65,535 loop iterations).
+    unsafe fn dispatch_steps(&self, nc: usize, max_maps: usize, k: u32, end: u32, first: bool) {
+        let chunk = if self.ctx.software {
+            (SOFTWARE_LOOP_BUDGET / (max_maps as u32 + 2)).max(1)
+        } else {
+            u32::MAX
+        };
+        let gl = &self.ctx.gl;
+        let mut k = k;
+        // At least one dispatch at the start: it also writes the origin.
+        let mut once = first;
+        while k < end || once {
+            once = false;
+            let e = end.min(k.saturating_add(chunk));
+            unsafe {
+                // The buffers of this chaos game (a raster may have rebound binding 0..5 since).
+                self.u.bind(gl, 0);
+                self.maps.bind(gl, 1);
+                self.nmaps.bind(gl, 2);
+                self.state.bind(gl, 3);
+                self.xs.bind(gl, 4);
+                self.ys.bind(gl, 5);
+                gl.use_program(Some(self.chaos.program));
                 self.chaos.set_u32(gl, "k_begin", k);
-                self.chaos.set_u32(gl, "k_end", end);
+                self.chaos.set_u32(gl, "k_end", e);
                 gl.dispatch_compute((nc as u32).div_ceil(32), 1, 1);
                 gl.memory_barrier(
                     glow::SHADER_STORAGE_BARRIER_BIT | glow::BUFFER_UPDATE_BARRIER_BIT,
                 );
-                k = end;
-                if k >= steps {
-                    break;
-                }
             }
+            k = e;
+        }
+    }
+
+    fn chaos_games_with(
+        &mut self,
+        ifss: &[Ifs],
+        n: usize,
+        own_u: Option<&[f64]>,
+    ) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
+        let nc = ifss.len();
+        if nc == 0 || n == 0 {
+            return Ok(vec![(vec![], vec![]); nc]);
+        }
+        let max_maps = self.prepare_chaos(ifss, n, own_u)?;
+        unsafe {
+            self.dispatch_steps(nc, max_maps, 0, (n - 1) as u32, true);
+            let (xs, ys) = self.read_points(nc, n)?;
+            Ok((0..nc)
+                .map(|c| {
+                    (
+                        xs[c * n..(c + 1) * n].to_vec(),
+                        ys[c * n..(c + 1) * n].to_vec(),
+                    )
+                })
+                .collect())
+        }
+    }
+
+    /// Copies the fp64 points of the last chaos game to the host (after waiting for it).
+    unsafe fn read_points(&mut self, nc: usize, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+        let gl = &self.ctx.gl;
+        unsafe {
             // Wait for the compute first, so that the copy below times the transfer alone.
             gl.finish();
             let t0 = std::time::Instant::now();
@@ -486,39 +611,224 @@ impl GlEngine {
                 gl,
                 std::slice::from_raw_parts_mut(ys.as_mut_ptr() as *mut u8, nc * n * 8),
             );
-            self.ring.readback_ns += t0.elapsed().as_nanos() as u64;
+            self.readback_ns += t0.elapsed().as_nanos() as u64;
+            self.readback_bytes += (nc * n * 16) as u64;
             check(gl, "chaos game")?;
-            Ok((0..nc)
-                .map(|c| {
-                    (
-                        xs[c * n..(c + 1) * n].to_vec(),
-                        ys[c * n..(c + 1) * n].to_vec(),
-                    )
-                })
-                .collect())
+            Ok((xs, ys))
         }
     }
 
-    /// Queues the instances of one cloud; their canvases come back from [`collect`](Self::collect)
-    /// with the given tags, once their readback has finished.
-    pub fn submit(&mut self, d: Draw, instances: &[u32], tags: &[usize]) -> Result<()> {
-        let cfg = d.cfg;
-        match self.method {
-            RasterMethod::Compute => self.raster_compute(d, instances, tags),
+    /// Starts the chaos game of a batch (IFSs already weighted) for `cfg.iterations` points; its
+    /// steps run in [`advance_clouds`](Self::advance_clouds) slices, interleaved with the raster of
+    /// the batch before, and [`end_clouds`](Self::end_clouds) finishes it and rescales.
+    pub fn begin_clouds(&mut self, ifss: &[Ifs], cfg: &RenderConfig) -> Result<()> {
+        if self.run.is_some() {
+            return Err(Error::Other(
+                "internal: a chaos game is already running".into(),
+            ));
+        }
+        let n = cfg.iterations;
+        let nc = ifss.len();
+        let max_maps = self.prepare_chaos(ifss, n, None)?;
+        let set = self.next_set;
+        self.next_set ^= 1;
+        unsafe { self.dispatch_steps(nc, max_maps, 0, 0, true) };
+        self.run = Some(ChaosRun {
+            nc,
+            n,
+            steps: (n - 1) as u32,
+            k: 0,
+            set,
+            max_maps,
+            cpu_counts: None,
+            fence: None,
+        });
+        Ok(())
+    }
+
+    /// Runs up to `steps` more steps of the running chaos game.
+    pub fn advance_clouds(&mut self, steps: u32) {
+        if let Some(r) = &self.run
+            && r.fence.is_none()
+            && r.k < r.steps
+        {
+            let (nc, mm, k) = (r.nc, r.max_maps, r.k);
+            let end = r.steps.min(k.saturating_add(steps.max(1)));
+            unsafe { self.dispatch_steps(nc, mm, k, end, false) };
+            self.run.as_mut().unwrap().k = end;
+        }
+    }
+
+    /// Finishes the running chaos game and queues the rescale (GPU), or reads the points back and
+    /// rescales them with the CPU engine's code (`cpu_rescale`).
+    pub fn end_clouds(&mut self, cfg: &RenderConfig) -> Result<()> {
+        let Some(r) = self.run.as_ref() else {
+            return Err(Error::Other("internal: no chaos game is running".into()));
+        };
+        let (nc, n, set, mm, k, steps) = (r.nc, r.n, r.set, r.max_maps, r.k, r.steps);
+        unsafe { self.dispatch_steps(nc, mm, k, steps, false) };
+        let gl = &self.ctx.gl;
+        if self.opts.cpu_rescale {
+            let (mut xs, mut ys) = unsafe { self.read_points(nc, n)? };
+            let counts = cpu_rescale(&mut xs, &mut ys, nc, n, cfg);
+            let gl = &self.ctx.gl;
+            let mut packed = vec![0u32; nc * n];
+            let mut out = Vec::with_capacity(nc);
+            for (c, cloud) in counts.into_iter().enumerate() {
+                out.push(cloud.map(|cl| {
+                    let p = pack_points(&cl);
+                    packed[c * n..c * n + p.len()].copy_from_slice(&p);
+                    p.len() as u32
+                }));
+            }
+            unsafe {
+                self.pts[set].upload(gl, bytes_of(&packed), 6);
+                check(gl, "points upload")?;
+            }
+            let r = self.run.as_mut().unwrap();
+            r.cpu_counts = Some(out);
+            r.k = steps;
+            return Ok(());
+        }
+        unsafe {
+            self.xs.bind(gl, 4);
+            self.ys.bind(gl, 5);
+            self.pts[set].reserve(gl, nc * n * 4, 6);
+            self.info[set].reserve(gl, nc * 16, 7);
+            let p = &self.rescale;
+            gl.use_program(Some(p.program));
+            p.set_u32(gl, "n_points", n as u32);
+            p.set_u32(gl, "width", cfg.width);
+            p.set_u32(gl, "height", cfg.height);
+            p.set_u32(gl, "pad_x", cfg.pad_x);
+            p.set_u32(gl, "pad_y", cfg.pad_y);
+            gl.dispatch_compute(nc as u32, 1, 1);
+            gl.memory_barrier(glow::SHADER_STORAGE_BARRIER_BIT | glow::BUFFER_UPDATE_BARRIER_BIT);
+            let fence = gl
+                .fence_sync(glow::SYNC_GPU_COMMANDS_COMPLETE, 0)
+                .map_err(Error::Other)?;
+            gl.flush();
+            check(gl, "rescale")?;
+            let r = self.run.as_mut().unwrap();
+            r.fence = Some(fence);
+            r.k = steps;
+        }
+        Ok(())
+    }
+
+    /// Rescales the given fp64 points (`n` per cloud) with glsl/rescale.comp and reads them back:
+    /// per cloud its packed points (x | y << 16) or its degenerate axis. For tests against the
+    /// CPU twin, `ifs::rescale`.
+    pub fn rescale_points(
+        &mut self,
+        xs: &[f64],
+        ys: &[f64],
+        n: usize,
+        cfg: &RenderConfig,
+    ) -> Result<Vec<std::result::Result<Vec<u32>, &'static str>>> {
+        let nc = xs.len() / n.max(1);
+        let gl = &self.ctx.gl;
+        unsafe {
+            self.xs.upload(gl, bytes_of(xs), 4);
+            self.ys.upload(gl, bytes_of(ys), 5);
+        }
+        self.run = Some(ChaosRun {
+            nc,
+            n,
+            steps: 0,
+            k: 0,
+            set: 0,
+            max_maps: 1,
+            cpu_counts: None,
+            fence: None,
+        });
+        self.end_clouds(cfg)?;
+        let (set, counts) = self.wait_clouds()?;
+        let gl = &self.ctx.gl;
+        let mut pts = vec![0u32; nc * n];
+        unsafe {
+            self.pts[set].read(
+                gl,
+                std::slice::from_raw_parts_mut(pts.as_mut_ptr() as *mut u8, nc * n * 4),
+            );
+        }
+        Ok(counts
+            .into_iter()
+            .enumerate()
+            .map(|(c, r)| r.map(|k| pts[c * n..c * n + k as usize].to_vec()))
+            .collect())
+    }
+
+    /// Waits for the batch begun last and returns its points buffer and per-cloud counts.
+    pub fn wait_clouds(&mut self) -> Result<(usize, BatchCounts)> {
+        let Some(mut r) = self.run.take() else {
+            return Err(Error::Other("internal: no chaos game is running".into()));
+        };
+        if let Some(c) = r.cpu_counts.take() {
+            return Ok((r.set, c));
+        }
+        let gl = &self.ctx.gl;
+        let fence = r
+            .fence
+            .ok_or_else(|| Error::Other("internal: end_clouds first".into()))?;
+        unsafe {
+            wait_fence(gl, fence)?;
+            let t0 = std::time::Instant::now();
+            let mut info = vec![0u32; r.nc * 4];
+            self.info[r.set].read(
+                gl,
+                std::slice::from_raw_parts_mut(info.as_mut_ptr() as *mut u8, r.nc * 16),
+            );
+            self.readback_ns += t0.elapsed().as_nanos() as u64;
+            self.readback_bytes += (r.nc * 16) as u64;
+            Ok((
+                r.set,
+                info.chunks(4)
+                    .map(|i| match i[2] {
+                        1 => Err("x"),
+                        2 => Err("y"),
+                        _ => Ok(i[0]),
+                    })
+                    .collect(),
+            ))
+        }
+    }
+
+    /// Queues the canvases of a group of clouds of batch `set` (at most [`MAX_GROUP`] clouds; with
+    /// the compute raster at most [`MAX_GROUP_CANVASES`] canvases, unless it is one cloud); they come
+    /// back from [`collect`](Self::collect) with the given tags, one per canvas in order.
+    pub fn raster(
+        &mut self,
+        set: usize,
+        group: &[GroupCloud],
+        cfg: &RenderConfig,
+        tags: &[usize],
+    ) -> Result<()> {
+        match self.opts.raster {
+            RasterMethod::Compute => self.raster_compute(set, group, cfg, tags),
             RasterMethod::Points => {
                 let per = MAX_INSTANCES_PER_DRAW
                     .min((self.max_texture / (cfg.width as usize + GUARD)).max(1));
-                for (chunk, tchunk) in instances.chunks(per).zip(tags.chunks(per)) {
-                    self.raster_points(d, chunk, tchunk)?;
+                let mut t = tags;
+                for g in group {
+                    let (mine, rest) = t.split_at(g.instances.len());
+                    t = rest;
+                    for (chunk, tchunk) in g.instances.chunks(per).zip(mine.chunks(per)) {
+                        self.raster_points(set, g, chunk, cfg, tchunk)?;
+                    }
                 }
                 Ok(())
             }
         }
     }
 
-    /// Nanoseconds spent copying results to the host since the last call.
-    pub fn take_readback_ns(&mut self) -> u64 {
-        std::mem::take(&mut self.ring.readback_ns)
+    /// Nanoseconds and bytes of device-to-host copies since the last call.
+    pub fn take_readback(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.ring.readback_ns) + std::mem::take(&mut self.readback_ns),
+            std::mem::take(&mut self.ring.readback_bytes)
+                + std::mem::take(&mut self.readback_bytes),
+        )
     }
 
     /// Canvases whose readback has finished (all queued ones with `wait`), with their tags.
@@ -526,19 +836,33 @@ impl GlEngine {
         unsafe { self.ring.collect(&self.ctx.gl, wait) }
     }
 
+    /// The masks buffer of a draw: counter keys need none; CPython masks are drawn here.
+    fn python_masks(cfg: &RenderConfig, count: u32, instances: &[u32]) -> Option<Vec<u32>> {
+        match cfg.masks {
+            MaskRng::Counter { .. } => None,
+            MaskRng::Python { seed } => Some(
+                instances
+                    .iter()
+                    .flat_map(|&i| super::python_masks(seed, i, count as usize))
+                    .collect(),
+            ),
+        }
+    }
+
     /// GL_POINTS, one instanced draw for up to 64 instances side by side in an R8UI atlas.
-    fn raster_points(&mut self, d: Draw, instances: &[u32], tags: &[usize]) -> Result<()> {
-        let Draw {
-            cloud,
-            cfg,
-            class_key,
-            row,
-        } = d;
+    fn raster_points(
+        &mut self,
+        set: usize,
+        g: &GroupCloud,
+        instances: &[u32],
+        cfg: &RenderConfig,
+        tags: &[usize],
+    ) -> Result<()> {
         let (w, h) = (cfg.width as usize, cfg.height as usize);
-        let n = cloud.xs.len();
+        let n = g.count as usize;
         let region_w = w + GUARD;
         let (aw, ah) = (region_w * instances.len(), h + GUARD);
-        let pts = pack_points(cloud);
+        let masks = Self::python_masks(cfg, g.count, instances);
         let gl = &self.ctx.gl;
         unsafe {
             if !matches!(self.atlas, Some((_, tw, th)) if tw >= aw && th >= ah) {
@@ -572,21 +896,22 @@ impl GlEngine {
             gl.disable(glow::BLEND);
             gl.disable(glow::DEPTH_TEST);
             gl.clear_buffer_u32_slice(glow::COLOR, 0, &[0, 0, 0, 0]);
-            self.pts.upload(gl, bytes_of(&pts), 0);
+            self.pts[set].bind(gl, 0);
             let p = &self.points;
             gl.use_program(Some(p.program));
+            p.set_u32(gl, "pt_base", (g.index * self.pts_stride(cfg)) as u32);
             p.set_u32(gl, "patch_mode", cfg.mode.is_patch() as u32);
             p.set_u32(gl, "region_w", region_w as u32);
             p.set_u32(gl, "atlas_w", tw as u32);
             p.set_u32(gl, "atlas_h", th as u32);
             p.set_u32(gl, "n_points", n as u32);
             p.set_u32(gl, "color_mode", cfg.mode.is_color() as u32);
-            match cfg.masks {
-                MaskRng::Counter { seed } => {
+            match (&masks, cfg.masks) {
+                (None, MaskRng::Counter { seed }) => {
                     let keys: Vec<u32> = instances
                         .iter()
                         .flat_map(|&i| {
-                            let k = MaskKey::new(seed, class_key, row, i);
+                            let k = MaskKey::new(seed, g.class_key, g.row, i);
                             [k.k0, k.k1]
                         })
                         .collect();
@@ -595,12 +920,9 @@ impl GlEngine {
                     p.set_u32(gl, "python_masks", 0);
                     self.masks.reserve(gl, 4, 3);
                 }
-                MaskRng::Python { seed } => {
-                    let m: Vec<u32> = instances
-                        .iter()
-                        .flat_map(|&i| super::python_masks(seed, i, n))
-                        .collect();
-                    self.masks.upload(gl, bytes_of(&m), 3);
+                (m, _) => {
+                    self.masks
+                        .upload(gl, bytes_of(m.as_deref().unwrap_or(&[0])), 3);
                     p.set_u32(gl, "python_masks", 1);
                 }
             }
@@ -636,110 +958,177 @@ impl GlEngine {
         }
     }
 
-    /// Compute raster: splat once per cloud, resolve per instance.
-    fn raster_compute(&mut self, d: Draw, instances: &[u32], tags: &[usize]) -> Result<()> {
-        let Draw {
-            cloud,
-            cfg,
-            class_key,
-            row,
-        } = d;
+    /// Points per cloud in the packed points buffers.
+    fn pts_stride(&self, cfg: &RenderConfig) -> usize {
+        cfg.iterations
+    }
+
+    /// Compute raster of a group: one clear, one splat for all its clouds, one resolve per
+    /// [`MAX_GROUP_CANVASES`] canvases, each resolve writing straight into a readback slot.
+    fn raster_compute(
+        &mut self,
+        set: usize,
+        group: &[GroupCloud],
+        cfg: &RenderConfig,
+        tags: &[usize],
+    ) -> Result<()> {
+        if group.is_empty() {
+            return Ok(());
+        }
+        if group.len() > MAX_GROUP {
+            return Err(Error::Other("internal: raster group too large".into()));
+        }
         let (w, h) = (cfg.width as usize, cfg.height as usize);
-        let n = cloud.xs.len();
-        let pts = pack_points(cloud);
+        let words = (w * h).div_ceil(4);
         let patch = cfg.mode.is_patch() as u32;
+        let stride = self.pts_stride(cfg);
+        let clouds: Vec<u32> = group
+            .iter()
+            .flat_map(|g| [(g.index * stride) as u32, g.count])
+            .collect();
+        let max_n = group.iter().map(|g| g.count).max().unwrap_or(0);
+        // Every canvas of the group: (cloud in group, k0, k1, first CPython mask), and the masks.
+        let mut canvases: Vec<[u32; 4]> = Vec::new();
+        let mut masks: Vec<u32> = Vec::new();
+        for (z, g) in group.iter().enumerate() {
+            for &inst in g.instances {
+                match cfg.masks {
+                    MaskRng::Counter { seed } => {
+                        let k = MaskKey::new(seed, g.class_key, g.row, inst);
+                        canvases.push([z as u32, k.k0, k.k1, 0]);
+                    }
+                    MaskRng::Python { seed } => {
+                        canvases.push([z as u32, 0, 0, masks.len() as u32]);
+                        masks.extend(super::python_masks(seed, inst, g.count as usize));
+                    }
+                }
+            }
+        }
         let gl = &self.ctx.gl;
         unsafe {
-            self.pts.upload(gl, bytes_of(&pts), 0);
-            self.winner.zero(gl, w * h * 4, 1, &mut self.zeros);
-            gl.use_program(Some(self.splat.program));
-            self.splat.set_u32(gl, "n_points", n as u32);
-            self.splat.set_u32(gl, "width", w as u32);
-            self.splat.set_u32(gl, "height", h as u32);
-            self.splat.set_u32(gl, "patch_mode", patch);
-            if n > 0 {
-                gl.dispatch_compute((n as u32).div_ceil(256), 1, 1);
+            self.pts[set].bind(gl, 0);
+            let cells = group.len() * w * h;
+            self.winner.reserve(gl, cells * 4, 1);
+            gl.use_program(Some(self.clear.program));
+            self.clear.set_u32(gl, "count", cells as u32);
+            gl.dispatch_compute((cells as u32).div_ceil(256), 1, 1);
+            gl.memory_barrier(glow::SHADER_STORAGE_BARRIER_BIT);
+            let sp = &self.splat;
+            gl.use_program(Some(sp.program));
+            sp.set_u32(gl, "width", w as u32);
+            sp.set_u32(gl, "height", h as u32);
+            sp.set_u32(gl, "patch_mode", patch);
+            let loc = gl.get_uniform_location(sp.program, "clouds");
+            gl.uniform_2_u32_slice(loc.as_ref(), &clouds);
+            if max_n > 0 {
+                gl.dispatch_compute(max_n.div_ceil(256), group.len() as u32, 1);
             }
             gl.memory_barrier(glow::SHADER_STORAGE_BARRIER_BIT);
-            let words = (w * h).div_ceil(4);
-            gl.use_program(Some(self.resolve.program));
-            self.resolve.set_u32(gl, "width", w as u32);
-            self.resolve.set_u32(gl, "height", h as u32);
-            self.resolve.set_u32(gl, "patch_mode", patch);
-            self.resolve
-                .set_u32(gl, "color_mode", cfg.mode.is_color() as u32);
-            for (&inst, &tag) in instances.iter().zip(tags) {
-                // The resolve writes straight into a readback slot.
-                let slot = self.ring.acquire(gl, words * 4)?;
+            if masks.is_empty() {
+                self.masks.reserve(gl, 4, 3);
+            } else {
+                self.masks.upload(gl, bytes_of(&masks), 3);
+            }
+            let rp = &self.resolve;
+            gl.use_program(Some(rp.program));
+            rp.set_u32(gl, "width", w as u32);
+            rp.set_u32(gl, "height", h as u32);
+            rp.set_u32(gl, "patch_mode", patch);
+            rp.set_u32(gl, "words", words as u32);
+            rp.set_u32(gl, "color_mode", cfg.mode.is_color() as u32);
+            rp.set_u32(gl, "python_masks", (!masks.is_empty()) as u32);
+            let loc = gl.get_uniform_location(rp.program, "clouds");
+            gl.uniform_2_u32_slice(loc.as_ref(), &clouds);
+            for (chunk, tchunk) in canvases
+                .chunks(MAX_GROUP_CANVASES)
+                .zip(tags.chunks(MAX_GROUP_CANVASES))
+            {
+                let bytes = chunk.len() * words * 4;
+                let slot = self.ring.acquire(gl, bytes)?;
                 gl.bind_buffer_base(
                     glow::SHADER_STORAGE_BUFFER,
                     2,
                     Some(self.ring.slots[slot].0),
                 );
-                match cfg.masks {
-                    MaskRng::Counter { seed } => {
-                        let k = MaskKey::new(seed, class_key, row, inst);
-                        gl.use_program(Some(self.resolve.program));
-                        self.resolve.set_u32(gl, "python_masks", 0);
-                        self.resolve.set_u32(gl, "mask_k0", k.k0);
-                        self.resolve.set_u32(gl, "mask_k1", k.k1);
-                        self.masks.reserve(gl, 4, 3);
-                    }
-                    MaskRng::Python { seed } => {
-                        let m = super::python_masks(seed, inst, n);
-                        self.masks.upload(gl, bytes_of(&m), 3);
-                        gl.use_program(Some(self.resolve.program));
-                        self.resolve.set_u32(gl, "python_masks", 1);
-                    }
-                }
                 gl.use_program(Some(self.resolve.program));
-                gl.dispatch_compute((words as u32).div_ceil(256), 1, 1);
+                let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
+                let loc = gl.get_uniform_location(self.resolve.program, "canvases");
+                gl.uniform_4_u32_slice(loc.as_ref(), &flat);
+                gl.dispatch_compute((words as u32).div_ceil(256), chunk.len() as u32, 1);
                 gl.memory_barrier(
                     glow::SHADER_STORAGE_BARRIER_BIT | glow::BUFFER_UPDATE_BARRIER_BIT,
                 );
-                self.ring
-                    .push(gl, slot, words * 4, Layout::Packed { w, h }, vec![tag])?;
+                self.ring.push(
+                    gl,
+                    slot,
+                    bytes,
+                    Layout::Packed {
+                        w,
+                        h,
+                        stride: words * 4,
+                    },
+                    tchunk.to_vec(),
+                )?;
             }
             check(gl, "raster")?;
         }
         Ok(())
     }
+}
 
-    /// Chaos game on the GPU, rescale on the CPU (the same code as the CPU engine).
-    pub fn clouds(
-        &mut self,
-        ifss: &[Ifs],
-        cfg: &RenderConfig,
-    ) -> Result<Vec<std::result::Result<Cloud, &'static str>>> {
-        let mut pts = self.chaos_games(ifss, cfg.iterations)?;
-        // The rescale is sequential per cloud: spread the clouds over the cores, in order.
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(pts.len())
-            .max(1);
-        let per = pts.len().div_ceil(threads).max(1);
-        let mut out: Vec<std::result::Result<Cloud, &'static str>> = Vec::with_capacity(pts.len());
-        std::thread::scope(|s| {
-            let handles: Vec<_> = pts
-                .chunks_mut(per)
-                .map(|chunk| {
-                    s.spawn(move || {
-                        chunk
-                            .iter_mut()
-                            .map(|(xs, ys)| {
-                                let mut c = Cloud::default();
-                                cpu::cloud_from_points(xs, ys, cfg, &mut c).map(|_| c)
-                            })
-                            .collect::<Vec<_>>()
-                    })
+/// The CPU rescale of a batch's fp64 points (the CPU engine's code, on all cores, in order).
+fn cpu_rescale(
+    xs: &mut [f64],
+    ys: &mut [f64],
+    nc: usize,
+    n: usize,
+    cfg: &RenderConfig,
+) -> Vec<std::result::Result<Cloud, &'static str>> {
+    let mut pts: Vec<(&mut [f64], &mut [f64])> = xs.chunks_mut(n).zip(ys.chunks_mut(n)).collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(nc)
+        .max(1);
+    let per = nc.div_ceil(threads).max(1);
+    let mut out = Vec::with_capacity(nc);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = pts
+            .chunks_mut(per)
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .iter_mut()
+                        .map(|(x, y)| {
+                            let (mut x, mut y) = (x.to_vec(), y.to_vec());
+                            let mut c = Cloud::default();
+                            cpu::cloud_from_points(&mut x, &mut y, cfg, &mut c).map(|_| c)
+                        })
+                        .collect::<Vec<_>>()
                 })
-                .collect();
-            for h in handles {
-                out.extend(h.join().expect("rescale thread"));
+            })
+            .collect();
+        for h in handles {
+            out.extend(h.join().expect("rescale thread"));
+        }
+    });
+    out
+}
+
+/// Blocks until a fence has signalled, then deletes it.
+unsafe fn wait_fence(gl: &glow::Context, fence: glow::Fence) -> Result<()> {
+    unsafe {
+        loop {
+            let r = gl.client_wait_sync(fence, glow::SYNC_FLUSH_COMMANDS_BIT, 1_000_000_000);
+            if r == glow::ALREADY_SIGNALED || r == glow::CONDITION_SATISFIED {
+                break;
             }
-        });
-        Ok(out)
+            if r == glow::WAIT_FAILED {
+                return Err(Error::Other("GL: waiting for a fence failed".into()));
+            }
+        }
+        gl.delete_sync(fence);
     }
+    Ok(())
 }
 
 unsafe fn check(gl: &glow::Context, what: &str) -> Result<()> {

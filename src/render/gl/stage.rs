@@ -1,8 +1,13 @@
 //! The GL engine as a render stage: one per GPU and run, owning its context for the whole run.
+//!
+//! Clouds come in device-sized batches. While batch k is rastered (groups of clouds, each group one
+//! splat and one resolve into a fenced readback slot), the chaos game of batch k+1 advances a slice
+//! after each group, so the device always has work queued and the readbacks keep flowing; only the
+//! small per-cloud info of a batch is waited for, once the batch is done.
 
-use super::{Draw, GlEngine, GlOptions};
+use super::{GlEngine, GlOptions, GroupCloud, MAX_GROUP, MAX_GROUP_CANVASES};
 use crate::error::Result;
-use crate::render::{Canvas, Feed, Stage, StageContext, StageStats, cpu};
+use crate::render::{Canvas, Feed, MaskRng, Stage, StageContext, StageStats, Unit, cpu};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -14,12 +19,16 @@ pub struct GlStage<'a> {
 impl<'a> GlStage<'a> {
     /// Opens the device, compiles the shaders and uploads the chaos sequence: once per run.
     pub fn new(ctx: StageContext<'a>, choice: super::egl::Choice, opts: GlOptions) -> Result<Self> {
-        let engine = GlEngine::new(choice, ctx.u, opts.raster)?;
+        let engine = GlEngine::new(choice, ctx.u, opts)?;
         let c = &engine.ctx;
         if !ctx.quiet {
             eprintln!(
-                "backend gl: {} -> {} ({}), raster {:?}",
-                c.device, c.renderer, c.version, opts.raster
+                "backend gl: {} -> {} ({}), raster {:?}, rescale {}",
+                c.device,
+                c.renderer,
+                c.version,
+                opts.raster,
+                if opts.cpu_rescale { "cpu" } else { "gpu" }
             );
             if c.software {
                 eprintln!(
@@ -31,75 +40,131 @@ impl<'a> GlStage<'a> {
         }
         Ok(GlStage { ctx, engine })
     }
+
+    fn begin(&mut self, units: &[(u64, Unit)]) -> Result<()> {
+        let ctx = self.ctx;
+        let ifss: Vec<_> = units
+            .iter()
+            .map(|(_, u)| {
+                ctx.plan.classes[u.class as usize]
+                    .ifs
+                    .weighted(&ctx.plan.weights[u.row as usize])
+            })
+            .collect();
+        self.engine.begin_clouds(&ifss, ctx.cfg)
+    }
 }
 
-/// Clouds per chaos-game dispatch: a GPU wants many invocations in flight; a software renderer wants
-/// short dispatches.
-const GL_BATCH: usize = 128;
-const GL_BATCH_SOFTWARE: usize = 32;
+/// Hands finished canvases to the feed; false when the run is stopping.
+fn forward(done: Vec<(usize, Vec<u8>)>, tags: &[(u64, usize)], feed: &mut dyn Feed) -> bool {
+    for (tag, pixels) in done {
+        let (unit, slot) = tags[tag];
+        if !feed.emit(Canvas { unit, slot, pixels }) {
+            return false;
+        }
+    }
+    true
+}
 
 impl Stage for GlStage<'_> {
     fn run(&mut self, feed: &mut dyn Feed) -> Result<()> {
         let ctx = self.ctx;
-        let engine = &mut self.engine;
-        // Canvases come back asynchronously (a ring of fenced readbacks), tagged with (unit, slot).
-        let mut tags: Vec<(u64, usize)> = Vec::new();
-        let forward = |done: Vec<(usize, Vec<u8>)>, tags: &[(u64, usize)], feed: &mut dyn Feed| {
-            for (tag, pixels) in done {
-                let (unit, slot) = tags[tag];
-                if !feed.emit(Canvas { unit, slot, pixels }) {
-                    return false;
+        let size = self.engine.batch_size(ctx.cfg.iterations);
+        // CPython masks are drawn on the CPU per canvas and uploaded: keep their groups small.
+        let max_canvases = match ctx.cfg.masks {
+            MaskRng::Python { .. } => 8,
+            MaskRng::Counter { .. } => MAX_GROUP_CANVASES,
+        };
+        let mut cur = feed.claim(size);
+        if let Some(units) = &cur {
+            self.begin(units)?;
+            self.engine.end_clouds(ctx.cfg)?;
+        }
+        let mut stopped = false;
+        while let Some(units) = cur.take() {
+            let t0 = Instant::now();
+            let (set, counts) = self.engine.wait_clouds()?;
+            StageStats::add(&ctx.stats.chaos_ns, t0);
+            for ((_, unit), c) in units.iter().zip(&counts) {
+                if let Err(axis) = c {
+                    let class = &ctx.plan.classes[unit.class as usize];
+                    return Err(cpu::degenerate_error(&class.path, unit.row as usize, axis));
                 }
             }
-            true
-        };
-        let size = if engine.ctx.software {
-            GL_BATCH_SOFTWARE
-        } else {
-            GL_BATCH
-        };
-        while let Some(batch) = feed.claim(size) {
+            ctx.stats
+                .clouds
+                .fetch_add(units.len() as u64, Ordering::Relaxed);
+            // The next batch's chaos game starts now and advances between this batch's groups.
+            let next = if stopped { None } else { feed.claim(size) };
+            if let Some(n) = &next {
+                self.begin(n)?;
+            }
             let t0 = Instant::now();
-            let ifss: Vec<_> = batch
-                .iter()
-                .map(|(_, u)| {
-                    ctx.plan.classes[u.class as usize]
-                        .ifs
-                        .weighted(&ctx.plan.weights[u.row as usize])
-                })
-                .collect();
-            let clouds = engine.clouds(&ifss, ctx.cfg)?;
-            StageStats::add(&ctx.stats.chaos_ns, t0);
-            for ((id, unit), cloud) in batch.iter().zip(clouds) {
-                let class = &ctx.plan.classes[unit.class as usize];
-                let cloud = cloud
-                    .map_err(|axis| cpu::degenerate_error(&class.path, unit.row as usize, axis))?;
-                ctx.stats.clouds.fetch_add(1, Ordering::Relaxed);
-                let t0 = Instant::now();
-                let first = tags.len();
-                tags.extend((0..unit.instances.len()).map(|s| (*id, s)));
-                let ts: Vec<usize> = (first..tags.len()).collect();
-                let draw = Draw {
-                    cloud: &cloud,
-                    cfg: ctx.cfg,
-                    class_key: class.key,
-                    row: unit.row,
-                };
-                engine.submit(draw, &unit.instances, &ts)?;
-                let done = engine.collect(false)?;
-                StageStats::add(&ctx.stats.raster_ns, t0);
-                if !forward(done, &tags, feed) {
-                    return Ok(());
+            // Groups: up to MAX_GROUP clouds and max_canvases canvases (a larger cloud alone).
+            let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+            let mut start = 0;
+            let mut canvases = 0;
+            for (i, (_, u)) in units.iter().enumerate() {
+                let k = u.instances.len();
+                if i > start && (i - start >= MAX_GROUP || canvases + k > max_canvases) {
+                    groups.push(start..i);
+                    start = i;
+                    canvases = 0;
                 }
+                canvases += k;
+            }
+            groups.push(start..units.len());
+            let steps = ctx.cfg.iterations.saturating_sub(1) as u32;
+            let slice = steps.div_ceil(groups.len() as u32).max(1);
+            let mut tags: Vec<(u64, usize)> = Vec::new();
+            for range in groups {
+                let mut group = Vec::with_capacity(range.len());
+                let mut gtags = Vec::new();
+                for i in range {
+                    let (id, unit) = &units[i];
+                    let class = &ctx.plan.classes[unit.class as usize];
+                    group.push(GroupCloud {
+                        index: i,
+                        count: *counts[i].as_ref().unwrap(),
+                        class_key: class.key,
+                        row: unit.row,
+                        instances: &unit.instances,
+                    });
+                    for s in 0..unit.instances.len() {
+                        gtags.push(tags.len());
+                        tags.push((*id, s));
+                    }
+                }
+                self.engine.raster(set, &group, ctx.cfg, &gtags)?;
+                if next.is_some() {
+                    self.engine.advance_clouds(slice);
+                }
+                let done = self.engine.collect(false)?;
+                if !forward(done, &tags, feed) {
+                    stopped = true;
+                    break;
+                }
+            }
+            if next.is_some() {
+                self.engine.end_clouds(ctx.cfg)?;
+            }
+            // This batch's canvases were queued before the rest of the next chaos game: take them all.
+            let done = self.engine.collect(true)?;
+            if !stopped && !forward(done, &tags, feed) {
+                stopped = true;
+            }
+            StageStats::add(&ctx.stats.raster_ns, t0);
+            cur = next;
+            if stopped {
+                if cur.is_some() {
+                    self.engine.wait_clouds()?;
+                }
+                break;
             }
         }
-        let t0 = Instant::now();
-        let done = engine.collect(true)?;
-        StageStats::add(&ctx.stats.raster_ns, t0);
-        forward(done, &tags, feed);
-        ctx.stats
-            .readback_ns
-            .fetch_add(engine.take_readback_ns(), Ordering::Relaxed);
+        let (ns, bytes) = self.engine.take_readback();
+        ctx.stats.readback_ns.fetch_add(ns, Ordering::Relaxed);
+        ctx.stats.readback_bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
     }
 }
