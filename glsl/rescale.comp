@@ -176,7 +176,7 @@ void main() {
     }
     // Ranks after the y cut, and each axis' min/max over the points left.
     uint k2 = 0u;
-    const double inf = packDouble2x32(uvec2(0u, 0x7ff00000u));
+    double inf = packDouble2x32(uvec2(0u, 0x7ff00000u));
     double lx = inf, hx = -inf, ly = inf, hy = -inf;
     {
         uint r = base1;

@@ -3,14 +3,22 @@
 # elsewhere and carried along, plus .gl/ from scripts/fetch-gl-debs.sh):
 #   1. unpack the glvnd EGL loader if the machine lacks libEGL.so.1, point glvnd at the NVIDIA vendor JSON;
 #   2. `fractaldb devices`;
-#   3. parity: GPU search == CPU search, and GL renders (both raster paths) == CPU renders, byte for byte;
-#   4. throughput: `fractaldb bench --backend cpu,gl` at FractalDB-1k settings (JSON + SVG).
-# Results go to $OUT (or ./gpu-check-out). Works on Mesa too (then the GL figures are llvmpipe's).
+#   3. parity: GPU search == CPU search; GL renders (both raster paths, GPU and CPU rescale) == CPU renders;
+#      GL shards == CPU shards at 100 shards; byte for byte;
+#   4. throughput: `fractaldb bench --backend cpu,gl` at FractalDB-1k settings (100 shards, folder beside),
+#      then the GL rows alone on more classes (the steady state: several device-sized batches).
+# Results go to $OUT (or ./gpu-check-out), each step's as soon as it ends. Works on Mesa too (then the GL
+# figures are llvmpipe's). Sizes: GPU_CHECK_CLASSES (parity and the first bench), GPU_CHECK_GL_CLASSES,
+# GPU_CHECK_ITER, GPU_CHECK_SIZE, GPU_CHECK_REPEAT.
 set -euo pipefail
 out=${OUT:-gpu-check-out}
 mkdir -p "$out"
 bin=${FRACTALDB_BIN:-./target/release/fractaldb}
 classes=${GPU_CHECK_CLASSES:-8}
+gl_classes=${GPU_CHECK_GL_CLASSES:-64}
+iter=${GPU_CHECK_ITER:-200000}
+size=${GPU_CHECK_SIZE:-362}
+repeat=${GPU_CHECK_REPEAT:-2}
 if ! ldconfig -p | grep -q 'libEGL.so.1 ' && ls .gl/*.deb >/dev/null 2>&1; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done
   ldconfig
@@ -32,19 +40,29 @@ echo "== parity" | tee "$out/parity.txt"
 "$bin" search --categories "$classes" --backend gl --out "$work/gl-search" 2>&1 | grep -E 'chaos games on' | tee -a "$out/parity.txt"
 diff -r "$work/cpu-search" "$work/gl-search" && echo "search: GPU == CPU for $classes classes" | tee -a "$out/parity.txt"
 load="$work/cpu-search/csv_rate0.2_category$classes"
-common=(render -q --load-root "$load" --instance 2 --image-size-x 362 --image-size-y 362 --iteration 200000)
-"$bin" "${common[@]}" --backend cpu --out "$work/r-cpu"
-for r in compute points; do
-  "$bin" "${common[@]}" --backend gl --raster "$r" --out "$work/r-gl-$r"
-  if diff -r -q "$work/r-cpu" "$work/r-gl-$r" >/dev/null; then
-    echo "render ($r): GPU == CPU, $(find "$work/r-cpu" -name '*.png' | wc -l) images identical" | tee -a "$out/parity.txt"
+common=(render --load-root "$load" --instance 2 --image-size-x "$size" --image-size-y "$size" --iteration "$iter")
+"$bin" "${common[@]}" -q --backend cpu --out "$work/r-cpu"
+same() { # name dir-a dir-b
+  if diff -r -q "$2" "$3" >/dev/null; then
+    echo "$1: GPU == CPU, $(find "$2" -name '*.png' -o -name '*.tar' | wc -l) files identical" | tee -a "$out/parity.txt"
   else
-    n=$(diff -r -q "$work/r-cpu" "$work/r-gl-$r" | wc -l)
-    echo "render ($r): $n files DIFFER" | tee -a "$out/parity.txt"
+    echo "$1: $(diff -r -q "$2" "$3" | wc -l) files DIFFER" | tee -a "$out/parity.txt"
   fi
+}
+for v in "compute gpu" "points gpu" "compute cpu"; do
+  set -- $v
+  "$bin" "${common[@]}" --backend gl --raster "$1" --rescale "$2" --out "$work/r-gl-$1-$2" 2>&1 | grep -E '^(backend|done)' | tee -a "$out/parity.txt"
+  same "render ($1 raster, $2 rescale)" "$work/r-cpu" "$work/r-gl-$1-$2"
 done
+per=$(( (classes * 25 * 2 * 4 + 99) / 100 ))
+"$bin" "${common[@]}" -q --backend cpu --format wds --samples-per-shard "$per" --out "$work/w-cpu"
+"$bin" "${common[@]}" --backend gl --format wds --samples-per-shard "$per" --out "$work/w-gl" 2>&1 | grep -E '^done' | tee -a "$out/parity.txt"
+same "shards ($per per shard)" "$work/w-cpu" "$work/w-gl"
 
 echo "== throughput"
-"$bin" bench --backend cpu,gl --classes "$classes" --json --plot "$out/bench.svg" > "$out/bench.json"
-"$bin" bench --backend gl --classes "$classes" --format wds --repeat 2 | tee "$out/bench.txt"
+bargs=(--image-size "$size" --iteration "$iter" --repeat "$repeat")
+"$bin" bench --backend cpu,gl --classes "$classes" "${bargs[@]}" --json --plot "$out/bench.svg" > "$out/bench.json" 2> "$out/bench.txt"
+cat "$out/bench.txt"
+"$bin" bench --backend gl --classes "$gl_classes" "${bargs[@]}" --repeat 1 --json --plot "$out/bench-gl.svg" > "$out/bench-gl.json" 2> "$out/bench-gl.txt"
+cat "$out/bench-gl.txt"
 echo "results in $out"

@@ -34,9 +34,16 @@ pub struct BenchArgs {
     pub instance: u32,
     #[arg(long = "weight-csv", default_value = "builtin:0.4")]
     pub weight_csv: String,
-    /// Output format written during the run: wds or folder.
-    #[arg(long, default_value = "wds")]
-    pub format: Format,
+    /// Shards of the WebDataset run: the default keeps FractalDB-1k's 100 shards whatever the class
+    /// count, so each shard mixes the classes as at full scale (folder output is measured beside it)
+    #[arg(long, default_value_t = 100)]
+    pub shards: u64,
+    /// Samples per shard instead of --shards (e.g. 10000, the render default)
+    #[arg(long)]
+    pub samples_per_shard: Option<u64>,
+    /// CPU rows: `all` (1 thread and all threads) or `threads` (all threads only)
+    #[arg(long, default_value = "all")]
+    pub cpu_rows: String,
     #[arg(long, default_value_t = 1)]
     pub png_level: u8,
     /// Timed repetitions per backend (after one warm-up).
@@ -45,7 +52,7 @@ pub struct BenchArgs {
     /// Threads of the "all threads" CPU run (default: all cores).
     #[arg(long, short = 'j')]
     pub threads: Option<usize>,
-    /// Print JSON instead of a table.
+    /// Print JSON (the table goes to stderr).
     #[arg(long)]
     pub json: bool,
     /// Also write an SVG bar chart of images/s by backend and stage.
@@ -76,16 +83,28 @@ impl Rate {
 
 /// One backend's figures. Stage rates are images/s of one thread of that stage (thread-seconds;
 /// `readback`, GL rows only, is the device-to-host copy time alone, also counted inside `raster`);
-/// `end_to_end` is images/s of wall time; `per_core` is images per CPU-second of the whole process.
+/// `end_to_end` is images/s of wall time writing WebDataset shards, `end_to_end_folder` the same
+/// workload written as the original's folders, in the same repetitions; `per_core` is images per
+/// CPU-second of the whole process (shards). `clouds_per_image` counts chaos games (1/40 at
+/// FractalDB-1k settings when each cloud is computed once), `readback_bytes_per_image` the bytes
+/// copied from the device, and `peak_rss_bytes` the process's high-water mark during this backend's
+/// runs.
 #[derive(Serialize, Debug, Clone)]
 pub struct BackendResult {
     pub backend: String,
     pub device: String,
     pub threads: usize,
     pub images: u64,
+    pub shards: u64,
     pub stages: std::collections::BTreeMap<String, Rate>,
     pub end_to_end: Rate,
+    pub end_to_end_folder: Rate,
+    /// Median wds end to end over median folder end to end.
+    pub wds_over_folder: f64,
     pub per_core: Rate,
+    pub clouds_per_image: f64,
+    pub readback_bytes_per_image: f64,
+    pub peak_rss_bytes: u64,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -115,6 +134,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         crate::fsutil::write_atomic(p, svg(&report).as_bytes(), false)?;
     }
     if a.json {
+        // The table too, on stderr, so that one run gives both.
+        eprint!("{}", table(&report));
         println!(
             "{}",
             serde_json::to_string_pretty(&report).map_err(|e| Error::Other(e.to_string()))?
@@ -206,8 +227,13 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
     use crate::render::gl::GlOptions;
     use crate::render::gl::RasterMethod;
     let mut variants: Vec<(String, Backend, usize, String)> = Vec::new();
+    if !matches!(a.cpu_rows.as_str(), "all" | "threads") {
+        return Err(Error::flag("--cpu-rows", "expected all or threads"));
+    }
     if want_cpu {
-        variants.push(("cpu-1t".into(), Backend::Cpu, 1, cpu_name()));
+        if a.cpu_rows == "all" || all == 1 {
+            variants.push(("cpu-1t".into(), Backend::Cpu, 1, cpu_name()));
+        }
         if all > 1 {
             variants.push((format!("cpu-{all}t"), Backend::Cpu, all, cpu_name()));
         }
@@ -231,49 +257,71 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
             ));
         }
     }
+    let total = {
+        let classes = crate::plan::discover_classes(&load_root)?.len() as u64;
+        let rows = crate::ifs::load_weights(&a.weight_csv)?.len() as u64;
+        classes * rows * cfg.instances(a.instance) as u64 * crate::plan::FLIPS
+    };
+    let per_shard = match a.samples_per_shard {
+        Some(p) => p.max(1),
+        None => total.div_ceil(a.shards.max(1)).max(1),
+    };
     for (name, backend, t, device) in variants {
         let mut runs: Vec<Summary> = Vec::new();
+        let mut folder_runs: Vec<Summary> = Vec::new();
+        reset_peak_rss();
         for rep in 0..=a.repeat {
-            let out = work.join(format!("{name}-{rep}"));
-            let opts = RenderOptions {
-                load_root: load_root.clone(),
-                out: out.clone(),
-                weights: a.weight_csv.clone(),
-                cfg: cfg.clone(),
-                instances: a.instance,
-                png: PngConfig {
-                    level: a.png_level,
-                    gray: false,
-                },
-                format: a.format,
-                seed: 0,
-                samples_per_shard: 10_000,
-                prefix: "bench".into(),
-                dali_index: false,
-                resume: false,
-                threads: Threads {
-                    render: t,
-                    encode: t,
-                    queue: 2 * t,
-                },
-                writers: 1,
-                rank: Rank {
-                    rank: 0,
-                    world: 1,
-                    local_rank: 0,
-                    source: "bench".into(),
-                },
-                progress: progress::Mode::Quiet,
-                backend: backend.clone(),
-            };
-            let cpu0 = process_cpu_seconds();
-            let mut s = generate::run(&opts)?;
-            s.cpu_s = process_cpu_seconds() - cpu0;
-            let _ = std::fs::remove_dir_all(&out);
-            if rep > 0 {
-                runs.push(s); // rep 0 is the warm-up (and, for GL, the shader compile)
+            for format in [Format::Wds, Format::Folder] {
+                let out = work.join(format!("{name}-{rep}-{format:?}"));
+                let opts = RenderOptions {
+                    load_root: load_root.clone(),
+                    out: out.clone(),
+                    weights: a.weight_csv.clone(),
+                    cfg: cfg.clone(),
+                    instances: a.instance,
+                    png: PngConfig {
+                        level: a.png_level,
+                        gray: false,
+                    },
+                    format,
+                    seed: 0,
+                    samples_per_shard: per_shard,
+                    prefix: "bench".into(),
+                    dali_index: false,
+                    resume: false,
+                    threads: Threads {
+                        render: t,
+                        encode: t,
+                        queue: 2 * t,
+                    },
+                    writers: if format == Format::Wds {
+                        (t / 4).clamp(1, 4)
+                    } else {
+                        2
+                    },
+                    rank: Rank {
+                        rank: 0,
+                        world: 1,
+                        local_rank: 0,
+                        source: "bench".into(),
+                    },
+                    progress: progress::Mode::Quiet,
+                    backend: backend.clone(),
+                };
+                let cpu0 = process_cpu_seconds();
+                let mut s = generate::run(&opts)?;
+                s.cpu_s = process_cpu_seconds() - cpu0;
+                let _ = std::fs::remove_dir_all(&out);
+                if rep > 0 {
+                    // rep 0 is the warm-up (and, for GL, the shader compile)
+                    match format {
+                        Format::Wds => runs.push(s),
+                        Format::Folder => folder_runs.push(s),
+                    }
+                }
             }
         }
+        let peak = peak_rss_bytes();
         let stage = |f: &dyn Fn(&Summary) -> f64| Rate::of(runs.iter().map(f).collect());
         let mut stages = std::collections::BTreeMap::new();
         let per_img = |secs: f64, s: &Summary| s.images as f64 / secs.max(1e-12);
@@ -289,20 +337,25 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
             // Device-to-host copies alone (after each fence signalled); the CPU engine has none.
             stages.insert("readback".to_string(), stage(&|s| per_img(s.readback_s, s)));
         }
-        let write = if a.format == Format::Wds {
-            "tar_write"
-        } else {
-            "file_write"
-        };
-        stages.insert(write.to_string(), stage(&|s| per_img(s.write_s, s)));
+        stages.insert("tar_write".to_string(), stage(&|s| per_img(s.write_s, s)));
+        let end_to_end = stage(&|s| s.images_per_second());
+        let end_to_end_folder =
+            Rate::of(folder_runs.iter().map(|s| s.images_per_second()).collect());
+        let r0 = &runs[0];
         backends.push(BackendResult {
             backend: name,
             device,
             threads: t,
-            images: runs[0].images,
+            images: r0.images,
+            shards: r0.shards,
             stages,
-            end_to_end: stage(&|s| s.images_per_second()),
+            wds_over_folder: end_to_end.median / end_to_end_folder.median.max(1e-9),
+            end_to_end,
+            end_to_end_folder,
             per_core: stage(&|s| s.images as f64 / s.cpu_s.max(1e-9)),
+            clouds_per_image: r0.clouds as f64 / r0.images.max(1) as f64,
+            readback_bytes_per_image: r0.readback_bytes as f64 / r0.images.max(1) as f64,
+            peak_rss_bytes: peak,
         });
     }
     if backends.is_empty() {
@@ -317,7 +370,8 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
         workload: serde_json::json!({
             "load_root": load_root, "image_size": a.image_size, "iteration": a.iteration,
             "draw_type": a.draw_type.name(), "instance": a.instance, "weights": a.weight_csv,
-            "format": format!("{:?}", a.format), "png_level": a.png_level, "repeat": a.repeat,
+            "samples_per_shard": per_shard, "images": total, "png_level": a.png_level,
+            "repeat": a.repeat,
         }),
         cores: std::thread::available_parallelism()
             .map(|n| n.get())
@@ -334,6 +388,9 @@ pub fn table(r: &Report) -> String {
         "workload: {}\nmachine: {} cores, {}\n",
         r.workload, r.cores, r.cpu
     );
+    if let Some(b) = r.backends.first() {
+        s.push_str(&format!("shards: {} of {} images\n", b.shards, b.images));
+    }
     for b in &r.backends {
         s.push_str(&format!("  {}: {}\n", b.backend, b.device));
     }
@@ -350,8 +407,14 @@ pub fn table(r: &Report) -> String {
         s.push_str(&format!(" {:>16}", format!("{st}/thread")));
     }
     s.push_str(&format!(
-        " {:>22} {:>14} {:>7}\n",
-        "end-to-end img/s", "img/CPU-s", "ratio"
+        " {:>22} {:>14} {:>10} {:>14} {:>10} {:>12} {:>9}\n",
+        "wds end-to-end img/s",
+        "folder img/s",
+        "wds/folder",
+        "img/CPU-s",
+        "clouds/img",
+        "readback B/img",
+        "peak RSS"
     ));
     for b in &r.backends {
         s.push_str(&format!("{:<10} {:>7}", b.backend, b.threads));
@@ -362,12 +425,16 @@ pub fn table(r: &Report) -> String {
             }
         }
         s.push_str(&format!(
-            " {:>10.1} [{:.1}-{:.1}] {:>14.1} {:>6.2}x\n",
+            " {:>10.1} [{:.1}-{:.1}] {:>14.1} {:>10.2} {:>14.1} {:>10.4} {:>12.0} {:>6} MB\n",
             b.end_to_end.median,
             b.end_to_end.min,
             b.end_to_end.max,
+            b.end_to_end_folder.median,
+            b.wds_over_folder,
             b.per_core.median,
-            r.ratio_to_cpu_1t[&b.backend]
+            b.clouds_per_image,
+            b.readback_bytes_per_image,
+            b.peak_rss_bytes >> 20,
         ));
     }
     s
@@ -416,6 +483,23 @@ fn xml_escape(t: &str) -> String {
     t.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// Resets the process's peak RSS (VmHWM) to its current RSS, so each backend's peak is its own.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak RSS (VmHWM) in bytes, 0 where /proc does not say.
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
 }
 
 /// User + system CPU time of this process, from /proc/self/stat (clock ticks of 1/100 s).

@@ -506,8 +506,16 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             let s = generate::run(&opts)?;
             if !a.common.quiet {
+                let readback = if matches!(opts.backend, Backend::Gl(..)) {
+                    format!(
+                        ", {} bytes read back per image",
+                        s.readback_bytes / s.images.max(1)
+                    )
+                } else {
+                    String::new()
+                };
                 eprintln!(
-                    "done: {} images ({} kept from before), {} shards, {:.1} MB, {} clouds, {:.2}s, {:.1} images/s",
+                    "done: {} images ({} kept from before), {} shards, {:.1} MB, {} clouds{readback}, {:.2}s, {:.1} images/s",
                     s.images,
                     s.skipped,
                     s.shards,

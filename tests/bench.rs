@@ -43,6 +43,19 @@ fn bench_reports_every_backend_and_stage_with_positive_rates() {
     assert_eq!(names, ["cpu-1t", "cpu-2t", "gl-compute", "gl-points"]);
     for b in backends {
         assert_eq!(b["images"], 100, "25 rows x 1 instance x 4 flips");
+        // The default keeps FractalDB-1k's 100 shards; every cloud computed once (1 per 4 images).
+        assert!(b["shards"].as_u64().unwrap() >= 50, "{}", b["shards"]);
+        assert_eq!(b["clouds_per_image"].as_f64().unwrap(), 0.25);
+        assert!(b["end_to_end_folder"]["median"].as_f64().unwrap() > 0.0);
+        assert!(b["wds_over_folder"].as_f64().unwrap() > 0.0);
+        assert!(b["peak_rss_bytes"].as_u64().unwrap() > 1 << 20);
+        let readback = b["readback_bytes_per_image"].as_f64().unwrap();
+        if b["backend"].as_str().unwrap().starts_with("gl") {
+            // Label canvases only (the points raster adds a 4-pixel guard band), shared by 4 flips.
+            assert!(readback > 0.0 && readback <= (68.0 * 68.0), "{readback}");
+        } else {
+            assert_eq!(readback, 0.0);
+        }
         assert!(!b["device"].as_str().unwrap().is_empty());
         let mut stages = vec![
             "chaos_game",

@@ -29,6 +29,15 @@ fn clouds_of(stderr: &str) -> u64 {
     line[..i].rsplit(' ').next().unwrap().parse().unwrap()
 }
 
+/// The GL engine's bytes read back per image, from the `done:` line.
+fn readback_of(stderr: &str) -> u64 {
+    let line = stderr.lines().find(|l| l.starts_with("done:")).unwrap();
+    let i = line
+        .find(" bytes read back per image")
+        .unwrap_or_else(|| panic!("no readback figure in {line}"));
+    line[..i].rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 /// The samples-per-shard whose shard count is nearest to `shards` with these classes, and that count.
 fn per_shard_for(classes: &Path, shards: u64) -> (String, u64) {
     let plan = Plan::new(load_classes(classes).unwrap(), "builtin:0.4", 2).unwrap();
@@ -168,6 +177,35 @@ fn every_cloud_is_computed_once_on_the_gl_engine_with_one_context_per_run() {
     let out = tmp.path().join("gl-folder");
     let (clouds, banners) = run_ranks(&classes, &out, 1, &["--backend", "gl"]);
     assert_eq!((clouds, banners), (expected, 1));
+}
+
+#[test]
+fn the_gl_engine_reads_back_at_most_one_canvas_per_image() {
+    // Only label canvases (and 16 bytes per cloud) come back with the GPU rescale; the fp64 points
+    // too with --rescale cpu.
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &CLASSES);
+    let (w, h) = (32u64, 32u64);
+    for raster in ["compute", "points"] {
+        let o = run_ok(small(&mut bin(), &classes, &tmp.path().join(raster)).args([
+            "--backend",
+            "gl",
+            "--raster",
+            raster,
+        ]));
+        let b = readback_of(&String::from_utf8_lossy(&o.stderr));
+        assert!(b > 0 && b <= w * h, "{raster}: {b} bytes per image");
+    }
+    let o = run_ok(
+        small(&mut bin(), &classes, &tmp.path().join("cpu-rescale")).args([
+            "--backend",
+            "gl",
+            "--rescale",
+            "cpu",
+        ]),
+    );
+    let b = readback_of(&String::from_utf8_lossy(&o.stderr));
+    assert!(b > w * h, "the CPU rescale reads the points back: {b}");
 }
 
 #[test]
