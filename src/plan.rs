@@ -191,6 +191,9 @@ impl Permutation {
 /// The version of the sharded order below; recorded in every manifest, so a resume across orders is refused.
 pub const ORDER_VERSION: &str = "fractaldb-order-v2";
 
+/// Clouds per chunk of a shard's order (see [`Layout::place_cloud`]).
+pub const CHUNK: u64 = 32;
+
 /// One image of a cloud as the shard order places it: its sample, its global position, its shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placed {
@@ -204,12 +207,14 @@ pub struct Placed {
 ///
 /// - The clouds (class x row) form a seeded sequence of `rows` rounds; round `r` holds every class once,
 ///   in a seeded order, each with a seeded row of its own, so a stretch of the sequence mixes classes.
-/// - A block holds a contiguous stretch of that sequence: about half a round (at most `per_shard` clouds),
-///   i.e. `block_shards = ceil(clouds_per_block * images_per_cloud / per_shard)` shards.
+/// - A block holds a contiguous stretch of that sequence: at least 3/5 of a round (or `per_shard`
+///   clouds if fewer), i.e. `block_shards = ceil(clouds_per_block * images_per_cloud / per_shard)`
+///   shards; the last block also takes the shards left over.
 /// - Inside a block, image `k` of the block's `j`-th cloud is image `t = j * K + k` (its (instance, flip)
-///   drawn by a seeded per-cloud permutation); it goes to the block's shard `t % b`, at index `t / b`.
-///   So every cloud reaches every shard of its block, and a shard lists its images in the order the
-///   clouds are computed: the writers need no window of whole shards in memory.
+///   drawn by a seeded per-cloud permutation); it goes to the block's shard `t % b`.
+///   So every cloud reaches every shard of its block; a shard lists the block's clouds in chunks of
+///   [`CHUNK`] in the order they are computed, each chunk layer by layer (each cloud's first image,
+///   then each one's second, ...): the writers wait for at most a chunk, never a window of shards.
 ///
 /// Shards of a block differ in size by at most one image, and none holds more than `per_shard`.
 #[derive(Clone, Debug)]
@@ -243,7 +248,9 @@ impl Layout {
         let clouds = classes * rows;
         let total = clouds * per_cloud;
         let per_shard = per_shard.max(1);
-        let target = classes.div_ceil(2).min(per_shard).max(1);
+        // At least 3/5 of a round per block: a block that straddles two rounds still holds at least
+        // half of its clouds' classes once, i.e. 30% of all classes.
+        let target = (3 * classes).div_ceil(5).min(per_shard).max(1);
         let block_shards = (target * per_cloud).div_ceil(per_shard).max(1);
         let mut l = Layout {
             classes,
@@ -264,8 +271,10 @@ impl Layout {
         l
     }
 
+    /// Blocks of `block_shards` shards each; the last one takes the shards left over as well, so no
+    /// block is smaller (a small block would hold fewer classes).
     pub fn blocks(&self) -> u64 {
-        self.shards.div_ceil(self.block_shards)
+        (self.shards / self.block_shards).max(1)
     }
 
     /// Clouds of the sequence before shard boundary `s`.
@@ -274,11 +283,16 @@ impl Layout {
     }
 
     pub fn block_of(&self, shard: u64) -> u64 {
-        shard / self.block_shards
+        (shard / self.block_shards).min(self.blocks() - 1)
     }
 
     pub fn block_shard_range(&self, g: u64) -> std::ops::Range<u64> {
-        g * self.block_shards..((g + 1) * self.block_shards).min(self.shards)
+        let end = if g + 1 == self.blocks() {
+            self.shards
+        } else {
+            ((g + 1) * self.block_shards).min(self.shards)
+        };
+        g * self.block_shards..end
     }
 
     /// Positions in the cloud sequence of block `g`'s clouds.
@@ -317,19 +331,38 @@ impl Layout {
     }
 
     /// Every image of the `q`-th cloud: where it goes, in the cloud's image order.
+    ///
+    /// Inside a shard, the clouds of the block come in chunks of [`CHUNK`] clouds; a chunk lists each
+    /// cloud's first image in this shard (cloud order), then each cloud's second one, and so on, so
+    /// neighbouring samples come from different clouds while a writer waits for at most a chunk.
     pub fn place_cloud(&self, q: u64) -> Vec<Placed> {
         let g = self.block_of(self.shard_of_cloud(q));
         let (c, r) = (self.block_clouds(g), self.block_shard_range(g));
-        let n = (c.end - c.start) * self.per_cloud;
+        let k_all = self.per_cloud;
+        let n = (c.end - c.start) * k_all;
         let b = r.end - r.start;
-        let base = c.start * self.per_cloud;
+        let base = c.start * k_all;
         let (class, row) = self.cloud(q);
-        let perm = Permutation::new(self.per_cloud, mix(self.seed, 3, q));
-        (0..self.per_cloud)
+        let perm = Permutation::new(k_all, mix(self.seed, 3, q));
+        let j = q - c.start;
+        let (c0, c1) = (
+            j / CHUNK * CHUNK,
+            (j / CHUNK * CHUNK + CHUNK).min(c.end - c.start),
+        );
+        // t in [0, e) with t % b == sl.
+        let count = |e: u64, sl: u64| if e > sl { (e - sl - 1) / b + 1 } else { 0 };
+        // Images of cloud jj in the block's shard sl.
+        let of = |jj: u64, sl: u64| count((jj + 1) * k_all, sl) - count(jj * k_all, sl);
+        (0..k_all)
             .map(|k| {
-                let t = (q - c.start) * self.per_cloud + k;
+                let t = j * k_all + k;
                 let v = perm.apply(k);
-                let (j, index) = (t % b, t / b);
+                let sl = t % b;
+                let layer = count(t, sl) - count(j * k_all, sl);
+                let before_chunk = count(c0 * k_all, sl);
+                let in_chunk: u64 = (c0..c1)
+                    .map(|jj| of(jj, sl).min(layer) + u64::from(jj < j && of(jj, sl) > layer))
+                    .sum();
                 Placed {
                     sample: Sample {
                         class,
@@ -337,8 +370,8 @@ impl Layout {
                         instance: (v / FLIPS) as u32,
                         flip: (v % FLIPS) as u8,
                     },
-                    pos: base + Self::before_in_block(n, b, j) + index,
-                    shard: r.start + j,
+                    pos: base + Self::before_in_block(n, b, sl) + before_chunk + in_chunk,
+                    shard: r.start + sl,
                 }
             })
             .collect()
@@ -466,6 +499,69 @@ mod tests {
             assert!(present >= 30, "{present} classes");
             assert!(*counts.iter().max().unwrap() * 100 <= 10 * n);
         }
+    }
+
+    #[test]
+    fn layout_guarantees_the_class_mix_wherever_a_shard_can_hold_it() {
+        // Wherever a shard has room for 30% of the classes: every shard holds at least 30% of them
+        // and no class more than 10x its fair share (blocks straddling rounds included).
+        for (c, i, per) in [
+            (5, 10, 20),
+            (7, 3, 50),
+            (10, 10, 100),
+            (33, 10, 700),
+            (100, 10, 1000),
+            (101, 4, 333),
+            (333, 10, 10_000),
+            (333, 10, 2_500),
+            (1000, 10, 10_000),
+            (64, 2, 77),
+        ] {
+            let plan = plan_of(c, 25, i);
+            let l = Layout::new(&plan, per, 9);
+            let mut per_shard = vec![vec![0u64; c]; l.shards as usize];
+            for q in 0..l.clouds {
+                for p in l.place_cloud(q) {
+                    per_shard[p.shard as usize][p.sample.class as usize] += 1;
+                }
+            }
+            for (s, counts) in per_shard.iter().enumerate() {
+                let n: u64 = counts.iter().sum();
+                let present = counts.iter().filter(|&&k| k > 0).count();
+                assert!(
+                    present * 10 >= 3 * c,
+                    "{c} classes, {per}/shard: shard {s} holds {present} classes"
+                );
+                let max = *counts.iter().max().unwrap();
+                assert!(
+                    max * c as u64 <= 10 * n,
+                    "{c} classes, {per}/shard: shard {s}: {max} of {n} from one class"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn neighbouring_samples_of_a_shard_come_from_different_clouds() {
+        let plan = plan_of(100, 25, 10);
+        let l = Layout::new(&plan, 1000, 4);
+        let mut by_pos = vec![(0u32, 0u32); l.total as usize];
+        for q in 0..l.clouds {
+            for p in l.place_cloud(q) {
+                by_pos[p.pos as usize] = (p.sample.class, p.sample.row);
+            }
+        }
+        let mut same = 0;
+        for s in 0..l.shards {
+            let r = l.shard_range(s);
+            same += (r.start + 1..r.end)
+                .filter(|&p| by_pos[p as usize] == by_pos[p as usize - 1])
+                .count();
+        }
+        assert!(
+            same * 100 < l.total as usize,
+            "{same} neighbours from one cloud"
+        );
     }
 
     #[test]
