@@ -493,6 +493,11 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Render(a) => {
             let opts = a.to_options()?;
+            if a.window.is_some() && !a.common.quiet {
+                eprintln!(
+                    "note: --window is no longer used: every point cloud is computed once whatever the shard count"
+                );
+            }
             if !a.common.quiet {
                 eprintln!(
                     "render: rank {}/{} ({}), {} threads, {} encoders, format {:?}",
