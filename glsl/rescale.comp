@@ -152,15 +152,14 @@ void main() {
     // Ranks after the x cut.
     uint k1 = 0u;
     for (uint i = lo_i; i < hi_i; i++) k1 += keep1(i, kx) ? 1u : 0u;
-    uint base1 = 0u;
-    uint n1 = n;
-    uint ky = n;
+    // (The scan and the barriers run whether or not anything is cut: barriers stay in uniform,
+    // unconditional flow.)
+    uint n1 = scan(k1);
+    uint base1 = s_count[t];
+    // y's first NaN, by rank among the points x kept.
+    if (t == 0u) s_first = n1;
+    barrier();
     if (trunc_any) {
-        n1 = scan(k1);
-        base1 = s_count[t];
-        // y's first NaN, by rank among the points x kept.
-        if (t == 0u) s_first = n1;
-        barrier();
         uint r = base1;
         for (uint i = lo_i; i < hi_i; i++) {
             if (!keep1(i, kx)) continue;
@@ -170,10 +169,10 @@ void main() {
             }
             r++;
         }
-        barrier();
-        ky = s_first;
-        barrier();
     }
+    barrier();
+    uint ky = s_first;
+    barrier();
     // Ranks after the y cut, and each axis' min/max over the points left.
     uint k2 = 0u;
     double inf = packDouble2x32(uvec2(0u, 0x7ff00000u));
