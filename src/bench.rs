@@ -135,15 +135,14 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     if a.json {
         // The table too, on stderr, so that one run gives both.
-        eprint!("{}", table(&report));
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| Error::Other(e.to_string()))?
-        );
+        crate::say_raw!("{}", table(&report));
+        let mut json =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Other(e.to_string()))?;
+        json.push('\n');
+        crate::cli::write_stdout(&json)
     } else {
-        print!("{}", table(&report));
+        crate::cli::write_stdout(&table(&report))
     }
-    Ok(())
 }
 
 pub fn measure(a: &BenchArgs) -> Result<Report> {

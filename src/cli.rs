@@ -344,7 +344,7 @@ impl RenderArgs {
                     Backend::Gl(devices, self.gl_options())
                 } else {
                     if !self.common.quiet {
-                        eprintln!(
+                        crate::say!(
                             "backend auto: no usable hardware EGL device, using the CPU engine"
                         );
                     }
@@ -417,13 +417,26 @@ impl RenderArgs {
     }
 }
 
+/// Writes to stdout, a write error (a closed pipe, a full disk) being an error, not a panic.
+pub fn write_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| Error::io("<stdout>", "cannot write", e))
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Command::Search(a) => {
-            if !(a.rate.is_finite() && (0.0..=1.0).contains(&a.rate)) {
+            if !(a.rate.is_finite() && (0.0..1.0).contains(&a.rate)) {
                 return Err(Error::flag(
                     "--rate",
-                    format!("{} is not a fraction in [0, 1]", a.rate),
+                    format!(
+                        "{} is not a fraction in [0, 1): a rate of 1 needs every pixel of the preview lit, \
+                         which no IFS does, so the search would never end",
+                        a.rate
+                    ),
                 ));
             }
             if a.points < 2 {
@@ -474,14 +487,14 @@ pub fn run(cli: Cli) -> Result<()> {
             let t0 = std::time::Instant::now();
             let stats = search::run(&cfg, |k, cands| {
                 if !quiet {
-                    eprintln!(
+                    crate::say!(
                         "save: {k:05} (candidate {cands}, {:.1}s)",
                         t0.elapsed().as_secs_f64()
                     );
                 }
             })?;
             if !quiet {
-                eprintln!(
+                crate::say!(
                     "search: {} classes from {} candidates in {:.1}s -> {}",
                     stats.accepted,
                     stats.candidates,
@@ -494,12 +507,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Render(a) => {
             let opts = a.to_options()?;
             if a.window.is_some() && !a.common.quiet {
-                eprintln!(
+                crate::say!(
                     "note: --window is no longer used: every point cloud is computed once whatever the shard count"
                 );
             }
             if !a.common.quiet {
-                eprintln!(
+                crate::say!(
                     "render: rank {}/{} ({}), {} threads, {} encoders, format {:?}",
                     opts.rank.rank,
                     opts.rank.world,
@@ -519,7 +532,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 } else {
                     String::new()
                 };
-                eprintln!(
+                crate::say!(
                     "done: {} images ({} kept from before), {} shards, {:.1} MB, {} clouds{readback}, {:.2}s, {:.1} images/s",
                     s.images,
                     s.skipped,
@@ -546,7 +559,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Finalize(a) => match crate::sink::wds::finalize(&a.out, &a.prefix)? {
             Ok(m) => {
-                eprintln!(
+                crate::say!(
                     "finalized {} shards, {} samples",
                     m.shards.len(),
                     m.total_samples
@@ -568,30 +581,34 @@ pub fn run(cli: Cli) -> Result<()> {
         },
         Command::Bench(a) => crate::bench::run(&a),
         Command::Devices => {
+            use std::fmt::Write as _;
             let all = crate::render::gl::egl::describe_all()?;
+            let mut text = String::new();
             if all.is_empty() {
-                println!(
-                    "no EGL devices listed (the driver lacks EGL_EXT_device_enumeration, or none is visible)"
+                text.push_str(
+                    "no EGL devices listed (the driver lacks EGL_EXT_device_enumeration, or none is visible)\n",
                 );
             }
             for (d, r) in all {
-                println!(
+                let _ = writeln!(
+                    text,
                     "EGL device {}: cuda={} software={} drm={}",
                     d.index,
                     d.cuda_ordinal.map(|c| c.to_string()).unwrap_or("-".into()),
                     d.software,
                     d.drm_file.as_deref().unwrap_or("-")
                 );
-                match r {
-                    Ok(i) => println!(
+                let _ = match r {
+                    Ok(i) => writeln!(
+                        text,
                         "  GL_VENDOR   {}\n  GL_RENDERER {}\n  GL_VERSION  {}",
                         i.vendor, i.renderer, i.version
                     ),
-                    Err(e) => println!("  cannot open: {e}"),
-                }
-                println!("  extensions  {}", d.extensions);
+                    Err(e) => writeln!(text, "  cannot open: {e}"),
+                };
+                let _ = writeln!(text, "  extensions  {}", d.extensions);
             }
-            Ok(())
+            write_stdout(&text)
         }
     }
 }

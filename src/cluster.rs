@@ -70,6 +70,15 @@ pub fn resolve(
             return Err(Error::flag("--rank/--world-size", "give both or neither"));
         }
         (None, None) => {
+            // torchrun sets both; WORLD_SIZE alone (an inherited or hand-set environment) would
+            // otherwise be read as a single-rank run and silently render everything.
+            if env("RANK").is_none_or(|v| v.trim().is_empty())
+                && let Some(w) = parse(env, "WORLD_SIZE")?
+            {
+                return Err(Error::Other(format!(
+                    "WORLD_SIZE={w} is set but RANK is not: set RANK too, unset WORLD_SIZE, or pass --rank/--world-size"
+                )));
+            }
             let mut found = None;
             for (i, (rv, sv)) in SOURCES.iter().enumerate() {
                 let Some(r) = parse(env, rv)? else { continue };
@@ -134,6 +143,19 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn world_size_without_rank_is_an_error() {
+        let e = resolve(None, None, &with(&[("WORLD_SIZE", "4")])).unwrap_err();
+        assert!(e.to_string().contains("RANK is not"), "{e}");
+        // Flags override the environment.
+        assert_eq!(
+            resolve(Some(0), Some(1), &with(&[("WORLD_SIZE", "4")]))
+                .unwrap()
+                .world,
+            1
+        );
     }
 
     #[test]

@@ -154,6 +154,13 @@ impl Ifs {
 
     /// The chaos game: `u.len()` points including the origin; step k uses `u[k]`.
     /// Writes into `xs`/`ys` (cleared first).
+    /// Whether the first step of the chaos game chooses a map (some running sum of the probabilities
+    /// reaches `u0`). When none does, the original's `next_x` is never set and it stops with
+    /// `UnboundLocalError`; later steps that choose none repeat the previous point.
+    pub fn first_step_chooses_a_map(&self, u0: f64) -> bool {
+        self.cumulative().iter().any(|&c| u0 <= c)
+    }
+
     pub fn chaos_game(&self, u: &[f64], xs: &mut Vec<f64>, ys: &mut Vec<f64>) {
         let n = u.len();
         xs.clear();

@@ -3,6 +3,25 @@
 //! Data flows one way: [`plan`] -> cloud ([`ifs`], [`render::cpu`]) -> raster -> encode -> [`sink`],
 //! driven by [`pipeline`] and [`generate`]; [`search`] finds the categories.
 
+/// `eprintln!` that never fails: messages and progress go to stderr, and a full or closed stderr
+/// (`2>/dev/full`, `2>&1 | head`) must not stop the work, so write errors are ignored.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that never fails (see [`say!`]).
+#[macro_export]
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod bench;
 pub mod cli;
 pub mod cluster;

@@ -15,6 +15,28 @@ pub struct Class {
     pub key: u32,
 }
 
+/// A class name becomes a directory and file names: refuse names that would escape the output or hide
+/// (`.`, `..`, a leading dot), path separators, NUL, and names too long for a file name.
+fn check_class_name(path: &Path, name: &str) -> Result<()> {
+    let bad = if name.is_empty() || name.starts_with('.') {
+        Some("starts with a dot (or is empty): it would name a hidden or parent directory")
+    } else if name.contains(['/', '\\', '\0']) {
+        Some("contains a path separator or NUL")
+    } else if name.len() > 200 {
+        Some("is longer than 200 bytes: the image file names would not fit in 255")
+    } else {
+        None
+    };
+    match bad {
+        Some(why) => Err(Error::input(
+            path,
+            None,
+            format!("class name {name:?} {why}; rename the file"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Lists the class CSVs of `load_root`, sorted by name: `*.csv` directly inside, and inside its
 /// immediate sub-directories (the original's `csvK/` layout). Other names are skipped.
 pub fn discover_classes(load_root: &Path) -> Result<Vec<(String, PathBuf)>> {
@@ -40,6 +62,20 @@ pub fn discover_classes(load_root: &Path) -> Result<Vec<(String, PathBuf)>> {
                 }
             } else if p.extension().is_some_and(|x| x == "csv") {
                 let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
+                check_class_name(&p, &stem)?;
+                // A FIFO or device would block or never end: class files must be regular files.
+                let ft = e
+                    .file_type()
+                    .map_err(|err| Error::io(&p, "cannot inspect", err))?;
+                let regular = ft.is_file()
+                    || (ft.is_symlink() && std::fs::metadata(&p).is_ok_and(|m| m.is_file()));
+                if !regular {
+                    return Err(Error::input(
+                        &p,
+                        None,
+                        "not a regular file (a FIFO, socket or device?): class CSVs must be regular files",
+                    ));
+                }
                 found.push((stem, p));
             }
         }

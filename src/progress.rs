@@ -62,7 +62,7 @@ impl Reporter {
                         } else {
                             f64::NAN
                         };
-                        eprintln!(
+                        crate::say!(
                             "[{secs:7.1}s] {d}/{total} {what} ({rate:.1}/s, ETA {eta:.0}s) {}",
                             extra()
                         );

@@ -192,9 +192,10 @@ fn open_engine(cfg: &SearchConfig) -> Result<Option<crate::render::gl::GlEngine>
         return Ok(None);
     };
     let e = crate::render::gl::GlEngine::new(choice, &[], Default::default())?;
-    eprintln!(
+    crate::say!(
         "search: chaos games on {} ({})",
-        e.ctx.renderer, e.ctx.device
+        e.ctx.renderer,
+        e.ctx.device
     );
     Ok(Some(e))
 }
@@ -323,7 +324,7 @@ fn run_ranked(
         }
         if b >= prefix + RANK_AHEAD * cfg.world {
             if last_note.elapsed().as_secs() >= 30 {
-                eprintln!(
+                crate::say!(
                     "search rank {}: waiting for block {prefix} (rank {})",
                     cfg.rank,
                     prefix % cfg.world

@@ -87,6 +87,9 @@ pub fn compute_cloud(
     out: &mut Cloud,
 ) -> Result<(), &'static str> {
     let weighted = ifs.weighted(w);
+    if cfg.iterations > 1 && !weighted.first_step_chooses_a_map(u[0]) {
+        return Err(NO_FIRST_MAP);
+    }
     weighted.chaos_game(&u[..cfg.iterations], &mut scratch.xs, &mut scratch.ys);
     cloud_from_points(&mut scratch.xs, &mut scratch.ys, cfg, out)
 }
@@ -99,6 +102,9 @@ pub fn cloud_from_points(
     out: &mut Cloud,
 ) -> Result<(), &'static str> {
     ifs::rescale(xs, ys, cfg.width, cfg.height, cfg.pad_x, cfg.pad_y, out);
+    if xs.is_empty() {
+        return Err(NO_POINTS_LEFT);
+    }
     // `rescale` leaves the truncated, shifted coordinates in xs/ys.
     if let Some(axis) = ifs::degenerate_axis(xs, ys) {
         return Err(axis);
@@ -106,16 +112,29 @@ pub fn cloud_from_points(
     Ok(())
 }
 
-/// The error for a degenerate cloud, naming the class file and weight row.
-pub fn degenerate_error(class_path: &std::path::Path, row: usize, axis: &str) -> Error {
-    Error::input(
-        class_path,
-        None,
-        format!(
+/// A cloud whose orbit diverges before point 100: the NaN cut removes every point.
+pub const NO_POINTS_LEFT: &str = "empty";
+/// Probabilities that never reach the first chaos-game draw: no map at the first step.
+pub const NO_FIRST_MAP: &str = "no-map";
+
+/// The error for a cloud the original cannot render either (a zero-extent axis "x"/"y",
+/// [`NO_POINTS_LEFT`], [`NO_FIRST_MAP`]), naming the class file and weight row.
+pub fn degenerate_error(class_path: &std::path::Path, row: usize, why: &str) -> Error {
+    let msg = match why {
+        NO_POINTS_LEFT => format!(
+            "weight row {row:02}: the orbit diverges (NaN) before point 100, so the original's NaN cut \
+             removes every point and nothing can be drawn (the original fails on it too)"
+        ),
+        NO_FIRST_MAP => format!(
+            "weight row {row:02}: the map probabilities (times the row's weights) never reach the first \
+             chaos-game draw, so no map is chosen at the first step (the original stops with UnboundLocalError)"
+        ),
+        axis => format!(
             "weight row {row:02}: the point cloud has zero {axis}-extent (every point has the same {axis}), \
              so it cannot be scaled to the image"
         ),
-    )
+    };
+    Error::input(class_path, None, msg)
 }
 
 /// Draws instance `instance` of a cloud into a label canvas (width*height bytes, y down, cleared first).

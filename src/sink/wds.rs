@@ -589,6 +589,21 @@ pub fn finalize(out: &Path, prefix: &str) -> Result<std::result::Result<Manifest
     let mut merged: Option<Manifest> = None;
     for p in &parts {
         let m = read_manifest(p)?;
+        // Only this dataset's own shard names: a part must not point the index at other files.
+        for e in &m.shards {
+            if e.url != shard_name(prefix, e.shard) || e.shard >= m.shard_count {
+                return Err(Error::input(
+                    p,
+                    None,
+                    format!(
+                        "shard {} is recorded as {:?}, expected {:?}: the manifest part was altered",
+                        e.shard,
+                        e.url,
+                        shard_name(prefix, e.shard)
+                    ),
+                ));
+            }
+        }
         match &mut merged {
             None => merged = Some(m),
             Some(acc) => {

@@ -787,6 +787,7 @@ impl GlEngine {
                     .map(|i| match i[2] {
                         1 => Err("x"),
                         2 => Err("y"),
+                        _ if i[0] == 0 => Err(cpu::NO_POINTS_LEFT),
                         _ => Ok(i[0]),
                     })
                     .collect(),

@@ -22,7 +22,7 @@ impl<'a> GlStage<'a> {
         let engine = GlEngine::new(choice, ctx.u, opts)?;
         let c = &engine.ctx;
         if !ctx.quiet {
-            eprintln!(
+            crate::say!(
                 "backend gl: {} -> {} ({}), raster {:?}, rescale {}",
                 c.device,
                 c.renderer,
@@ -31,7 +31,7 @@ impl<'a> GlStage<'a> {
                 if opts.cpu_rescale { "cpu" } else { "gpu" }
             );
             if c.software {
-                eprintln!(
+                crate::say!(
                     "WARNING: the GL backend is running on a SOFTWARE renderer ({}): about 100x slower than a GPU; \
                      --backend cpu is faster on this machine",
                     c.renderer
@@ -43,14 +43,19 @@ impl<'a> GlStage<'a> {
 
     fn begin(&mut self, units: &[(u64, Unit)]) -> Result<()> {
         let ctx = self.ctx;
-        let ifss: Vec<_> = units
-            .iter()
-            .map(|(_, u)| {
-                ctx.plan.classes[u.class as usize]
-                    .ifs
-                    .weighted(&ctx.plan.weights[u.row as usize])
-            })
-            .collect();
+        let mut ifss = Vec::with_capacity(units.len());
+        for (_, u) in units {
+            let class = &ctx.plan.classes[u.class as usize];
+            let ifs = class.ifs.weighted(&ctx.plan.weights[u.row as usize]);
+            if ctx.cfg.iterations > 1 && !ifs.first_step_chooses_a_map(ctx.u[0]) {
+                return Err(cpu::degenerate_error(
+                    &class.path,
+                    u.row as usize,
+                    cpu::NO_FIRST_MAP,
+                ));
+            }
+            ifss.push(ifs);
+        }
         self.engine.begin_clouds(&ifss, ctx.cfg)
     }
 }

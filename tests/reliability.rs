@@ -1,0 +1,250 @@
+//! Bad input and faults: each case checks the exit code, the message (naming the file, line or flag)
+//! and the files on disk before and after. (Issue: "no data loss, no silent partial datasets, no
+//! panics or hangs on bad input".)
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const SMALL: [&str; 8] = [
+    "--image-size-x",
+    "48",
+    "--image-size-y",
+    "48",
+    "--iteration",
+    "3000",
+    "--instance",
+    "1",
+];
+
+fn render(classes: &Path, out: &Path) -> Command {
+    let mut c = bin();
+    c.arg("render")
+        .args(SMALL)
+        .args(["--backend", "cpu"])
+        .arg("--load-root")
+        .arg(classes)
+        .arg("--out")
+        .arg(out);
+    c
+}
+
+/// Every file under `dir` (relative), to compare before and after.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    files(dir)
+}
+
+fn status_code(c: &mut Command) -> i32 {
+    c.status().unwrap().code().unwrap_or(-1)
+}
+
+#[test]
+fn class_names_that_would_escape_or_hide_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = reference().join("categories/00000.csv");
+    for name in ["...csv", "..csv", ".hidden.csv"] {
+        let classes = tmp.path().join(format!("in-{}", name.len()));
+        std::fs::create_dir_all(&classes).unwrap();
+        std::fs::copy(&src, classes.join(name)).unwrap();
+        let out = tmp.path().join(format!("out-{}", name.len()));
+        let e = run_err(&mut render(&classes, &out));
+        assert!(e.contains(name) && e.contains("rename the file"), "{e}");
+        // Nothing written anywhere: not in the output, not beside it.
+        assert!(tree(&out).is_empty(), "{:?}", tree(&out));
+    }
+    let siblings: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        siblings
+            .iter()
+            .all(|n| n.to_string_lossy().starts_with("in-")
+                || n.to_string_lossy().starts_with("out-")),
+        "{siblings:?}"
+    );
+}
+
+#[test]
+fn a_fifo_among_the_class_csvs_is_refused_not_waited_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00000"]);
+    let fifo = classes.join("00001.csv");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out2 = tmp.path().join("out2");
+    let mut c2 = render(&classes, &out2);
+    let mut child = c2.stderr(Stdio::piped()).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("render waits on a FIFO");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("00001.csv") && e.contains("not a regular file"),
+        "{e}"
+    );
+    assert!(tree(&out2).is_empty());
+}
+
+#[test]
+fn orbits_the_original_cannot_render_are_errors_naming_class_and_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = tmp.path().join("w.csv");
+    std::fs::write(&weights, "1,1,1,1,1,1\n").unwrap();
+    let cases = [
+        // Diverges to inf - inf = NaN within 5 points: the NaN cut leaves nothing.
+        ("1e308,1e308,1e308,-1e308,1,1,1\n", "diverges"),
+        // Probabilities far below the first draw (0.5434...): no map at the first step.
+        ("0.5,0,0,0.5,0,0,0.1\n", "no map is chosen"),
+    ];
+    for (k, (csv, what)) in cases.iter().enumerate() {
+        let classes = tmp.path().join(format!("in{k}"));
+        std::fs::create_dir_all(&classes).unwrap();
+        std::fs::write(classes.join("bad.csv"), csv).unwrap();
+        for backend in ["cpu", "gl"] {
+            let out = tmp.path().join(format!("out{k}-{backend}"));
+            let mut c = bin();
+            c.arg("render")
+                .args(SMALL)
+                .args(["--backend", backend, "--weight-csv"])
+                .arg(&weights)
+                .arg("--load-root")
+                .arg(&classes)
+                .arg("--out")
+                .arg(&out);
+            let e = run_err(&mut c);
+            assert!(
+                e.contains("bad.csv") && e.contains("weight row 00") && e.contains(what),
+                "{backend}: {e}"
+            );
+            assert!(
+                !tree(&out)
+                    .iter()
+                    .any(|p| p.extension().is_some_and(|x| x == "png")),
+                "{backend}: images written"
+            );
+        }
+    }
+}
+
+#[test]
+fn finalize_accepts_only_this_datasets_shard_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00003"]);
+    let out = tmp.path().join("wds");
+    run_ok(render(&classes, &out).args(["-q", "--format", "wds", "--samples-per-shard", "40"]));
+    let part = out.join("fractaldb-manifest.part-00000-of-00001.json");
+    let text = std::fs::read_to_string(&part).unwrap();
+    std::fs::write(
+        &part,
+        text.replace("fractaldb-000001.tar", "../outside.tar"),
+    )
+    .unwrap();
+    let before = std::fs::read(out.join("fractaldb-wids.json")).unwrap();
+    let e = run_err(bin().args(["finalize", "--out"]).arg(&out));
+    assert!(
+        e.contains("part-00000-of-00001.json") && e.contains("../outside.tar"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("fractaldb-wids.json")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn a_full_or_closed_stdout_or_stderr_never_stops_the_work_or_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00004"]);
+    // --help into a full device: an error, not a silent success.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let o = bin().arg("--help").stdout(full).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    // stderr full: the render still renders everything.
+    let out = tmp.path().join("full");
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut c = render(&classes, &out);
+    assert_eq!(status_code(c.stderr(full)), 0);
+    assert_eq!(
+        tree(&out)
+            .iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "png"))
+            .count(),
+        100
+    );
+    // stderr closed after the first line (`2>&1 | head -1`): exit 0, everything written.
+    let out = tmp.path().join("head");
+    let mut c = render(&classes, &out);
+    let mut child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Read;
+        let mut first = [0u8; 1];
+        let mut err = child.stderr.take().unwrap();
+        let _ = err.read(&mut first);
+        drop(err); // the reader goes away
+    }
+    let s = child.wait().unwrap();
+    assert_eq!(s.code(), Some(0));
+    assert_eq!(
+        tree(&out)
+            .iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "png"))
+            .count(),
+        100
+    );
+}
+
+#[test]
+fn world_size_without_rank_is_refused_before_any_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00005"]);
+    let out = tmp.path().join("out");
+    let e = run_err(
+        render(&classes, &out)
+            .env("WORLD_SIZE", "4")
+            .env_remove("RANK"),
+    );
+    assert!(e.contains("WORLD_SIZE=4") && e.contains("RANK"), "{e}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_search_that_could_never_finish_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("s");
+    for args in [
+        vec!["--rate", "1", "--points", "300000", "--categories", "1"],
+        vec!["--rate", "1.5"],
+    ] {
+        let e = run_err(bin().arg("search").args(&args).arg("--out").arg(&out));
+        assert!(e.contains("--rate"), "{e}");
+    }
+    assert!(!out.exists());
+}
