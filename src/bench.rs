@@ -58,7 +58,8 @@ pub struct BenchArgs {
     /// Also write an SVG bar chart of images/s by backend and stage.
     #[arg(long)]
     pub plot: Option<PathBuf>,
-    /// Scratch directory (default: a temporary one, removed afterwards).
+    /// Where to put the scratch directory (default: the system's temporary directory); the bench
+    /// works in a new `fractaldb-bench-*` directory there and removes only that.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
 }
@@ -175,15 +176,17 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
     if a.repeat == 0 {
         return Err(Error::flag("--repeat", "must be at least 1"));
     }
-    let tmp_holder;
-    let work = match &a.work_dir {
-        Some(d) => d.clone(),
-        None => {
-            tmp_holder = TempDir::new()?;
-            tmp_holder.0.clone()
+    // A fresh directory of our own, inside --work-dir or the system's temporary directory: the runs
+    // write and remove only there, never anything the user had.
+    let parent = match &a.work_dir {
+        Some(d) => {
+            crate::fsutil::create_dir(d)?;
+            d.clone()
         }
+        None => std::env::temp_dir(),
     };
-    crate::fsutil::create_dir(&work)?;
+    let tmp_holder = TempDir::new_in(&parent)?;
+    let work = tmp_holder.0.clone();
     let load_root = match &a.load_root {
         Some(p) => p.clone(),
         None => {
@@ -522,10 +525,20 @@ fn process_cpu_seconds() -> f64 {
 struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> Result<TempDir> {
-        let p = std::env::temp_dir().join(format!("fractaldb-bench-{}", std::process::id()));
-        crate::fsutil::create_dir(&p)?;
-        Ok(TempDir(p))
+    /// Creates `fractaldb-bench-{pid}-{k}` in `parent`, with the first k whose name is free.
+    fn new_in(parent: &std::path::Path) -> Result<TempDir> {
+        for k in 0..1000 {
+            let p = parent.join(format!("fractaldb-bench-{}-{k}", std::process::id()));
+            match std::fs::create_dir(&p) {
+                Ok(()) => return Ok(TempDir(p)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io(&p, "cannot create directory", e)),
+            }
+        }
+        Err(Error::Other(format!(
+            "{}: no free fractaldb-bench-* name",
+            parent.display()
+        )))
     }
 }
 

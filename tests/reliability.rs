@@ -248,3 +248,135 @@ fn a_search_that_could_never_finish_is_refused() {
     }
     assert!(!out.exists());
 }
+
+fn wds_render(classes: &Path, out: &Path) -> Command {
+    let mut c = render(classes, out);
+    c.args([
+        "-q",
+        "--instance",
+        "2",
+        "--format",
+        "wds",
+        "--samples-per-shard",
+        "50",
+    ]);
+    c
+}
+
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    tree(dir)
+        .into_iter()
+        .map(|p| {
+            let b = std::fs::read(dir.join(&p)).unwrap();
+            (p, b)
+        })
+        .collect()
+}
+
+#[test]
+fn resume_with_other_settings_is_refused_before_touching_another_world_sizes_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00006", "00007"]);
+    let out = tmp.path().join("o");
+    run_ok(wds_render(&classes, &out).args(["--rank", "0", "--world-size", "3"]));
+    let before = snapshot(&out);
+    assert!(before.len() > 2);
+    let e = run_err(wds_render(&classes, &out).args(["--seed", "5", "--resume"]));
+    assert!(
+        e.contains("part-00000-of-00003.json") && e.contains("seed: 0 then, 5 now"),
+        "{e}"
+    );
+    assert!(snapshot(&out) == before, "files changed by a refused run");
+    // Without --resume, the other world size's output is refused too, untouched.
+    let e = run_err(&mut wds_render(&classes, &out));
+    assert!(e.contains("--resume"), "{e}");
+    assert!(snapshot(&out) == before);
+    // With the same settings, a resume at another world size keeps the verified shards and
+    // completes the rest, byte-identical to a single run.
+    run_ok(wds_render(&classes, &out).arg("--resume"));
+    let fresh = tmp.path().join("fresh");
+    run_ok(&mut wds_render(&classes, &fresh));
+    for (p, b) in snapshot(&fresh) {
+        if p.extension().is_some_and(|x| x == "tar") {
+            assert!(std::fs::read(out.join(&p)).unwrap() == b, "{}", p.display());
+        }
+    }
+}
+
+#[test]
+fn bench_removes_only_what_it_created_in_its_work_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wd = tmp.path().join("wd");
+    for d in ["cpu-1t-0", "cpu-1t-1-Wds", "search"] {
+        std::fs::create_dir_all(wd.join(d)).unwrap();
+        std::fs::write(wd.join(d).join("mine.txt"), "user data").unwrap();
+    }
+    run_ok(
+        bin()
+            .args([
+                "bench",
+                "--backend",
+                "cpu",
+                "--classes",
+                "1",
+                "--instance",
+                "1",
+            ])
+            .args([
+                "--iteration",
+                "2000",
+                "--image-size",
+                "32",
+                "--repeat",
+                "1",
+                "-j",
+                "1",
+            ])
+            .arg("--work-dir")
+            .arg(&wd),
+    );
+    let left: Vec<PathBuf> = tree(&wd);
+    assert_eq!(
+        left,
+        [
+            "cpu-1t-0/mine.txt",
+            "cpu-1t-1-Wds/mine.txt",
+            "search/mine.txt"
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn dali_index_added_on_resume_covers_the_kept_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00008"]);
+    let a = tmp.path().join("a");
+    run_ok(&mut wds_render(&classes, &a));
+    run_ok(wds_render(&classes, &a).args(["--resume", "--dali-index"]));
+    let b = tmp.path().join("b");
+    run_ok(wds_render(&classes, &b).arg("--dali-index"));
+    let idx: Vec<PathBuf> = tree(&b)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .collect();
+    let tars = tree(&b)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+        .count();
+    assert!(
+        tars > 1 && idx.len() == tars,
+        "{} indexes, {tars} shards",
+        idx.len()
+    );
+    for p in idx {
+        assert_eq!(
+            std::fs::read(a.join(&p)).unwrap_or_default(),
+            std::fs::read(b.join(&p)).unwrap(),
+            "{}",
+            p.display()
+        );
+    }
+}

@@ -178,7 +178,7 @@ fn existing_output_needs_resume_and_the_same_settings() {
     )
     .unwrap();
     let e = run_err(render(&mut bin(), &classes, &a, "wds").arg("--resume"));
-    assert!(e.contains("order or encoder"), "{e}");
+    assert!(e.contains("order: \"fractaldb-order-v1\" then"), "{e}");
     std::fs::write(&part, text).unwrap();
     // Resume of a complete dataset renders nothing and changes nothing.
     let before = std::fs::read(shards(&a)[0].clone()).unwrap();

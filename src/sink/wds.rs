@@ -310,6 +310,43 @@ impl<'a> WdsSink<'a> {
             .iter()
             .flat_map(|&g| layout.block_shard_range(g))
             .collect();
+        // Every check before the first byte is written or removed: the manifest parts of any world
+        // size must have been made with these settings (their shards would be overwritten otherwise).
+        let parts = list_parts(&opts.out, &opts.prefix)?;
+        let mut others: Vec<Manifest> = Vec::new();
+        for p in &parts {
+            let old = read_manifest(p)?;
+            if old.config != manifest.config
+                || old.total_samples != layout.total
+                || old.samples_per_shard != layout.per_shard
+            {
+                return Err(Error::input(
+                    p,
+                    None,
+                    format!(
+                        "this dataset was started with other settings ({}); nothing was written: use the same \
+                         flags and fractaldb version, or another --out/--prefix",
+                        config_difference(&old.config, &manifest.config)
+                    ),
+                ));
+            }
+            others.push(old);
+        }
+        if !opts.resume {
+            // The other ranks of this world may be writing beside us; anything else is old output.
+            let existing = part.exists()
+                || others.iter().any(|m| m.world_size != world)
+                || mine
+                    .iter()
+                    .any(|&s| opts.out.join(shard_name(&opts.prefix, s)).exists());
+            if existing {
+                return Err(Error::input(
+                    &opts.out,
+                    None,
+                    "already holds shards of this prefix: pass --resume to complete them, or choose another --out/--prefix",
+                ));
+            }
+        }
         {
             // Only this rank's leftovers: other ranks may be writing into the same directory right now.
             let names: std::collections::HashSet<String> = mine
@@ -323,32 +360,29 @@ impl<'a> WdsSink<'a> {
                 .collect();
             fsutil::remove_stale_tmp_of(&opts.out, |n| names.contains(n));
         }
-        if opts.resume && part.exists() {
-            let old = read_manifest(&part)?;
-            if old.config != manifest.config
-                || old.total_samples != layout.total
-                || old.samples_per_shard != layout.per_shard
-            {
-                return Err(Error::input(
-                    &part,
-                    None,
-                    "--resume: this dataset was started with other settings (classes, weights, size, seed, \
-                     or an older fractaldb's shard order or encoder); use the same flags and version, or another --out",
-                ));
+        if opts.resume {
+            // Shards verified by any part (another world size writes the same bytes), kept if mine.
+            let mine_set: std::collections::HashSet<u64> = mine.iter().copied().collect();
+            let mut kept: Vec<ShardEntry> = others
+                .iter()
+                .flat_map(|m| verified_shards(&opts.out, m))
+                .filter(|e| mine_set.contains(&e.shard))
+                .collect();
+            kept.sort_by_key(|e| e.shard);
+            kept.dedup_by_key(|e| e.shard);
+            if opts.dali_index {
+                // --dali-index added on resume: the kept shards get their index too.
+                for e in &kept {
+                    let idx = opts
+                        .out
+                        .join(format!("{}.idx", e.url.trim_end_matches(".tar")));
+                    if !idx.exists() {
+                        let text = dali_index_of(&opts.out.join(&e.url))?;
+                        fsutil::write_atomic(&idx, text.as_bytes(), true)?;
+                    }
+                }
             }
-            manifest.shards = verified_shards(&opts.out, &old);
-        } else if !opts.resume {
-            let existing = part.exists()
-                || mine
-                    .iter()
-                    .any(|&s| opts.out.join(shard_name(&opts.prefix, s)).exists());
-            if existing {
-                return Err(Error::input(
-                    &opts.out,
-                    None,
-                    "already holds shards of this prefix: pass --resume to complete them, or choose another --out/--prefix",
-                ));
-            }
+            manifest.shards = kept;
         }
         let done: std::collections::HashSet<u64> =
             manifest.shards.iter().map(|e| e.shard).collect();
@@ -547,6 +581,87 @@ impl Drop for WdsSink<'_> {
     }
 }
 
+/// The manifest parts of `prefix` in `out` (any rank, any world size), sorted.
+pub fn list_parts(out: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
+    let start = format!("{prefix}-manifest.part-");
+    let mut parts = Vec::new();
+    let rd = match std::fs::read_dir(out) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(parts),
+        Err(e) => return Err(Error::io(out, "cannot list output directory", e)),
+    };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&start) && n.ends_with(".json") {
+            parts.push(e.path());
+        }
+    }
+    parts.sort();
+    Ok(parts)
+}
+
+/// Which settings differ between two fingerprints, for the refusal message.
+pub fn config_difference(old: &serde_json::Value, new: &serde_json::Value) -> String {
+    let (Some(a), Some(b)) = (old.as_object(), new.as_object()) else {
+        return "unreadable settings".into();
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let diff: Vec<String> = keys
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            let show = |v: Option<&serde_json::Value>| {
+                let t = v.map_or("(none)".to_string(), |v| v.to_string());
+                if t.len() > 40 {
+                    format!("{}...", &t[..37])
+                } else {
+                    t
+                }
+            };
+            format!("{k}: {} then, {} now", show(a.get(k)), show(b.get(k)))
+        })
+        .collect();
+    if diff.is_empty() {
+        "the sample count or shard size".into()
+    } else {
+        diff.join("; ")
+    }
+}
+
+/// The DALI `wds2idx` v1.2 index of an existing shard, read from its tar headers (the same text
+/// [`ShardWriter`] writes).
+pub fn dali_index_of(path: &Path) -> Result<String> {
+    let f = File::open(path).map_err(|e| Error::io(path, "cannot read shard", e))?;
+    let mut ar = tar::Archive::new(std::io::BufReader::new(f));
+    let mut lines: Vec<(String, String)> = Vec::new();
+    let bad = |e: std::io::Error| Error::io(path, "cannot read shard", e);
+    for entry in ar.entries().map_err(bad)? {
+        let entry = entry.map_err(bad)?;
+        let name = entry.path().map_err(bad)?.to_string_lossy().into_owned();
+        let (key, ext) = name.split_once('.').unwrap_or((&name, ""));
+        let field = format!(
+            "{ext} {} {} {name}",
+            entry.raw_file_position(),
+            entry.size()
+        );
+        match lines.last_mut() {
+            Some((k, line)) if k == key => {
+                line.push(' ');
+                line.push_str(&field);
+            }
+            _ => lines.push((key.to_string(), field)),
+        }
+    }
+    let mut text = format!("v1.2 {}\n", lines.len());
+    for (_, l) in lines {
+        text.push_str(&l);
+        text.push('\n');
+    }
+    Ok(text)
+}
+
 /// Checks the shards a manifest part records: those whose size and sha256 still match are complete.
 pub fn verified_shards(out: &Path, m: &Manifest) -> Vec<ShardEntry> {
     m.shards
@@ -569,16 +684,8 @@ pub fn finalize(out: &Path, prefix: &str) -> Result<std::result::Result<Manifest
         .collect();
     fsutil::remove_stale_tmp_of(out, |n| finals.iter().any(|f| f == n));
     let start = format!("{prefix}-manifest.part-");
-    let mut parts = Vec::new();
-    let rd =
-        std::fs::read_dir(out).map_err(|e| Error::io(out, "cannot list output directory", e))?;
-    for e in rd.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with(&start) && n.ends_with(".json") {
-            parts.push(e.path());
-        }
-    }
-    parts.sort();
+    std::fs::read_dir(out).map_err(|e| Error::io(out, "cannot list output directory", e))?;
+    let parts = list_parts(out, prefix)?;
     if parts.is_empty() {
         return Err(Error::input(
             out,
