@@ -251,7 +251,7 @@ pub struct WeightsArgs {
 
 #[derive(Args, Debug)]
 pub struct FinalizeArgs {
-    /// Output directory of the sharded run
+    /// Output directory of the run: shards (merges the manifests) or folders (checks every image)
     #[arg(long)]
     pub out: PathBuf,
     /// Shard name prefix
@@ -522,6 +522,28 @@ pub fn run(cli: Cli) -> Result<()> {
                     opts.format
                 );
             }
+            if opts.rank.world > 1 {
+                // Not the whole dataset: say so, whatever --quiet says (an inherited launcher
+                // environment must not pass for a complete run).
+                crate::say!(
+                    "NOTE: rank {} of {} ({}): this run renders only its part of the dataset \
+                     ({}); run every rank, then `fractaldb finalize --out {}`",
+                    opts.rank.rank,
+                    opts.rank.world,
+                    opts.rank.source,
+                    match opts.format {
+                        Format::Folder => format!(
+                            "classes c with c % {} == {}",
+                            opts.rank.world, opts.rank.rank
+                        ),
+                        Format::Wds => format!(
+                            "shard blocks g with g % {} == {}",
+                            opts.rank.world, opts.rank.rank
+                        ),
+                    },
+                    opts.out.display()
+                );
+            }
             let s = generate::run(&opts)?;
             if !a.common.quiet {
                 let readback = if matches!(opts.backend, Backend::Gl(..)) {
@@ -556,6 +578,37 @@ pub fn run(cli: Cli) -> Result<()> {
             std::io::stdout()
                 .write_all(text.as_bytes())
                 .map_err(|e| Error::io("<stdout>", "cannot write", e))
+        }
+        Command::Finalize(a)
+            if crate::sink::wds::list_parts(&a.out, &a.prefix)?.is_empty()
+                && a.out.join(crate::sink::folder::RECORD).exists() =>
+        {
+            // A folder dataset: every image of its record present and whole.
+            let rec = crate::sink::folder::read_record(&a.out)?.expect("checked");
+            let missing = crate::sink::folder::missing_images(&a.out, &rec);
+            if missing.is_empty() {
+                crate::say!(
+                    "complete: {} images of {} classes in {}",
+                    rec.total(),
+                    rec.classes.len(),
+                    a.out.display()
+                );
+                Ok(())
+            } else {
+                let shown: Vec<String> = missing
+                    .iter()
+                    .take(20)
+                    .map(|p| p.display().to_string())
+                    .collect();
+                Err(Error::Other(format!(
+                    "{}: {} of {} images missing or broken (rerun the render with --resume on every rank): {}{}",
+                    a.out.display(),
+                    missing.len(),
+                    rec.total(),
+                    shown.join(" "),
+                    if missing.len() > 20 { " ..." } else { "" }
+                )))
+            }
         }
         Command::Finalize(a) => match crate::sink::wds::finalize(&a.out, &a.prefix)? {
             Ok(m) => {

@@ -132,8 +132,10 @@ fn reporter(
 struct FolderJobs<'a> {
     plan: &'a Plan,
     classes: Vec<u32>,
-    /// With `--resume`, the root to look for existing images in.
+    /// With `--resume`, the root to look for existing images in; kept images must be whole PNGs of
+    /// this (width, height, gray) geometry, the others are drawn again.
     resume: Option<&'a std::path::Path>,
+    geometry: (u32, u32, bool),
     kept: &'a AtomicU64,
 }
 
@@ -144,6 +146,7 @@ impl Jobs for FolderJobs<'_> {
     fn job(&self, i: u64) -> Job {
         let rows = self.plan.weights.len() as u64;
         let class = self.classes[(i / rows) as usize];
+        let (w, h, gray) = self.geometry;
         let row = (i % rows) as u32;
         let per_cloud = self.plan.instances as u64 * plan::FLIPS;
         let first = self.plan.id(plan::Sample {
@@ -159,7 +162,7 @@ impl Jobs for FolderJobs<'_> {
             (first..first + per_cloud).filter_map(|id| {
                 let sample = plan.sample(id);
                 if let Some(root) = self.resume
-                    && folder::image_path(root, plan, sample).is_file()
+                    && folder::image_is_whole(&folder::image_path(root, plan, sample), w, h, gray)
                 {
                     self.kept.fetch_add(1, Ordering::Relaxed);
                     return None;
@@ -183,6 +186,17 @@ fn run_folder(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result
     let mine: Vec<u32> = (0..plan.classes.len() as u32)
         .filter(|c| *c as u64 % opts.rank.world == opts.rank.rank)
         .collect();
+    let record = folder::Record {
+        kind: "fractaldb-folder-v1".into(),
+        config: fingerprint(opts, plan, false),
+        classes: plan.classes.iter().map(|c| c.name.clone()).collect(),
+        rows: plan.weights.len() as u32,
+        instances: plan.instances,
+        width: opts.cfg.width,
+        height: opts.cfg.height,
+        gray: opts.png.gray,
+    };
+    folder::check_or_write_record(&opts.out, &record)?;
     let sink = FolderSink::new(&opts.out, plan, &mine, opts.writers)?;
     let per_class = plan.weights.len() as u64 * plan.instances as u64 * plan::FLIPS;
     let kept = Arc::new(AtomicU64::new(0));
@@ -197,6 +211,7 @@ fn run_folder(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result
         plan,
         classes: mine,
         resume: opts.resume.then_some(opts.out.as_path()),
+        geometry: (opts.cfg.width, opts.cfg.height, opts.png.gray),
         kept: &kept,
     };
     pipeline::run(ctx, &jobs, &sink, opts.threads, stats, &Abort::default())?;
@@ -210,8 +225,8 @@ fn run_folder(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result
 /// checked against Cargo.lock by a test).
 pub const ENCODER: &str = "png-0.18 nofilter";
 
-/// Everything that determines the shard bytes.
-fn fingerprint(opts: &RenderOptions, plan: &Plan) -> serde_json::Value {
+/// Everything that determines the shard bytes (`shards`), or a folder dataset's images.
+fn fingerprint(opts: &RenderOptions, plan: &Plan, shards: bool) -> serde_json::Value {
     let mut h = Sha256::new();
     for c in &plan.classes {
         h.update(c.name.as_bytes());
@@ -219,7 +234,7 @@ fn fingerprint(opts: &RenderOptions, plan: &Plan) -> serde_json::Value {
         h.update(c.ifs.to_csv().as_bytes());
     }
     let classes: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "format": "fractaldb-wds-v1",
         "order": plan::ORDER_VERSION,
         "encoder": ENCODER,
@@ -235,7 +250,16 @@ fn fingerprint(opts: &RenderOptions, plan: &Plan) -> serde_json::Value {
         "seed": opts.seed,
         "png_level": opts.png.level, "png_gray": opts.png.gray,
         "prefix": opts.prefix,
-    })
+    });
+    if !shards {
+        // Folder images do not depend on the shard order, the seed's order part or the prefix.
+        let m = v.as_object_mut().unwrap();
+        for k in ["format", "order", "prefix", "seed"] {
+            m.remove(k);
+        }
+        m.insert("format".into(), "fractaldb-folder-v1".into());
+    }
+    v
 }
 
 /// Shard output: this rank's blocks, one job per cloud of each block, in the layout's cloud order
@@ -297,7 +321,7 @@ fn run_wds(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result<Su
         },
         plan,
         &layout,
-        fingerprint(opts, plan),
+        fingerprint(opts, plan, true),
         (rank, world),
     )?;
     let mut starts = vec![0u64];

@@ -144,20 +144,27 @@ struct ThreadFeed<'a> {
 impl Feed for ThreadFeed<'_> {
     fn claim(&mut self, max: usize) -> Option<Vec<(u64, Unit)>> {
         let n = self.jobs.count();
-        let start = self.next.fetch_add(max as u64, Ordering::Relaxed);
-        if start >= n || self.abort.is_set() {
-            return None;
-        }
-        Some(
-            (start..(start + max as u64).min(n))
-                .map(|i| {
+        loop {
+            let start = self.next.fetch_add(max as u64, Ordering::Relaxed);
+            if start >= n || self.abort.is_set() {
+                return None;
+            }
+            // Jobs with nothing left to draw (all kept on --resume) cost no chaos game.
+            let units: Vec<(u64, Unit)> = (start..(start + max as u64).min(n))
+                .filter_map(|i| {
                     let j = self.jobs.job(i);
+                    if j.images.is_empty() {
+                        return None;
+                    }
                     let left = j.images.len();
                     self.waiting.insert(i, (j.images, left));
-                    (i, j.unit)
+                    Some((i, j.unit))
                 })
-                .collect(),
-        )
+                .collect();
+            if !units.is_empty() {
+                return Some(units);
+            }
+        }
     }
 
     fn emit(&mut self, c: Canvas) -> bool {

@@ -380,3 +380,89 @@ fn dali_index_added_on_resume_covers_the_kept_shards() {
         );
     }
 }
+
+fn pngs(dir: &Path) -> Vec<PathBuf> {
+    tree(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect()
+}
+
+#[test]
+fn a_folder_dataset_refuses_other_settings_before_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00009"]);
+    let out = tmp.path().join("f");
+    run_ok(render(&classes, &out).arg("-q"));
+    let before = snapshot(&out);
+    for extra in [
+        vec!["--resume", "--image-size-x", "40", "--image-size-y", "40"],
+        vec!["--iteration", "2000"],
+    ] {
+        let e = run_err(render(&classes, &out).args(&extra));
+        assert!(
+            e.contains("fractaldb-folder.json")
+                && e.contains("other settings")
+                && e.contains("then"),
+            "{e}"
+        );
+        assert!(snapshot(&out) == before, "files changed by a refused run");
+    }
+}
+
+#[test]
+fn folder_resume_redraws_broken_images_and_keeps_whole_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00010"]);
+    let out = tmp.path().join("f");
+    run_ok(render(&classes, &out).arg("-q"));
+    let want = snapshot(&out);
+    let list = pngs(&out);
+    let (a, b) = (out.join(&list[3]), out.join(&list[7]));
+    let len = std::fs::metadata(&a).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    std::fs::write(&b, b"").unwrap();
+    let o = run_ok(render(&classes, &out).arg("--resume"));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("done: 2 images (98 kept from before)"), "{e}");
+    assert!(
+        snapshot(&out) == want,
+        "the resumed dataset differs from the original run"
+    );
+}
+
+#[test]
+fn an_inherited_launcher_environment_is_announced_and_finalize_checks_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00011", "00012", "00013", "00014", "00015"]);
+    let out = tmp.path().join("f");
+    let o = run_ok(
+        render(&classes, &out)
+            .arg("-q")
+            .env("RANK", "0")
+            .env("WORLD_SIZE", "4"),
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("rank 0 of 4") && e.contains("only its part") && e.contains("finalize"),
+        "{e}"
+    );
+    assert_eq!(pngs(&out).len(), 200, "classes 0 and 4 of 5");
+    let e = run_err(bin().args(["finalize", "--out"]).arg(&out));
+    assert!(e.contains("300 of 500 images missing"), "{e}");
+    for rank in 1..4 {
+        run_ok(
+            render(&classes, &out)
+                .arg("-q")
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", "4"),
+        );
+    }
+    let o = run_ok(bin().args(["finalize", "--out"]).arg(&out));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("complete: 500 images"));
+}

@@ -1,6 +1,6 @@
 //! The original layout: `{save_root}/{class}/{class}_{row:02}_count_{instance}_flip{t}.png`.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::pipeline::{Sink, Target};
 use crate::plan::{Plan, Sample};
@@ -49,4 +49,121 @@ impl Sink for FolderSink<'_> {
     fn accept(&self, _writer: usize, t: Target, png: Vec<u8>) -> Result<()> {
         fsutil::write_atomic(&image_path(&self.root, self.plan, t.sample), &png, false)
     }
+}
+
+/// The record of a folder dataset, `{out}/fractaldb-folder.json`: the settings that determine the
+/// images and what the dataset holds, so a resume or rerun with other settings is refused and
+/// `finalize` can check completeness.
+pub const RECORD: &str = "fractaldb-folder.json";
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+pub struct Record {
+    pub kind: String,
+    pub config: serde_json::Value,
+    pub classes: Vec<String>,
+    pub rows: u32,
+    pub instances: u32,
+    /// PNG geometry every image must have (checked on resume and by finalize).
+    pub width: u32,
+    pub height: u32,
+    pub gray: bool,
+}
+
+impl Record {
+    pub fn total(&self) -> u64 {
+        self.classes.len() as u64 * self.rows as u64 * self.instances as u64 * crate::plan::FLIPS
+    }
+}
+
+pub fn read_record(out: &Path) -> Result<Option<Record>> {
+    let path = out.join(RECORD);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => serde_json::from_str(&t).map(Some).map_err(|e| {
+            Error::input(
+                &path,
+                Some(e.line()),
+                format!("not a fractaldb folder record: {e}"),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(&path, "cannot read", e)),
+    }
+}
+
+/// Refuses a folder dataset made with other settings (naming them); records ours when there is none.
+/// Runs before anything else is written.
+pub fn check_or_write_record(out: &Path, rec: &Record) -> Result<()> {
+    if let Some(old) = read_record(out)? {
+        if old.config != rec.config || old.classes != rec.classes {
+            return Err(Error::input(
+                out.join(RECORD),
+                None,
+                format!(
+                    "this folder dataset was made with other settings ({}); nothing was written: use the \
+                     same flags and classes, or another --out",
+                    if old.classes != rec.classes {
+                        "the classes".to_string()
+                    } else {
+                        crate::sink::wds::config_difference(&old.config, &rec.config)
+                    }
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    let mut text = serde_json::to_string_pretty(rec).map_err(|e| Error::Other(e.to_string()))?;
+    text.push('\n');
+    fsutil::create_dir(out)?;
+    fsutil::write_atomic(&out.join(RECORD), text.as_bytes(), true)
+}
+
+/// A cheap structural check of a finished image (two small reads, no decoding): the PNG signature,
+/// an IHDR of the expected size, 8-bit depth and colour type, and the IEND chunk at the very end.
+/// Catches truncated, emptied and other-settings images; a file rewritten with valid PNG bytes of
+/// the same geometry passes (files are only ever written whole, by rename).
+pub fn image_is_whole(path: &Path, width: u32, height: u32, gray: bool) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut head = [0u8; 26];
+    if f.read_exact(&mut head).is_err() {
+        return false;
+    }
+    const SIG: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let ok_head = head[..8] == SIG
+        && be(&head[8..12]) == 13
+        && &head[12..16] == b"IHDR"
+        && be(&head[16..20]) == width
+        && be(&head[20..24]) == height
+        && head[24] == 8
+        && head[25] == if gray { 0 } else { 2 };
+    if !ok_head {
+        return false;
+    }
+    let mut tail = [0u8; 12];
+    f.seek(SeekFrom::End(-12)).is_ok()
+        && f.read_exact(&mut tail).is_ok()
+        && tail == [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xae, 0x42, 0x60, 0x82]
+}
+
+/// `finalize` for a folder dataset: every image of the record present and whole. Returns the
+/// missing or broken ones (relative paths), in order.
+pub fn missing_images(out: &Path, rec: &Record) -> Vec<PathBuf> {
+    let mut missing = Vec::new();
+    for name in &rec.classes {
+        for row in 0..rec.rows {
+            for instance in 0..rec.instances {
+                for flip in 0..crate::plan::FLIPS {
+                    let rel = PathBuf::from(name)
+                        .join(format!("{name}_{row:02}_count_{instance}_flip{flip}.png"));
+                    if !image_is_whole(&out.join(&rel), rec.width, rec.height, rec.gray) {
+                        missing.push(rel);
+                    }
+                }
+            }
+        }
+    }
+    missing
 }
