@@ -373,7 +373,38 @@ impl RenderArgs {
                 format!("cannot be used with --draw-type {}", self.draw_type),
             ));
         }
-        let threads = self.common.threads();
+        let mut threads = self.common.threads();
+        {
+            // The memory the run needs, against what this process may use: fewer threads when
+            // that fits, a clear refusal when not even one does.
+            let est = crate::memory::render_estimate(crate::memory::RenderShape {
+                iterations: self.iteration as u64,
+                width: self.image_size_x as u64,
+                height: self.image_size_y as u64,
+                channels: if self.png_gray { 1 } else { 3 },
+                png_level: self.png_level,
+                images_per_cloud: (cfg.instances(self.instance) as u64)
+                    .saturating_mul(crate::plan::FLIPS),
+                python_masks: matches!(cfg.masks, MaskRng::Python { .. }),
+                shards: self.format == Format::Wds,
+            });
+            let avail = crate::memory::available();
+            let fit = crate::memory::fit_threads(
+                est,
+                threads,
+                &avail,
+                "--iteration/--image-size-x/--image-size-y/--instance",
+            )?;
+            if fit < threads {
+                crate::say!(
+                    "note: {threads} threads would need about {:.1} GiB, {:.1} GiB is available ({}): using {fit}",
+                    est.total(threads) as f64 / (1u64 << 30) as f64,
+                    avail.bytes as f64 / (1u64 << 30) as f64,
+                    avail.source
+                );
+                threads = fit;
+            }
+        }
         let writers = self
             .writers
             .unwrap_or(if self.format == Format::Wds {
@@ -406,7 +437,10 @@ impl RenderArgs {
             resume: self.resume,
             threads: Threads {
                 render: threads,
-                encode: self.encoders.unwrap_or(threads).max(1),
+                encode: self
+                    .encoders
+                    .unwrap_or(threads)
+                    .clamp(1, threads.max(1) * 4),
                 queue: 2 * threads,
             },
             writers,
@@ -454,6 +488,16 @@ pub fn run(cli: Cli) -> Result<()> {
                 ));
             }
             let rank = a.ranks.resolve()?;
+            // Each search thread holds a candidate's points and its own u sequence (24 bytes a
+            // point) and a preview canvas; the GL form holds a batch of them.
+            let est = crate::memory::Estimate {
+                fixed: 64 << 20,
+                per_thread: (a.points as u64)
+                    .saturating_mul(24)
+                    .saturating_add((search::PREVIEW * search::PREVIEW * 4) as u64),
+            };
+            let avail = crate::memory::available();
+            let threads = crate::memory::fit_threads(est, a.common.threads(), &avail, "--points")?;
             let cfg = SearchConfig {
                 rank: rank.rank,
                 world: rank.world,
@@ -462,7 +506,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 points: a.points,
                 seed: a.seed,
                 out: a.out.clone(),
-                threads: a.common.threads(),
+                threads,
                 write_previews: !a.no_previews,
                 png_level: 6,
                 gl: match a.backend {

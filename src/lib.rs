@@ -29,6 +29,7 @@ pub mod error;
 pub mod fsutil;
 pub mod generate;
 pub mod ifs;
+pub mod memory;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;

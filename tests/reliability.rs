@@ -466,3 +466,51 @@ fn an_inherited_launcher_environment_is_announced_and_finalize_checks_folders() 
     let o = run_ok(bin().args(["finalize", "--out"]).arg(&out));
     assert!(String::from_utf8_lossy(&o.stderr).contains("complete: 500 images"));
 }
+
+#[test]
+fn runs_that_cannot_fit_in_memory_are_refused_up_front_with_the_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00016"]);
+    let out = tmp.path().join("o");
+    for extra in [
+        vec!["--iteration", "18446744073709551615"],
+        vec!["--iteration", "1000000000000"],
+        vec!["--instance", "4294967295", "--format", "wds"],
+    ] {
+        let t0 = std::time::Instant::now();
+        let mut c = bin();
+        c.args(["render", "--backend", "cpu", "--load-root"])
+            .arg(&classes)
+            .arg("--out")
+            .arg(&out)
+            .args(&extra);
+        let o = c.output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {o:?}");
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains("needs about") && e.contains("available"), "{e}");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+        assert!(!out.exists(), "{extra:?} wrote output");
+    }
+    let e = run_err(
+        bin()
+            .args(["search", "--points", "18446744073709551615", "--out"])
+            .arg(&out),
+    );
+    assert!(e.contains("--points") && e.contains("needs about"), "{e}");
+    // Under an address-space limit (ulimit -v), huge images get the figure instead of an abort.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v 3000000; exec \"$0\" render --backend cpu --image-size-x 16384 \
+             --image-size-y 16384 --iteration 1000 --load-root {} --out {}",
+            classes.display(),
+            out.display()
+        ))
+        .arg(env!("CARGO_BIN_EXE_fractaldb"))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("RLIMIT_AS") && e.contains("needs about"), "{e}");
+    assert!(!out.exists());
+}
