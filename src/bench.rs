@@ -204,6 +204,8 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                 gl: None,
                 rank: 0,
                 world: 1,
+                wait_timeout: std::time::Duration::from_secs(3600),
+                progress: false,
             };
             search::run(&cfg, |_, _| {})?;
             search::csv_dir(&cfg.out, cfg.rate, cfg.categories)

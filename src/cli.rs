@@ -118,6 +118,10 @@ pub struct SearchArgs {
     /// Skip the 512x512 preview PNGs.
     #[arg(long)]
     pub no_previews: bool,
+    /// Multi-rank search: seconds a rank waits for the others without any of them finishing a
+    /// block before it stops with a message (a rank that fails stops the others at once)
+    #[arg(long, default_value_t = 3600)]
+    pub wait_timeout: u64,
     /// Engine for the candidates' chaos games: cpu, gl or auto (gl on a hardware GPU)
     #[arg(long, default_value = "auto")]
     pub backend: BackendArg,
@@ -500,6 +504,8 @@ pub fn run(cli: Cli) -> Result<()> {
             let threads = crate::memory::fit_threads(est, a.common.threads(), &avail, "--points")?;
             let cfg = SearchConfig {
                 rank: rank.rank,
+                wait_timeout: std::time::Duration::from_secs(a.wait_timeout),
+                progress: !a.common.quiet,
                 world: rank.world,
                 rate: a.rate,
                 categories: a.categories,

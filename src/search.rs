@@ -31,6 +31,10 @@ pub struct SearchConfig {
     /// This process's rank and the number of ranks sharing the candidate evaluation.
     pub rank: u64,
     pub world: u64,
+    /// Multi-rank: how long a rank waits for the others without any of them finishing a block.
+    pub wait_timeout: std::time::Duration,
+    /// Print a progress line (candidates tried, acceptance rate) every 10 s while searching.
+    pub progress: bool,
 }
 
 /// Candidates per block of the multi-rank search: block b goes to rank b % world.
@@ -162,6 +166,7 @@ pub fn run(cfg: &SearchConfig, mut on_accept: impl FnMut(usize, usize)) -> Resul
     let mut bytes = Vec::new();
     let mut engine = open_engine(cfg)?;
     let batch = if engine.is_some() { 64 } else { batch };
+    let mut last_note = std::time::Instant::now();
     while stats.accepted < cfg.categories {
         let cands: Vec<Candidate> = (0..batch)
             .map(|_| next_candidate(&mut rng, cfg.points))
@@ -170,6 +175,16 @@ pub fn run(cfg: &SearchConfig, mut on_accept: impl FnMut(usize, usize)) -> Resul
             Some(e) => evaluate_all_gl(e, &cands, cfg.points, threads)?,
             None => evaluate_all(&cands, cfg.points, threads),
         };
+        if cfg.progress && last_note.elapsed().as_secs() >= 10 {
+            last_note = std::time::Instant::now();
+            crate::say!(
+                "search: {} candidates tried, {} of {} accepted ({:.2}% accepted)",
+                stats.candidates,
+                stats.accepted,
+                cfg.categories,
+                100.0 * stats.accepted as f64 / stats.candidates.max(1) as f64
+            );
+        }
         for (cand, (canvas, fill)) in cands.iter().zip(results) {
             stats.candidates += 1;
             if fill >= cfg.rate {
@@ -290,77 +305,26 @@ fn run_ranked(
         }
         Ok(blocks)
     };
+    // Every part must be of these settings before this rank writes anything (its own included:
+    // rewriting it would lose a finished search's record).
+    read_parts()?;
+    let marker = |r: u64| dir.join(format!("failed-rank-{r:05}-of-{:05}", cfg.world));
+    let _ = std::fs::remove_file(marker(cfg.rank));
     // Resume: keep the blocks this rank already recorded.
     let own_text = std::fs::read_to_string(&mine).unwrap_or_default();
     if !own_text.starts_with(&header) {
         fsutil::write_atomic(&mine, format!("{header}\n").as_bytes(), true)?;
     }
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&mine)
-        .map_err(|e| Error::io(&mine, "cannot open search part", e))?;
-    let mut engine = open_engine(cfg)?;
-    let threads = cfg.threads.max(1);
-    let mut rng = NumpyRandom::seed(cfg.seed);
-    let mut next_index = 0u64;
-    let mut b = cfg.rank;
-    let mut evaluated = 0usize;
-    let needed = cfg.categories as u64;
-    let mut last_note = std::time::Instant::now();
-    let accepted_prefix = loop {
-        let blocks = read_parts()?;
-        let mut prefix = 0u64;
-        let mut acc: Vec<u64> = Vec::new();
-        while let Some(a) = blocks.get(&prefix) {
-            acc.extend(a);
-            prefix += 1;
-        }
-        if acc.len() as u64 >= needed {
-            break acc;
-        }
-        if blocks.contains_key(&b) {
-            b += cfg.world;
-            continue;
-        }
-        if b >= prefix + RANK_AHEAD * cfg.world {
-            if last_note.elapsed().as_secs() >= 30 {
-                crate::say!(
-                    "search rank {}: waiting for block {prefix} (rank {})",
-                    cfg.rank,
-                    prefix % cfg.world
-                );
-                last_note = std::time::Instant::now();
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            continue;
-        }
-        while next_index < b * RANK_BLOCK {
-            next_candidate(&mut rng, cfg.points);
-            next_index += 1;
-        }
-        let cands: Vec<Candidate> = (0..RANK_BLOCK)
-            .map(|_| next_candidate(&mut rng, cfg.points))
-            .collect();
-        next_index += RANK_BLOCK;
-        let results = match engine.as_mut() {
-            Some(e) => evaluate_all_gl(e, &cands, cfg.points, threads)?,
-            None => evaluate_all(&cands, cfg.points, threads),
-        };
-        evaluated += cands.len();
-        let accepted: Vec<u64> = results
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, fill))| *fill >= cfg.rate)
-            .map(|(i, _)| b * RANK_BLOCK + i as u64)
-            .collect();
-        let mut line = serde_json::to_string(&BlockLine { block: b, accepted }).expect("json");
-        line.push('\n');
-        use std::io::Write;
-        file.write_all(line.as_bytes())
-            .and_then(|_| file.sync_data())
-            .map_err(|e| Error::io(&mine, "cannot append to search part", e))?;
-        b += cfg.world;
-    };
+    // A failure from here on leaves a marker, so the other ranks stop waiting for this one.
+    let r = search_blocks(cfg, &header, &mine, &read_parts, &marker);
+    if let Err(e) = &r {
+        let _ = fsutil::write_atomic(
+            &marker(cfg.rank),
+            format!("{header}\n{e}\n").as_bytes(),
+            true,
+        );
+    }
+    let (accepted_prefix, evaluated) = r?;
     if cfg.rank == 0 {
         let mut wanted: Vec<u64> = accepted_prefix;
         wanted.sort();
@@ -441,4 +405,110 @@ pub fn evaluate_all_gl(
         let (xs, ys) = std::mem::take(&mut *pts[i].lock().unwrap());
         fill(xs, ys)
     }))
+}
+
+/// The block loop of one rank of a multi-rank search: evaluates its blocks, records them, and
+/// waits for the others until the finished prefix holds enough accepted candidates. Returns that
+/// prefix's accepted candidates and the number this rank evaluated.
+fn search_blocks(
+    cfg: &SearchConfig,
+    header: &str,
+    mine: &Path,
+    read_parts: &dyn Fn() -> Result<std::collections::HashMap<u64, Vec<u64>>>,
+    marker: &dyn Fn(u64) -> std::path::PathBuf,
+) -> Result<(Vec<u64>, usize)> {
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(mine)
+        .map_err(|e| Error::io(mine, "cannot open search part", e))?;
+    let mut engine = open_engine(cfg)?;
+    let threads = cfg.threads.max(1);
+    let mut rng = NumpyRandom::seed(cfg.seed);
+    let mut next_index = 0u64;
+    let mut b = cfg.rank;
+    let mut evaluated = 0usize;
+    let needed = cfg.categories as u64;
+    let mut last_note = std::time::Instant::now();
+    let mut last_progress = (std::time::Instant::now(), 0usize);
+    let accepted_prefix = loop {
+        let blocks = read_parts()?;
+        let mut prefix = 0u64;
+        let mut acc: Vec<u64> = Vec::new();
+        while let Some(a) = blocks.get(&prefix) {
+            acc.extend(a);
+            prefix += 1;
+        }
+        if acc.len() as u64 >= needed {
+            break acc;
+        }
+        if blocks.contains_key(&b) {
+            b += cfg.world;
+            continue;
+        }
+        if b >= prefix + RANK_AHEAD * cfg.world {
+            // Another rank failed: stop waiting for it.
+            for r in 0..cfg.world {
+                if let Ok(t) = std::fs::read_to_string(marker(r))
+                    && let Some((h, msg)) = t.split_once('\n')
+                    && h == header
+                {
+                    return Err(Error::Other(format!(
+                        "search rank {}: rank {r} failed, so block {prefix} will not come: {}",
+                        cfg.rank,
+                        msg.trim()
+                    )));
+                }
+            }
+            // No rank has finished a block for too long: say so instead of waiting forever.
+            let seen: usize = blocks.len();
+            if seen != last_progress.1 {
+                last_progress = (std::time::Instant::now(), seen);
+            } else if last_progress.0.elapsed() >= cfg.wait_timeout {
+                return Err(Error::Other(format!(
+                    "search rank {}: no rank finished a block for {} s while waiting for block {prefix} \
+                     (rank {}): is that rank running? (--wait-timeout)",
+                    cfg.rank,
+                    cfg.wait_timeout.as_secs(),
+                    prefix % cfg.world
+                )));
+            }
+            if last_note.elapsed().as_secs() >= 30 {
+                crate::say!(
+                    "search rank {}: waiting for block {prefix} (rank {})",
+                    cfg.rank,
+                    prefix % cfg.world
+                );
+                last_note = std::time::Instant::now();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
+        }
+        while next_index < b * RANK_BLOCK {
+            next_candidate(&mut rng, cfg.points);
+            next_index += 1;
+        }
+        let cands: Vec<Candidate> = (0..RANK_BLOCK)
+            .map(|_| next_candidate(&mut rng, cfg.points))
+            .collect();
+        next_index += RANK_BLOCK;
+        let results = match engine.as_mut() {
+            Some(e) => evaluate_all_gl(e, &cands, cfg.points, threads)?,
+            None => evaluate_all(&cands, cfg.points, threads),
+        };
+        evaluated += cands.len();
+        let accepted: Vec<u64> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, fill))| *fill >= cfg.rate)
+            .map(|(i, _)| b * RANK_BLOCK + i as u64)
+            .collect();
+        let mut line = serde_json::to_string(&BlockLine { block: b, accepted }).expect("json");
+        line.push('\n');
+        use std::io::Write;
+        file.write_all(line.as_bytes())
+            .and_then(|_| file.sync_data())
+            .map_err(|e| Error::io(mine, "cannot append to search part", e))?;
+        b += cfg.world;
+    };
+    Ok((accepted_prefix, evaluated))
 }

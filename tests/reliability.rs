@@ -381,13 +381,6 @@ fn dali_index_added_on_resume_covers_the_kept_shards() {
     }
 }
 
-fn pngs(dir: &Path) -> Vec<PathBuf> {
-    tree(dir)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|x| x == "png"))
-        .collect()
-}
-
 #[test]
 fn a_folder_dataset_refuses_other_settings_before_writing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -513,4 +506,111 @@ fn runs_that_cannot_fit_in_memory_are_refused_up_front_with_the_figures() {
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(e.contains("RLIMIT_AS") && e.contains("needs about"), "{e}");
     assert!(!out.exists());
+}
+
+fn search_rank(out: &Path, rank: u64, world: u64, extra: &[&str]) -> Command {
+    let mut c = bin();
+    c.args([
+        "search",
+        "-q",
+        "--categories",
+        "2",
+        "-j",
+        "1",
+        "--no-previews",
+    ])
+    .args([
+        "--rank",
+        &rank.to_string(),
+        "--world-size",
+        &world.to_string(),
+    ])
+    .args(extra)
+    .arg("--out")
+    .arg(out);
+    c
+}
+
+/// Runs a command with a deadline: a hang fails the test instead of blocking it.
+fn output_within(c: &mut Command, secs: u64) -> std::process::Output {
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > std::time::Duration::from_secs(secs) {
+            let _ = child.kill();
+            panic!("{c:?} still running after {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_multi_rank_search_never_waits_forever() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("s");
+    // Two ranks complete a search.
+    let mut a = search_rank(&out, 0, 2, &[]);
+    let mut b = search_rank(&out, 1, 2, &[]);
+    let (ca, cb) = (a.spawn().unwrap(), b.spawn().unwrap());
+    assert!(ca.wait_with_output().unwrap().status.success());
+    assert!(cb.wait_with_output().unwrap().status.success());
+    let parts = out.join(".fractaldb-search");
+    let before = snapshot(&parts);
+    // Rerun with another seed: both ranks refuse at once, whichever starts first; nothing changes.
+    for rank in [1, 0] {
+        let o = output_within(&mut search_rank(&out, rank, 2, &["--seed", "5"]), 60);
+        assert_eq!(o.status.code(), Some(1));
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains("other settings"), "{e}");
+    }
+    assert!(snapshot(&parts) == before);
+    // A rank whose partner never comes stops after --wait-timeout with a message.
+    let lone = tmp.path().join("lone");
+    let o = output_within(
+        &mut search_rank(&lone, 0, 2, &["--categories", "400", "--wait-timeout", "2"]),
+        120,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("is that rank running"), "{e}");
+    // A rank that failed leaves a marker: the waiting rank stops at once with its message.
+    let failed = tmp.path().join("failed");
+    let mut waiting = search_rank(&failed, 0, 2, &["--categories", "400"]);
+    let child = waiting
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let part = failed.join(".fractaldb-search/rank-00000-of-00002.jsonl");
+    let t0 = std::time::Instant::now();
+    while !part.exists() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(60));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let header = std::fs::read_to_string(&part)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        failed.join(".fractaldb-search/failed-rank-00001-of-00002"),
+        format!("{header}\ndisk on fire\n"),
+    )
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    let o = child.wait_with_output().unwrap();
+    assert!(t0.elapsed() < std::time::Duration::from_secs(60));
+    assert_eq!(o.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("rank 1 failed") && e.contains("disk on fire"),
+        "{e}"
+    );
 }

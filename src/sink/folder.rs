@@ -93,6 +93,7 @@ pub fn read_record(out: &Path) -> Result<Option<Record>> {
 /// Refuses a folder dataset made with other settings (naming them); records ours when there is none.
 /// Runs before anything else is written.
 pub fn check_or_write_record(out: &Path, rec: &Record) -> Result<()> {
+    fsutil::create_dir(out)?;
     if let Some(old) = read_record(out)? {
         if old.config != rec.config || old.classes != rec.classes {
             return Err(Error::input(
@@ -113,7 +114,6 @@ pub fn check_or_write_record(out: &Path, rec: &Record) -> Result<()> {
     }
     let mut text = serde_json::to_string_pretty(rec).map_err(|e| Error::Other(e.to_string()))?;
     text.push('\n');
-    fsutil::create_dir(out)?;
     fsutil::write_atomic(&out.join(RECORD), text.as_bytes(), true)
 }
 

@@ -75,6 +75,15 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// The PNG files under `dir` (relative paths, sorted): the images of a folder dataset, without its
+/// record (`fractaldb-folder.json`).
+pub fn pngs(dir: &Path) -> Vec<PathBuf> {
+    files(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect()
+}
+
 /// A directory holding copies of the given published class CSVs.
 pub fn class_dir(tmp: &Path, names: &[&str]) -> PathBuf {
     let d = tmp.join("classes");
