@@ -71,3 +71,111 @@ pub fn check_writable(dir: &Path) -> Result<()> {
     let _ = fs::remove_file(&probe);
     Ok(())
 }
+
+/// An advisory lock on one rank's part of an output directory: a second run into the same place
+/// fails at once instead of deleting the first one's temporary files. `flock` on
+/// `.fractaldb-{name}.lock`; where the filesystem has no `flock` (Lustre without the flock mount
+/// option, some NFS) or `FRACTALDB_LOCK=file`, a lock file created exclusively, naming host and pid.
+pub struct OutputLock {
+    path: PathBuf,
+    _file: Option<fs::File>,
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+impl OutputLock {
+    pub fn acquire(dir: &Path, name: &str) -> Result<OutputLock> {
+        let path = dir.join(format!(".fractaldb-{name}.lock"));
+        let busy = |who: &str| {
+            Error::input(
+                &path,
+                None,
+                format!(
+                    "another fractaldb run ({who}) is writing this part of the output; wait for it, or \
+                     use another --out. If no run is active (a crashed node), remove this file"
+                ),
+            )
+        };
+        if std::env::var("FRACTALDB_LOCK").as_deref() != Ok("file") {
+            let f = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| Error::io(&path, "cannot create lock file", e))?;
+            match f.try_lock() {
+                Ok(()) => {
+                    let me = format!("{} pid {}\n", hostname(), std::process::id());
+                    let _ = f.set_len(0);
+                    let _ = (&f).write_all(me.as_bytes());
+                    return Ok(OutputLock {
+                        path,
+                        _file: Some(f),
+                    });
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    let who = fs::read_to_string(&path).unwrap_or_default();
+                    return Err(busy(who.trim()));
+                }
+                // No flock here: the exclusive-create fallback below.
+                Err(fs::TryLockError::Error(_)) => {}
+            }
+        }
+        let owner = path.with_extension("lock.owner");
+        let me = format!("{} pid {}", hostname(), std::process::id());
+        for _ in 0..2 {
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&owner)
+            {
+                Ok(mut f) => {
+                    let _ = f.write_all(me.as_bytes());
+                    return Ok(OutputLock {
+                        path: owner,
+                        _file: None,
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let who = fs::read_to_string(&owner).unwrap_or_default();
+                    // A holder on this host whose process is gone left it: take it over.
+                    let stale = who
+                        .strip_prefix(&format!("{} pid ", hostname()))
+                        .and_then(|p| p.trim().parse::<u32>().ok())
+                        .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+                    if stale {
+                        let _ = fs::remove_file(&owner);
+                        continue;
+                    }
+                    return Err(Error::input(
+                        &owner,
+                        None,
+                        format!(
+                            "another fractaldb run ({}) holds this part of the output (lock file; this \
+                             filesystem has no flock); wait for it, or use another --out. If no run is \
+                             active (a crashed node), remove this file",
+                            who.trim()
+                        ),
+                    ));
+                }
+                Err(e) => return Err(Error::io(&owner, "cannot create lock file", e)),
+            }
+        }
+        Err(Error::io(
+            &owner,
+            "cannot create lock file",
+            std::io::Error::other("it keeps coming back"),
+        ))
+    }
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}

@@ -196,6 +196,14 @@ fn run_folder(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result
         height: opts.cfg.height,
         gray: opts.png.gray,
     };
+    crate::fsutil::create_dir(&opts.out)?;
+    let _lock = crate::fsutil::OutputLock::acquire(
+        &opts.out,
+        &format!(
+            "folder-rank-{:05}-of-{:05}",
+            opts.rank.rank, opts.rank.world
+        ),
+    )?;
     folder::check_or_write_record(&opts.out, &record)?;
     let sink = FolderSink::new(&opts.out, plan, &mine, opts.writers)?;
     let per_class = plan.weights.len() as u64 * plan.instances as u64 * plan::FLIPS;

@@ -146,6 +146,10 @@ pub fn run(cfg: &SearchConfig, mut on_accept: impl FnMut(usize, usize)) -> Resul
     let cdir = csv_dir(&cfg.out, cfg.rate, cfg.categories);
     let pdir = preview_dir(&cfg.out, cfg.rate, cfg.categories);
     fsutil::create_dir(&cdir)?;
+    let _lock = fsutil::OutputLock::acquire(
+        &cfg.out,
+        &format!("search-rank-{:05}-of-{:05}", cfg.rank, cfg.world),
+    )?;
     fsutil::check_writable(&cdir)?;
     fsutil::remove_stale_tmp(&cdir);
     if cfg.write_previews {

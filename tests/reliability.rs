@@ -614,3 +614,71 @@ fn a_multi_rank_search_never_waits_forever() {
         "{e}"
     );
 }
+
+#[test]
+fn a_second_run_into_the_same_place_fails_at_once_and_the_first_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00017", "00018", "00019"]);
+    let out = tmp.path().join("o");
+    let long = |c: &mut Command| {
+        c.args([
+            "--iteration",
+            "60000",
+            "--image-size-x",
+            "128",
+            "--image-size-y",
+            "128",
+        ]);
+    };
+    let mut first = wds_render(&classes, &out);
+    long(&mut first);
+    let child = first.stderr(Stdio::piped()).spawn().unwrap();
+    let lock = out.join(".fractaldb-fractaldb-rank-00000-of-00001.lock");
+    let t0 = std::time::Instant::now();
+    while !lock.exists() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(30));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let mut second = wds_render(&classes, &out);
+    long(&mut second);
+    let o = output_within(second.arg("--resume"), 30);
+    assert_eq!(o.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("another fractaldb run") && e.contains(".lock"),
+        "{e}"
+    );
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!lock.exists(), "the lock is removed at the end");
+    // The same run again (resume) finds it complete.
+    let mut again = wds_render(&classes, &out);
+    long(&mut again);
+    run_ok(again.arg("--resume"));
+}
+
+#[test]
+fn without_flock_a_lock_file_names_its_owner_and_a_dead_owner_is_cleared() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00020"]);
+    let out = tmp.path().join("o");
+    std::fs::create_dir_all(&out).unwrap();
+    let owner = out.join(".fractaldb-folder-rank-00000-of-00001.lock.owner");
+    std::fs::write(&owner, "gpu-node-17 pid 4242").unwrap();
+    let e = run_err(render(&classes, &out).env("FRACTALDB_LOCK", "file"));
+    assert!(
+        e.contains("gpu-node-17 pid 4242") && e.contains("remove this file"),
+        "{e}"
+    );
+    assert!(pngs(&out).is_empty());
+    // This host, a pid that is gone: a stale lock, taken over.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    std::fs::write(&owner, format!("{} pid 4294967", host.trim())).unwrap();
+    run_ok(
+        render(&classes, &out)
+            .env("FRACTALDB_LOCK", "file")
+            .arg("-q"),
+    );
+    assert_eq!(pngs(&out).len(), 100);
+    assert!(!owner.exists());
+}

@@ -263,6 +263,7 @@ pub struct WdsSink<'a> {
     part: PathBuf,
     /// Shards finished by this run (for the progress display).
     pub written: Arc<AtomicU64>,
+    _lock: fsutil::OutputLock,
 }
 
 /// What is left to do for this rank after a resume.
@@ -293,6 +294,11 @@ impl<'a> WdsSink<'a> {
             ));
         }
         fsutil::create_dir(&opts.out)?;
+        // One run per rank and place: taken before anything is read, removed or written.
+        let lock = fsutil::OutputLock::acquire(
+            &opts.out,
+            &format!("{}-rank-{rank:05}-of-{world:05}", opts.prefix),
+        )?;
         fsutil::check_writable(&opts.out)?;
         let part = part_path(&opts.out, &opts.prefix, rank, world);
         let mut manifest = Manifest {
@@ -408,6 +414,7 @@ impl<'a> WdsSink<'a> {
             manifest: Mutex::new(manifest),
             part,
             written: Arc::default(),
+            _lock: lock,
         };
         // Record the part even before the first shard, so `finalize` can see this rank started.
         write_json(&sink.part, &sink.manifest())?;
