@@ -212,6 +212,25 @@ fn a_full_or_closed_stdout_or_stderr_never_stops_the_work_or_panics() {
     }
     let s = child.wait().unwrap();
     assert_eq!(s.code(), Some(0));
+    // The search too (`search ... 2>&1 | head -3` aborted after the first class).
+    let sout = tmp.path().join("search");
+    let mut c = bin();
+    c.args(["search", "--categories", "3", "--no-previews", "--out"])
+        .arg(&sout);
+    let mut child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Read;
+        let mut first = [0u8; 1];
+        let mut err = child.stderr.take().unwrap();
+        let _ = err.read(&mut first);
+        drop(err);
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(files(&sout.join("csv_rate0.2_category3")).len(), 3);
     assert_eq!(
         tree(&out)
             .iter()

@@ -287,10 +287,14 @@ impl<'a> WdsSink<'a> {
         config: serde_json::Value,
         (rank, world): (u64, u64),
     ) -> Result<(Self, Todo)> {
-        if opts.prefix.is_empty() || opts.prefix.contains(['/', '.']) {
+        if opts.prefix.is_empty()
+            || opts.prefix.contains(['/', '.', '\0'])
+            || opts.prefix.len() > 200
+        {
             return Err(Error::flag(
                 "--prefix",
-                "must be non-empty, without '/' or '.'",
+                "must be 1 to 200 bytes, without '/', '.' or NUL (file names and their temporary \
+                 names must stay under 255 bytes)",
             ));
         }
         fsutil::create_dir(&opts.out)?;
