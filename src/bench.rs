@@ -206,6 +206,7 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                 world: 1,
                 wait_timeout: std::time::Duration::from_secs(3600),
                 progress: false,
+                class_digits: 5,
             };
             search::run(&cfg, |_, _| {})?;
             search::csv_dir(&cfg.out, cfg.rate, cfg.categories)
@@ -298,6 +299,8 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                         encode: t,
                         queue: 2 * t,
                     },
+                    weight_rows: None,
+                    flips: None,
                     writers: if format == Format::Wds {
                         (t / 4).clamp(1, 4)
                     } else {

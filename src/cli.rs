@@ -101,6 +101,9 @@ pub struct SearchArgs {
     /// Number of categories to find [original: --category, 1000]
     #[arg(long = "categories", alias = "category", default_value_t = 1000)]
     pub categories: usize,
+    /// Digits of the class names: 5 gives the original's 00000.csv; the 21k-300k variants use 7
+    #[arg(long = "class-digits", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=12))]
+    pub class_digits: u32,
     /// Points per candidate [original: --numof_point, 100000]
     #[arg(long = "points", alias = "numof_point", default_value_t = 100_000)]
     pub points: usize,
@@ -184,6 +187,22 @@ pub struct RenderArgs {
     /// Seed of the sample order and of the default patch masks.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Which weight rows of the weights file to draw: `0`, `0-24`, `3-5,7` (default: all). File names
+    /// keep the file's row number
+    #[arg(long = "weight-rows")]
+    pub weight_rows: Option<String>,
+    /// Which flip variants to write: `0`, `0,1`, ... of 0..3 (default: all four). 2D-OFDB is
+    /// `--instance 1 --weight-rows 0 --flips 0`
+    #[arg(long)]
+    pub flips: Option<String>,
+    /// Which split to draw: train, or val (the same classes and rows, instances whose masks never
+    /// coincide with train's); patch draw types with counter masks only
+    #[arg(long, default_value = "train")]
+    pub split: crate::render::Split,
+    /// Epoch of the instance key (seed, split, epoch): 0 gives the same images as always; another
+    /// epoch draws new instances (patch draw types with counter masks only)
+    #[arg(long, default_value_t = 0)]
+    pub epoch: u64,
     /// Patch masks: counter[:SEED] (default, keyed by seed/class/row/instance/point) or python:S
     /// (CPython random seeded with S+n before instance n, as a seeded original run)
     #[arg(long = "mask-rng")]
@@ -366,10 +385,34 @@ impl RenderArgs {
             pad_y: self.pad_size_y,
             iterations: self.iteration,
             mode: self.draw_type,
-            masks: self
+            masks: match self
                 .mask_rng
-                .unwrap_or(MaskRng::Counter { seed: self.seed }),
+                .unwrap_or(MaskRng::Counter { seed: self.seed })
+            {
+                MaskRng::Counter { seed } => MaskRng::Counter {
+                    seed: crate::rng::instance_seed(seed, self.split.index(), self.epoch),
+                },
+                python => python,
+            },
         };
+        if self.split != crate::render::Split::Train || self.epoch > 0 {
+            let why = if !self.draw_type.is_patch() {
+                Some(format!(
+                    "draw type {} has no per-instance randomness: its images are the same in every split and epoch",
+                    self.draw_type
+                ))
+            } else if matches!(self.mask_rng, Some(MaskRng::Python { .. })) {
+                Some(
+                    "--mask-rng python:S follows the original's seeds (S + instance): it has no split or epoch"
+                        .to_string(),
+                )
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(Error::flag("--split/--epoch", why));
+            }
+        }
         cfg.validate()?;
         if self.png_gray && self.draw_type.is_color() {
             return Err(Error::flag(
@@ -448,6 +491,8 @@ impl RenderArgs {
                 queue: 2 * threads,
             },
             writers,
+            weight_rows: self.weight_rows.clone(),
+            flips: self.flips.clone(),
             rank,
             progress: self.common.progress(),
             backend,
@@ -491,6 +536,18 @@ pub fn run(cli: Cli) -> Result<()> {
                     ),
                 ));
             }
+            if (a.categories as u128) > 10u128.pow(a.class_digits) {
+                return Err(Error::flag(
+                    "--class-digits",
+                    format!(
+                        "{} classes do not fit in {} digits (00..0 to {}): use --class-digits {}",
+                        a.categories,
+                        a.class_digits,
+                        "9".repeat(a.class_digits as usize),
+                        (a.categories.saturating_sub(1)).to_string().len()
+                    ),
+                ));
+            }
             let rank = a.ranks.resolve()?;
             // Each search thread holds a candidate's points and its own u sequence (24 bytes a
             // point) and a preview canvas; the GL form holds a batch of them.
@@ -506,6 +563,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 rank: rank.rank,
                 wait_timeout: std::time::Duration::from_secs(a.wait_timeout),
                 progress: !a.common.quiet,
+                class_digits: a.class_digits as usize,
                 world: rank.world,
                 rate: a.rate,
                 categories: a.categories,

@@ -34,6 +34,9 @@ pub struct RenderOptions {
     pub resume: bool,
     pub threads: Threads,
     pub writers: usize,
+    /// `--weight-rows` and `--flips` selections (all when `None`).
+    pub weight_rows: Option<String>,
+    pub flips: Option<String>,
     pub rank: Rank,
     pub progress: progress::Mode,
     pub backend: Backend,
@@ -77,7 +80,16 @@ pub fn run(opts: &RenderOptions) -> Result<Summary> {
     }
     let classes = plan::load_classes(&opts.load_root)?;
     let instances = opts.cfg.instances(opts.instances);
-    let plan = Plan::new(classes, &opts.weights, instances)?;
+    let mut plan = Plan::new(classes, &opts.weights, instances)?;
+    if let Some(sel) = &opts.weight_rows {
+        plan.rows = plan::parse_selection("--weight-rows", sel, plan.weights.len() as u32)?;
+    }
+    if let Some(sel) = &opts.flips {
+        plan.flips = plan::parse_selection("--flips", sel, plan::FLIPS as u32)?
+            .into_iter()
+            .map(|f| f as u8)
+            .collect();
+    }
     let u = chaos_sequence(opts.cfg.iterations);
     let ctx = Context {
         backend: opts.backend.clone(),
@@ -141,19 +153,19 @@ struct FolderJobs<'a> {
 
 impl Jobs for FolderJobs<'_> {
     fn count(&self) -> u64 {
-        self.classes.len() as u64 * self.plan.weights.len() as u64
+        self.classes.len() as u64 * self.plan.rows.len() as u64
     }
     fn job(&self, i: u64) -> Job {
-        let rows = self.plan.weights.len() as u64;
+        let rows = self.plan.rows.len() as u64;
         let class = self.classes[(i / rows) as usize];
         let (w, h, gray) = self.geometry;
-        let row = (i % rows) as u32;
-        let per_cloud = self.plan.instances as u64 * plan::FLIPS;
+        let row = self.plan.rows[(i % rows) as usize];
+        let per_cloud = self.plan.per_cloud();
         let first = self.plan.id(plan::Sample {
             class,
             row,
             instance: 0,
-            flip: 0,
+            flip: self.plan.flips[0],
         });
         let plan = self.plan;
         pipeline::job_of(
@@ -190,7 +202,8 @@ fn run_folder(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result
         kind: "fractaldb-folder-v1".into(),
         config: fingerprint(opts, plan, false),
         classes: plan.classes.iter().map(|c| c.name.clone()).collect(),
-        rows: plan.weights.len() as u32,
+        rows: plan.rows.clone(),
+        flips: plan.flips.clone(),
         instances: plan.instances,
         width: opts.cfg.width,
         height: opts.cfg.height,
@@ -205,8 +218,9 @@ fn run_folder(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result
         ),
     )?;
     folder::check_or_write_record(&opts.out, &record)?;
+    crate::sink::write_class_list(&opts.out, plan)?;
     let sink = FolderSink::new(&opts.out, plan, &mine, opts.writers)?;
-    let per_class = plan.weights.len() as u64 * plan.instances as u64 * plan::FLIPS;
+    let per_class = plan.rows.len() as u64 * plan.per_cloud();
     let kept = Arc::new(AtomicU64::new(0));
     let _rep = reporter(
         opts,
@@ -259,6 +273,14 @@ fn fingerprint(opts: &RenderOptions, plan: &Plan, shards: bool) -> serde_json::V
         "png_level": opts.png.level, "png_gray": opts.png.gray,
         "prefix": opts.prefix,
     });
+    let m = v.as_object_mut().unwrap();
+    // Selections and splits only when not the default, so default runs keep their fingerprint.
+    if plan.rows.len() != plan.weights.len() {
+        m.insert("weight_rows".into(), serde_json::json!(plan.rows));
+    }
+    if plan.flips.len() as u64 != plan::FLIPS {
+        m.insert("flips".into(), serde_json::json!(plan.flips));
+    }
     if !shards {
         // Folder images do not depend on the shard order, the seed's order part or the prefix.
         let m = v.as_object_mut().unwrap();
@@ -332,6 +354,7 @@ fn run_wds(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result<Su
         fingerprint(opts, plan, true),
         (rank, world),
     )?;
+    crate::sink::write_class_list(&opts.out, plan)?;
     let mut starts = vec![0u64];
     for &g in &todo.blocks {
         let c = layout.block_clouds(g);

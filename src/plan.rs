@@ -133,13 +133,19 @@ pub struct Sample {
     pub flip: u8,
 }
 
-/// The dataset's shape; a sample's id is its index in class-major order.
+/// The dataset's shape; a sample's id is its index in class-major order over the selected weight
+/// rows, instances and flips.
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub classes: Vec<Class>,
+    /// Every row of the weights file (a sample's `row` indexes this).
     pub weights: Vec<WeightRow>,
     /// Instances per (class, row): `--instance` for patch modes, 1 for point modes.
     pub instances: u32,
+    /// The weight rows drawn (`--weight-rows`), ascending; all by default.
+    pub rows: Vec<u32>,
+    /// The flips written (`--flips`), ascending; all four by default.
+    pub flips: Vec<u8>,
 }
 
 pub const FLIPS: u64 = 4;
@@ -147,25 +153,38 @@ pub const FLIPS: u64 = 4;
 impl Plan {
     pub fn new(classes: Vec<Class>, weights: &str, instances: u32) -> Result<Plan> {
         let rows = ifs::load_weights(weights)?;
-        Ok(Plan {
-            classes,
-            weights: rows,
+        Ok(Plan::with_rows(classes, rows, instances))
+    }
 
+    /// Every weight row and flip of `weights`.
+    pub fn with_rows(classes: Vec<Class>, weights: Vec<WeightRow>, instances: u32) -> Plan {
+        Plan {
+            classes,
+            rows: (0..weights.len() as u32).collect(),
+            weights,
             instances,
-        })
+            flips: (0..FLIPS as u8).collect(),
+        }
+    }
+
+    /// Images drawn from one cloud: instances x the selected flips.
+    pub fn per_cloud(&self) -> u64 {
+        self.instances as u64 * self.flips.len() as u64
     }
 
     pub fn total(&self) -> u64 {
-        self.classes.len() as u64 * self.weights.len() as u64 * self.instances as u64 * FLIPS
+        self.classes.len() as u64 * self.rows.len() as u64 * self.per_cloud()
     }
 
     pub fn sample(&self, id: u64) -> Sample {
-        let flip = (id % FLIPS) as u8;
-        let rest = id / FLIPS;
+        let nf = self.flips.len() as u64;
+        let flip = self.flips[(id % nf) as usize];
+        let rest = id / nf;
         let instance = (rest % self.instances as u64) as u32;
         let rest = rest / self.instances as u64;
-        let row = (rest % self.weights.len() as u64) as u32;
-        let class = (rest / self.weights.len() as u64) as u32;
+        let nr = self.rows.len() as u64;
+        let row = self.rows[(rest % nr) as usize];
+        let class = (rest / nr) as u32;
         Sample {
             class,
             row,
@@ -175,11 +194,46 @@ impl Plan {
     }
 
     pub fn id(&self, s: Sample) -> u64 {
-        ((s.class as u64 * self.weights.len() as u64 + s.row as u64) * self.instances as u64
+        let row = self.rows.iter().position(|&r| r == s.row).unwrap_or(0) as u64;
+        let flip = self.flips.iter().position(|&f| f == s.flip).unwrap_or(0) as u64;
+        ((s.class as u64 * self.rows.len() as u64 + row) * self.instances as u64
             + s.instance as u64)
-            * FLIPS
-            + s.flip as u64
+            * self.flips.len() as u64
+            + flip
     }
+}
+
+/// Parses a selection such as `0`, `0-24`, `3-5,7` into sorted, distinct values below `n`.
+pub fn parse_selection(flag: &'static str, text: &str, n: u32) -> Result<Vec<u32>> {
+    let bad = |why: String| Error::flag(flag, format!("{text:?}: {why}"));
+    let mut out = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let (a, b): (u32, u32) = match (a.parse(), b.parse()) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => return Err(bad(format!("{part:?} is not N or N-M"))),
+        };
+        if a > b {
+            return Err(bad(format!("{part:?} is an empty range")));
+        }
+        if b >= n {
+            return Err(bad(format!(
+                "{b} is out of range: there are {n} (0 to {})",
+                n - 1
+            )));
+        }
+        out.extend(a..=b);
+    }
+    out.sort();
+    out.dedup();
+    if out.is_empty() {
+        return Err(bad("selects nothing".into()));
+    }
+    Ok(out)
 }
 
 /// A seeded bijection of [0, n): a balanced Feistel network over the next even power of two,
@@ -255,6 +309,9 @@ pub struct Placed {
 /// Shards of a block differ in size by at most one image, and none holds more than `per_shard`.
 #[derive(Clone, Debug)]
 pub struct Layout {
+    /// The weight rows and flips drawn (a cloud's row position maps to its weights-file row).
+    pub row_ids: Vec<u32>,
+    pub flip_ids: Vec<u8>,
     pub classes: u64,
     pub rows: u64,
     pub instances: u64,
@@ -278,9 +335,9 @@ fn mix(seed: u64, what: u32, v: u64) -> u64 {
 impl Layout {
     pub fn new(plan: &Plan, per_shard: u64, seed: u64) -> Layout {
         let classes = plan.classes.len() as u64;
-        let rows = plan.weights.len() as u64;
+        let rows = plan.rows.len() as u64;
         let instances = plan.instances as u64;
-        let per_cloud = instances * FLIPS;
+        let per_cloud = plan.per_cloud();
         let clouds = classes * rows;
         let total = clouds * per_cloud;
         let per_shard = per_shard.max(1);
@@ -289,6 +346,8 @@ impl Layout {
         let target = (3 * classes).div_ceil(5).min(per_shard).max(1);
         let block_shards = (target * per_cloud).div_ceil(per_shard).max(1);
         let mut l = Layout {
+            row_ids: plan.rows.clone(),
+            flip_ids: plan.flips.clone(),
             classes,
             rows,
             instances,
@@ -358,12 +417,12 @@ impl Layout {
         base + Self::before_in_block(n, b, j)..base + Self::before_in_block(n, b, j + 1)
     }
 
-    /// (class, row) of the `q`-th cloud of the sequence.
+    /// (class, weights-file row) of the `q`-th cloud of the sequence.
     pub fn cloud(&self, q: u64) -> (u32, u32) {
         let (round, p) = (q / self.classes, q % self.classes);
         let class = Permutation::new(self.classes, mix(self.seed, 1, round)).apply(p);
         let row = Permutation::new(self.rows, mix(self.seed, 2, class)).apply(round);
-        (class as u32, row as u32)
+        (class as u32, self.row_ids[row as usize])
     }
 
     /// Every image of the `q`-th cloud: where it goes, in the cloud's image order.
@@ -399,12 +458,13 @@ impl Layout {
                 let in_chunk: u64 = (c0..c1)
                     .map(|jj| of(jj, sl).min(layer) + u64::from(jj < j && of(jj, sl) > layer))
                     .sum();
+                let nf = self.flip_ids.len() as u64;
                 Placed {
                     sample: Sample {
                         class,
                         row,
-                        instance: (v / FLIPS) as u32,
-                        flip: (v % FLIPS) as u8,
+                        instance: (v / nf) as u32,
+                        flip: self.flip_ids[(v % nf) as usize],
                     },
                     pos: base + Self::before_in_block(n, b, sl) + before_chunk + in_chunk,
                     shard: r.start + sl,
@@ -456,8 +516,8 @@ mod tests {
 
     fn plan_of(classes: usize, rows: usize, instances: u32) -> Plan {
         let ifs = crate::ifs::Ifs { maps: vec![] };
-        Plan {
-            classes: (0..classes)
+        Plan::with_rows(
+            (0..classes)
                 .map(|i| Class {
                     name: format!("{i:05}"),
                     path: PathBuf::new(),
@@ -465,9 +525,9 @@ mod tests {
                     key: 0,
                 })
                 .collect(),
-            weights: vec![[1.0; 6]; rows],
+            vec![[1.0; 6]; rows],
             instances,
-        }
+        )
     }
 
     /// Every sample is placed once, inside its shard's range, each shard's positions are all used,
@@ -601,16 +661,34 @@ mod tests {
     }
 
     #[test]
-    fn sample_ids_round_trip() {
-        let plan = Plan {
-            classes: vec![],
-            weights: vec![[1.0; 6]; 25],
+    fn selections_parse_and_refuse_what_is_out_of_range() {
+        assert_eq!(parse_selection("--flips", "0", 4).unwrap(), [0]);
+        assert_eq!(parse_selection("--flips", "3,1,1", 4).unwrap(), [1, 3]);
+        assert_eq!(
+            parse_selection("--weight-rows", "3-5, 0", 25).unwrap(),
+            [0, 3, 4, 5]
+        );
+        for bad in ["4", "2-1", "x", "", "1-"] {
+            assert!(parse_selection("--flips", bad, 4).is_err(), "{bad}");
+        }
+    }
 
-            instances: 10,
-        };
+    #[test]
+    fn sample_ids_round_trip() {
+        let mut plan = Plan::with_rows(vec![], vec![[1.0; 6]; 25], 10);
         for id in [0u64, 1, 3, 4, 39, 40, 999, 1000, 123_456] {
             assert_eq!(plan.id(plan.sample(id)), id);
         }
+        // A selection of rows and flips: ids stay dense, samples carry the file's row numbers.
+        plan.rows = vec![3, 4, 5];
+        plan.flips = vec![1, 3];
+        for id in 0..3 * 10 * 2 * 2 {
+            let s = plan.sample(id);
+            assert!(plan.rows.contains(&s.row) && plan.flips.contains(&s.flip));
+            assert_eq!(plan.id(s), id);
+        }
+        plan.rows = (0..25).collect();
+        plan.flips = (0..4).collect();
         assert_eq!(
             plan.sample(1000),
             Sample {

@@ -238,6 +238,20 @@ impl MaskKey {
     }
 }
 
+/// The instance key of the counter masks: (seed, split, epoch) -> the counter generator's seed.
+/// `(seed, train, 0)` is `seed` itself (the bytes of every earlier run); anything else is a 64-bit
+/// mix of the three, so a validation split or another epoch draws masks unrelated to the training
+/// split's (split 0 = train, 1 = val).
+pub fn instance_seed(seed: u64, split: u32, epoch: u64) -> u64 {
+    if split == 0 && epoch == 0 {
+        return seed;
+    }
+    let w = |x: u32| hash32(x ^ 0x3c6e_f372);
+    let a = hash32(seed as u32 ^ w(split)) ^ hash32((epoch as u32) ^ 0xa54f_f53a);
+    let b = hash32((seed >> 32) as u32 ^ w(a)) ^ hash32(((epoch >> 32) as u32) ^ split);
+    ((a as u64) << 32 | b as u64) ^ 0x9e37_79b9_7f4a_7c15
+}
+
 /// A stable 32-bit key of a class name (FNV-1a), so masks follow the class, not its position.
 pub fn class_key(name: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;

@@ -35,6 +35,8 @@ pub struct SearchConfig {
     pub wait_timeout: std::time::Duration,
     /// Print a progress line (candidates tried, acceptance rate) every 10 s while searching.
     pub progress: bool,
+    /// Digits of the class names (`%05d` in the original; 7 in the 21k-300k variants' scripts).
+    pub class_digits: usize,
 }
 
 /// Candidates per block of the multi-rank search: block b goes to rank b % world.
@@ -229,7 +231,7 @@ fn write_class(
     rgb: &mut Vec<u8>,
     bytes: &mut Vec<u8>,
 ) -> Result<()> {
-    let name = format!("{k:05}");
+    let name = format!("{k:0w$}", w = cfg.class_digits);
     if cfg.write_previews {
         let pal = crate::render::palette(crate::render::DrawMode::PointGray);
         crate::render::write_flip(canvas, 512, 512, 1, &pal, 3, rgb);

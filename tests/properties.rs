@@ -16,8 +16,8 @@ fn config() -> ProptestConfig {
 }
 
 fn plan(classes: usize, rows: usize, instances: u32) -> Plan {
-    Plan {
-        classes: (0..classes)
+    Plan::with_rows(
+        (0..classes)
             .map(|i| Class {
                 name: format!("{i:05}"),
                 path: PathBuf::new(),
@@ -25,9 +25,9 @@ fn plan(classes: usize, rows: usize, instances: u32) -> Plan {
                 key: i as u32,
             })
             .collect(),
-        weights: vec![[1.0; 6]; rows],
+        vec![[1.0; 6]; rows],
         instances,
-    }
+    )
 }
 
 proptest! {

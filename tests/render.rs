@@ -136,7 +136,16 @@ fn csv_sub_folders_of_the_original_layout_are_read() {
         .collect();
     let mut dirs = dirs;
     dirs.sort();
-    assert_eq!(dirs, ["00000", "00025", "00026", "fractaldb-folder.json"]);
+    assert_eq!(
+        dirs,
+        [
+            "00000",
+            "00025",
+            "00026",
+            "classes.txt",
+            "fractaldb-folder.json"
+        ]
+    );
 }
 
 fn bad_class(tmp: &Path, content: &str) -> (std::path::PathBuf, String) {

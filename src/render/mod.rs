@@ -150,6 +150,29 @@ impl FromStr for DrawMode {
     }
 }
 
+/// Which split of the dataset to draw (`--split`): the same classes, other instances.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Split {
+    #[default]
+    Train,
+    Val,
+}
+
+impl Split {
+    pub fn index(self) -> u32 {
+        match self {
+            Split::Train => 0,
+            Split::Val => 1,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+        }
+    }
+}
+
 /// Where the 9-bit patch masks come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MaskRng {

@@ -61,7 +61,9 @@ pub struct Record {
     pub kind: String,
     pub config: serde_json::Value,
     pub classes: Vec<String>,
-    pub rows: u32,
+    /// The weight rows and flips drawn.
+    pub rows: Vec<u32>,
+    pub flips: Vec<u8>,
     pub instances: u32,
     /// PNG geometry every image must have (checked on resume and by finalize).
     pub width: u32,
@@ -71,7 +73,10 @@ pub struct Record {
 
 impl Record {
     pub fn total(&self) -> u64 {
-        self.classes.len() as u64 * self.rows as u64 * self.instances as u64 * crate::plan::FLIPS
+        self.classes.len() as u64
+            * self.rows.len() as u64
+            * self.instances as u64
+            * self.flips.len() as u64
     }
 }
 
@@ -153,9 +158,9 @@ pub fn image_is_whole(path: &Path, width: u32, height: u32, gray: bool) -> bool 
 pub fn missing_images(out: &Path, rec: &Record) -> Vec<PathBuf> {
     let mut missing = Vec::new();
     for name in &rec.classes {
-        for row in 0..rec.rows {
+        for &row in &rec.rows {
             for instance in 0..rec.instances {
-                for flip in 0..crate::plan::FLIPS {
+                for &flip in &rec.flips {
                     let rel = PathBuf::from(name)
                         .join(format!("{name}_{row:02}_count_{instance}_flip{flip}.png"));
                     if !image_is_whole(&out.join(&rel), rec.width, rec.height, rec.gray) {

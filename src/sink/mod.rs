@@ -21,3 +21,27 @@ impl FromStr for Format {
         }
     }
 }
+
+/// The label list next to a dataset: `{out}/classes.txt`, label index -> class name, one a line in
+/// label order (the `.cls` of a shard sample and the class folders use these labels and names).
+/// An existing list with other classes is refused: the directory holds another dataset.
+pub fn write_class_list(out: &std::path::Path, plan: &crate::plan::Plan) -> crate::Result<()> {
+    let path = out.join("classes.txt");
+    let mut text = String::new();
+    for c in &plan.classes {
+        text.push_str(&c.name);
+        text.push('\n');
+    }
+    match std::fs::read_to_string(&path) {
+        Ok(old) if old == text => Ok(()),
+        Ok(_) => Err(crate::Error::input(
+            &path,
+            None,
+            "lists other classes than this run's: the directory holds another dataset; use another --out",
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            crate::fsutil::write_atomic(&path, text.as_bytes(), true)
+        }
+        Err(e) => Err(crate::Error::io(&path, "cannot read", e)),
+    }
+}

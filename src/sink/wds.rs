@@ -51,6 +51,9 @@ pub struct Manifest {
     pub rank: u64,
     pub world_size: u64,
     pub shards: Vec<ShardEntry>,
+    /// Label index -> class name (as in `classes.txt`).
+    #[serde(default)]
+    pub classes: Vec<String>,
 }
 
 pub fn part_path(out: &Path, prefix: &str, rank: u64, world: u64) -> PathBuf {
@@ -314,6 +317,7 @@ impl<'a> WdsSink<'a> {
             rank,
             world_size: world,
             shards: vec![],
+            classes: plan.classes.iter().map(|c| c.name.clone()).collect(),
         };
         let my_blocks: Vec<u64> = (0..layout.blocks()).filter(|g| g % world == rank).collect();
         let mine: Vec<u64> = my_blocks
