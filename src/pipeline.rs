@@ -277,25 +277,25 @@ fn encode_worker(
     abort: &Abort,
 ) -> Result<()> {
     let pal = render::palette(ctx.cfg.mode);
-    let (w, h) = (ctx.cfg.width, ctx.cfg.height);
-    let mut pixels = Vec::new();
+    let (w, h) = (ctx.cfg.width as usize, ctx.cfg.height as usize);
+    let mut scratch = render::PngScratch::default();
     for msg in rx.iter() {
         if abort.is_set() {
             return Ok(());
         }
         for &(flip, t) in &msg.flips {
             let t0 = Instant::now();
-            render::write_flip(
+            let mut png = Vec::new();
+            render::encode_canvas(
                 &msg.canvas,
-                w as usize,
-                h as usize,
+                w,
+                h,
                 flip,
                 &pal,
-                ctx.png.channels(),
-                &mut pixels,
-            );
-            let mut png = Vec::with_capacity(32 * 1024);
-            render::encode_png(&pixels, w, h, ctx.png, &mut png)?;
+                ctx.png,
+                &mut scratch,
+                &mut png,
+            )?;
             StageStats::add(&stats.encode_ns, t0);
             stats
                 .png_bytes

@@ -362,6 +362,109 @@ impl PngConfig {
     }
 }
 
+/// Reusable buffers of [`encode_canvas`].
+#[derive(Default)]
+pub struct PngScratch {
+    raw: Vec<u8>,
+    z: Vec<u8>,
+}
+
+fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    let mut crc = flate2::Crc::new();
+    crc.update(kind);
+    crc.update(data);
+    out.extend_from_slice(&crc.sum().to_be_bytes());
+}
+
+/// Flip `flip` of a label canvas straight to a PNG: one pass builds the filtered rows (filter byte 0,
+/// then the palette's gray or RGB bytes, flipped), one deflate call compresses them, then IHDR, one
+/// IDAT and IEND. The same bytes as [`write_flip`] + [`encode_png`] (tested), without the pixel
+/// buffer, the png crate's row copies and its per-row writes.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_canvas(
+    canvas: &[u8],
+    width: usize,
+    height: usize,
+    flip: u8,
+    pal: &[[u8; 3]; 256],
+    cfg: PngConfig,
+    scratch: &mut PngScratch,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let ch = cfg.channels();
+    let row = 1 + width * ch;
+    let raw = &mut scratch.raw;
+    raw.resize(row * height, 0);
+    let tb = flip == 0 || flip == 2;
+    let lr = flip >= 2;
+    for r in 0..height {
+        let src_row = if tb { height - 1 - r } else { r };
+        let src = &canvas[src_row * width..(src_row + 1) * width];
+        let dst = &mut raw[r * row..(r + 1) * row];
+        dst[0] = 0;
+        let dst = &mut dst[1..];
+        match (ch, lr) {
+            (1, false) => dst
+                .iter_mut()
+                .zip(src)
+                .for_each(|(d, &l)| *d = pal[l as usize][0]),
+            (1, true) => dst
+                .iter_mut()
+                .zip(src.iter().rev())
+                .for_each(|(d, &l)| *d = pal[l as usize][0]),
+            (_, false) => dst
+                .chunks_exact_mut(3)
+                .zip(src)
+                .for_each(|(d, &l)| d.copy_from_slice(&pal[l as usize])),
+            (_, true) => dst
+                .chunks_exact_mut(3)
+                .zip(src.iter().rev())
+                .for_each(|(d, &l)| d.copy_from_slice(&pal[l as usize])),
+        }
+    }
+    // zlib stream: level 0 as the png crate writes it (stored blocks via its own compressor) is rare;
+    // leave it to the png crate.
+    if cfg.level == 0 {
+        let mut pixels = Vec::with_capacity(width * height * ch);
+        for r in 0..height {
+            pixels.extend_from_slice(&raw[r * row + 1..(r + 1) * row]);
+        }
+        return encode_png(&pixels, width as u32, height as u32, cfg, out);
+    }
+    // Fed row by row (filter byte, then the row) like the png crate feeds zlib: the deflate stream,
+    // hence the file, is byte-identical to the png crate's.
+    let z = std::mem::take(&mut scratch.z);
+    let mut enc =
+        flate2::write::ZlibEncoder::new(z, flate2::Compression::new(cfg.level.min(9) as u32));
+    {
+        use std::io::Write;
+        let io = |e: std::io::Error| Error::Png(e.to_string());
+        for r in 0..height {
+            let line = &raw[r * row..(r + 1) * row];
+            enc.write_all(&line[..1]).map_err(io)?;
+            enc.write_all(&line[1..]).map_err(io)?;
+        }
+    }
+    let mut z = enc.finish().map_err(|e| Error::Png(e.to_string()))?;
+    out.clear();
+    out.reserve(z.len() + 64);
+    out.extend_from_slice(&[0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a]);
+    let mut ihdr = [0u8; 13];
+    ihdr[0..4].copy_from_slice(&(width as u32).to_be_bytes());
+    ihdr[4..8].copy_from_slice(&(height as u32).to_be_bytes());
+    ihdr[8] = 8;
+    ihdr[9] = if cfg.gray { 0 } else { 2 };
+    png_chunk(out, b"IHDR", &ihdr);
+    png_chunk(out, b"IDAT", &z);
+    png_chunk(out, b"IEND", &[]);
+    z.clear();
+    scratch.z = z;
+    Ok(())
+}
+
 /// Encodes 8-bit pixels as PNG with no filter (best on this sparse, noisy content).
 pub fn encode_png(
     pixels: &[u8],
@@ -418,6 +521,52 @@ mod tests {
         assert_eq!(out, [0, 0, 0, 127]);
         write_flip(&canvas, 2, 2, 3, &pal, 1, &mut out);
         assert_eq!(out, [0, 127, 0, 0]);
+    }
+
+    #[test]
+    fn the_fused_encoder_writes_the_png_crates_bytes() {
+        // Canvases like ours (sparse labels, noise), every flip, gray and RGB, several levels and
+        // odd sizes: byte for byte what write_flip + encode_png (the png crate) write.
+        let mut x: u32 = 0x1234_5678;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        let mut scratch = PngScratch::default();
+        for (w, h) in [(362usize, 362usize), (64, 48), (7, 3), (1, 1)] {
+            let canvas: Vec<u8> = (0..w * h)
+                .map(|_| {
+                    let v = next();
+                    if v % 3 == 0 { (v >> 8) as u8 % 129 } else { 0 }
+                })
+                .collect();
+            for mode in [DrawMode::PatchGray, DrawMode::PatchColor] {
+                let pal = palette(mode);
+                for gray in [false, true] {
+                    if gray && mode.is_color() {
+                        continue;
+                    }
+                    for level in [0u8, 1, 3, 6, 9] {
+                        let cfg = PngConfig { level, gray };
+                        for flip in 0..4 {
+                            let mut pixels = Vec::new();
+                            write_flip(&canvas, w, h, flip, &pal, cfg.channels(), &mut pixels);
+                            let mut want = Vec::new();
+                            encode_png(&pixels, w as u32, h as u32, cfg, &mut want).unwrap();
+                            let mut got = Vec::new();
+                            encode_canvas(&canvas, w, h, flip, &pal, cfg, &mut scratch, &mut got)
+                                .unwrap();
+                            assert!(
+                                got == want,
+                                "{w}x{h} {mode} gray={gray} level {level} flip {flip}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
