@@ -461,7 +461,20 @@ impl GlEngine {
             }
         };
         let by_memory = avail / (n * (8 + 8 + 4 + 4));
-        let by_buffer = MAX_BUFFER / (n * 8);
+        // The largest buffer glow sizes (i32) and the driver binds as one storage block.
+        let max_block = unsafe {
+            let v = self
+                .ctx
+                .gl
+                .get_parameter_i64(glow::MAX_SHADER_STORAGE_BLOCK_SIZE);
+            while self.ctx.gl.get_error() != glow::NO_ERROR {}
+            if v > 0 {
+                (v as usize).min(MAX_BUFFER)
+            } else {
+                MAX_BUFFER
+            }
+        };
+        let by_buffer = max_block / (n * 8);
         by_memory.min(by_buffer).clamp(1, MAX_BATCH)
     }
 
