@@ -45,6 +45,34 @@ pub enum Command {
     /// Measure images/s per stage on the CPU engine.
     #[command(args_override_self = true)]
     Bench(crate::bench::BenchArgs),
+    /// Serve shards over HTTP, rendered on demand: byte-identical to `render --format wds` with the
+    /// same flags. No authentication: listen on a private interface or behind a proxy.
+    #[command(args_override_self = true)]
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0: any free port; the log says which)
+    #[arg(long, default_value = "127.0.0.1:8470")]
+    pub listen: String,
+    /// Base URL of the shard URLs in the wids index (default: from the request's Host header)
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// Memory for finished shards (bytes); shards being read are never dropped
+    #[arg(long, default_value_t = 2 << 30)]
+    pub cache_bytes: u64,
+    /// Shard groups rendered ahead of demand, in index order (0: none)
+    #[arg(long, default_value_t = 1)]
+    pub prefetch: u64,
+    /// Shard responses at once; more get 503 with Retry-After
+    #[arg(long, default_value_t = 64)]
+    pub max_clients: usize,
+    /// Seconds in-flight responses get to finish after SIGTERM/SIGINT
+    #[arg(long, default_value_t = 60)]
+    pub drain_seconds: u64,
+    #[command(flatten)]
+    pub render: RenderArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -741,6 +769,19 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Bench(a) => crate::bench::run(&a),
+        Command::Serve(a) => {
+            let mut render = a.render.to_options()?;
+            render.format = Format::Wds;
+            crate::serve::run(&crate::serve::ServeOptions {
+                render,
+                listen: a.listen.clone(),
+                public_url: a.public_url.clone(),
+                cache_bytes: a.cache_bytes,
+                prefetch: a.prefetch,
+                max_clients: a.max_clients,
+                drain: std::time::Duration::from_secs(a.drain_seconds),
+            })
+        }
         Command::Devices => {
             use std::fmt::Write as _;
             let all = crate::render::gl::egl::describe_all()?;

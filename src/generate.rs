@@ -2,7 +2,7 @@
 
 use crate::cluster::Rank;
 use crate::error::{Error, Result};
-use crate::pipeline::{self, Abort, Context, Job, Jobs, Stats, Target, Threads};
+use crate::pipeline::{self, Abort, Context, InOrder, IndexedJobs, Job, Stats, Target, Threads};
 use crate::plan::{self, Layout, Plan};
 use crate::progress::{self, Reporter};
 use crate::render::{Backend, PngConfig, RenderConfig};
@@ -151,7 +151,7 @@ struct FolderJobs<'a> {
     kept: &'a AtomicU64,
 }
 
-impl Jobs for FolderJobs<'_> {
+impl IndexedJobs for FolderJobs<'_> {
     fn count(&self) -> u64 {
         self.classes.len() as u64 * self.plan.rows.len() as u64
     }
@@ -236,7 +236,14 @@ fn run_folder(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result
         geometry: (opts.cfg.width, opts.cfg.height, opts.png.gray),
         kept: &kept,
     };
-    pipeline::run(ctx, &jobs, &sink, opts.threads, stats, &Abort::default())?;
+    pipeline::run(
+        ctx,
+        &InOrder::new(&jobs),
+        &sink,
+        opts.threads,
+        stats,
+        &Abort::default(),
+    )?;
     Ok(Summary {
         skipped: kept.load(Ordering::Relaxed),
         ..Summary::default()
@@ -248,7 +255,7 @@ fn run_folder(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result
 pub const ENCODER: &str = "png-0.18 nofilter";
 
 /// Everything that determines the shard bytes (`shards`), or a folder dataset's images.
-fn fingerprint(opts: &RenderOptions, plan: &Plan, shards: bool) -> serde_json::Value {
+pub(crate) fn fingerprint(opts: &RenderOptions, plan: &Plan, shards: bool) -> serde_json::Value {
     let mut h = Sha256::new();
     for c in &plan.classes {
         h.update(c.name.as_bytes());
@@ -301,7 +308,7 @@ struct WdsJobs<'a> {
     starts: Vec<u64>,
 }
 
-impl Jobs for WdsJobs<'_> {
+impl IndexedJobs for WdsJobs<'_> {
     fn count(&self) -> u64 {
         *self.starts.last().unwrap()
     }
@@ -381,7 +388,14 @@ fn run_wds(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result<Su
         todo: &todo,
         starts,
     };
-    pipeline::run(ctx, &jobs, &sink, opts.threads, stats, &Abort::default())?;
+    pipeline::run(
+        ctx,
+        &InOrder::new(&jobs),
+        &sink,
+        opts.threads,
+        stats,
+        &Abort::default(),
+    )?;
     sink.finish_empty(&todo)?;
     drop(_rep);
     let m = sink.manifest();

@@ -36,6 +36,7 @@ pub mod progress;
 pub mod render;
 pub mod rng;
 pub mod search;
+pub mod serve;
 pub mod sink;
 
 pub use error::{Error, Result};

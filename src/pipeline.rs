@@ -36,10 +36,52 @@ pub struct Job {
     pub images: Vec<Flips>,
 }
 
-/// The run's jobs, made on demand (in order, from any thread).
-pub trait Jobs: Sync {
+/// A fixed list of jobs, made on demand by index (in order, from any thread).
+pub trait IndexedJobs: Sync {
     fn count(&self) -> u64;
     fn job(&self, i: u64) -> Job;
+}
+
+/// Where render stages take their work from: the next jobs, at most `max`, with their ids (unique
+/// and increasing per source); `None` when there is no more. A source may block until work comes
+/// (the service's queue of requested shard groups).
+pub trait Jobs: Sync {
+    fn claim(&self, max: usize) -> Option<Vec<(u64, Job)>>;
+}
+
+/// [`Jobs`] over an [`IndexedJobs`] list: claimed in order; jobs with nothing to draw (all kept on
+/// `--resume`) are skipped and cost no chaos game.
+pub struct InOrder<'a> {
+    pub jobs: &'a dyn IndexedJobs,
+    next: AtomicU64,
+}
+
+impl<'a> InOrder<'a> {
+    pub fn new(jobs: &'a dyn IndexedJobs) -> Self {
+        InOrder {
+            jobs,
+            next: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Jobs for InOrder<'_> {
+    fn claim(&self, max: usize) -> Option<Vec<(u64, Job)>> {
+        let n = self.jobs.count();
+        loop {
+            let start = self.next.fetch_add(max as u64, Ordering::Relaxed);
+            if start >= n {
+                return None;
+            }
+            let got: Vec<(u64, Job)> = (start..(start + max as u64).min(n))
+                .map(|i| (i, self.jobs.job(i)))
+                .filter(|(_, j)| !j.images.is_empty())
+                .collect();
+            if !got.is_empty() {
+                return Some(got);
+            }
+        }
+    }
 }
 
 /// Groups images of one cloud by instance, in the order given: a job for the pipeline.
@@ -47,6 +89,7 @@ pub fn job_of(class: u32, row: u32, images: impl IntoIterator<Item = (u32, u8, T
     let mut unit = Unit {
         class,
         row,
+        epoch: 0,
         instances: vec![],
     };
     let mut wanted: Vec<Flips> = vec![];
@@ -135,7 +178,6 @@ impl Abort {
 /// their canvases come back.
 struct ThreadFeed<'a> {
     jobs: &'a dyn Jobs,
-    next: &'a AtomicU64,
     abort: &'a Abort,
     tx: &'a Sender<Raster>,
     waiting: HashMap<u64, (Vec<Flips>, usize)>,
@@ -143,28 +185,19 @@ struct ThreadFeed<'a> {
 
 impl Feed for ThreadFeed<'_> {
     fn claim(&mut self, max: usize) -> Option<Vec<(u64, Unit)>> {
-        let n = self.jobs.count();
-        loop {
-            let start = self.next.fetch_add(max as u64, Ordering::Relaxed);
-            if start >= n || self.abort.is_set() {
-                return None;
-            }
-            // Jobs with nothing left to draw (all kept on --resume) cost no chaos game.
-            let units: Vec<(u64, Unit)> = (start..(start + max as u64).min(n))
-                .filter_map(|i| {
-                    let j = self.jobs.job(i);
-                    if j.images.is_empty() {
-                        return None;
-                    }
+        if self.abort.is_set() {
+            return None;
+        }
+        let got = self.jobs.claim(max.max(1))?;
+        Some(
+            got.into_iter()
+                .map(|(i, j)| {
                     let left = j.images.len();
                     self.waiting.insert(i, (j.images, left));
-                    Some((i, j.unit))
+                    (i, j.unit)
                 })
-                .collect();
-            if !units.is_empty() {
-                return Some(units);
-            }
-        }
+                .collect(),
+        )
     }
 
     fn emit(&mut self, c: Canvas) -> bool {
@@ -200,7 +233,6 @@ pub fn run(
     stats: &Stats,
     abort: &Abort,
 ) -> Result<()> {
-    let next = AtomicU64::new(0);
     let (raster_tx, raster_rx) = bounded::<Raster>(threads.queue.max(1));
     let writers = sink.writers().max(1);
     let (write_txs, write_rxs): (Vec<Sender<Encoded>>, Vec<Receiver<Encoded>>) = (0..writers)
@@ -216,12 +248,10 @@ pub fn run(
     std::thread::scope(|s| {
         for worker in 0..ctx.backend.workers(threads.render) {
             let tx = raster_tx.clone();
-            let next = &next;
             s.spawn(move || {
                 let r = ctx.backend.open(worker, sctx).and_then(|mut stage| {
                     let mut feed = ThreadFeed {
                         jobs,
-                        next,
                         abort,
                         tx: &tx,
                         waiting: HashMap::new(),

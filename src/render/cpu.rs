@@ -42,17 +42,20 @@ impl Stage for CpuStage<'_> {
                 .map_err(|axis| degenerate_error(&class.path, unit.row as usize, axis))?;
                 StageStats::add(&ctx.stats.chaos_ns, t0);
                 ctx.stats.clouds.fetch_add(1, Ordering::Relaxed);
+                let epoch_cfg;
+                let cfg = if unit.epoch == 0 {
+                    ctx.cfg
+                } else {
+                    epoch_cfg = RenderConfig {
+                        masks: ctx.cfg.masks.for_epoch(unit.epoch),
+                        ..ctx.cfg.clone()
+                    };
+                    &epoch_cfg
+                };
                 for (slot, &instance) in unit.instances.iter().enumerate() {
                     let t0 = Instant::now();
                     let mut pixels = Vec::new();
-                    raster(
-                        &self.cloud,
-                        ctx.cfg,
-                        class.key,
-                        unit.row,
-                        instance,
-                        &mut pixels,
-                    );
+                    raster(&self.cloud, cfg, class.key, unit.row, instance, &mut pixels);
                     StageStats::add(&ctx.stats.raster_ns, t0);
                     if !feed.emit(Canvas {
                         unit: id,

@@ -17,6 +17,8 @@ use std::time::Instant;
 pub struct Unit {
     pub class: u32,
     pub row: u32,
+    /// Epoch of the instance key (0: the run's own masks; see [`MaskRng::for_epoch`]).
+    pub epoch: u64,
     /// Instances to draw, in the order their canvases are emitted.
     pub instances: Vec<u32>,
 }
@@ -200,6 +202,19 @@ impl FromStr for MaskRng {
                 .map(|seed| MaskRng::Python { seed })
                 .map_err(|_| bad()),
             _ => Err(bad()),
+        }
+    }
+}
+
+impl MaskRng {
+    /// The masks of epoch `epoch` of these masks' instances: counter masks re-keyed by the
+    /// instance key (epoch 0 unchanged); CPython masks have no epochs.
+    pub fn for_epoch(self, epoch: u64) -> MaskRng {
+        match self {
+            MaskRng::Counter { seed } if epoch > 0 => MaskRng::Counter {
+                seed: crate::rng::instance_seed(seed, 0, epoch),
+            },
+            m => m,
         }
     }
 }

@@ -150,6 +150,44 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// What FractalDB writes per sample: `KEY.cls`, `KEY.json` and `KEY.png` (the family's metadata;
+/// another family writes its own members through the same [`ShardWriter`]).
+pub struct SampleInfo<'a> {
+    pub plan: &'a Plan,
+    pub key_width: usize,
+    pub draw_type: &'a str,
+    /// The mask generator, as the samples' `seed` field shows it.
+    pub masks: &'a str,
+}
+
+impl SampleInfo<'_> {
+    pub fn write<W: Write>(
+        &self,
+        w: &mut ShardWriter<W>,
+        pos: u64,
+        s: Sample,
+        png: &[u8],
+    ) -> std::io::Result<()> {
+        let key = format!("{pos:0w$}", w = self.key_width);
+        let meta = SampleMeta {
+            class: &self.plan.classes[s.class as usize].name,
+            class_index: s.class,
+            weight_row: s.row,
+            instance: s.instance,
+            flip: s.flip,
+            draw_type: self.draw_type,
+            seed: self.masks,
+            sample: self.plan.id(s),
+        };
+        let json = serde_json::to_vec(&meta).map_err(std::io::Error::other)?;
+        let cls = s.class.to_string();
+        w.write_sample(
+            &key,
+            &[("cls", cls.as_bytes()), ("json", &json[..]), ("png", png)],
+        )
+    }
+}
+
 /// What a finished shard was: its size, hash, sample count and DALI index text.
 #[derive(Clone, Debug)]
 pub struct ShardInfo {
@@ -447,23 +485,13 @@ impl<'a> WdsSink<'a> {
         s: Sample,
         png: &[u8],
     ) -> std::io::Result<()> {
-        let key = format!("{pos:0w$}", w = self.key_width);
-        let meta = SampleMeta {
-            class: &self.plan.classes[s.class as usize].name,
-            class_index: s.class,
-            weight_row: s.row,
-            instance: s.instance,
-            flip: s.flip,
+        let info = SampleInfo {
+            plan: self.plan,
+            key_width: self.key_width,
             draw_type: &self.opts.draw_type,
-            seed: &self.opts.masks,
-            sample: self.plan.id(s),
+            masks: &self.opts.masks,
         };
-        let json = serde_json::to_vec(&meta).map_err(std::io::Error::other)?;
-        let cls = s.class.to_string();
-        w.write_sample(
-            &key,
-            &[("cls", cls.as_bytes()), ("json", &json[..]), ("png", png)],
-        )
+        info.write(w, pos, s, png)
     }
 
     fn create(&self, shard: u64) -> Result<(PathBuf, ShardWriter<BufWriter<File>>)> {

@@ -340,6 +340,8 @@ pub struct GroupCloud<'a> {
     pub class_key: u32,
     pub row: u32,
     pub instances: &'a [u32],
+    /// This cloud's masks (the run's, or another epoch's).
+    pub masks: MaskRng,
 }
 
 /// What the rescale left per cloud of a batch: the point count, or the degenerate axis.
@@ -851,8 +853,8 @@ impl GlEngine {
     }
 
     /// The masks buffer of a draw: counter keys need none; CPython masks are drawn here.
-    fn python_masks(cfg: &RenderConfig, count: u32, instances: &[u32]) -> Option<Vec<u32>> {
-        match cfg.masks {
+    fn python_masks(masks: MaskRng, count: u32, instances: &[u32]) -> Option<Vec<u32>> {
+        match masks {
             MaskRng::Counter { .. } => None,
             MaskRng::Python { seed } => Some(
                 instances
@@ -876,7 +878,7 @@ impl GlEngine {
         let n = g.count as usize;
         let region_w = w + GUARD;
         let (aw, ah) = (region_w * instances.len(), h + GUARD);
-        let masks = Self::python_masks(cfg, g.count, instances);
+        let masks = Self::python_masks(g.masks, g.count, instances);
         let gl = &self.ctx.gl;
         unsafe {
             if !matches!(self.atlas, Some((_, tw, th)) if tw >= aw && th >= ah) {
@@ -920,7 +922,7 @@ impl GlEngine {
             p.set_u32(gl, "atlas_h", th as u32);
             p.set_u32(gl, "n_points", n as u32);
             p.set_u32(gl, "color_mode", cfg.mode.is_color() as u32);
-            match (&masks, cfg.masks) {
+            match (&masks, g.masks) {
                 (None, MaskRng::Counter { seed }) => {
                     let keys: Vec<u32> = instances
                         .iter()
@@ -1006,7 +1008,7 @@ impl GlEngine {
         let mut masks: Vec<u32> = Vec::new();
         for (z, g) in group.iter().enumerate() {
             for &inst in g.instances {
-                match cfg.masks {
+                match g.masks {
                     MaskRng::Counter { seed } => {
                         let k = MaskKey::new(seed, g.class_key, g.row, inst);
                         canvases.push([z as u32, k.k0, k.k1, 0]);

@@ -134,6 +134,7 @@ impl Stage for GlStage<'_> {
                         class_key: class.key,
                         row: unit.row,
                         instances: &unit.instances,
+                        masks: ctx.cfg.masks.for_epoch(unit.epoch),
                     });
                     for s in 0..unit.instances.len() {
                         gtags.push(tags.len());

@@ -1,0 +1,845 @@
+//! `fractaldb serve`: shards rendered on demand and streamed over HTTP, byte-identical to the files
+//! `render --format wds` writes with the same settings.
+//!
+//! One render pipeline lives for the whole server (its stages, GL contexts included, are made once);
+//! its jobs come from a queue of requested shard groups (the order's blocks: a cloud is computed once
+//! per block). Each shard of a block streams into an in-memory buffer as the writers produce it in
+//! order, so a response starts before the shard is finished; finished shards stay in a bounded cache
+//! (least recently used first out, never one a response still reads).
+
+use crate::error::{Error, Result};
+use crate::generate::{self, RenderOptions};
+use crate::pipeline::{self, Abort, Context, Job, Jobs, Sink, Stats, Target};
+use crate::plan::{self, Layout, Plan, Sample};
+use crate::sink::wds::{self, SampleInfo, ShardWriter};
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The service's own settings (the render flags come with [`RenderOptions`]).
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub render: RenderOptions,
+    pub listen: String,
+    pub public_url: Option<String>,
+    pub cache_bytes: u64,
+    pub prefetch: u64,
+    pub max_clients: usize,
+    /// How long in-flight responses may take to finish after SIGTERM/SIGINT.
+    pub drain: Duration,
+}
+
+/// One shard's bytes as they are written, and whether it is complete.
+struct ShardStream {
+    data: Mutex<Vec<u8>>,
+    progress: watch::Sender<(usize, bool)>,
+    last_used: AtomicU64,
+}
+
+impl ShardStream {
+    fn new() -> Arc<Self> {
+        Arc::new(ShardStream {
+            data: Mutex::new(Vec::new()),
+            progress: watch::channel((0, false)).0,
+            last_used: AtomicU64::new(0),
+        })
+    }
+    fn done(&self) -> bool {
+        self.progress.borrow().1
+    }
+}
+
+/// The `Write` end of a [`ShardStream`]: appends and tells the readers.
+struct Appender(Arc<ShardStream>);
+
+impl std::io::Write for Appender {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let len = {
+            let mut d = self.0.data.lock().unwrap();
+            d.extend_from_slice(b);
+            d.len()
+        };
+        self.0.progress.send_replace((len, false));
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Counters of `/metrics`.
+#[derive(Default)]
+struct Metrics {
+    images: AtomicU64,
+    shards: AtomicU64,
+    bytes_sent: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    in_flight: AtomicU64,
+    rejected: AtomicU64,
+}
+
+/// The queue of shard groups (epoch, block) to render, read by the render stages.
+struct Queue {
+    inner: Mutex<QueueInner>,
+    cond: Condvar,
+}
+
+#[derive(Default)]
+struct QueueInner {
+    blocks: VecDeque<(u64, u64)>,
+    /// The block being handed out: (epoch, next cloud, end cloud).
+    current: Option<(u64, u64, u64)>,
+    next_id: u64,
+    closed: bool,
+}
+
+struct State {
+    plan: Plan,
+    layout: Layout,
+    cfg: crate::render::RenderConfig,
+    fingerprint: serde_json::Value,
+    prefix: String,
+    public_url: Option<String>,
+    cache_bytes: u64,
+    prefetch: u64,
+    key_width: usize,
+    draw_type: String,
+    cache: Mutex<HashMap<(u64, u64), Arc<ShardStream>>>,
+    clock: AtomicU64,
+    queue: Queue,
+    metrics: Metrics,
+    started: Instant,
+    clients: Arc<tokio::sync::Semaphore>,
+}
+
+impl State {
+    /// The shard's stream, from the cache or queued for rendering with its whole block (and the
+    /// next `prefetch` blocks). Returns (stream, hit).
+    fn shard(&self, epoch: u64, shard: u64) -> (Arc<ShardStream>, bool) {
+        let mut cache = self.cache.lock().unwrap();
+        let now = self.clock.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = cache.get(&(epoch, shard)) {
+            s.last_used.store(now, Ordering::Relaxed);
+            self.metrics.hits.fetch_add(1, Ordering::Relaxed);
+            return (s.clone(), true);
+        }
+        self.metrics.misses.fetch_add(1, Ordering::Relaxed);
+        let g = self.layout.block_of(shard);
+        let blocks = self.layout.blocks();
+        for b in g..(g + 1 + self.prefetch).min(blocks) {
+            let r = self.layout.block_shard_range(b);
+            if cache.contains_key(&(epoch, r.start)) {
+                continue;
+            }
+            for s in r {
+                let st = ShardStream::new();
+                st.last_used.store(now, Ordering::Relaxed);
+                cache.insert((epoch, s), st);
+            }
+            let mut q = self.queue.inner.lock().unwrap();
+            q.blocks.push_back((epoch, b));
+            self.queue.cond.notify_all();
+        }
+        self.evict(&mut cache);
+        (cache[&(epoch, shard)].clone(), false)
+    }
+
+    /// Drops finished shards nobody reads, least recently used first, while over the budget.
+    fn evict(&self, cache: &mut HashMap<(u64, u64), Arc<ShardStream>>) {
+        let mut total: u64 = cache
+            .values()
+            .map(|s| s.data.lock().unwrap().len() as u64)
+            .sum();
+        if total <= self.cache_bytes {
+            return;
+        }
+        let mut candidates: Vec<((u64, u64), u64, u64)> = cache
+            .iter()
+            .filter(|(_, s)| s.done() && Arc::strong_count(s) == 1)
+            .map(|(k, s)| {
+                (
+                    *k,
+                    s.last_used.load(Ordering::Relaxed),
+                    s.data.lock().unwrap().len() as u64,
+                )
+            })
+            .collect();
+        candidates.sort_by_key(|c| c.1);
+        for (k, _, len) in candidates {
+            if total <= self.cache_bytes {
+                break;
+            }
+            cache.remove(&k);
+            total -= len;
+        }
+    }
+
+    fn sink_info(&self, epoch: u64) -> String {
+        self.cfg.masks.for_epoch(epoch).to_string()
+    }
+
+    fn etag(&self, epoch: u64, shard: u64) -> String {
+        let mut h = Sha256::new();
+        h.update(self.fingerprint.to_string().as_bytes());
+        h.update(format!("/{epoch}/{shard}").as_bytes());
+        let d = h.finalize();
+        format!(
+            "\"{}\"",
+            d[..12]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        )
+    }
+}
+
+/// The render stages' side of the queue.
+struct ServeJobs<'a>(&'a State);
+
+impl Jobs for ServeJobs<'_> {
+    fn claim(&self, max: usize) -> Option<Vec<(u64, Job)>> {
+        let st = self.0;
+        let mut q = st.queue.inner.lock().unwrap();
+        loop {
+            if q.closed {
+                return None;
+            }
+            if q.current.is_none_or(|(_, a, b)| a >= b) {
+                if let Some((epoch, g)) = q.blocks.pop_front() {
+                    let c = st.layout.block_clouds(g);
+                    q.current = Some((epoch, c.start, c.end));
+                } else {
+                    q = st.queue.cond.wait(q).unwrap();
+                    continue;
+                }
+            }
+            let (epoch, a, b) = q.current.unwrap();
+            let end = b.min(a + max as u64);
+            q.current = Some((epoch, end, b));
+            let first = q.next_id;
+            q.next_id += end - a;
+            drop(q);
+            let shards = st.layout.shards;
+            return Some(
+                (a..end)
+                    .enumerate()
+                    .map(|(k, cloud)| {
+                        let (class, row) = st.layout.cloud(cloud);
+                        let mut job = pipeline::job_of(
+                            class,
+                            row,
+                            st.layout.place_cloud(cloud).into_iter().map(|p| {
+                                (
+                                    p.sample.instance,
+                                    p.sample.flip,
+                                    Target {
+                                        sample: p.sample,
+                                        pos: p.pos,
+                                        // The epoch travels in the shard id.
+                                        shard: epoch * shards + p.shard,
+                                    },
+                                )
+                            }),
+                        );
+                        job.unit.epoch = epoch;
+                        (first + k as u64, job)
+                    })
+                    .collect(),
+            );
+        }
+    }
+}
+
+/// A shard being written by the pipeline's writers: images held until their turn.
+struct Writing {
+    end: u64,
+    next: u64,
+    pending: BTreeMap<u64, (Sample, Vec<u8>)>,
+    writer: Option<ShardWriter<Appender>>,
+}
+
+struct ServeSink<'a> {
+    st: &'a State,
+    writers: Vec<Mutex<HashMap<u64, Writing>>>,
+}
+
+impl Sink for ServeSink<'_> {
+    fn writers(&self) -> usize {
+        self.writers.len()
+    }
+    fn route(&self, t: &Target) -> usize {
+        (t.shard % self.writers.len() as u64) as usize
+    }
+    fn accept(&self, writer: usize, t: Target, png: Vec<u8>) -> Result<()> {
+        let st = self.st;
+        let (epoch, shard) = (t.shard / st.layout.shards, t.shard % st.layout.shards);
+        let mut map = self.writers[writer].lock().unwrap();
+        let w = map.entry(t.shard).or_insert_with(|| {
+            let r = st.layout.shard_range(shard);
+            Writing {
+                end: r.end,
+                next: r.start,
+                pending: BTreeMap::new(),
+                writer: None,
+            }
+        });
+        w.pending.insert(t.pos, (t.sample, png));
+        let masks = st.sink_info(epoch);
+        let info = SampleInfo {
+            plan: &st.plan,
+            key_width: st.key_width,
+            draw_type: &st.draw_type,
+            masks: &masks,
+        };
+        while let Some((s, png)) = w.pending.remove(&w.next) {
+            if w.writer.is_none() {
+                // The stream the cache made for this shard (or a fresh one if it was evicted).
+                let stream = st
+                    .cache
+                    .lock()
+                    .unwrap()
+                    .get(&(epoch, shard))
+                    .cloned()
+                    .unwrap_or_else(ShardStream::new);
+                w.writer = Some(ShardWriter::new(Appender(stream)));
+            }
+            info.write(w.writer.as_mut().unwrap(), w.next, s, &png)
+                .map_err(|e| Error::Other(format!("serve: shard {shard}: {e}")))?;
+            st.metrics.images.fetch_add(1, Ordering::Relaxed);
+            w.next += 1;
+        }
+        if w.next == w.end {
+            let sw = w.writer.take().expect("a complete shard has a writer");
+            map.remove(&t.shard);
+            let (Appender(stream), _) = sw
+                .finish()
+                .map_err(|e| Error::Other(format!("serve: shard {shard}: {e}")))?;
+            let len = stream.data.lock().unwrap().len();
+            stream.progress.send_replace((len, true));
+            st.metrics.shards.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// What a request path names.
+#[derive(Debug, PartialEq, Eq)]
+enum Target2 {
+    Shard { epoch: u64, shard: u64 },
+    Wids,
+    Manifest,
+    Health,
+    Metrics,
+}
+
+/// Parses a request path; `Err((status, reason))` for anything else. Only this dataset's names are
+/// served: no directory, no percent-encoding, no dots beyond the extension.
+fn parse_path(
+    path: &str,
+    prefix: &str,
+    shards: u64,
+) -> std::result::Result<Target2, (StatusCode, String)> {
+    if path.len() > 256 {
+        return Err((StatusCode::BAD_REQUEST, "path too long".into()));
+    }
+    if path.contains('%') || path.contains("..") || path.contains("//") || !path.starts_with('/') {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "malformed path (no percent-encoding, '..' or empty segments)".into(),
+        ));
+    }
+    let parts: Vec<&str> = path[1..].split('/').collect();
+    let (epoch, file) = match parts.as_slice() {
+        [f] => (0, *f),
+        ["epoch", e, f] => match e.parse::<u64>() {
+            Ok(e) => (e, *f),
+            Err(_) => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("epoch {e:?} is not a number"),
+                ));
+            }
+        },
+        _ => return Err((StatusCode::NOT_FOUND, format!("no such path {path:?}"))),
+    };
+    match file {
+        "healthz" if epoch == 0 && parts.len() == 1 => return Ok(Target2::Health),
+        "metrics" if parts.len() == 1 => return Ok(Target2::Metrics),
+        "manifest.json" if parts.len() == 1 => return Ok(Target2::Manifest),
+        _ => {}
+    }
+    if parts.len() == 1 && file == format!("{prefix}-wids.json") {
+        return Ok(Target2::Wids);
+    }
+    let n = file
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix('-'))
+        .and_then(|r| r.strip_suffix(".tar"))
+        .filter(|d| d.len() >= 6 && d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse::<u64>().ok());
+    match n {
+        Some(s) if s < shards => Ok(Target2::Shard { epoch, shard: s }),
+        Some(s) => Err((
+            StatusCode::NOT_FOUND,
+            format!(
+                "shard {s} is out of range: this dataset has shards {} to {}",
+                wds::shard_name(prefix, 0),
+                wds::shard_name(prefix, shards - 1)
+            ),
+        )),
+        None => Err((StatusCode::NOT_FOUND, format!("no such file {file:?}"))),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(Body::from(body + "\n"));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Body::from(
+        serde_json::to_string_pretty(v).unwrap_or_default() + "\n",
+    ));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn base_url(st: &State, headers: &HeaderMap) -> String {
+    if let Some(u) = &st.public_url {
+        return u.trim_end_matches('/').to_string();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+fn metrics_text(st: &State) -> String {
+    let m = &st.metrics;
+    let queue = st.queue.inner.lock().unwrap().blocks.len();
+    let images = m.images.load(Ordering::Relaxed);
+    let secs = st.started.elapsed().as_secs_f64().max(1e-9);
+    let mut s = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, v: String| {
+        s.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+        ));
+    };
+    metric(
+        "fractaldb_images_rendered_total",
+        "counter",
+        "Images rendered.",
+        images.to_string(),
+    );
+    metric(
+        "fractaldb_shards_rendered_total",
+        "counter",
+        "Shards rendered.",
+        m.shards.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "fractaldb_bytes_sent_total",
+        "counter",
+        "Shard bytes sent.",
+        m.bytes_sent.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "fractaldb_cache_hits_total",
+        "counter",
+        "Shard requests served from the cache.",
+        m.hits.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "fractaldb_cache_misses_total",
+        "counter",
+        "Shard requests that queued a render.",
+        m.misses.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "fractaldb_requests_in_flight",
+        "gauge",
+        "Shard responses being sent.",
+        m.in_flight.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "fractaldb_requests_rejected_total",
+        "counter",
+        "Requests refused with 503 (too many clients).",
+        m.rejected.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "fractaldb_queue_depth",
+        "gauge",
+        "Shard groups waiting to be rendered.",
+        queue.to_string(),
+    );
+    metric(
+        "fractaldb_render_images_per_second",
+        "gauge",
+        "Images rendered per second since the start.",
+        format!("{:.1}", images as f64 / secs),
+    );
+    s
+}
+
+/// Releases the in-flight count when a response body ends or is dropped (client gone).
+struct InFlight(Arc<State>, Option<tokio::sync::OwnedSemaphorePermit>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.1.take();
+    }
+}
+
+async fn handle(st: Arc<State>, req: Request<Body>) -> Response<Body> {
+    let head = req.method() == Method::HEAD;
+    if req.method() != Method::GET && !head {
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {} not allowed: GET or HEAD", req.method()),
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let target = match parse_path(req.uri().path(), &st.prefix, st.layout.shards) {
+        Ok(t) => t,
+        Err((code, why)) => return text(code, why),
+    };
+    match target {
+        Target2::Health => text(StatusCode::OK, "ok".into()),
+        Target2::Metrics => {
+            let mut r = Response::new(Body::from(metrics_text(&st)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        Target2::Manifest => json(&serde_json::json!({
+            "kind": "fractaldb-serve-manifest-v1",
+            "config": st.fingerprint,
+            "total_samples": st.layout.total,
+            "samples_per_shard": st.layout.per_shard,
+            "shard_count": st.layout.shards,
+            "classes": st.plan.classes.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+        })),
+        Target2::Wids => {
+            let base = base_url(&st, req.headers());
+            json(&serde_json::json!({
+                "__kind__": "wids-shard-index-v1",
+                "wids_version": 1,
+                "name": st.prefix,
+                "shardlist": (0..st.layout.shards).map(|s| serde_json::json!({
+                    "url": format!("{base}/{}", wds::shard_name(&st.prefix, s)),
+                    "nsamples": st.layout.shard_range(s).count(),
+                })).collect::<Vec<_>>(),
+            }))
+        }
+        Target2::Shard { epoch, shard } => {
+            if epoch > 0 && st.cfg.masks.for_epoch(epoch) == st.cfg.masks {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "epochs > 0 need counter masks and a patch draw type: --mask-rng python:S and \
+                     point draw types have no per-instance randomness"
+                        .into(),
+                );
+            }
+            if epoch > 0 && !st.cfg.mode.is_patch() {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "draw type {} has no per-instance randomness: no epochs",
+                        st.cfg.mode
+                    ),
+                );
+            }
+            let permit = match st.clients.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    st.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                    let mut r = text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many clients: retry shortly".into(),
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return r;
+                }
+            };
+            let mut builder = Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/x-tar")
+                .header(header::ETAG, st.etag(epoch, shard));
+            if head {
+                return builder.body(Body::empty()).unwrap();
+            }
+            let (stream, _hit) = st.shard(epoch, shard);
+            if stream.done() {
+                let len = stream.data.lock().unwrap().len();
+                builder = builder.header(header::CONTENT_LENGTH, len);
+            }
+            st.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+            let guard = InFlight(st.clone(), Some(permit));
+            let rx = stream.progress.subscribe();
+            let body = futures_util::stream::unfold(
+                (stream, rx, 0usize, guard),
+                |(stream, mut rx, off, guard)| async move {
+                    loop {
+                        let (len, done) = *rx.borrow_and_update();
+                        if off < len {
+                            let end = len.min(off + (1 << 20));
+                            let chunk = axum::body::Bytes::copy_from_slice(
+                                &stream.data.lock().unwrap()[off..end],
+                            );
+                            guard
+                                .0
+                                .metrics
+                                .bytes_sent
+                                .fetch_add((end - off) as u64, Ordering::Relaxed);
+                            return Some((
+                                Ok::<_, std::io::Error>(chunk),
+                                (stream, rx, end, guard),
+                            ));
+                        }
+                        if done {
+                            return None;
+                        }
+                        if rx.changed().await.is_err() {
+                            return None;
+                        }
+                    }
+                },
+            );
+            builder.body(Body::from_stream(body)).unwrap()
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Runs the service until SIGTERM/SIGINT.
+pub fn run(opts: &ServeOptions) -> Result<()> {
+    let ro = &opts.render;
+    ro.cfg.validate()?;
+    if ro.samples_per_shard == 0 {
+        return Err(Error::flag("--samples-per-shard", "must be at least 1"));
+    }
+    if ro.prefix.is_empty() || ro.prefix.contains(['/', '.', '%']) || ro.prefix.len() > 200 {
+        return Err(Error::flag(
+            "--prefix",
+            "must be 1 to 200 bytes, without '/', '.' or '%'",
+        ));
+    }
+    let classes = plan::load_classes(&ro.load_root)?;
+    let mut plan = Plan::new(classes, &ro.weights, ro.cfg.instances(ro.instances))?;
+    if let Some(sel) = &ro.weight_rows {
+        plan.rows = plan::parse_selection("--weight-rows", sel, plan.weights.len() as u32)?;
+    }
+    if let Some(sel) = &ro.flips {
+        plan.flips = plan::parse_selection("--flips", sel, plan::FLIPS as u32)?
+            .into_iter()
+            .map(|f| f as u8)
+            .collect();
+    }
+    let layout = Layout::new(&plan, ro.samples_per_shard, ro.seed);
+    let listener = std::net::TcpListener::bind(&opts.listen)
+        .map_err(|e| Error::io(&opts.listen, "cannot listen", e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io(&opts.listen, "cannot listen", e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io(&opts.listen, "cannot listen", e))?;
+    let st = Arc::new(State {
+        fingerprint: generate::fingerprint(ro, &plan, true),
+        key_width: wds::key_width(layout.total),
+        draw_type: ro.cfg.mode.name().to_string(),
+        cfg: ro.cfg.clone(),
+        prefix: ro.prefix.clone(),
+        public_url: opts.public_url.clone(),
+        cache_bytes: opts.cache_bytes,
+        prefetch: opts.prefetch,
+        cache: Mutex::new(HashMap::new()),
+        clock: AtomicU64::new(0),
+        queue: Queue {
+            inner: Mutex::new(QueueInner::default()),
+            cond: Condvar::new(),
+        },
+        metrics: Metrics::default(),
+        started: Instant::now(),
+        clients: Arc::new(tokio::sync::Semaphore::new(opts.max_clients.max(1))),
+        plan,
+        layout,
+    });
+    crate::say!(
+        "serve: listening on http://{addr} ({} shards of at most {} samples, {} per shard group; \
+         no authentication: bind to a private interface or put it behind a proxy)",
+        st.layout.shards,
+        st.layout.per_shard,
+        st.layout.block_shards
+    );
+    let u = generate::chaos_sequence(ro.cfg.iterations);
+    let render_failed = Arc::new(AtomicBool::new(false));
+    let render = {
+        let st = st.clone();
+        let backend = ro.backend.clone();
+        let (threads, png, writers, quiet) = (
+            ro.threads,
+            ro.png,
+            ro.writers,
+            ro.progress == crate::progress::Mode::Quiet,
+        );
+        let failed = render_failed.clone();
+        std::thread::spawn(move || {
+            let ctx = Context {
+                backend,
+                quiet,
+                plan: &st.plan,
+                cfg: &st.cfg,
+                png,
+                u: &u,
+            };
+            let sink = ServeSink {
+                st: &st,
+                writers: (0..writers.max(1))
+                    .map(|_| Mutex::new(HashMap::new()))
+                    .collect(),
+            };
+            let r = pipeline::run(
+                &ctx,
+                &ServeJobs(&st),
+                &sink,
+                threads,
+                &Stats::default(),
+                &Abort::default(),
+            );
+            if let Err(e) = r {
+                failed.store(true, Ordering::Relaxed);
+                crate::say!("serve: the render stage stopped: {e}");
+            }
+        })
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Other(format!("serve: cannot start the runtime: {e}")))?;
+    let drain = opts.drain;
+    let served = rt.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| Error::Other(format!("serve: {e}")))?;
+        let app = axum::Router::new().fallback({
+            let st = st.clone();
+            move |req: Request<Body>| handle(st.clone(), req)
+        });
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            crate::say!("serve: stopping: finishing the responses in flight");
+            let _ = stop_tx.send(());
+        });
+        let server = tokio::spawn(async move { server.await });
+        // After the signal, in-flight responses get `drain` to finish.
+        let _ = stop_rx.await;
+        match tokio::time::timeout(drain, server).await {
+            Ok(r) => r
+                .map_err(|e| Error::Other(format!("serve: {e}")))?
+                .map_err(|e| Error::Other(format!("serve: {e}"))),
+            Err(_) => {
+                crate::say!("serve: responses still running after {drain:?}: stopping anyway");
+                Ok(())
+            }
+        }
+    });
+    {
+        let mut q = st.queue.inner.lock().unwrap();
+        q.closed = true;
+        q.blocks.clear();
+        st.queue.cond.notify_all();
+    }
+    let _ = render.join();
+    served?;
+    if render_failed.load(Ordering::Relaxed) {
+        return Err(Error::Other(
+            "serve: the render stage failed (see above)".into(),
+        ));
+    }
+    crate::say!("serve: stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_only_this_datasets_files() {
+        let p = |s| parse_path(s, "fractaldb", 10);
+        assert_eq!(
+            p("/fractaldb-000003.tar"),
+            Ok(Target2::Shard { epoch: 0, shard: 3 })
+        );
+        assert_eq!(
+            p("/epoch/2/fractaldb-000009.tar"),
+            Ok(Target2::Shard { epoch: 2, shard: 9 })
+        );
+        assert_eq!(p("/fractaldb-wids.json"), Ok(Target2::Wids));
+        assert_eq!(p("/manifest.json"), Ok(Target2::Manifest));
+        assert_eq!(p("/healthz"), Ok(Target2::Health));
+        assert_eq!(p("/metrics"), Ok(Target2::Metrics));
+        assert_eq!(
+            p("/fractaldb-000010.tar").unwrap_err().0,
+            StatusCode::NOT_FOUND
+        );
+        for bad in [
+            "/../etc/passwd",
+            "/%2e%2e/x",
+            "//etc/passwd",
+            "/fractaldb-000003.tar/..",
+        ] {
+            assert_eq!(p(bad).unwrap_err().0, StatusCode::BAD_REQUEST, "{bad}");
+        }
+        for missing in [
+            "/etc/passwd",
+            "/fractaldb-3.tar",
+            "/other-000001.tar",
+            "/epoch/x/y/z",
+        ] {
+            assert!(p(missing).is_err(), "{missing}");
+        }
+        assert_eq!(
+            p(&format!("/{}", "a".repeat(300))).unwrap_err().0,
+            StatusCode::BAD_REQUEST
+        );
+    }
+}
