@@ -47,6 +47,11 @@ pub trait IndexedJobs: Sync {
 /// (the service's queue of requested shard groups).
 pub trait Jobs: Sync {
     fn claim(&self, max: usize) -> Option<Vec<(u64, Job)>>;
+    /// Like [`claim`](Self::claim), but `None` as soon as no work is ready (never blocks): for a
+    /// stage that claims its next batch while it still holds the current one.
+    fn try_claim(&self, max: usize) -> Option<Vec<(u64, Job)>> {
+        self.claim(max)
+    }
 }
 
 /// [`Jobs`] over an [`IndexedJobs`] list: claimed in order; jobs with nothing to draw (all kept on
@@ -183,7 +188,27 @@ struct ThreadFeed<'a> {
     waiting: HashMap<u64, (Vec<Flips>, usize)>,
 }
 
+impl ThreadFeed<'_> {
+    fn take(&mut self, got: Vec<(u64, Job)>) -> Vec<(u64, Unit)> {
+        got.into_iter()
+            .map(|(i, j)| {
+                let left = j.images.len();
+                self.waiting.insert(i, (j.images, left));
+                (i, j.unit)
+            })
+            .collect()
+    }
+}
+
 impl Feed for ThreadFeed<'_> {
+    fn try_claim(&mut self, max: usize) -> Option<Vec<(u64, Unit)>> {
+        if self.abort.is_set() {
+            return None;
+        }
+        let got = self.jobs.try_claim(max.max(1))?;
+        Some(self.take(got))
+    }
+
     fn claim(&mut self, max: usize) -> Option<Vec<(u64, Unit)>> {
         if self.abort.is_set() {
             return None;

@@ -204,6 +204,17 @@ struct ServeJobs<'a>(&'a State);
 
 impl Jobs for ServeJobs<'_> {
     fn claim(&self, max: usize) -> Option<Vec<(u64, Job)>> {
+        self.next(max, true)
+    }
+    fn try_claim(&self, max: usize) -> Option<Vec<(u64, Job)>> {
+        self.next(max, false)
+    }
+}
+
+impl ServeJobs<'_> {
+    /// The next clouds of the queued groups; `wait`: block until a group is queued (or the
+    /// server closes the queue).
+    fn next(&self, max: usize, wait: bool) -> Option<Vec<(u64, Job)>> {
         let st = self.0;
         let mut q = st.queue.inner.lock().unwrap();
         loop {
@@ -214,9 +225,11 @@ impl Jobs for ServeJobs<'_> {
                 if let Some((epoch, g)) = q.blocks.pop_front() {
                     let c = st.layout.block_clouds(g);
                     q.current = Some((epoch, c.start, c.end));
-                } else {
+                } else if wait {
                     q = st.queue.cond.wait(q).unwrap();
                     continue;
+                } else {
+                    return None;
                 }
             }
             let (epoch, a, b) = q.current.unwrap();

@@ -35,6 +35,9 @@ pub trait Feed {
     /// The next units (at most `max`) with their ids, in order; `None` when there is no more work
     /// or the run is stopping.
     fn claim(&mut self, max: usize) -> Option<Vec<(u64, Unit)>>;
+    /// The next units if some are ready now, else `None` at once (it never waits for work): for
+    /// claiming the next batch while the current one is still being drawn.
+    fn try_claim(&mut self, max: usize) -> Option<Vec<(u64, Unit)>>;
     /// Hands over one canvas; `false` when the run is stopping (the stage then returns).
     fn emit(&mut self, canvas: Canvas) -> bool;
 }

@@ -80,13 +80,22 @@ impl Stage for GlStage<'_> {
             MaskRng::Python { .. } => 8,
             MaskRng::Counter { .. } => MAX_GROUP_CANVASES,
         };
-        let mut cur = feed.claim(size);
-        if let Some(units) = &cur {
-            self.begin(units)?;
-            self.engine.end_clouds(ctx.cfg)?;
-        }
+        // `cur`: a batch whose chaos game is already queued (claimed while the last one was drawn).
+        let mut cur: Option<Vec<(u64, Unit)>> = None;
         let mut stopped = false;
-        while let Some(units) = cur.take() {
+        loop {
+            let units = match cur.take() {
+                Some(u) => u,
+                // Nothing claimed ahead: wait for work (a service's source blocks here).
+                None => match feed.claim(size) {
+                    Some(u) => {
+                        self.begin(&u)?;
+                        self.engine.end_clouds(ctx.cfg)?;
+                        u
+                    }
+                    None => break,
+                },
+            };
             let t0 = Instant::now();
             let (set, counts) = self.engine.wait_clouds()?;
             StageStats::add(&ctx.stats.chaos_ns, t0);
@@ -99,8 +108,9 @@ impl Stage for GlStage<'_> {
             ctx.stats
                 .clouds
                 .fetch_add(units.len() as u64, Ordering::Relaxed);
-            // The next batch's chaos game starts now and advances between this batch's groups.
-            let next = if stopped { None } else { feed.claim(size) };
+            // The next batch's chaos game starts now and advances between this batch's groups
+            // (if one is ready: never wait for work while holding this batch).
+            let next = if stopped { None } else { feed.try_claim(size) };
             if let Some(n) = &next {
                 self.begin(n)?;
             }

@@ -1,0 +1,399 @@
+//! `fractaldb serve` on loopback: served shards equal rendered shards byte for byte (CPU and GL on
+//! llvmpipe, epochs too), clients we did not write read it (curl, Python webdataset, wids, the
+//! Prometheus parser), a bounded load test, bad requests, too many clients, and SIGTERM mid-transfer.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SMALL: [&str; 10] = [
+    "--image-size-x",
+    "64",
+    "--image-size-y",
+    "64",
+    "--iteration",
+    "5000",
+    "--instance",
+    "2",
+    "--samples-per-shard",
+    "40",
+];
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(classes: &Path, extra: &[&str]) -> Server {
+        let mut child = bin()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .arg("--load-root")
+            .arg(classes)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = child.stderr.take().unwrap();
+        // Owned by a Server from here, so a failure below still kills and reaps it.
+        let mut srv = Server {
+            child,
+            base: String::new(),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(|l| l.ok()) {
+                let _ = tx.send(line);
+            }
+        });
+        let t0 = Instant::now();
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("serve printed its address");
+            if let Some(i) = line.find("http://") {
+                srv.base = line[i..].split_whitespace().next().unwrap().to_string();
+                return srv;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60));
+        }
+    }
+    fn port(&self) -> u16 {
+        self.base.rsplit(':').next().unwrap().parse().unwrap()
+    }
+    /// Sends SIGTERM and returns the exit code.
+    fn stop(mut self) -> Option<i32> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "serve did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `curl` a URL into a file: (status, headers text).
+fn curl(url: &str, out: &Path, extra: &[&str]) -> (u16, String) {
+    let o = Command::new("curl")
+        .args(["-s", "-D", "-", "-o"])
+        .arg(out)
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&o.stdout).into_owned();
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head)
+}
+
+fn render_wds(classes: &Path, out: &Path, extra: &[&str]) {
+    run_ok(
+        bin()
+            .args(["render", "-q", "--backend", "cpu", "--format", "wds"])
+            .args(extra)
+            .arg("--load-root")
+            .arg(classes)
+            .arg("--out")
+            .arg(out),
+    );
+}
+
+fn shard_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn metric(base: &str, name: &str) -> f64 {
+    let o = Command::new("curl")
+        .args(["-s", &format!("{base}/metrics")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+#[test]
+fn served_shards_equal_rendered_shards_on_both_engines_and_in_every_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00030", "00031"]);
+    let disk = tmp.path().join("disk");
+    render_wds(&classes, &disk, &SMALL);
+    let disk1 = tmp.path().join("disk-epoch1");
+    render_wds(&classes, &disk1, &[&SMALL[..], &["--epoch", "1"]].concat());
+    let shards = shard_files(&disk);
+    assert!(shards.len() >= 5);
+    for backend in ["cpu", "gl"] {
+        let srv = Server::start(&classes, &[&SMALL[..], &["--backend", backend]].concat());
+        let mut etags = std::collections::HashSet::new();
+        for (epoch, dir) in [(0, &disk), (1, &disk1)] {
+            for s in shard_files(dir) {
+                let name = s.file_name().unwrap().to_str().unwrap();
+                let path = if epoch == 0 {
+                    format!("/{name}")
+                } else {
+                    format!("/epoch/{epoch}/{name}")
+                };
+                let got = tmp.path().join("got.tar");
+                let (code, head) = curl(&format!("{}{path}", srv.base), &got, &[]);
+                assert_eq!(code, 200, "{head}");
+                assert!(
+                    head.to_lowercase()
+                        .contains("content-type: application/x-tar")
+                );
+                assert!(
+                    std::fs::read(&got).unwrap() == std::fs::read(&s).unwrap(),
+                    "{backend}: {path} differs from the rendered shard"
+                );
+                let (code, head) = curl(&format!("{}{path}", srv.base), &got, &["-I"]);
+                assert_eq!(code, 200);
+                let etag = head
+                    .lines()
+                    .find(|l| l.to_lowercase().starts_with("etag:"))
+                    .unwrap()
+                    .to_string();
+                assert!(etags.insert(etag), "ETags must differ per shard and epoch");
+            }
+        }
+        assert!(metric(&srv.base, "fractaldb_cache_misses_total") >= 1.0);
+        assert_eq!(srv.stop(), Some(0));
+    }
+}
+
+#[test]
+fn python_webdataset_and_wids_read_the_service_and_metrics_parse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00032", "00033"]);
+    let srv = Server::start(&classes, &[&SMALL[..], &["--backend", "cpu"]].concat());
+    let o = Command::new("curl")
+        .args(["-s", &format!("{}/manifest.json", srv.base)])
+        .output()
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let shards = m["shard_count"].as_u64().unwrap();
+    let out = python_ok(
+        "read_served.py",
+        &[&srv.base, "fractaldb", &shards.to_string()],
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["samples"], m["total_samples"]);
+    assert_eq!(v["shards"].as_u64().unwrap(), shards);
+    let names: Vec<&str> = v["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    for want in [
+        "fractaldb_images_rendered",
+        "fractaldb_bytes_sent",
+        "fractaldb_cache_hits",
+        "fractaldb_requests_in_flight",
+        "fractaldb_queue_depth",
+    ] {
+        assert!(names.contains(&want), "{names:?}");
+    }
+}
+
+#[test]
+fn sixteen_clients_with_repeats_get_identical_bytes_and_a_dropped_client_disturbs_nobody() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00034", "00035", "00036"]);
+    let disk = tmp.path().join("disk");
+    render_wds(&classes, &disk, &SMALL);
+    let shards = shard_files(&disk);
+    let srv = Server::start(&classes, &[&SMALL[..], &["--backend", "cpu"]].concat());
+    // A client that goes away after 1 KB.
+    {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", srv.port())).unwrap();
+        write!(c, "GET /fractaldb-000000.tar HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 1024];
+        c.read_exact(&mut buf).unwrap();
+    }
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..16)
+        .map(|client| {
+            let base = srv.base.clone();
+            let shards = shards.clone();
+            let dir = tmp.path().join(format!("c{client}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::thread::spawn(move || {
+                for k in 0..4 {
+                    let s = &shards[(client * 4 + k) % shards.len()];
+                    let name = s.file_name().unwrap().to_str().unwrap();
+                    let got = dir.join(name);
+                    let (code, head) = curl(&format!("{base}/{name}"), &got, &[]);
+                    assert_eq!(code, 200, "{head}");
+                    assert!(
+                        std::fs::read(&got).unwrap() == std::fs::read(s).unwrap(),
+                        "{name}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("a client failed");
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(metric(&srv.base, "fractaldb_cache_hits_total") >= 1.0);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", srv.child.id())).unwrap();
+    let hwm_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap();
+    println!(
+        "64 requests by 16 clients in {secs:.2} s; server peak RSS {} MB",
+        hwm_kib / 1024
+    );
+    assert!(hwm_kib < 1 << 20, "peak RSS {hwm_kib} KiB");
+    assert_eq!(srv.stop(), Some(0));
+}
+
+#[test]
+fn bad_requests_get_their_status_and_the_server_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00037"]);
+    let srv = Server::start(&classes, &[&SMALL[..], &["--backend", "cpu"]].concat());
+    let out = tmp.path().join("o");
+    let cases: Vec<(String, Vec<&str>, u16)> = vec![
+        ("/fractaldb-999999.tar".into(), vec![], 404),
+        ("/../../etc/passwd".into(), vec!["--path-as-is"], 400),
+        (
+            "/%2e%2e/%2e%2e/etc/passwd".into(),
+            vec!["--path-as-is"],
+            400,
+        ),
+        ("//etc/passwd".into(), vec!["--path-as-is"], 400),
+        (format!("/{}", "a".repeat(5000)), vec![], 400),
+        ("/fractaldb-000000.tar".into(), vec!["-X", "POST"], 405),
+        ("/fractaldb-000000.tar".into(), vec!["-X", "DELETE"], 405),
+        ("/nothing-here".into(), vec![], 404),
+        ("/epoch/x/fractaldb-000000.tar".into(), vec![], 400),
+    ];
+    for (path, extra, want) in &cases {
+        let (code, head) = curl(&format!("{}{path}", srv.base), &out, extra);
+        assert_eq!(code, *want, "{path}: {head}");
+    }
+    let body = std::fs::read_to_string({
+        curl(&format!("{}/fractaldb-999999.tar", srv.base), &out, &[]);
+        &out
+    })
+    .unwrap();
+    assert!(body.contains("fractaldb-000000.tar to"), "{body}");
+    let (code, _) = curl(&format!("{}/fractaldb-000000.tar", srv.base), &out, &[]);
+    assert_eq!(code, 200);
+    assert_eq!(srv.stop(), Some(0));
+    // Epochs of a draw type without per-instance randomness: 400 with the reason.
+    let srv = Server::start(
+        &classes,
+        &[
+            &SMALL[..],
+            &["--backend", "cpu", "--draw-type", "point_gray"],
+        ]
+        .concat(),
+    );
+    let (code, _) = curl(
+        &format!("{}/epoch/1/fractaldb-000000.tar", srv.base),
+        &out,
+        &[],
+    );
+    assert_eq!(code, 400);
+    assert!(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .contains("randomness")
+    );
+}
+
+const HEAVY: [&str; 10] = [
+    "--image-size-x",
+    "256",
+    "--image-size-y",
+    "256",
+    "--iteration",
+    "200000",
+    "--instance",
+    "10",
+    "-j",
+    "1",
+];
+
+#[test]
+fn too_many_clients_get_503_and_sigterm_lets_a_transfer_finish() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00038", "00039"]);
+    let disk = tmp.path().join("disk");
+    render_wds(&classes, &disk, &HEAVY);
+    let first = shard_files(&disk)[0].clone();
+    let srv = Server::start(
+        &classes,
+        &[
+            &HEAVY[..],
+            &["--backend", "cpu", "--max-clients", "1", "--prefetch", "0"],
+        ]
+        .concat(),
+    );
+    let got = tmp.path().join("got.tar");
+    let mut slow = Command::new("curl")
+        .args(["-s", "-o"])
+        .arg(&got)
+        .args(["-w", "%{http_code}"])
+        .arg(format!("{}/fractaldb-000000.tar", srv.base))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while metric(&srv.base, "fractaldb_requests_in_flight") < 1.0 {
+        assert!(t0.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (code, head) = curl(
+        &format!("{}/fractaldb-000000.tar", srv.base),
+        &tmp.path().join("busy"),
+        &[],
+    );
+    assert_eq!(code, 503, "{head}");
+    assert!(head.to_lowercase().contains("retry-after"));
+    // SIGTERM while the first transfer runs: it finishes whole, then the server exits 0.
+    assert_eq!(srv.stop(), Some(0));
+    let mut code = String::new();
+    slow.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut code)
+        .unwrap();
+    slow.wait().unwrap();
+    assert_eq!(code, "200");
+    assert!(std::fs::read(&got).unwrap() == std::fs::read(&first).unwrap());
+}
