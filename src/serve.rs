@@ -82,6 +82,8 @@ struct Metrics {
     misses: AtomicU64,
     in_flight: AtomicU64,
     rejected: AtomicU64,
+    /// Requests waiting for room in a cache full of pinned or unfinished shards.
+    waiting: AtomicU64,
 }
 
 /// The queue of shard groups (epoch, block) to render, read by the render stages.
@@ -120,14 +122,23 @@ struct State {
 
 impl State {
     /// The shard's stream, from the cache or queued for rendering with its whole block (and the
-    /// next `prefetch` blocks). Returns (stream, hit).
-    fn shard(&self, epoch: u64, shard: u64) -> (Arc<ShardStream>, bool) {
+    /// next `prefetch` blocks). Returns (stream, hit), or `None` when the cache is full of shards
+    /// that are being rendered or read (nothing can be dropped): the caller waits and asks again.
+    fn shard(&self, epoch: u64, shard: u64) -> Option<(Arc<ShardStream>, bool)> {
         let mut cache = self.cache.lock().unwrap();
         let now = self.clock.fetch_add(1, Ordering::Relaxed);
         if let Some(s) = cache.get(&(epoch, shard)) {
             s.last_used.store(now, Ordering::Relaxed);
             self.metrics.hits.fetch_add(1, Ordering::Relaxed);
-            return (s.clone(), true);
+            return Some((s.clone(), true));
+        }
+        self.evict(&mut cache);
+        let used: u64 = cache
+            .values()
+            .map(|s| s.data.lock().unwrap().len() as u64)
+            .sum();
+        if used >= self.cache_bytes {
+            return None;
         }
         self.metrics.misses.fetch_add(1, Ordering::Relaxed);
         let g = self.layout.block_of(shard);
@@ -146,8 +157,7 @@ impl State {
             q.blocks.push_back((epoch, b));
             self.queue.cond.notify_all();
         }
-        self.evict(&mut cache);
-        (cache[&(epoch, shard)].clone(), false)
+        Some((cache[&(epoch, shard)].clone(), false))
     }
 
     /// Drops finished shards nobody reads, least recently used first, while over the budget.
@@ -496,6 +506,12 @@ fn metrics_text(st: &State) -> String {
         m.rejected.load(Ordering::Relaxed).to_string(),
     );
     metric(
+        "fractaldb_requests_waiting_for_cache",
+        "gauge",
+        "Requests waiting because the cache is full of shards being rendered or read.",
+        m.waiting.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
         "fractaldb_queue_depth",
         "gauge",
         "Shard groups waiting to be rendered.",
@@ -603,7 +619,16 @@ async fn handle(st: Arc<State>, req: Request<Body>) -> Response<Body> {
             if head {
                 return builder.body(Body::empty()).unwrap();
             }
-            let (stream, _hit) = st.shard(epoch, shard);
+            // A cache full of shards being rendered or read: this new group waits (visible in
+            // /metrics), holding its client slot.
+            let stream = loop {
+                if let Some((s, _hit)) = st.shard(epoch, shard) {
+                    break s;
+                }
+                st.metrics.waiting.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                st.metrics.waiting.fetch_sub(1, Ordering::Relaxed);
+            };
             if stream.done() {
                 let len = stream.data.lock().unwrap().len();
                 builder = builder.header(header::CONTENT_LENGTH, len);

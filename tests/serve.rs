@@ -397,3 +397,46 @@ fn too_many_clients_get_503_and_sigterm_lets_a_transfer_finish() {
     assert_eq!(code, "200");
     assert!(std::fs::read(&got).unwrap() == std::fs::read(&first).unwrap());
 }
+
+#[test]
+fn a_tiny_cache_makes_new_groups_wait_but_never_deadlocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00040", "00041"]);
+    let disk = tmp.path().join("disk");
+    render_wds(&classes, &disk, &SMALL);
+    let shards = shard_files(&disk);
+    let srv = Server::start(
+        &classes,
+        &[
+            &SMALL[..],
+            &["--backend", "cpu", "--cache-bytes", "1", "--prefetch", "0"],
+        ]
+        .concat(),
+    );
+    let handles: Vec<_> = (0..4)
+        .map(|client| {
+            let base = srv.base.clone();
+            let shards = shards.clone();
+            let dir = tmp.path().join(format!("t{client}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::thread::spawn(move || {
+                for k in 0..3 {
+                    let s = &shards[(client * 3 + k) % shards.len()];
+                    let name = s.file_name().unwrap().to_str().unwrap();
+                    let got = dir.join(name);
+                    let (code, head) = curl(&format!("{base}/{name}"), &got, &["-m", "60"]);
+                    assert_eq!(code, 200, "{head}");
+                    assert!(std::fs::read(&got).unwrap() == std::fs::read(s).unwrap());
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("a client failed");
+    }
+    assert_eq!(
+        metric(&srv.base, "fractaldb_requests_waiting_for_cache"),
+        0.0
+    );
+    assert_eq!(srv.stop(), Some(0));
+}
