@@ -81,15 +81,7 @@ pub fn run(opts: &RenderOptions) -> Result<Summary> {
     let classes = plan::load_classes(&opts.load_root)?;
     let instances = opts.cfg.instances(opts.instances);
     let mut plan = Plan::new(classes, &opts.weights, instances)?;
-    if let Some(sel) = &opts.weight_rows {
-        plan.rows = plan::parse_selection("--weight-rows", sel, plan.weights.len() as u32)?;
-    }
-    if let Some(sel) = &opts.flips {
-        plan.flips = plan::parse_selection("--flips", sel, plan::FLIPS as u32)?
-            .into_iter()
-            .map(|f| f as u8)
-            .collect();
-    }
+    plan.select(opts.weight_rows.as_deref(), opts.flips.as_deref())?;
     let u = chaos_sequence(opts.cfg.iterations);
     let ctx = Context {
         backend: opts.backend.clone(),

@@ -203,6 +203,22 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// Applies `--weight-rows` and `--flips` selections (all rows and flips where `None`).
+    pub fn select(&mut self, rows: Option<&str>, flips: Option<&str>) -> Result<()> {
+        if let Some(sel) = rows {
+            self.rows = parse_selection("--weight-rows", sel, self.weights.len() as u32)?;
+        }
+        if let Some(sel) = flips {
+            self.flips = parse_selection("--flips", sel, FLIPS as u32)?
+                .into_iter()
+                .map(|f| f as u8)
+                .collect();
+        }
+        Ok(())
+    }
+}
+
 /// Parses a selection such as `0`, `0-24`, `3-5,7` into sorted, distinct values below `n`.
 pub fn parse_selection(flag: &'static str, text: &str, n: u32) -> Result<Vec<u32>> {
     let bad = |why: String| Error::flag(flag, format!("{text:?}: {why}"));

@@ -700,15 +700,7 @@ pub fn run(opts: &ServeOptions) -> Result<()> {
     }
     let classes = plan::load_classes(&ro.load_root)?;
     let mut plan = Plan::new(classes, &ro.weights, ro.cfg.instances(ro.instances))?;
-    if let Some(sel) = &ro.weight_rows {
-        plan.rows = plan::parse_selection("--weight-rows", sel, plan.weights.len() as u32)?;
-    }
-    if let Some(sel) = &ro.flips {
-        plan.flips = plan::parse_selection("--flips", sel, plan::FLIPS as u32)?
-            .into_iter()
-            .map(|f| f as u8)
-            .collect();
-    }
+    plan.select(ro.weight_rows.as_deref(), ro.flips.as_deref())?;
     let layout = Layout::new(&plan, ro.samples_per_shard, ro.seed);
     let listener = std::net::TcpListener::bind(&opts.listen)
         .map_err(|e| Error::io(&opts.listen, "cannot listen", e))?;

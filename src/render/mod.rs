@@ -338,30 +338,46 @@ pub fn write_flip(
     out: &mut Vec<u8>,
 ) {
     out.resize(width * height * channels, 0);
+    for r in 0..height {
+        let dst = &mut out[r * width * channels..(r + 1) * width * channels];
+        flip_row(canvas, width, height, flip, r, pal, channels, dst);
+    }
+}
+
+/// Row `r` of flip `flip` of a label canvas, as 8-bit gray (`channels` 1) or RGB pixels in `dst`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn flip_row(
+    canvas: &[u8],
+    width: usize,
+    height: usize,
+    flip: u8,
+    r: usize,
+    pal: &[[u8; 3]; 256],
+    channels: usize,
+    dst: &mut [u8],
+) {
     let tb = flip == 0 || flip == 2;
     let lr = flip >= 2;
-    for r in 0..height {
-        let src_row = if tb { height - 1 - r } else { r };
-        let src = &canvas[src_row * width..(src_row + 1) * width];
-        let dst = &mut out[r * width * channels..(r + 1) * width * channels];
-        match (channels, lr) {
-            (1, false) => dst
-                .iter_mut()
-                .zip(src)
-                .for_each(|(d, &l)| *d = pal[l as usize][0]),
-            (1, true) => dst
-                .iter_mut()
-                .zip(src.iter().rev())
-                .for_each(|(d, &l)| *d = pal[l as usize][0]),
-            (_, false) => dst
-                .chunks_exact_mut(3)
-                .zip(src)
-                .for_each(|(d, &l)| d.copy_from_slice(&pal[l as usize])),
-            (_, true) => dst
-                .chunks_exact_mut(3)
-                .zip(src.iter().rev())
-                .for_each(|(d, &l)| d.copy_from_slice(&pal[l as usize])),
-        }
+    let src_row = if tb { height - 1 - r } else { r };
+    let src = &canvas[src_row * width..(src_row + 1) * width];
+    match (channels, lr) {
+        (1, false) => dst
+            .iter_mut()
+            .zip(src)
+            .for_each(|(d, &l)| *d = pal[l as usize][0]),
+        (1, true) => dst
+            .iter_mut()
+            .zip(src.iter().rev())
+            .for_each(|(d, &l)| *d = pal[l as usize][0]),
+        (_, false) => dst
+            .chunks_exact_mut(3)
+            .zip(src)
+            .for_each(|(d, &l)| d.copy_from_slice(&pal[l as usize])),
+        (_, true) => dst
+            .chunks_exact_mut(3)
+            .zip(src.iter().rev())
+            .for_each(|(d, &l)| d.copy_from_slice(&pal[l as usize])),
     }
 }
 
@@ -416,32 +432,10 @@ pub fn encode_canvas(
     let row = 1 + width * ch;
     let raw = &mut scratch.raw;
     raw.resize(row * height, 0);
-    let tb = flip == 0 || flip == 2;
-    let lr = flip >= 2;
     for r in 0..height {
-        let src_row = if tb { height - 1 - r } else { r };
-        let src = &canvas[src_row * width..(src_row + 1) * width];
         let dst = &mut raw[r * row..(r + 1) * row];
         dst[0] = 0;
-        let dst = &mut dst[1..];
-        match (ch, lr) {
-            (1, false) => dst
-                .iter_mut()
-                .zip(src)
-                .for_each(|(d, &l)| *d = pal[l as usize][0]),
-            (1, true) => dst
-                .iter_mut()
-                .zip(src.iter().rev())
-                .for_each(|(d, &l)| *d = pal[l as usize][0]),
-            (_, false) => dst
-                .chunks_exact_mut(3)
-                .zip(src)
-                .for_each(|(d, &l)| d.copy_from_slice(&pal[l as usize])),
-            (_, true) => dst
-                .chunks_exact_mut(3)
-                .zip(src.iter().rev())
-                .for_each(|(d, &l)| d.copy_from_slice(&pal[l as usize])),
-        }
+        flip_row(canvas, width, height, flip, r, pal, ch, &mut dst[1..]);
     }
     // zlib stream: level 0 as the png crate writes it (stored blocks via its own compressor) is rare;
     // leave it to the png crate.
