@@ -191,10 +191,16 @@ pub fn run(cfg: &SearchConfig, mut on_accept: impl FnMut(usize, usize)) -> Resul
                 100.0 * stats.accepted as f64 / stats.candidates.max(1) as f64
             );
         }
-        for (cand, (canvas, fill)) in cands.iter().zip(results) {
+        for (cand, fill) in cands.iter().zip(results) {
             stats.candidates += 1;
             if fill >= cfg.rate {
                 let k = stats.accepted;
+                // The preview canvas of an accepted candidate (about 1 in 40) is drawn again.
+                let canvas = if cfg.write_previews {
+                    evaluate(cand, cfg.points).0
+                } else {
+                    Vec::new()
+                };
                 write_class(cfg, (&cdir, &pdir), k, cand, &canvas, &mut rgb, &mut bytes)?;
                 stats.accepted += 1;
                 on_accept(k, stats.candidates);
@@ -384,9 +390,126 @@ fn parallel_map<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync
         .collect()
 }
 
-/// Evaluates candidates on `threads` threads; the result is in candidate order.
-pub fn evaluate_all(cands: &[Candidate], points: usize, threads: usize) -> Vec<(Vec<u8>, f64)> {
-    parallel_map(cands.len(), threads, |i| evaluate(&cands[i], points))
+/// Reusable buffers of one evaluating thread: four candidates' u sequences and points, the rescaled
+/// cloud, and a stamped preview canvas (no clearing between candidates).
+#[derive(Default)]
+struct Evaluator {
+    u: [Vec<f64>; 4],
+    xs: [Vec<f64>; 4],
+    ys: [Vec<f64>; 4],
+    cloud: Cloud,
+    stamp: Vec<u32>,
+    generation: u32,
+}
+
+impl Evaluator {
+    /// The fill rate of a candidate's chaos-game points (as [`fill`] computes it).
+    fn fill_rate(&mut self, lane: usize) -> f64 {
+        let w = PREVIEW as usize;
+        if self.stamp.len() != w * w || self.generation == u32::MAX {
+            self.stamp = vec![0; w * w];
+            self.generation = 0;
+        }
+        self.generation += 1;
+        let g = self.generation;
+        // Finite orbits (nearly all): rescaled and counted in two passes, no cloud built.
+        let mut count = 0usize;
+        let stamp = &mut self.stamp;
+        if ifs::rescale_finite_each(
+            &self.xs[lane],
+            &self.ys[lane],
+            (PREVIEW, PREVIEW),
+            (PREVIEW_PAD, PREVIEW_PAD),
+            |x, y| {
+                let px = &mut stamp[y as usize * w + x as usize];
+                if *px != g {
+                    *px = g;
+                    count += 1;
+                }
+            },
+        ) {
+            return count as f64 / (w * w) as f64;
+        }
+        ifs::rescale(
+            &mut self.xs[lane],
+            &mut self.ys[lane],
+            PREVIEW,
+            PREVIEW,
+            PREVIEW_PAD,
+            PREVIEW_PAD,
+            &mut self.cloud,
+        );
+        for (&x, &y) in self.cloud.xs.iter().zip(&self.cloud.ys) {
+            let px = &mut self.stamp[y as usize * w + x as usize];
+            if *px != g {
+                *px = g;
+                count += 1;
+            }
+        }
+        count as f64 / (w * w) as f64
+    }
+
+    /// Fill rates of up to four candidates, their chaos games interleaved.
+    fn fills(&mut self, cands: &[Candidate], points: usize) -> Vec<f64> {
+        let k = cands.len();
+        for (l, c) in cands.iter().enumerate() {
+            let mut stream = c.stream.clone();
+            self.u[l].clear();
+            self.u[l].extend((0..points).map(|_| stream.random()));
+        }
+        if k == 4 {
+            let us = [
+                &self.u[0][..],
+                &self.u[1][..],
+                &self.u[2][..],
+                &self.u[3][..],
+            ];
+            Ifs::chaos_games_4(
+                [&cands[0].ifs, &cands[1].ifs, &cands[2].ifs, &cands[3].ifs],
+                us,
+                &mut self.xs,
+                &mut self.ys,
+            );
+        } else {
+            for (l, c) in cands.iter().enumerate() {
+                c.ifs
+                    .chaos_game(&self.u[l], &mut self.xs[l], &mut self.ys[l]);
+            }
+        }
+        (0..k).map(|l| self.fill_rate(l)).collect()
+    }
+}
+
+/// Evaluators between batches (the threads of a batch end with it).
+static EVALUATORS: std::sync::Mutex<Vec<Evaluator>> = std::sync::Mutex::new(Vec::new());
+
+/// The fill rates of candidates on `threads` threads, in candidate order; each thread takes four
+/// candidates at a time and keeps its buffers.
+pub fn evaluate_all(cands: &[Candidate], points: usize, threads: usize) -> Vec<f64> {
+    let next = AtomicUsize::new(0);
+    let out: Vec<std::sync::Mutex<f64>> = (0..cands.len())
+        .map(|_| std::sync::Mutex::new(f64::NAN))
+        .collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(cands.len().div_ceil(4)).max(1) {
+            s.spawn(|| {
+                // Buffers outlive the batch: a fresh 11 MB per thread and batch cost page faults.
+                let mut ev = EVALUATORS.lock().unwrap().pop().unwrap_or_default();
+                loop {
+                    let i = next.fetch_add(4, Ordering::Relaxed);
+                    if i >= cands.len() {
+                        break;
+                    }
+                    let group = &cands[i..(i + 4).min(cands.len())];
+                    for (k, f) in ev.fills(group, points).into_iter().enumerate() {
+                        *out[i + k].lock().unwrap() = f;
+                    }
+                }
+                EVALUATORS.lock().unwrap().push(ev);
+            });
+        }
+    });
+    out.into_iter().map(|m| m.into_inner().unwrap()).collect()
 }
 
 /// The GL form of [`evaluate_all`]: the chaos games run on the GPU (bit-identical in fp64), the
@@ -396,7 +519,7 @@ pub fn evaluate_all_gl(
     cands: &[Candidate],
     points: usize,
     threads: usize,
-) -> Result<Vec<(Vec<u8>, f64)>> {
+) -> Result<Vec<f64>> {
     let mut u = Vec::with_capacity(cands.len() * points);
     for c in cands {
         u.extend(c.chaos_sequence(points));
@@ -409,7 +532,7 @@ pub fn evaluate_all_gl(
         .collect();
     Ok(parallel_map(cands.len(), threads, |i| {
         let (xs, ys) = std::mem::take(&mut *pts[i].lock().unwrap());
-        fill(xs, ys)
+        fill(xs, ys).1
     }))
 }
 
@@ -505,7 +628,7 @@ fn search_blocks(
         let accepted: Vec<u64> = results
             .iter()
             .enumerate()
-            .filter(|(_, (_, fill))| *fill >= cfg.rate)
+            .filter(|(_, fill)| **fill >= cfg.rate)
             .map(|(i, _)| b * RANK_BLOCK + i as u64)
             .collect();
         let mut line = serde_json::to_string(&BlockLine { block: b, accepted }).expect("json");
