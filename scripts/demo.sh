@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-demo}
-cargo build --release --quiet
+echo "building fractaldb (about 2 minutes the first time)..." >&2
+cargo build --release
 bin=./target/release/fractaldb
 $bin search --categories 3 --out "$out"
 $bin render --load-root "$out/csv_rate0.2_category3" --out "$out/FractalDB-3" \

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 #[command(
     name = "fractaldb",
     version,
-    about = "Exact, fast FractalDB dataset generator (CPU engine; folders or WebDataset shards)"
+    about = "Exact, fast FractalDB dataset generator: CPU or GPU (headless GL) engine; folders, WebDataset shards, or shards served over HTTP"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -42,7 +42,7 @@ pub enum Command {
     /// List the EGL devices: index, CUDA ordinal, GL renderer, software or not.
     #[command(args_override_self = true)]
     Devices,
-    /// Measure images/s per stage on the CPU engine.
+    /// Measure images/s per stage and end to end, on the CPU engine and the GL engine.
     #[command(args_override_self = true)]
     Bench(crate::bench::BenchArgs),
     /// Serve shards over HTTP, rendered on demand: byte-identical to `render --format wds` with the
@@ -648,14 +648,23 @@ pub fn run(cli: Cli) -> Result<()> {
                 );
             }
             if !a.common.quiet {
+                let who = if opts.rank.world == 1 {
+                    "one process".to_string()
+                } else {
+                    format!(
+                        "rank {} of {} ({})",
+                        opts.rank.rank, opts.rank.world, opts.rank.source
+                    )
+                };
                 crate::say!(
-                    "render: rank {}/{} ({}), {} threads, {} encoders, format {:?}",
-                    opts.rank.rank,
-                    opts.rank.world,
-                    opts.rank.source,
+                    "render: {who}, {} threads, {} encoders, writing {} to {}",
                     opts.threads.render,
                     opts.threads.encode,
-                    opts.format
+                    match opts.format {
+                        Format::Folder => "the original's class folders",
+                        Format::Wds => "WebDataset shards",
+                    },
+                    opts.out.display()
                 );
             }
             if opts.rank.world > 1 {

@@ -111,7 +111,7 @@ pub fn resolve(
                     }
                 }
             }
-            found.unwrap_or((0, 1, "default (no launcher variables)".to_string()))
+            found.unwrap_or((0, 1, "no launcher variables: one process".to_string()))
         }
     };
     if world == 0 || rank >= world {

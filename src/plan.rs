@@ -40,8 +40,18 @@ fn check_class_name(path: &Path, name: &str) -> Result<()> {
 /// Lists the class CSVs of `load_root`, sorted by name: `*.csv` directly inside, and inside its
 /// immediate sub-directories (the original's `csvK/` layout). Other names are skipped.
 pub fn discover_classes(load_root: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let md = std::fs::metadata(load_root)
-        .map_err(|e| Error::io(load_root, "cannot open class directory", e))?;
+    let md = std::fs::metadata(load_root).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::input(
+                load_root,
+                None,
+                "no such class directory: run `fractaldb search --categories N --out DIR` first and pass \
+                 --load-root DIR/csv_rate0.2_categoryN, or point --load-root at a folder of class CSVs",
+            )
+        } else {
+            Error::io(load_root, "cannot open class directory", e)
+        }
+    })?;
     if !md.is_dir() {
         return Err(Error::input(
             load_root,

@@ -35,7 +35,8 @@ impl Reporter {
                 let bar = indicatif::ProgressBar::new(total);
                 bar.set_style(
                     indicatif::ProgressStyle::with_template(
-                        "{elapsed_precise} [{bar:40}] {pos}/{len} {msg} (ETA {eta})",
+                        // The bar takes what the terminal's width leaves, so the line never wraps.
+                        "{elapsed_precise} [{wide_bar}] {pos}/{len} {msg} ETA {eta}",
                     )
                     .unwrap()
                     .progress_chars("=> "),

@@ -701,3 +701,39 @@ fn without_flock_a_lock_file_names_its_owner_and_a_dead_owner_is_cleared() {
     assert_eq!(pngs(&out).len(), 100);
     assert!(!owner.exists());
 }
+
+#[test]
+fn errors_and_help_say_what_to_do_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = run_err(
+        bin()
+            .args(["render", "--load-root"])
+            .arg(tmp.path().join("no-such"))
+            .arg("--out")
+            .arg(tmp.path().join("o")),
+    );
+    assert!(
+        e.contains("fractaldb search --categories N") && e.contains("--load-root"),
+        "{e}"
+    );
+    let help = String::from_utf8(run_ok(bin().arg("--help")).stdout).unwrap();
+    assert!(
+        help.contains("CPU or GPU") && !help.contains("(CPU engine;"),
+        "{help}"
+    );
+    let help = String::from_utf8(run_ok(bin().args(["bench", "--help"])).stdout).unwrap();
+    assert!(help.contains("GL engine"), "{help}");
+    let help = String::from_utf8(run_ok(bin().args(["serve", "--help"])).stdout).unwrap();
+    assert!(help.contains("No authentication"), "{help}");
+    // The run's first line reads as a sentence, not as internal names.
+    let classes = class_dir(tmp.path(), &["00021"]);
+    let o = run_ok(&mut render(&classes, &tmp.path().join("f")));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let first = err.lines().next().unwrap();
+    assert!(
+        first.contains("one process")
+            && first.contains("class folders")
+            && !first.contains("Folder"),
+        "{first}"
+    );
+}

@@ -219,7 +219,7 @@ fn bad_weights_directories_and_flags_are_clear_errors() {
     assert!(e.contains("--weight-csv"), "{e}");
     let e = run_err(small(&mut bin(), &tmp.path().join("missing"), &out));
     assert!(
-        e.contains("missing") && e.contains("cannot open class directory"),
+        e.contains("missing") && e.contains("no such class directory"),
         "{e}"
     );
     let empty = tmp.path().join("empty");
