@@ -35,6 +35,20 @@ fn tree(dir: &Path) -> Vec<PathBuf> {
     files(dir)
 }
 
+/// Runs a command whose stderr reader goes away after the first byte (`2>&1 | head -1`): its exit code.
+fn exit_with_stderr_closed_early(c: &mut Command) -> Option<i32> {
+    use std::io::Read;
+    let mut child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let _ = err.read(&mut [0u8; 1]);
+    drop(err);
+    child.wait().unwrap().code()
+}
+
 fn status_code(c: &mut Command) -> i32 {
     c.status().unwrap().code().unwrap_or(-1)
 }
@@ -197,39 +211,16 @@ fn a_full_or_closed_stdout_or_stderr_never_stops_the_work_or_panics() {
     );
     // stderr closed after the first line (`2>&1 | head -1`): exit 0, everything written.
     let out = tmp.path().join("head");
-    let mut c = render(&classes, &out);
-    let mut child = c
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Read;
-        let mut first = [0u8; 1];
-        let mut err = child.stderr.take().unwrap();
-        let _ = err.read(&mut first);
-        drop(err); // the reader goes away
-    }
-    let s = child.wait().unwrap();
-    assert_eq!(s.code(), Some(0));
+    assert_eq!(
+        exit_with_stderr_closed_early(&mut render(&classes, &out)),
+        Some(0)
+    );
     // The search too (`search ... 2>&1 | head -3` aborted after the first class).
     let sout = tmp.path().join("search");
     let mut c = bin();
     c.args(["search", "--categories", "3", "--no-previews", "--out"])
         .arg(&sout);
-    let mut child = c
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Read;
-        let mut first = [0u8; 1];
-        let mut err = child.stderr.take().unwrap();
-        let _ = err.read(&mut first);
-        drop(err);
-    }
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(exit_with_stderr_closed_early(&mut c), Some(0));
     assert_eq!(files(&sout.join("csv_rate0.2_category3")).len(), 3);
     assert_eq!(
         tree(&out)
