@@ -73,15 +73,50 @@ pub fn chaos_sequence(iterations: usize) -> Vec<f64> {
     NumpyRandom::seed(100).random_vec(iterations)
 }
 
-pub fn run(opts: &RenderOptions) -> Result<Summary> {
+/// The plan of a render (or a service): checked geometry, the classes, weights and selections.
+pub fn load_plan(opts: &RenderOptions) -> Result<Plan> {
     opts.cfg.validate()?;
     if opts.instances == 0 {
         return Err(Error::flag("--instance", "must be at least 1"));
     }
     let classes = plan::load_classes(&opts.load_root)?;
-    let instances = opts.cfg.instances(opts.instances);
-    let mut plan = Plan::new(classes, &opts.weights, instances)?;
+    let mut plan = Plan::new(classes, &opts.weights, opts.cfg.instances(opts.instances))?;
     plan.select(opts.weight_rows.as_deref(), opts.flips.as_deref())?;
+    Ok(plan)
+}
+
+/// The job of cloud `q` of the shard order: its images in shards `keep` accepts, with `Target.shard`
+/// as `shard_key` makes it (the service folds the epoch into it).
+pub(crate) fn cloud_job(
+    layout: &Layout,
+    q: u64,
+    keep: impl Fn(u64) -> bool,
+    shard_key: impl Fn(u64) -> u64,
+) -> Job {
+    let (class, row) = layout.cloud(q);
+    pipeline::job_of(
+        class,
+        row,
+        layout
+            .place_cloud(q)
+            .into_iter()
+            .filter(|p| keep(p.shard))
+            .map(|p| {
+                (
+                    p.sample.instance,
+                    p.sample.flip,
+                    Target {
+                        sample: p.sample,
+                        pos: p.pos,
+                        shard: shard_key(p.shard),
+                    },
+                )
+            }),
+    )
+}
+
+pub fn run(opts: &RenderOptions) -> Result<Summary> {
+    let plan = load_plan(opts)?;
     let u = chaos_sequence(opts.cfg.iterations);
     let ctx = Context {
         backend: opts.backend.clone(),
@@ -308,26 +343,7 @@ impl IndexedJobs for WdsJobs<'_> {
         let b = self.starts.partition_point(|&s| s <= i) - 1;
         let g = self.todo.blocks[b];
         let q = self.layout.block_clouds(g).start + (i - self.starts[b]);
-        let (class, row) = self.layout.cloud(q);
-        pipeline::job_of(
-            class,
-            row,
-            self.layout
-                .place_cloud(q)
-                .into_iter()
-                .filter(|p| self.todo.shards.contains(&p.shard))
-                .map(|p| {
-                    (
-                        p.sample.instance,
-                        p.sample.flip,
-                        Target {
-                            sample: p.sample,
-                            pos: p.pos,
-                            shard: p.shard,
-                        },
-                    )
-                }),
-        )
+        cloud_job(self.layout, q, |s| self.todo.shards.contains(&s), |s| s)
     }
 }
 

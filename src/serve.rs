@@ -10,12 +10,12 @@
 use crate::error::{Error, Result};
 use crate::generate::{self, RenderOptions};
 use crate::pipeline::{self, Abort, Context, Job, Jobs, Sink, Stats, Target};
-use crate::plan::{self, Layout, Plan, Sample};
-use crate::sink::wds::{self, SampleInfo, ShardWriter};
+use crate::plan::{Layout, Plan, Sample};
+use crate::sink::wds::{self, InOrderShard, SampleInfo, ShardWriter};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -132,12 +132,7 @@ impl State {
             self.metrics.hits.fetch_add(1, Ordering::Relaxed);
             return Some((s.clone(), true));
         }
-        self.evict(&mut cache);
-        let used: u64 = cache
-            .values()
-            .map(|s| s.data.lock().unwrap().len() as u64)
-            .sum();
-        if used >= self.cache_bytes {
+        if self.evict(&mut cache) >= self.cache_bytes {
             return None;
         }
         self.metrics.misses.fetch_add(1, Ordering::Relaxed);
@@ -160,14 +155,15 @@ impl State {
         Some((cache[&(epoch, shard)].clone(), false))
     }
 
-    /// Drops finished shards nobody reads, least recently used first, while over the budget.
-    fn evict(&self, cache: &mut HashMap<(u64, u64), Arc<ShardStream>>) {
+    /// Drops finished shards nobody reads, least recently used first, while over the budget;
+    /// returns the bytes still cached.
+    fn evict(&self, cache: &mut HashMap<(u64, u64), Arc<ShardStream>>) -> u64 {
         let mut total: u64 = cache
             .values()
             .map(|s| s.data.lock().unwrap().len() as u64)
             .sum();
         if total <= self.cache_bytes {
-            return;
+            return total;
         }
         let mut candidates: Vec<((u64, u64), u64, u64)> = cache
             .iter()
@@ -188,6 +184,7 @@ impl State {
             cache.remove(&k);
             total -= len;
         }
+        total
     }
 
     fn sink_info(&self, epoch: u64) -> String {
@@ -253,22 +250,12 @@ impl ServeJobs<'_> {
                 (a..end)
                     .enumerate()
                     .map(|(k, cloud)| {
-                        let (class, row) = st.layout.cloud(cloud);
-                        let mut job = pipeline::job_of(
-                            class,
-                            row,
-                            st.layout.place_cloud(cloud).into_iter().map(|p| {
-                                (
-                                    p.sample.instance,
-                                    p.sample.flip,
-                                    Target {
-                                        sample: p.sample,
-                                        pos: p.pos,
-                                        // The epoch travels in the shard id.
-                                        shard: epoch * shards + p.shard,
-                                    },
-                                )
-                            }),
+                        // The epoch travels in the shard id.
+                        let mut job = generate::cloud_job(
+                            &st.layout,
+                            cloud,
+                            |_| true,
+                            |s| epoch * shards + s,
                         );
                         job.unit.epoch = epoch;
                         (first + k as u64, job)
@@ -281,10 +268,9 @@ impl ServeJobs<'_> {
 
 /// A shard being written by the pipeline's writers: images held until their turn.
 struct Writing {
-    end: u64,
-    next: u64,
-    pending: BTreeMap<u64, (Sample, Vec<u8>)>,
-    writer: Option<ShardWriter<Appender>>,
+    order: InOrderShard<(Sample, Vec<u8>)>,
+    /// Buffered: readers are woken per 64 KiB, not per tar header.
+    writer: Option<ShardWriter<std::io::BufWriter<Appender>>>,
 }
 
 struct ServeSink<'a> {
@@ -303,16 +289,11 @@ impl Sink for ServeSink<'_> {
         let st = self.st;
         let (epoch, shard) = (t.shard / st.layout.shards, t.shard % st.layout.shards);
         let mut map = self.writers[writer].lock().unwrap();
-        let w = map.entry(t.shard).or_insert_with(|| {
-            let r = st.layout.shard_range(shard);
-            Writing {
-                end: r.end,
-                next: r.start,
-                pending: BTreeMap::new(),
-                writer: None,
-            }
+        let w = map.entry(t.shard).or_insert_with(|| Writing {
+            order: InOrderShard::new(st.layout.shard_range(shard)),
+            writer: None,
         });
-        w.pending.insert(t.pos, (t.sample, png));
+        w.order.push(shard, t.pos, (t.sample, png))?;
         let masks = st.sink_info(epoch);
         let info = SampleInfo {
             plan: &st.plan,
@@ -320,7 +301,7 @@ impl Sink for ServeSink<'_> {
             draw_type: &st.draw_type,
             masks: &masks,
         };
-        while let Some((s, png)) = w.pending.remove(&w.next) {
+        while let Some((pos, (s, png))) = w.order.pop() {
             if w.writer.is_none() {
                 // The stream the cache made for this shard (or a fresh one if it was evicted).
                 let stream = st
@@ -330,19 +311,21 @@ impl Sink for ServeSink<'_> {
                     .get(&(epoch, shard))
                     .cloned()
                     .unwrap_or_else(ShardStream::new);
-                w.writer = Some(ShardWriter::new(Appender(stream)));
+                w.writer = Some(ShardWriter::new(std::io::BufWriter::with_capacity(
+                    64 << 10,
+                    Appender(stream),
+                )));
             }
-            info.write(w.writer.as_mut().unwrap(), w.next, s, &png)
+            info.write(w.writer.as_mut().unwrap(), pos, s, &png)
                 .map_err(|e| Error::Other(format!("serve: shard {shard}: {e}")))?;
             st.metrics.images.fetch_add(1, Ordering::Relaxed);
-            w.next += 1;
         }
-        if w.next == w.end {
+        if w.order.complete() {
             let sw = w.writer.take().expect("a complete shard has a writer");
             map.remove(&t.shard);
-            let (Appender(stream), _) = sw
-                .finish()
-                .map_err(|e| Error::Other(format!("serve: shard {shard}: {e}")))?;
+            let io = |e: std::io::Error| Error::Other(format!("serve: shard {shard}: {e}"));
+            let (buf, _) = sw.finish().map_err(io)?;
+            let Appender(stream) = buf.into_inner().map_err(|e| io(e.into_error()))?;
             let len = stream.data.lock().unwrap().len();
             stream.progress.send_replace((len, true));
             st.metrics.shards.fetch_add(1, Ordering::Relaxed);
@@ -688,19 +671,17 @@ async fn shutdown_signal() {
 /// Runs the service until SIGTERM/SIGINT.
 pub fn run(opts: &ServeOptions) -> Result<()> {
     let ro = &opts.render;
-    ro.cfg.validate()?;
     if ro.samples_per_shard == 0 {
         return Err(Error::flag("--samples-per-shard", "must be at least 1"));
     }
-    if ro.prefix.is_empty() || ro.prefix.contains(['/', '.', '%']) || ro.prefix.len() > 200 {
+    wds::check_prefix(&ro.prefix)?;
+    if ro.prefix.contains('%') {
         return Err(Error::flag(
             "--prefix",
-            "must be 1 to 200 bytes, without '/', '.' or '%'",
+            "must not contain '%' (it goes into URLs)",
         ));
     }
-    let classes = plan::load_classes(&ro.load_root)?;
-    let mut plan = Plan::new(classes, &ro.weights, ro.cfg.instances(ro.instances))?;
-    plan.select(ro.weight_rows.as_deref(), ro.flips.as_deref())?;
+    let plan = generate::load_plan(ro)?;
     let layout = Layout::new(&plan, ro.samples_per_shard, ro.seed);
     let listener = std::net::TcpListener::bind(&opts.listen)
         .map_err(|e| Error::io(&opts.listen, "cannot listen", e))?;

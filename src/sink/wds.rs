@@ -271,11 +271,59 @@ impl<W: Write> ShardWriter<W> {
     }
 }
 
-/// A shard being written: its temporary file, and the images that arrived before their turn.
-struct ShardBuf {
+/// `--prefix` as a file-name part: 1 to 200 bytes (final and temporary names stay under 255), no
+/// `/`, `.` or NUL.
+pub fn check_prefix(prefix: &str) -> Result<()> {
+    if prefix.is_empty() || prefix.contains(['/', '.', '\0']) || prefix.len() > 200 {
+        return Err(Error::flag(
+            "--prefix",
+            "must be 1 to 200 bytes, without '/', '.' or NUL (file names and their temporary \
+             names must stay under 255 bytes)",
+        ));
+    }
+    Ok(())
+}
+
+/// A shard's samples put back in order: images arrive in any order (several render threads), and
+/// [`pop`](Self::pop) hands out the next one once its turn has come.
+pub struct InOrderShard<T> {
     end: u64,
     next: u64,
-    pending: BTreeMap<u64, (Sample, Vec<u8>)>,
+    pending: BTreeMap<u64, T>,
+}
+
+impl<T> InOrderShard<T> {
+    pub fn new(positions: std::ops::Range<u64>) -> Self {
+        InOrderShard {
+            end: positions.end,
+            next: positions.start,
+            pending: BTreeMap::new(),
+        }
+    }
+    /// Queues sample `pos` of shard `shard`; an internal error if it is not one still expected.
+    pub fn push(&mut self, shard: u64, pos: u64, item: T) -> Result<()> {
+        if pos < self.next || pos >= self.end {
+            return Err(Error::Other(format!(
+                "internal: sample {pos} is not expected in shard {shard}"
+            )));
+        }
+        self.pending.insert(pos, item);
+        Ok(())
+    }
+    /// The next sample in order, if it has arrived: (position, item).
+    pub fn pop(&mut self) -> Option<(u64, T)> {
+        let item = self.pending.remove(&self.next)?;
+        self.next += 1;
+        Some((self.next - 1, item))
+    }
+    pub fn complete(&self) -> bool {
+        self.next == self.end
+    }
+}
+
+/// A shard being written: its temporary file, and the images that arrived before their turn.
+struct ShardBuf {
+    order: InOrderShard<(Sample, Vec<u8>)>,
     file: Option<(PathBuf, ShardWriter<BufWriter<File>>)>,
 }
 
@@ -328,16 +376,7 @@ impl<'a> WdsSink<'a> {
         config: serde_json::Value,
         (rank, world): (u64, u64),
     ) -> Result<(Self, Todo)> {
-        if opts.prefix.is_empty()
-            || opts.prefix.contains(['/', '.', '\0'])
-            || opts.prefix.len() > 200
-        {
-            return Err(Error::flag(
-                "--prefix",
-                "must be 1 to 200 bytes, without '/', '.' or NUL (file names and their temporary \
-                 names must stay under 255 bytes)",
-            ));
-        }
+        check_prefix(&opts.prefix)?;
         fsutil::create_dir(&opts.out)?;
         // One run per rank and place: taken before anything is read, removed or written.
         let lock = fsutil::OutputLock::acquire(
@@ -575,32 +614,20 @@ impl Sink for WdsSink<'_> {
     }
     fn accept(&self, writer: usize, t: Target, png: Vec<u8>) -> Result<()> {
         let mut states = self.states[writer].lock().unwrap();
-        let buf = states.entry(t.shard).or_insert_with(|| {
-            let r = self.layout.shard_range(t.shard);
-            ShardBuf {
-                end: r.end,
-                next: r.start,
-                pending: BTreeMap::new(),
-                file: None,
-            }
+        let buf = states.entry(t.shard).or_insert_with(|| ShardBuf {
+            order: InOrderShard::new(self.layout.shard_range(t.shard)),
+            file: None,
         });
-        if t.pos < buf.next || t.pos >= buf.end {
-            return Err(Error::Other(format!(
-                "internal: sample {} is not expected in shard {}",
-                t.pos, t.shard
-            )));
-        }
-        buf.pending.insert(t.pos, (t.sample, png));
-        while let Some((s, png)) = buf.pending.remove(&buf.next) {
+        buf.order.push(t.shard, t.pos, (t.sample, png))?;
+        while let Some((pos, (s, png))) = buf.order.pop() {
             if buf.file.is_none() {
                 buf.file = Some(self.create(t.shard)?);
             }
             let (tmp, w) = buf.file.as_mut().unwrap();
-            self.write_sample(w, buf.next, s, &png)
+            self.write_sample(w, pos, s, &png)
                 .map_err(|e| Error::io(&*tmp, "cannot write shard", e))?;
-            buf.next += 1;
         }
-        if buf.next == buf.end {
+        if buf.order.complete() {
             let (tmp, w) = buf.file.take().expect("a complete shard has a file");
             states.remove(&t.shard);
             drop(states);
