@@ -244,8 +244,9 @@ fn run_folder(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result
             opts.rank.rank, opts.rank.world
         ),
     )?;
-    folder::check_or_write_record(&opts.out, &record)?;
-    crate::sink::write_class_list(&opts.out, plan)?;
+    let writer = opts.rank.rank == 0;
+    folder::check_or_write_record(&opts.out, &record, writer)?;
+    crate::sink::write_class_list(&opts.out, plan, writer)?;
     let sink = FolderSink::new(&opts.out, plan, &mine, opts.writers)?;
     let per_class = plan.rows.len() as u64 * plan.per_cloud();
     let kept = Arc::new(AtomicU64::new(0));
@@ -369,7 +370,7 @@ fn run_wds(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result<Su
         fingerprint(opts, plan, true),
         (rank, world),
     )?;
-    crate::sink::write_class_list(&opts.out, plan)?;
+    crate::sink::write_class_list(&opts.out, plan, rank == 0)?;
     let mut starts = vec![0u64];
     for &g in &todo.blocks {
         let c = layout.block_clouds(g);

@@ -726,3 +726,29 @@ fn errors_and_help_say_what_to_do_next() {
         "{first}"
     );
 }
+
+#[test]
+fn a_killed_runs_temporaries_of_the_shared_files_are_cleared_by_the_next_run() {
+    // A kill while classes.txt or the folder record was being written leaves NAME.PID.fdbtmp.
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00022"]);
+    for (fmt, names) in [
+        ("folder", vec!["classes.txt", "fractaldb-folder.json"]),
+        ("wds", vec!["classes.txt"]),
+    ] {
+        let out = tmp.path().join(fmt);
+        std::fs::create_dir_all(&out).unwrap();
+        for n in &names {
+            std::fs::write(out.join(format!("{n}.999999.fdbtmp")), "partial").unwrap();
+        }
+        run_ok(render(&classes, &out).args(["-q", "--format", fmt]));
+        let left: Vec<PathBuf> = tree(&out)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with(".fdbtmp"))
+            .collect();
+        assert!(left.is_empty(), "{fmt}: {left:?}");
+        for n in &names {
+            assert!(out.join(n).is_file(), "{fmt}: {n}");
+        }
+    }
+}

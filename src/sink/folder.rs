@@ -96,8 +96,9 @@ pub fn read_record(out: &Path) -> Result<Option<Record>> {
 }
 
 /// Refuses a folder dataset made with other settings (naming them); records ours when there is none.
-/// Runs before anything else is written.
-pub fn check_or_write_record(out: &Path, rec: &Record) -> Result<()> {
+/// Runs before anything else is written. Only the `writer` (rank 0) writes the record and clears a
+/// killed run's temporary of it, so concurrent ranks never race on the file.
+pub fn check_or_write_record(out: &Path, rec: &Record, writer: bool) -> Result<()> {
     fsutil::create_dir(out)?;
     if let Some(old) = read_record(out)? {
         if old.config != rec.config || old.classes != rec.classes {
@@ -117,8 +118,12 @@ pub fn check_or_write_record(out: &Path, rec: &Record) -> Result<()> {
         }
         return Ok(());
     }
+    if !writer {
+        return Ok(());
+    }
     let mut text = serde_json::to_string_pretty(rec).map_err(|e| Error::Other(e.to_string()))?;
     text.push('\n');
+    fsutil::remove_stale_tmp_of(out, |n| n == RECORD);
     fsutil::write_atomic(&out.join(RECORD), text.as_bytes(), true)
 }
 

@@ -24,8 +24,14 @@ impl FromStr for Format {
 
 /// The label list next to a dataset: `{out}/classes.txt`, label index -> class name, one a line in
 /// label order (the `.cls` of a shard sample and the class folders use these labels and names).
-/// An existing list with other classes is refused: the directory holds another dataset.
-pub fn write_class_list(out: &std::path::Path, plan: &crate::plan::Plan) -> crate::Result<()> {
+/// An existing list with other classes is refused: the directory holds another dataset. Only the
+/// `writer` (rank 0) writes it, and it alone clears a killed run's temporary of it, so concurrent
+/// ranks never race on the file.
+pub fn write_class_list(
+    out: &std::path::Path,
+    plan: &crate::plan::Plan,
+    writer: bool,
+) -> crate::Result<()> {
     let path = out.join("classes.txt");
     let mut text = String::new();
     for c in &plan.classes {
@@ -40,6 +46,10 @@ pub fn write_class_list(out: &std::path::Path, plan: &crate::plan::Plan) -> crat
             "lists other classes than this run's: the directory holds another dataset; use another --out",
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !writer {
+                return Ok(());
+            }
+            crate::fsutil::remove_stale_tmp_of(out, |n| n == "classes.txt");
             crate::fsutil::write_atomic(&path, text.as_bytes(), true)
         }
         Err(e) => Err(crate::Error::io(&path, "cannot read", e)),
