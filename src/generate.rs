@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::{self, Abort, Context, InOrder, IndexedJobs, Job, Stats, Target, Threads};
 use crate::plan::{self, Layout, Plan};
 use crate::progress::{self, Reporter};
-use crate::render::{Backend, PngConfig, RenderConfig};
+use crate::render::{Backend, FractalStages, PngConfig, RenderConfig};
 use crate::rng::NumpyRandom;
 use crate::sink::Format;
 use crate::sink::folder::{self, FolderSink};
@@ -118,19 +118,23 @@ pub(crate) fn cloud_job(
 pub fn run(opts: &RenderOptions) -> Result<Summary> {
     let plan = load_plan(opts)?;
     let u = chaos_sequence(opts.cfg.iterations);
-    let ctx = Context {
+    let stages = FractalStages {
         backend: opts.backend.clone(),
         quiet: opts.progress == progress::Mode::Quiet,
         plan: &plan,
         cfg: &opts.cfg,
-        png: opts.png,
         u: &u,
+    };
+    let ctx = Context {
+        stages: &stages,
+        image: stages.image(),
+        png: opts.png,
     };
     let stats = Arc::new(Stats::default());
     let t0 = Instant::now();
     let mut summary = match opts.format {
-        Format::Folder => run_folder(opts, &ctx, &stats)?,
-        Format::Wds => run_wds(opts, &ctx, &stats)?,
+        Format::Folder => run_folder(opts, &plan, &ctx, &stats)?,
+        Format::Wds => run_wds(opts, &plan, &ctx, &stats)?,
     };
     summary.seconds = t0.elapsed().as_secs_f64();
     summary.images = stats.images.load(Ordering::Relaxed);
@@ -220,8 +224,12 @@ impl IndexedJobs for FolderJobs<'_> {
     }
 }
 
-fn run_folder(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result<Summary> {
-    let plan = ctx.plan;
+fn run_folder(
+    opts: &RenderOptions,
+    plan: &Plan,
+    ctx: &Context,
+    stats: &Arc<Stats>,
+) -> Result<Summary> {
     let mine: Vec<u32> = (0..plan.classes.len() as u32)
         .filter(|c| *c as u64 % opts.rank.world == opts.rank.rank)
         .collect();
@@ -348,8 +356,12 @@ impl IndexedJobs for WdsJobs<'_> {
     }
 }
 
-fn run_wds(opts: &RenderOptions, ctx: &Context, stats: &Arc<Stats>) -> Result<Summary> {
-    let plan = ctx.plan;
+fn run_wds(
+    opts: &RenderOptions,
+    plan: &Plan,
+    ctx: &Context,
+    stats: &Arc<Stats>,
+) -> Result<Summary> {
     if opts.samples_per_shard == 0 {
         return Err(Error::flag("--samples-per-shard", "must be at least 1"));
     }

@@ -6,10 +6,8 @@
 //! every stage and is returned. One call runs a whole render: each stage (and GL context) is made once.
 
 use crate::error::{Error, Result};
-use crate::plan::{Plan, Sample};
-use crate::render::{
-    self, Backend, Canvas, Feed, PngConfig, RenderConfig, StageContext, StageStats, Unit,
-};
+use crate::plan::Sample;
+use crate::render::{self, Canvas, Feed, ImageFormat, PngConfig, StageStats, Stages, Unit};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -139,16 +137,12 @@ pub struct Stats {
     pub png_bytes: AtomicU64,
 }
 
-/// Everything the stages read.
+/// Everything the stages read: how to open the render stages (the dataset family's part), the
+/// pixels a canvas becomes, and the PNG settings.
 pub struct Context<'a> {
-    pub backend: Backend,
-    /// No messages from the render stage (the device line and the software-renderer warning).
-    pub quiet: bool,
-    pub plan: &'a Plan,
-    pub cfg: &'a RenderConfig,
+    pub stages: &'a dyn Stages,
+    pub image: ImageFormat,
     pub png: PngConfig,
-    /// The shared `np.random.seed(100)` sequence, `cfg.iterations` long.
-    pub u: &'a [f64],
 }
 
 struct Raster {
@@ -263,26 +257,22 @@ pub fn run(
     let (write_txs, write_rxs): (Vec<Sender<Encoded>>, Vec<Receiver<Encoded>>) = (0..writers)
         .map(|_| bounded(threads.queue.max(1) * 4))
         .unzip();
-    let sctx = StageContext {
-        plan: ctx.plan,
-        cfg: ctx.cfg,
-        u: ctx.u,
-        quiet: ctx.quiet,
-        stats: &stats.render,
-    };
     std::thread::scope(|s| {
-        for worker in 0..ctx.backend.workers(threads.render) {
+        for worker in 0..ctx.stages.workers(threads.render) {
             let tx = raster_tx.clone();
             s.spawn(move || {
-                let r = ctx.backend.open(worker, sctx).and_then(|mut stage| {
-                    let mut feed = ThreadFeed {
-                        jobs,
-                        abort,
-                        tx: &tx,
-                        waiting: HashMap::new(),
-                    };
-                    stage.run(&mut feed)
-                });
+                let r = ctx
+                    .stages
+                    .open(worker, &stats.render)
+                    .and_then(|mut stage| {
+                        let mut feed = ThreadFeed {
+                            jobs,
+                            abort,
+                            tx: &tx,
+                            waiting: HashMap::new(),
+                        };
+                        stage.run(&mut feed)
+                    });
                 if let Err(e) = r {
                     abort.set(e);
                 }
@@ -331,8 +321,8 @@ fn encode_worker(
     stats: &Stats,
     abort: &Abort,
 ) -> Result<()> {
-    let pal = render::palette(ctx.cfg.mode);
-    let (w, h) = (ctx.cfg.width as usize, ctx.cfg.height as usize);
+    let pal = ctx.image.palette;
+    let (w, h) = (ctx.image.width as usize, ctx.image.height as usize);
     let mut scratch = render::PngScratch::default();
     for msg in rx.iter() {
         if abort.is_set() {

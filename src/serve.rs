@@ -732,13 +732,17 @@ pub fn run(opts: &ServeOptions) -> Result<()> {
         );
         let failed = render_failed.clone();
         std::thread::spawn(move || {
-            let ctx = Context {
+            let stages = crate::render::FractalStages {
                 backend,
                 quiet,
                 plan: &st.plan,
                 cfg: &st.cfg,
-                png,
                 u: &u,
+            };
+            let ctx = Context {
+                stages: &stages,
+                image: stages.image(),
+                png,
             };
             let sink = ServeSink {
                 st: &st,

@@ -78,6 +78,60 @@ pub struct StageContext<'a> {
     pub stats: &'a StageStats,
 }
 
+/// Opens the render stages of a run: the one thing the pipeline needs of a dataset family (FractalDB's
+/// [`FractalStages`], RCDB's `rcdb::RcdbStages`).
+pub trait Stages: Sync {
+    /// Render worker threads for `threads` CPU threads (one per GPU for a GL engine).
+    fn workers(&self, threads: usize) -> usize;
+    /// Opens the stage of worker `worker`; called on the thread that runs the stage.
+    fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>>;
+}
+
+/// How the pipeline turns a canvas into pixels: its size and the colour of each label.
+#[derive(Clone, Copy)]
+pub struct ImageFormat {
+    pub width: u32,
+    pub height: u32,
+    pub palette: [[u8; 3]; 256],
+}
+
+/// FractalDB's render stages: a backend over a plan, its geometry and the chaos-game sequence.
+pub struct FractalStages<'a> {
+    pub backend: Backend,
+    /// No messages from the render stage (the device line and the software-renderer warning).
+    pub quiet: bool,
+    pub plan: &'a Plan,
+    pub cfg: &'a RenderConfig,
+    /// The shared `np.random.seed(100)` sequence, `cfg.iterations` long.
+    pub u: &'a [f64],
+}
+
+impl FractalStages<'_> {
+    pub fn image(&self) -> ImageFormat {
+        ImageFormat {
+            width: self.cfg.width,
+            height: self.cfg.height,
+            palette: palette(self.cfg.mode),
+        }
+    }
+}
+
+impl Stages for FractalStages<'_> {
+    fn workers(&self, threads: usize) -> usize {
+        self.backend.workers(threads)
+    }
+    fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>> {
+        let ctx = StageContext {
+            plan: self.plan,
+            cfg: self.cfg,
+            u: self.u,
+            quiet: self.quiet,
+            stats,
+        };
+        self.backend.open(worker, ctx)
+    }
+}
+
 /// Which engine draws the images.
 #[derive(Clone, Debug)]
 pub enum Backend {
