@@ -45,6 +45,10 @@ pub enum Command {
     /// Measure images/s per stage and end to end, on the CPU engine and the GL engine.
     #[command(args_override_self = true)]
     Bench(crate::bench::BenchArgs),
+    /// RCDB, the Radial Contour DataBase (the original `rcdb_render/make_rcdb.py`, its flags and
+    /// layout): pixel-identical images, byte-identical parameter files.
+    #[command(args_override_self = true)]
+    Rcdb(RcdbArgs),
     /// Serve shards over HTTP, rendered on demand: byte-identical to `render --format wds` with the
     /// same flags. No authentication: listen on a private interface or behind a proxy.
     #[command(args_override_self = true)]
@@ -291,6 +295,122 @@ pub struct RenderArgs {
     pub ranks: RankArgs,
     #[command(flatten)]
     pub common: Common,
+}
+
+/// `fractaldb rcdb`: the original's flags (underscored names, hyphenated aliases) and ours.
+#[derive(Args, Debug)]
+pub struct RcdbArgs {
+    /// Output root: param/%05d.csv and image/%05d/%05d_%04d.png [original: --save_root]
+    #[arg(
+        long = "save_root",
+        alias = "save-root",
+        alias = "out",
+        default_value = "./rcdb"
+    )]
+    pub save_root: PathBuf,
+    /// Classes C [original: --numof_classes, 1000]
+    #[arg(
+        long = "numof_classes",
+        alias = "numof-classes",
+        default_value_t = 1000
+    )]
+    pub numof_classes: u32,
+    /// Images per class [original: --numof_instances, 1000]
+    #[arg(
+        long = "numof_instances",
+        alias = "numof-instances",
+        default_value_t = 1000
+    )]
+    pub numof_instances: u32,
+    /// Image side in pixels (even) [original: --image_size, 512]
+    #[arg(long = "image_size", alias = "image-size", default_value_t = 512)]
+    pub image_size: u32,
+    /// Most vertices of a contour [original: --vertex_num, 200]
+    #[arg(long = "vertex_num", alias = "vertex-num", default_value_t = 200)]
+    pub vertex_num: u32,
+    /// Least Perlin noise amplitude [original: --perlin_min, 0]
+    #[arg(long = "perlin_min", alias = "perlin-min", default_value_t = 0.0)]
+    pub perlin_min: f64,
+    /// Upper bound of the line-width term [original: --line_width, 0.1]
+    #[arg(long = "line_width", alias = "line-width", default_value_t = 0.1)]
+    pub line_width: f64,
+    /// Least radius [original: --radius_min, 0]
+    #[arg(
+        long = "radius_min",
+        alias = "radius-min",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub radius_min: i64,
+    /// Least number of contours per image [original: --line_num_min, 1]
+    #[arg(long = "line_num_min", alias = "line-num-min", default_value_t = 1)]
+    pub line_num_min: i64,
+    /// Largest oval stretch [original: --oval_rate, 2]
+    #[arg(long = "oval_rate", alias = "oval-rate", default_value_t = 2.0)]
+    pub oval_rate: f64,
+    /// Largest centre offset, in pixels x2 [original: --start_pos, 400]
+    #[arg(long = "start_pos", alias = "start-pos", default_value_t = 400)]
+    pub start_pos: i64,
+    /// The original's PROCESS count T (not our threads: see -j). Process t draws classes
+    /// [t*q, t*q+q), q = C/T, from random.seed(t+1), so T defines the dataset: keep the original's
+    /// (40 in its 1k/21k scripts) to get its images [original: --numof_thread]
+    #[arg(long = "numof_thread", alias = "numof-thread", default_value_t = 40)]
+    pub numof_thread: u32,
+    /// Make only process t's classes (0-based); default: every process's [original: --thread_num]
+    #[arg(long = "thread_num", alias = "thread-num")]
+    pub thread_num: Option<u32>,
+    /// Keep existing whole images and draw only the rest.
+    #[arg(long)]
+    pub resume: bool,
+    /// zlib level of the PNGs: 0 (stored) .. 9
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=9))]
+    pub png_level: u8,
+    /// Writer threads (default 2)
+    #[arg(long, default_value_t = 2)]
+    pub writers: usize,
+    #[command(flatten)]
+    pub ranks: RankArgs,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+impl RcdbArgs {
+    pub fn to_options(&self) -> Result<crate::rcdb::run::RcdbOptions> {
+        let settings = crate::rcdb::Settings {
+            image_size: self.image_size,
+            vertex_num: self.vertex_num,
+            perlin_min: self.perlin_min,
+            line_width: self.line_width,
+            radius_min: self.radius_min,
+            line_num_min: self.line_num_min,
+            oval_rate: self.oval_rate,
+            start_pos: self.start_pos,
+            classes: self.numof_classes,
+            instances: self.numof_instances,
+            processes: self.numof_thread,
+        };
+        settings.validate()?;
+        crate::rcdb::run::run_classes(&settings, self.thread_num)?;
+        let threads = self.common.threads();
+        Ok(crate::rcdb::run::RcdbOptions {
+            settings,
+            out: self.save_root.clone(),
+            thread_num: self.thread_num,
+            png: PngConfig {
+                level: self.png_level,
+                gray: false,
+            },
+            resume: self.resume,
+            threads: Threads {
+                render: threads,
+                encode: threads,
+                queue: 2 * threads,
+            },
+            writers: self.writers.max(1),
+            rank: self.ranks.resolve()?,
+            progress: self.common.progress(),
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -706,6 +826,54 @@ pub fn run(cli: Cli) -> Result<()> {
                     s.shards,
                     s.bytes as f64 / 1e6,
                     s.clouds,
+                    s.seconds,
+                    s.images_per_second()
+                );
+            }
+            Ok(())
+        }
+        Command::Rcdb(a) => {
+            let opts = a.to_options()?;
+            let st = &opts.settings;
+            if !a.common.quiet {
+                let all = crate::rcdb::run::run_classes(st, opts.thread_num)?;
+                let mine = crate::rcdb::run::rank_classes(all, opts.rank.rank, opts.rank.world);
+                crate::say!(
+                    "rcdb: classes {}..{} of {} ({} processes T, {} classes each), {} images each, {} threads, writing {}",
+                    mine.start,
+                    mine.end,
+                    st.classes,
+                    st.processes,
+                    st.per_process(),
+                    st.instances,
+                    opts.threads.render,
+                    opts.save_root_display()
+                );
+                if st.made_classes() < st.classes {
+                    crate::say!(
+                        "note: as in the original, classes {}..{} are never made ({} classes do not split into {} processes)",
+                        st.made_classes(),
+                        st.classes,
+                        st.classes,
+                        st.processes
+                    );
+                }
+            }
+            if opts.rank.world > 1 {
+                crate::say!(
+                    "NOTE: rank {} of {} ({}): this run makes only its stretch of the classes; run every rank",
+                    opts.rank.rank,
+                    opts.rank.world,
+                    opts.rank.source
+                );
+            }
+            let s = crate::rcdb::run::run(&opts)?;
+            if !a.common.quiet {
+                crate::say!(
+                    "done: {} images ({} kept from before), {:.1} MB, {:.2}s, {:.1} images/s",
+                    s.images,
+                    s.skipped,
+                    s.bytes as f64 / 1e6,
                     s.seconds,
                     s.images_per_second()
                 );

@@ -33,6 +33,7 @@ pub mod memory;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
+pub mod rcdb;
 pub mod render;
 pub mod rng;
 pub mod search;

@@ -189,6 +189,53 @@ impl PyRandom {
         self.mt.next_u32() >> (32 - k)
     }
 
+    /// `random.random()`: 53 bits from two words, as numpy's `random_sample`.
+    #[inline]
+    pub fn random(&mut self) -> f64 {
+        let a = (self.mt.next_u32() >> 5) as f64;
+        let b = (self.mt.next_u32() >> 6) as f64;
+        (a * 67_108_864.0 + b) * (1.0 / 9_007_199_254_740_992.0)
+    }
+
+    /// `_randbelow(n)` for 0 < n <= 2^32: `getrandbits(n.bit_length())`, redrawn while >= n.
+    #[inline]
+    pub fn randbelow(&mut self, n: u64) -> u64 {
+        debug_assert!(n > 0 && n <= 1 << 32);
+        let k = 64 - n.leading_zeros();
+        loop {
+            let r = if k == 0 {
+                0
+            } else {
+                self.getrandbits(k) as u64
+            };
+            if r < n {
+                return r;
+            }
+        }
+    }
+
+    /// `random.randint(a, b)` (= `randrange(a, b + 1)`) for a <= b and a span below 2^32.
+    #[inline]
+    pub fn randint(&mut self, a: i64, b: i64) -> i64 {
+        a + self.randbelow((b - a + 1) as u64) as i64
+    }
+
+    /// `random.uniform(a, b)`: `a + (b - a) * random()`.
+    #[inline]
+    pub fn uniform(&mut self, a: f64, b: f64) -> f64 {
+        a + (b - a) * self.random()
+    }
+
+    /// `random.expovariate(lambd)` as CPython 3.11 computes it: `-log(1 - random()) / lambd`.
+    pub fn expovariate(&mut self, lambd: f64) -> f64 {
+        -(1.0 - self.random()).ln() / lambd
+    }
+
+    /// Skips what `n` calls of `random()` (or `uniform`) would consume, without computing them.
+    pub fn skip_doubles(&mut self, n: u64) {
+        self.mt.skip(2 * n);
+    }
+
     /// `random.randrange(1, 512)`: 1 + getrandbits(9), redrawn while >= 511.
     #[inline]
     pub fn randrange_1_512(&mut self) -> u16 {

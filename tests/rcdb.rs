@@ -1,0 +1,226 @@
+//! RCDB end to end: the original's goldens pixel for pixel and its parameter files byte for byte,
+//! the building blocks against the libraries the original calls (Pillow, `noise`), and the bytes
+//! not depending on threads, ranks, `--thread_num` or resume.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+fn rcdb(out: &Path, args: &[&str]) -> std::process::Command {
+    let mut c = bin();
+    c.arg("rcdb")
+        .arg("--save_root")
+        .arg(out)
+        .arg("-q")
+        .args(args);
+    c
+}
+
+/// Every golden image equal pixel for pixel (decoded as RGB), every parameter file byte for byte,
+/// and nothing else under image/ and param/.
+fn assert_matches_golden(golden: &Path, out: &Path) {
+    let want = files(golden);
+    assert!(!want.is_empty());
+    let got: Vec<_> = files(out)
+        .into_iter()
+        .filter(|p| p.starts_with("image") || p.starts_with("param"))
+        .collect();
+    assert_eq!(got, want, "file lists differ");
+    for f in &want {
+        if f.extension().is_some_and(|x| x == "csv") {
+            assert_eq!(
+                std::fs::read(out.join(f)).unwrap(),
+                std::fs::read(golden.join(f)).unwrap(),
+                "{} differs",
+                f.display()
+            );
+        } else {
+            let (a, b) = (decode_rgb(&golden.join(f)), decode_rgb(&out.join(f)));
+            assert_eq!((a.0, a.1), (b.0, b.1), "{}: size", f.display());
+            let diff =
+                a.2.chunks(3)
+                    .zip(b.2.chunks(3))
+                    .filter(|(x, y)| x != y)
+                    .count();
+            assert_eq!(diff, 0, "{}: {diff} pixels differ", f.display());
+        }
+    }
+}
+
+#[test]
+fn d1_one_process_equals_the_goldens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("d1");
+    run_ok(&mut rcdb(
+        &out,
+        &[
+            "--numof_classes",
+            "3",
+            "--numof_instances",
+            "4",
+            "--numof_thread",
+            "1",
+            "--thread_num",
+            "0",
+        ],
+    ));
+    assert_matches_golden(&reference().join("rcdb/d1"), &out);
+}
+
+#[test]
+fn d2_four_processes_equal_the_goldens_whatever_the_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "--numof_classes",
+        "8",
+        "--numof_instances",
+        "2",
+        "--numof_thread",
+        "4",
+    ];
+    // All processes at once, on one thread.
+    let one = tmp.path().join("one");
+    run_ok(rcdb(&one, &args).args(["-j", "1"]));
+    assert_matches_golden(&reference().join("rcdb/d2"), &one);
+    // Each process on its own (the original's way), three threads.
+    let split = tmp.path().join("split");
+    for t in 0..4 {
+        run_ok(rcdb(&split, &args).args(["-j", "3", "--thread_num", &t.to_string()]));
+    }
+    same_tree(&one, &split);
+    // Three ranks (stretches of classes that cut through processes).
+    let ranks = tmp.path().join("ranks");
+    for r in 0..3 {
+        run_ok(rcdb(&ranks, &args).args(["--rank", &r.to_string(), "--world-size", "3"]));
+    }
+    same_tree(&one, &ranks);
+}
+
+#[test]
+fn resume_draws_only_what_is_missing_and_gives_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "--numof_classes",
+        "6",
+        "--numof_instances",
+        "5",
+        "--numof_thread",
+        "2",
+        "--image_size",
+        "128",
+    ];
+    let full = tmp.path().join("full");
+    run_ok(&mut rcdb(&full, &args));
+    let part = tmp.path().join("part");
+    run_ok(&mut rcdb(&part, &args));
+    // A lost image, a truncated one (a crash mid-write of an older tool), a lost parameter file.
+    std::fs::remove_file(part.join("image/00004/00004_0003.png")).unwrap();
+    let p = part.join("image/00001/00001_0000.png");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::remove_file(part.join("param/00005.csv")).unwrap();
+    let out = run_ok(rcdb(&part, &args).args(["--resume"]).arg("--quiet"));
+    assert!(out.status.success());
+    same_tree(&full, &part);
+    // The record refuses other settings, naming the one that differs, and writes nothing.
+    let mut other = args.to_vec();
+    other[5] = "3";
+    let before = files(&part);
+    let err = run_err(rcdb(&part, &other).args(["--resume"]));
+    assert!(
+        err.contains("rcdb.json") && err.contains("numof_thread"),
+        "{err}"
+    );
+    assert_eq!(files(&part), before);
+}
+
+#[test]
+fn bad_settings_name_the_flag_and_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    for (args, flag) in [
+        (vec!["--image_size", "511"], "--image_size"),
+        (vec!["--numof_classes", "10"], "--numof_thread"),
+        (
+            vec![
+                "--numof_classes",
+                "4",
+                "--numof_thread",
+                "2",
+                "--thread_num",
+                "2",
+            ],
+            "--thread_num",
+        ),
+        (vec!["--vertex_num", "2"], "--vertex_num"),
+        (vec!["--numof_instances", "0"], "--numof_instances"),
+    ] {
+        let err = run_err(&mut rcdb(&out, &args));
+        assert!(err.contains(flag), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?} left {}", out.display());
+    }
+}
+
+/// Pillow's `ImageDraw.line(width=1)` on thousands of random segments: on and off the canvas, every
+/// octant, short, long and degenerate, negative coordinates near zero (truncation, not floor).
+#[test]
+fn line_raster_equals_pillow() {
+    use fractaldb::rcdb::line::draw_line;
+    let tmp = tempfile::tempdir().unwrap();
+    let size = 48usize;
+    let mut rng = fractaldb::rng::PyRandom::seed(7);
+    let (mut segs, mut canvases) = (String::new(), Vec::new());
+    for i in 0..4000 {
+        let spread = [2.0, 30.0, 200.0, 3000.0][i % 4];
+        let mut v: Vec<f64> = (0..4)
+            .map(|_| rng.uniform(-spread, size as f64 + spread))
+            .collect();
+        match i % 9 {
+            0 => (v[2], v[3]) = (v[0], v[1]),             // a point
+            1 => (v[2], v[3]) = (v[0] + 0.3, v[1] - 0.4), // within one pixel
+            2 => v[3] = v[1],                             // horizontal
+            3 => v[2] = v[0],                             // vertical
+            4 => v.iter_mut().for_each(|x| *x = rng.uniform(-1.5, 1.5)), // around zero
+            _ => {}
+        }
+        let mut c = vec![255u8; size * size];
+        draw_line(&mut c, size, (v[0], v[1]), (v[2], v[3]), 0);
+        segs.push_str(&format!("{:?} {:?} {:?} {:?}\n", v[0], v[1], v[2], v[3]));
+        canvases.extend_from_slice(&c);
+    }
+    let (sp, cp) = (tmp.path().join("segs.txt"), tmp.path().join("canvases.bin"));
+    std::fs::write(&sp, segs).unwrap();
+    std::fs::write(&cp, canvases).unwrap();
+    let out = python_ok(
+        "rcdb_oracle.py",
+        &[
+            "lines",
+            sp.to_str().unwrap(),
+            cp.to_str().unwrap(),
+            &size.to_string(),
+        ],
+    );
+    assert!(out.contains("4000 segments equal"), "{out}");
+}
+
+/// `pnoise1` against the `noise` package itself on random inputs (the table test is in the crate).
+#[test]
+fn pnoise1_equals_the_noise_package() {
+    use fractaldb::rcdb::noise::pnoise1;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = fractaldb::rng::PyRandom::seed(11);
+    let mut text = String::new();
+    for i in 0..20000 {
+        let x = match i % 4 {
+            0 => rng.uniform(0.0, 10000.0),
+            1 => rng.uniform(-3000.0, 3000.0),
+            2 => rng.uniform(-2.0, 2.0),
+            _ => rng.uniform(0.0, 1e6),
+        };
+        text.push_str(&format!("{x:?} {:?}\n", pnoise1(x)));
+    }
+    let p = tmp.path().join("pnoise.txt");
+    std::fs::write(&p, text).unwrap();
+    let out = python_ok("rcdb_oracle.py", &["pnoise", p.to_str().unwrap()]);
+    assert!(out.contains("20000 pnoise1 values equal"), "{out}");
+}
