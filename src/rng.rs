@@ -67,15 +67,20 @@ impl Mt19937 {
         const UPPER: u32 = 0x8000_0000;
         const LOWER: u32 = 0x7fff_ffff;
         const MATRIX_A: u32 = 0x9908_b0df;
-        let mt = &mut self.mt;
-        for k in 0..N {
-            let y = (mt[k] & UPPER) | (mt[(k + 1) % N] & LOWER);
-            let mut v = mt[(k + M) % N] ^ (y >> 1);
-            if y & 1 != 0 {
-                v ^= MATRIX_A;
-            }
-            mt[k] = v;
+        #[inline(always)]
+        fn step(a: u32, b: u32, m: u32) -> u32 {
+            let y = (a & UPPER) | (b & LOWER);
+            m ^ (y >> 1) ^ (0u32.wrapping_sub(y & 1) & MATRIX_A)
         }
+        let mt = &mut self.mt;
+        // The reference loop split where `k + 1` and `k + M` wrap, so no index needs a modulo.
+        for k in 0..N - M {
+            mt[k] = step(mt[k], mt[k + 1], mt[k + M]);
+        }
+        for k in N - M..N - 1 {
+            mt[k] = step(mt[k], mt[k + 1], mt[k + M - N]);
+        }
+        mt[N - 1] = step(mt[N - 1], mt[0], mt[M - 1]);
         self.idx = 0;
     }
 
