@@ -359,15 +359,31 @@ pub struct RcdbArgs {
     /// Make only process t's classes (0-based); default: every process's [original: --thread_num]
     #[arg(long = "thread_num", alias = "thread-num")]
     pub thread_num: Option<u32>,
-    /// Keep existing whole images and draw only the rest.
+    /// Output: folder (the original's layout) or wds (WebDataset shards, classes mixed in each,
+    /// plus the parameter files in param/)
+    #[arg(long, default_value = "folder")]
+    pub format: Format,
+    /// Most samples per shard (wds)
+    #[arg(long, default_value_t = 10_000)]
+    pub samples_per_shard: u64,
+    /// Shard name prefix: {prefix}-{%06d}.tar (wds)
+    #[arg(long, default_value = "rcdb")]
+    pub prefix: String,
+    /// Seed of the sample order in the shards (wds)
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also write DALI wds2idx index files (wds)
+    #[arg(long)]
+    pub dali_index: bool,
+    /// Keep finished output (existing whole images, or verified shards) and make the rest.
     #[arg(long)]
     pub resume: bool,
     /// zlib level of the PNGs: 0 (stored) .. 9
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=9))]
     pub png_level: u8,
-    /// Writer threads (default 2)
-    #[arg(long, default_value_t = 2)]
-    pub writers: usize,
+    /// Writer threads (default: 2 for folders; one per 4 threads, 1 to 4, for shards)
+    #[arg(long)]
+    pub writers: Option<usize>,
     #[command(flatten)]
     pub ranks: RankArgs,
     #[command(flatten)]
@@ -396,6 +412,11 @@ impl RcdbArgs {
             settings,
             out: self.save_root.clone(),
             thread_num: self.thread_num,
+            format: self.format,
+            samples_per_shard: self.samples_per_shard,
+            prefix: self.prefix.clone(),
+            seed: self.seed,
+            dali_index: self.dali_index,
             png: PngConfig {
                 level: self.png_level,
                 gray: false,
@@ -406,7 +427,14 @@ impl RcdbArgs {
                 encode: threads,
                 queue: 2 * threads,
             },
-            writers: self.writers.max(1),
+            writers: self
+                .writers
+                .unwrap_or(if self.format == Format::Wds {
+                    (threads / 4).clamp(1, 4)
+                } else {
+                    2
+                })
+                .max(1),
             rank: self.ranks.resolve()?,
             progress: self.common.progress(),
         })
@@ -838,11 +866,19 @@ pub fn run(cli: Cli) -> Result<()> {
             if !a.common.quiet {
                 let all = crate::rcdb::run::run_classes(st, opts.thread_num)?;
                 let mine = crate::rcdb::run::rank_classes(all, opts.rank.rank, opts.rank.world);
+                let what = match opts.format {
+                    Format::Folder => {
+                        format!("classes {}..{} of {}", mine.start, mine.end, st.classes)
+                    }
+                    Format::Wds => format!(
+                        "WebDataset shards of {} classes (this rank: blocks g with g % {} == {})",
+                        st.made_classes(),
+                        opts.rank.world,
+                        opts.rank.rank
+                    ),
+                };
                 crate::say!(
-                    "rcdb: classes {}..{} of {} ({} processes T, {} classes each), {} images each, {} threads, writing {}",
-                    mine.start,
-                    mine.end,
-                    st.classes,
+                    "rcdb: {what} ({} processes T, {} classes each), {} images each, {} threads, writing {}",
                     st.processes,
                     st.per_process(),
                     st.instances,
@@ -861,10 +897,19 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             if opts.rank.world > 1 {
                 crate::say!(
-                    "NOTE: rank {} of {} ({}): this run makes only its stretch of the classes; run every rank",
+                    "NOTE: rank {} of {} ({}): this run makes only its part of the dataset; run every rank{}",
                     opts.rank.rank,
                     opts.rank.world,
-                    opts.rank.source
+                    opts.rank.source,
+                    if opts.format == Format::Wds {
+                        format!(
+                            ", then `fractaldb finalize --prefix {} --out {}`",
+                            opts.prefix,
+                            opts.save_root_display()
+                        )
+                    } else {
+                        String::new()
+                    }
                 );
             }
             let s = crate::rcdb::run::run(&opts)?;

@@ -360,10 +360,30 @@ fn mix(seed: u64, what: u32, v: u64) -> u64 {
 
 impl Layout {
     pub fn new(plan: &Plan, per_shard: u64, seed: u64) -> Layout {
-        let classes = plan.classes.len() as u64;
-        let rows = plan.rows.len() as u64;
-        let instances = plan.instances as u64;
-        let per_cloud = plan.per_cloud();
+        Layout::with_shape(
+            plan.classes.len() as u64,
+            plan.rows.clone(),
+            plan.instances,
+            plan.flips.clone(),
+            per_shard,
+            seed,
+        )
+    }
+
+    /// The layout of any family whose images are (class, row, instance, flip): `rows` are the row
+    /// ids drawn (FractalDB: weight rows; RCDB: groups of instances), each (class, row) one unit of
+    /// render work with `instances x flips` images.
+    pub fn with_shape(
+        classes: u64,
+        row_ids: Vec<u32>,
+        instances: u32,
+        flip_ids: Vec<u8>,
+        per_shard: u64,
+        seed: u64,
+    ) -> Layout {
+        let rows = row_ids.len() as u64;
+        let instances = instances as u64;
+        let per_cloud = instances * flip_ids.len() as u64;
         let clouds = classes * rows;
         let total = clouds * per_cloud;
         let per_shard = per_shard.max(1);
@@ -372,8 +392,8 @@ impl Layout {
         let target = (3 * classes).div_ceil(5).min(per_shard).max(1);
         let block_shards = (target * per_cloud).div_ceil(per_shard).max(1);
         let mut l = Layout {
-            row_ids: plan.rows.clone(),
-            flip_ids: plan.flips.clone(),
+            row_ids,
+            flip_ids,
             classes,
             rows,
             instances,
@@ -390,6 +410,16 @@ impl Layout {
             l.shards += 1;
         }
         l
+    }
+
+    /// A sample's id: its index in class-major order over the rows, instances and flips drawn (the
+    /// same as [`Plan::id`] for a plan's layout).
+    pub fn id(&self, s: Sample) -> u64 {
+        let row = self.row_ids.iter().position(|&r| r == s.row).unwrap_or(0) as u64;
+        let flip = self.flip_ids.iter().position(|&f| f == s.flip).unwrap_or(0) as u64;
+        ((s.class as u64 * self.rows + row) * self.instances + s.instance as u64)
+            * self.flip_ids.len() as u64
+            + flip
     }
 
     /// Blocks of `block_shards` shards each; the last one takes the shards left over as well, so no

@@ -112,6 +112,8 @@ struct State {
     prefetch: u64,
     key_width: usize,
     draw_type: String,
+    /// Class names by label index.
+    class_names: Vec<String>,
     cache: Mutex<HashMap<(u64, u64), Arc<ShardStream>>>,
     clock: AtomicU64,
     queue: Queue,
@@ -187,8 +189,12 @@ impl State {
         total
     }
 
-    fn sink_info(&self, epoch: u64) -> String {
-        self.cfg.masks.for_epoch(epoch).to_string()
+    /// The samples' metadata in epoch `epoch` (its instance key shows in `seed`).
+    fn sample_meta(&self, epoch: u64) -> wds::FractalMeta {
+        wds::FractalMeta {
+            draw_type: self.draw_type.clone(),
+            masks: self.cfg.masks.for_epoch(epoch).to_string(),
+        }
     }
 
     fn etag(&self, epoch: u64, shard: u64) -> String {
@@ -294,12 +300,12 @@ impl Sink for ServeSink<'_> {
             writer: None,
         });
         w.order.push(shard, t.pos, (t.sample, png))?;
-        let masks = st.sink_info(epoch);
+        let meta = st.sample_meta(epoch);
         let info = SampleInfo {
-            plan: &st.plan,
+            classes: &st.class_names,
+            layout: &st.layout,
             key_width: st.key_width,
-            draw_type: &st.draw_type,
-            masks: &masks,
+            meta: &meta,
         };
         while let Some((pos, (s, png))) = w.order.pop() {
             if w.writer.is_none() {
@@ -695,6 +701,7 @@ pub fn run(opts: &ServeOptions) -> Result<()> {
         fingerprint: generate::fingerprint(ro, &plan, true),
         key_width: wds::key_width(layout.total),
         draw_type: ro.cfg.mode.name().to_string(),
+        class_names: plan.classes.iter().map(|c| c.name.clone()).collect(),
         cfg: ro.cfg.clone(),
         prefix: ro.prefix.clone(),
         public_url: opts.public_url.clone(),

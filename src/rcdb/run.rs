@@ -12,10 +12,13 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::generate::Summary;
 use crate::pipeline::{self, Abort, Context, InOrder, IndexedJobs, Job, Sink, Stats, Target};
+use crate::plan::Layout;
 use crate::plan::Sample;
 use crate::progress::{self, Reporter};
 use crate::render::PngConfig;
 use crate::rng::PyRandom;
+use crate::sink::Format;
+use crate::sink::wds::{self, SampleMeta, WdsOptions, WdsSink};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +31,13 @@ pub struct RcdbOptions {
     pub out: PathBuf,
     /// `--thread_num t`: only process t's classes.
     pub thread_num: Option<u32>,
+    pub format: Format,
+    /// Shard settings (`--format wds`): the most samples per shard, name prefix, order seed, DALI
+    /// index files.
+    pub samples_per_shard: u64,
+    pub prefix: String,
+    pub seed: u64,
+    pub dali_index: bool,
     pub png: PngConfig,
     pub resume: bool,
     pub threads: pipeline::Threads,
@@ -77,46 +87,47 @@ pub fn param_path(root: &Path, class: u32) -> PathBuf {
     root.join("param").join(format!("{class:05}.csv"))
 }
 
-/// Replays the streams of the processes that make `classes` (in parallel, one process per thread
-/// at a time) and returns the stream at the start of each class; `at_class` sees each class's
-/// parameter file as it is reached.
+/// Replays the streams of the processes that make `classes` (ascending; in parallel, one process
+/// per thread at a time) and returns the stream at the start of each class; `at_class` gets each
+/// class's parameter file as it is reached.
 pub fn class_starts(
     s: &Settings,
-    classes: std::ops::Range<u32>,
+    classes: &[u32],
     threads: usize,
     at_class: &(dyn Fn(u32, &str) -> Result<()> + Sync),
 ) -> Result<ClassStarts> {
-    if classes.is_empty() {
-        return Ok(ClassStarts::new());
+    let mut by_process: Vec<(u32, Vec<u32>)> = Vec::new();
+    for &c in classes {
+        let t = s.process_of(c);
+        match by_process.last_mut() {
+            Some((p, v)) if *p == t => v.push(c),
+            _ => by_process.push((t, vec![c])),
+        }
     }
-    let q = s.per_process();
-    let procs: Vec<u32> = (s.process_of(classes.start)..=s.process_of(classes.end - 1)).collect();
     let next = AtomicUsize::new(0);
     let out = Mutex::new(ClassStarts::new());
     let failed: Mutex<Option<Error>> = Mutex::new(None);
     std::thread::scope(|sc| {
-        for _ in 0..threads.clamp(1, procs.len()) {
+        for _ in 0..threads.clamp(1, by_process.len().max(1)) {
             sc.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&t) = procs.get(i) else { break };
-                    let mut rng: PyRandom = s.process_stream(t);
-                    let first = t * q;
-                    let from = classes.start.max(first);
-                    let to = classes.end.min(first + q);
-                    for _ in first..from {
-                        s.skip_class(&mut rng);
-                    }
-                    for c in from..to {
+                    let Some((t, wanted)) = by_process.get(i) else {
+                        break;
+                    };
+                    let mut rng: PyRandom = s.process_stream(*t);
+                    let mut at = t * s.per_process();
+                    for &c in wanted {
+                        while at < c {
+                            s.skip_class(&mut rng);
+                            at += 1;
+                        }
                         out.lock().unwrap().insert(c, rng.clone());
                         let mut probe = rng.clone();
                         let p = s.draw_class(&mut probe);
                         if let Err(e) = at_class(c, &param_csv(&p)) {
                             failed.lock().unwrap().get_or_insert(e);
                             return;
-                        }
-                        if c + 1 < to {
-                            s.skip_class(&mut rng);
                         }
                     }
                 }
@@ -150,6 +161,19 @@ pub fn fingerprint(s: &Settings, png: PngConfig) -> serde_json::Value {
         "numof_thread": s.processes,
         "png_level": png.level,
     })
+}
+
+/// Everything that determines the shard bytes of an RCDB run.
+fn shard_fingerprint(opts: &RcdbOptions, layout: &Layout) -> serde_json::Value {
+    let mut v = fingerprint(&opts.settings, opts.png);
+    let m = v.as_object_mut().unwrap();
+    m.insert("kind".into(), "rcdb-wds-v1".into());
+    m.insert("order".into(), crate::plan::ORDER_VERSION.into());
+    m.insert("encoder".into(), crate::generate::ENCODER.into());
+    m.insert("group".into(), layout.instances.into());
+    m.insert("seed".into(), opts.seed.into());
+    m.insert("prefix".into(), opts.prefix.clone().into());
+    v
 }
 
 pub const RECORD: &str = "rcdb.json";
@@ -253,9 +277,81 @@ impl IndexedJobs for FolderJobs<'_> {
     }
 }
 
+/// Instances per unit of shard work: the largest divisor of the instance count up to
+/// [`GROUP_MAX`]. A shard layout "cloud" is one such stretch of a class's stream (the layout's rows
+/// are the groups), so shards mix classes while a unit replays at most one class's draws.
+pub const GROUP_MAX: u32 = 100;
+
+pub fn group_size(instances: u32) -> u32 {
+    (1..=instances.min(GROUP_MAX))
+        .rev()
+        .find(|g| instances.is_multiple_of(*g))
+        .unwrap_or(1)
+}
+
+/// RCDB's `.json` of a shard sample: the class, the instance (its file name in the original's
+/// layout), the process that draws it.
+struct RcdbMeta {
+    group: u32,
+    per_process: u32,
+}
+
+impl SampleMeta for RcdbMeta {
+    fn json(&self, class: &str, s: Sample, id: u64) -> serde_json::Result<Vec<u8>> {
+        let instance = s.row * self.group + s.instance;
+        serde_json::to_vec(&serde_json::json!({
+            "class": class,
+            "class_index": s.class,
+            "instance": instance,
+            "file": format!("image/{0:05}/{0:05}_{instance:04}.png", s.class),
+            "process": s.class / self.per_process,
+            "sample": id,
+        }))
+    }
+}
+
 pub fn run(opts: &RcdbOptions) -> Result<Summary> {
     let s = &opts.settings;
     s.validate()?;
+    let t0 = Instant::now();
+    let stats = Arc::new(Stats::default());
+    let mut summary = match opts.format {
+        Format::Folder => run_folder(opts, &stats)?,
+        Format::Wds => run_wds(opts, &stats)?,
+    };
+    let secs = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64 / 1e9;
+    summary.images = stats.images.load(Ordering::Relaxed);
+    summary.seconds = t0.elapsed().as_secs_f64();
+    summary.clouds = stats.render.clouds.load(Ordering::Relaxed);
+    summary.chaos_s += secs(&stats.render.chaos_ns);
+    summary.raster_s = secs(&stats.render.raster_ns);
+    summary.encode_s = secs(&stats.encode_ns);
+    summary.write_s = secs(&stats.write_ns);
+    if summary.bytes == 0 {
+        summary.bytes = stats.png_bytes.load(Ordering::Relaxed);
+    }
+    Ok(summary)
+}
+
+fn reporter(
+    opts: &RcdbOptions,
+    total: u64,
+    stats: &Arc<Stats>,
+    kept: &Arc<AtomicU64>,
+    extra: Box<dyn Fn() -> String + Send>,
+) -> Reporter {
+    let (st, kp) = (stats.clone(), kept.clone());
+    Reporter::start(
+        opts.progress,
+        "images",
+        total,
+        Box::new(move || st.images.load(Ordering::Relaxed) + kp.load(Ordering::Relaxed)),
+        extra,
+    )
+}
+
+fn run_folder(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
+    let s = &opts.settings;
     let all = run_classes(s, opts.thread_num)?;
     let mine = rank_classes(all.clone(), opts.rank.rank, opts.rank.world);
     let out = &opts.out;
@@ -267,7 +363,6 @@ pub fn run(opts: &RcdbOptions) -> Result<Summary> {
     check_or_write_record(out, &fingerprint(s, opts.png), opts.rank.rank == 0)?;
     fsutil::create_dir(&out.join("param"))?;
     fsutil::create_dir(&out.join("image"))?;
-    fsutil::remove_stale_tmp(&out.join("param"));
     fsutil::check_writable(out)?;
     for c in mine.clone() {
         let dir = out.join("image").join(format!("{c:05}"));
@@ -275,32 +370,24 @@ pub fn run(opts: &RcdbOptions) -> Result<Summary> {
         fsutil::remove_stale_tmp(&dir);
     }
     let t0 = Instant::now();
-    let starts = class_starts(s, mine.clone(), opts.threads.render, &|c, text| {
+    let classes: Vec<u32> = mine.clone().collect();
+    let starts = class_starts(s, &classes, opts.threads.render, &|c, text| {
         write_if_changed(&param_path(out, c), text)
     })?;
     let replay_s = t0.elapsed().as_secs_f64();
     let stages = RcdbStages {
         settings: s,
         starts: &starts,
+        group: s.instances,
     };
     let ctx = Context {
         stages: &stages,
         image: super::image_format(s),
         png: opts.png,
     };
-    let stats = Arc::new(Stats::default());
     let kept = Arc::new(AtomicU64::new(0));
     let total = (mine.end - mine.start) as u64 * s.instances as u64;
-    let rep = {
-        let (st, kp) = (stats.clone(), kept.clone());
-        Reporter::start(
-            opts.progress,
-            "images",
-            total,
-            Box::new(move || st.images.load(Ordering::Relaxed) + kp.load(Ordering::Relaxed)),
-            Box::new(String::new),
-        )
-    };
+    let rep = reporter(opts, total, stats, &kept, Box::new(String::new));
     let jobs = FolderJobs {
         s,
         classes: mine,
@@ -316,21 +403,154 @@ pub fn run(opts: &RcdbOptions) -> Result<Summary> {
         &InOrder::new(&jobs),
         &sink,
         opts.threads,
-        &stats,
+        stats,
         &Abort::default(),
     )?;
     drop(rep);
-    let secs = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64 / 1e9;
     Ok(Summary {
-        images: stats.images.load(Ordering::Relaxed),
         skipped: kept.load(Ordering::Relaxed),
-        seconds: t0.elapsed().as_secs_f64(),
-        clouds: stats.render.clouds.load(Ordering::Relaxed),
-        chaos_s: secs(&stats.render.chaos_ns) + replay_s,
-        raster_s: secs(&stats.render.raster_ns),
-        encode_s: secs(&stats.encode_ns),
-        write_s: secs(&stats.write_ns),
-        bytes: stats.png_bytes.load(Ordering::Relaxed),
+        chaos_s: replay_s,
         ..Summary::default()
     })
+}
+
+/// Shard output: this rank's blocks, one job per (class, group of instances) in the layout's order.
+struct WdsJobs<'a> {
+    layout: &'a Layout,
+    todo: &'a wds::Todo,
+    starts: Vec<u64>,
+}
+
+impl IndexedJobs for WdsJobs<'_> {
+    fn count(&self) -> u64 {
+        *self.starts.last().unwrap()
+    }
+    fn job(&self, i: u64) -> Job {
+        let b = self.starts.partition_point(|&s| s <= i) - 1;
+        let g = self.todo.blocks[b];
+        let q = self.layout.block_clouds(g).start + (i - self.starts[b]);
+        crate::generate::cloud_job(self.layout, q, |s| self.todo.shards.contains(&s), |s| s)
+    }
+}
+
+fn run_wds(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
+    let s = &opts.settings;
+    if opts.thread_num.is_some() {
+        return Err(Error::flag(
+            "--thread_num",
+            "shards hold the whole dataset (every process's classes): split the work with ranks \
+             (--rank/--world-size or the launcher's environment), or use --format folder",
+        ));
+    }
+    if opts.samples_per_shard == 0 {
+        return Err(Error::flag("--samples-per-shard", "must be at least 1"));
+    }
+    let group = group_size(s.instances);
+    let layout = Layout::with_shape(
+        s.made_classes() as u64,
+        (0..s.instances / group).collect(),
+        group,
+        vec![super::FLIP],
+        opts.samples_per_shard,
+        opts.seed,
+    );
+    let (rank, world) = (opts.rank.rank, opts.rank.world);
+    let names: Vec<String> = (0..s.made_classes()).map(|c| format!("{c:05}")).collect();
+    let (sink, todo) = WdsSink::open(
+        WdsOptions {
+            out: opts.out.clone(),
+            prefix: opts.prefix.clone(),
+            dali_index: opts.dali_index,
+            writers: opts.writers,
+            resume: opts.resume,
+            meta: Arc::new(RcdbMeta {
+                group,
+                per_process: s.per_process(),
+            }),
+        },
+        names.clone(),
+        &layout,
+        shard_fingerprint(opts, &layout),
+        (rank, world),
+    )?;
+    write_class_list(&opts.out, &names, rank == 0)?;
+    // The classes of this rank's blocks, and their streams' starts (with their parameter files).
+    let mut classes: Vec<u32> = todo
+        .blocks
+        .iter()
+        .flat_map(|&g| layout.block_clouds(g))
+        .map(|q| layout.cloud(q).0)
+        .collect();
+    classes.sort_unstable();
+    classes.dedup();
+    let t0 = Instant::now();
+    fsutil::create_dir(&opts.out.join("param"))?;
+    let starts = class_starts(s, &classes, opts.threads.render, &|c, text| {
+        write_if_changed(&param_path(&opts.out, c), text)
+    })?;
+    let replay_s = t0.elapsed().as_secs_f64();
+    let stages = RcdbStages {
+        settings: s,
+        starts: &starts,
+        group,
+    };
+    let ctx = Context {
+        stages: &stages,
+        image: super::image_format(s),
+        png: opts.png,
+    };
+    let mut starts_of = vec![0u64];
+    for &g in &todo.blocks {
+        let c = layout.block_clouds(g);
+        starts_of.push(starts_of.last().unwrap() + (c.end - c.start));
+    }
+    let todo_images: u64 = todo
+        .shards
+        .iter()
+        .map(|&s| layout.shard_range(s).count() as u64)
+        .sum();
+    let ntodo = todo.shards.len();
+    let written = sink.written.clone();
+    let rep = reporter(
+        opts,
+        todo_images,
+        stats,
+        &Arc::new(AtomicU64::new(0)),
+        Box::new(move || format!("shards {}/{ntodo}", written.load(Ordering::Relaxed))),
+    );
+    let jobs = WdsJobs {
+        layout: &layout,
+        todo: &todo,
+        starts: starts_of,
+    };
+    pipeline::run(
+        &ctx,
+        &InOrder::new(&jobs),
+        &sink,
+        opts.threads,
+        stats,
+        &Abort::default(),
+    )?;
+    sink.finish_empty(&todo)?;
+    drop(rep);
+    let m = sink.manifest();
+    if world == 1
+        && let Err(missing) = wds::finalize(&opts.out, &opts.prefix)?
+    {
+        return Err(Error::Other(format!(
+            "internal: shards missing after a complete run: {missing:?}"
+        )));
+    }
+    Ok(Summary {
+        skipped: todo.kept,
+        shards: m.shards.len() as u64,
+        bytes: m.shards.iter().map(|e| e.filesize).sum(),
+        chaos_s: replay_s,
+        ..Summary::default()
+    })
+}
+
+/// `{out}/classes.txt`: the label names (`00000`, ...), as a FractalDB dataset lists its classes.
+fn write_class_list(out: &Path, names: &[String], writer: bool) -> Result<()> {
+    crate::sink::write_names(out, names, writer)
 }

@@ -18,6 +18,9 @@ pub type ClassStarts = HashMap<u32, PyRandom>;
 pub struct RcdbStages<'a> {
     pub settings: &'a Settings,
     pub starts: &'a ClassStarts,
+    /// Instances per row of a unit: instance `i` of row `r` is the class's instance `r * group + i`
+    /// (shards: a row is a group of instances; folders: one row of all instances).
+    pub group: u32,
 }
 
 impl Stages for RcdbStages<'_> {
@@ -28,6 +31,7 @@ impl Stages for RcdbStages<'_> {
         Ok(Box::new(CpuStage {
             settings: self.settings,
             starts: self.starts,
+            group: self.group,
             stats,
             scratch: Scratch::default(),
         }))
@@ -37,6 +41,7 @@ impl Stages for RcdbStages<'_> {
 pub struct CpuStage<'a> {
     settings: &'a Settings,
     starts: &'a ClassStarts,
+    group: u32,
     stats: &'a StageStats,
     scratch: Scratch,
 }
@@ -61,7 +66,7 @@ impl Stage for CpuStage<'_> {
                     .instances
                     .iter()
                     .enumerate()
-                    .map(|(slot, &k)| (k, slot))
+                    .map(|(slot, &i)| (unit.row * self.group + i, slot))
                     .collect();
                 order.sort_unstable();
                 let mut shape = p.first;

@@ -32,10 +32,16 @@ pub fn write_class_list(
     plan: &crate::plan::Plan,
     writer: bool,
 ) -> crate::Result<()> {
+    let names: Vec<String> = plan.classes.iter().map(|c| c.name.clone()).collect();
+    write_names(out, &names, writer)
+}
+
+/// [`write_class_list`] for any family's class names.
+pub fn write_names(out: &std::path::Path, names: &[String], writer: bool) -> crate::Result<()> {
     let path = out.join("classes.txt");
     let mut text = String::new();
-    for c in &plan.classes {
-        text.push_str(&c.name);
+    for c in names {
+        text.push_str(c);
         text.push('\n');
     }
     match std::fs::read_to_string(&path) {

@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::pipeline::{Sink, Target};
-use crate::plan::{Layout, Plan, Sample};
+use crate::plan::{Layout, Sample};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -119,17 +119,44 @@ pub fn wids_index(name: &str, shards: &[ShardEntry]) -> serde_json::Value {
     })
 }
 
-/// The `.json` member of a sample.
-#[derive(Serialize)]
-struct SampleMeta<'a> {
-    class: &'a str,
-    class_index: u32,
-    weight_row: u32,
-    instance: u32,
-    flip: u8,
-    draw_type: &'a str,
-    seed: &'a str,
-    sample: u64,
+/// The `.json` member a dataset family writes for each sample, beside `.cls` and `.png`.
+pub trait SampleMeta: Send + Sync {
+    /// The metadata of sample `s` of class `class` (its name), `id` its index in the family's
+    /// canonical order.
+    fn json(&self, class: &str, s: Sample, id: u64) -> serde_json::Result<Vec<u8>>;
+}
+
+/// FractalDB's `.json`: class, weight row, instance, flip, draw type and mask generator.
+pub struct FractalMeta {
+    pub draw_type: String,
+    /// The mask generator, as the samples' `seed` field shows it.
+    pub masks: String,
+}
+
+impl SampleMeta for FractalMeta {
+    fn json(&self, class: &str, s: Sample, id: u64) -> serde_json::Result<Vec<u8>> {
+        #[derive(Serialize)]
+        struct Meta<'a> {
+            class: &'a str,
+            class_index: u32,
+            weight_row: u32,
+            instance: u32,
+            flip: u8,
+            draw_type: &'a str,
+            seed: &'a str,
+            sample: u64,
+        }
+        serde_json::to_vec(&Meta {
+            class,
+            class_index: s.class,
+            weight_row: s.row,
+            instance: s.instance,
+            flip: s.flip,
+            draw_type: &self.draw_type,
+            seed: &self.masks,
+            sample: id,
+        })
+    }
 }
 
 struct HashingWriter<W: Write> {
@@ -150,14 +177,14 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// What FractalDB writes per sample: `KEY.cls`, `KEY.json` and `KEY.png` (the family's metadata;
-/// another family writes its own members through the same [`ShardWriter`]).
+/// What a shard holds per sample: `KEY.cls` (the label index), `KEY.json` (the family's
+/// [`SampleMeta`]) and `KEY.png`, written through a [`ShardWriter`] to any writer.
 pub struct SampleInfo<'a> {
-    pub plan: &'a Plan,
+    /// Class names, by label index.
+    pub classes: &'a [String],
+    pub layout: &'a Layout,
     pub key_width: usize,
-    pub draw_type: &'a str,
-    /// The mask generator, as the samples' `seed` field shows it.
-    pub masks: &'a str,
+    pub meta: &'a dyn SampleMeta,
 }
 
 impl SampleInfo<'_> {
@@ -169,17 +196,10 @@ impl SampleInfo<'_> {
         png: &[u8],
     ) -> std::io::Result<()> {
         let key = format!("{pos:0w$}", w = self.key_width);
-        let meta = SampleMeta {
-            class: &self.plan.classes[s.class as usize].name,
-            class_index: s.class,
-            weight_row: s.row,
-            instance: s.instance,
-            flip: s.flip,
-            draw_type: self.draw_type,
-            seed: self.masks,
-            sample: self.plan.id(s),
-        };
-        let json = serde_json::to_vec(&meta).map_err(std::io::Error::other)?;
+        let json = self
+            .meta
+            .json(&self.classes[s.class as usize], s, self.layout.id(s))
+            .map_err(std::io::Error::other)?;
         let cls = s.class.to_string();
         w.write_sample(
             &key,
@@ -328,23 +348,22 @@ struct ShardBuf {
 }
 
 /// Settings of the WebDataset sink.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WdsOptions {
     pub out: PathBuf,
     pub prefix: String,
     pub dali_index: bool,
     pub writers: usize,
     pub resume: bool,
-    /// The samples' `draw_type` and `seed` (mask generator) metadata.
-    pub draw_type: String,
-    pub masks: String,
+    /// The family's per-sample metadata.
+    pub meta: Arc<dyn SampleMeta>,
 }
 
 /// The shard files of one rank: images arrive in any order, each shard is written in its order
 /// (the layout makes that the order clouds are rendered in, so little waits in memory).
 pub struct WdsSink<'a> {
     pub opts: WdsOptions,
-    plan: &'a Plan,
+    classes: Vec<String>,
     layout: &'a Layout,
     key_width: usize,
     states: Vec<Mutex<HashMap<u64, ShardBuf>>>,
@@ -371,7 +390,7 @@ impl<'a> WdsSink<'a> {
     /// settings) or refuses to overwrite, and records the part before the first shard.
     pub fn open(
         opts: WdsOptions,
-        plan: &'a Plan,
+        classes: Vec<String>,
         layout: &'a Layout,
         config: serde_json::Value,
         (rank, world): (u64, u64),
@@ -394,7 +413,7 @@ impl<'a> WdsSink<'a> {
             rank,
             world_size: world,
             shards: vec![],
-            classes: plan.classes.iter().map(|c| c.name.clone()).collect(),
+            classes: classes.clone(),
         };
         let my_blocks: Vec<u64> = (0..layout.blocks()).filter(|g| g % world == rank).collect();
         let mine: Vec<u64> = my_blocks
@@ -494,7 +513,7 @@ impl<'a> WdsSink<'a> {
                 .collect(),
             key_width: key_width(layout.total),
             opts,
-            plan,
+            classes,
             layout,
             manifest: Mutex::new(manifest),
             part,
@@ -525,10 +544,10 @@ impl<'a> WdsSink<'a> {
         png: &[u8],
     ) -> std::io::Result<()> {
         let info = SampleInfo {
-            plan: self.plan,
+            classes: &self.classes,
+            layout: self.layout,
             key_width: self.key_width,
-            draw_type: &self.opts.draw_type,
-            masks: &self.opts.masks,
+            meta: &*self.opts.meta,
         };
         info.write(w, pos, s, png)
     }
