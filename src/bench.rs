@@ -15,6 +15,13 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
+    /// Dataset family: fractaldb, or rcdb (the original's defaults, 512x512; --classes classes of one
+    /// process, --rcdb-instances images each; the FractalDB flags below do not apply)
+    #[arg(long, default_value = "fractaldb")]
+    pub family: Family,
+    /// RCDB: images per class
+    #[arg(long, default_value_t = 200)]
+    pub rcdb_instances: u32,
     /// Backends: auto (cpu, plus gl on a hardware GPU), cpu, gl, or cpu,gl (gl also on a software renderer).
     #[arg(long, default_value = "auto")]
     pub backend: String,
@@ -62,6 +69,12 @@ pub struct BenchArgs {
     /// works in a new `fractaldb-bench-*` directory there and removes only that.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Family {
+    Fractaldb,
+    Rcdb,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -187,8 +200,24 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
     };
     let tmp_holder = TempDir::new_in(&parent)?;
     let work = tmp_holder.0.clone();
+    let rcdb = (a.family == Family::Rcdb).then(|| crate::rcdb::Settings {
+        classes: a.classes as u32,
+        instances: a.rcdb_instances,
+        processes: 1,
+        ..crate::rcdb::Settings::default()
+    });
+    if let Some(st) = &rcdb {
+        st.validate()?;
+        if want_gl {
+            return Err(Error::flag(
+                "--backend",
+                "RCDB has no GL engine yet: use --backend cpu",
+            ));
+        }
+    }
     let load_root = match &a.load_root {
         Some(p) => p.clone(),
+        None if rcdb.is_some() => PathBuf::new(),
         None => {
             let cfg = SearchConfig {
                 rate: 0.2,
@@ -262,7 +291,9 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
             ));
         }
     }
-    let total = {
+    let total = if let Some(st) = &rcdb {
+        st.made_classes() as u64 * st.instances as u64
+    } else {
         let classes = crate::plan::discover_classes(&load_root)?.len() as u64;
         let rows = crate::ifs::load_weights(&a.weight_csv)?.len() as u64;
         classes * rows * cfg.instances(a.instance) as u64 * crate::plan::FLIPS
@@ -316,7 +347,25 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                     backend: backend.clone(),
                 };
                 let cpu0 = process_cpu_seconds();
-                let mut s = generate::run(&opts)?;
+                let mut s = match &rcdb {
+                    None => generate::run(&opts)?,
+                    Some(st) => crate::rcdb::run::run(&crate::rcdb::run::RcdbOptions {
+                        settings: st.clone(),
+                        out: opts.out.clone(),
+                        thread_num: None,
+                        format,
+                        samples_per_shard: per_shard,
+                        prefix: "bench".into(),
+                        seed: 0,
+                        dali_index: false,
+                        png: opts.png,
+                        resume: false,
+                        threads: opts.threads,
+                        writers: opts.writers,
+                        rank: opts.rank.clone(),
+                        progress: progress::Mode::Quiet,
+                    })?,
+                };
                 s.cpu_s = process_cpu_seconds() - cpu0;
                 let _ = std::fs::remove_dir_all(&out);
                 if rep > 0 {
@@ -332,7 +381,13 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
         let stage = |f: &dyn Fn(&Summary) -> f64| Rate::of(runs.iter().map(f).collect());
         let mut stages = std::collections::BTreeMap::new();
         let per_img = |secs: f64, s: &Summary| s.images as f64 / secs.max(1e-12);
-        stages.insert("chaos_game".to_string(), stage(&|s| per_img(s.chaos_s, s)));
+        // RCDB has no chaos game: its first stage is the replay of the random streams (draws only).
+        let first = if rcdb.is_some() {
+            "stream_replay"
+        } else {
+            "chaos_game"
+        };
+        stages.insert(first.to_string(), stage(&|s| per_img(s.chaos_s, s)));
         stages.insert("raster".to_string(), stage(&|s| per_img(s.raster_s, s)));
         // The render thread's whole rate: chaos game + raster (+ readback for GL), before PNG.
         stages.insert(
@@ -373,6 +428,22 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
         .iter()
         .map(|b| (b.backend.clone(), b.end_to_end.median / base))
         .collect();
+    if let Some(st) = &rcdb {
+        return Ok(Report {
+            workload: serde_json::json!({
+                "family": "rcdb", "classes": st.classes, "instances": st.instances,
+                "image_size": st.image_size, "numof_thread": st.processes,
+                "samples_per_shard": per_shard, "images": total, "png_level": a.png_level,
+                "repeat": a.repeat,
+            }),
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            cpu: cpu_name(),
+            backends,
+            ratio_to_cpu_1t: ratio,
+        });
+    }
     Ok(Report {
         workload: serde_json::json!({
             "load_root": load_root, "image_size": a.image_size, "iteration": a.iteration,

@@ -107,3 +107,41 @@ fn bench_reports_every_backend_and_stage_with_positive_rates() {
         (2 * 6 + 2 * 7).to_string()
     );
 }
+
+#[test]
+fn bench_measures_rcdb_on_the_cpu_engine() {
+    let out = run_ok(bin().args([
+        "bench",
+        "--json",
+        "--family",
+        "rcdb",
+        "--backend",
+        "cpu",
+        "--classes",
+        "2",
+        "--rcdb-instances",
+        "6",
+        "--repeat",
+        "1",
+        "-j",
+        "2",
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["workload"]["family"], "rcdb");
+    let backends = v["backends"].as_array().unwrap();
+    let names: Vec<&str> = backends
+        .iter()
+        .map(|b| b["backend"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cpu-1t", "cpu-2t"]);
+    for b in backends {
+        assert_eq!(b["images"], 12);
+        for stage in ["stream_replay", "raster", "png_encode", "tar_write"] {
+            assert!(b["stages"][stage]["median"].as_f64().unwrap() > 0.0, "{stage}");
+        }
+        assert!(b["per_core"]["median"].as_f64().unwrap() > 0.0);
+    }
+    // No GL engine for RCDB yet: asking for it is a clear error, not a silent CPU run.
+    let err = run_err(bin().args(["bench", "--family", "rcdb", "--backend", "gl"]));
+    assert!(err.contains("--backend"), "{err}");
+}

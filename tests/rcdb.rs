@@ -280,3 +280,26 @@ fn shards_hold_the_folder_images_whatever_the_ranks() {
     run_ok(rcdb(&one, &args).args(wds_args).arg("--resume"));
     assert!(std::fs::read(one.join(&lost)).unwrap() == before);
 }
+
+/// Classes split into groups of instances (few classes for many threads: each group replays its
+/// class's stream up to its first instance) give the same bytes as whole classes on one thread.
+#[test]
+fn groups_of_instances_equal_whole_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "--numof_classes",
+        "4",
+        "--numof_instances",
+        "150",
+        "--numof_thread",
+        "2",
+        "--image_size",
+        "64",
+    ];
+    let whole = tmp.path().join("whole");
+    run_ok(rcdb(&whole, &args).args(["-j", "1"]));
+    let groups = tmp.path().join("groups");
+    run_ok(rcdb(&groups, &args).args(["-j", "3"]));
+    assert_eq!(pngs(&whole).len(), 600);
+    same_tree(&whole, &groups);
+}

@@ -229,22 +229,26 @@ impl Sink for FolderSink {
     }
 }
 
-/// One job per class: the instances still to draw, in stream order.
+/// One job per (class, group of `group` instances): the instances still to draw, in stream order.
 struct FolderJobs<'a> {
     s: &'a Settings,
     classes: std::ops::Range<u32>,
+    group: u32,
     resume: Option<&'a Path>,
     kept: &'a AtomicU64,
 }
 
 impl IndexedJobs for FolderJobs<'_> {
     fn count(&self) -> u64 {
-        (self.classes.end - self.classes.start) as u64
+        (self.classes.end - self.classes.start) as u64 * (self.s.instances / self.group) as u64
     }
     fn job(&self, i: u64) -> Job {
-        let class = self.classes.start + i as u32;
+        let groups = (self.s.instances / self.group) as u64;
+        let class = self.classes.start + (i / groups) as u32;
+        let row = (i % groups) as u32;
         let size = self.s.image_size;
-        let images = (0..self.s.instances).filter_map(|instance| {
+        let images = (0..self.group).filter_map(|k| {
+            let instance = row * self.group + k;
             if let Some(root) = self.resume
                 && crate::sink::folder::image_is_whole(
                     &image_path(root, class, instance),
@@ -258,13 +262,13 @@ impl IndexedJobs for FolderJobs<'_> {
             }
             let sample = Sample {
                 class,
-                row: 0,
+                row,
                 instance,
                 flip: super::FLIP,
             };
             let pos = class as u64 * self.s.instances as u64 + instance as u64;
             Some((
-                instance,
+                k,
                 super::FLIP,
                 Target {
                     sample,
@@ -273,7 +277,7 @@ impl IndexedJobs for FolderJobs<'_> {
                 },
             ))
         });
-        pipeline::job_of(class, 0, images)
+        pipeline::job_of(class, row, images)
     }
 }
 
@@ -375,10 +379,17 @@ fn run_folder(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
         write_if_changed(&param_path(out, c), text)
     })?;
     let replay_s = t0.elapsed().as_secs_f64();
+    // Whole classes when there are enough to keep every thread busy (no replay inside a class);
+    // else groups of instances, each replayed from its class's start.
+    let group = if (mine.end - mine.start) as usize >= 4 * opts.threads.render {
+        s.instances
+    } else {
+        group_size(s.instances)
+    };
     let stages = RcdbStages {
         settings: s,
         starts: &starts,
-        group: s.instances,
+        group,
     };
     let ctx = Context {
         stages: &stages,
@@ -391,6 +402,7 @@ fn run_folder(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
     let jobs = FolderJobs {
         s,
         classes: mine,
+        group,
         resume: opts.resume.then_some(out.as_path()),
         kept: &kept,
     };
