@@ -208,12 +208,6 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
     });
     if let Some(st) = &rcdb {
         st.validate()?;
-        if want_gl {
-            return Err(Error::flag(
-                "--backend",
-                "RCDB has no GL engine yet: use --backend cpu",
-            ));
-        }
     }
     let load_root = match &a.load_root {
         Some(p) => p.clone(),
@@ -273,10 +267,16 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
         }
     }
     if want_gl {
-        for (name, m) in [
-            ("gl-compute", RasterMethod::Compute),
-            ("gl-points", RasterMethod::Points),
-        ] {
+        // RCDB has one GL raster (segments in a compute shader).
+        let rasters: &[(&str, RasterMethod)] = if rcdb.is_some() {
+            &[("gl-compute", RasterMethod::Compute)]
+        } else {
+            &[
+                ("gl-compute", RasterMethod::Compute),
+                ("gl-points", RasterMethod::Points),
+            ]
+        };
+        for &(name, m) in rasters {
             variants.push((
                 name.into(),
                 Backend::Gl(
@@ -364,6 +364,12 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                         writers: opts.writers,
                         rank: opts.rank.clone(),
                         progress: progress::Mode::Quiet,
+                        backend: match &backend {
+                            Backend::Cpu => crate::rcdb::stage::RcdbBackend::Cpu,
+                            Backend::Gl(devices, _) => {
+                                crate::rcdb::stage::RcdbBackend::Gl(devices.clone())
+                            }
+                        },
                     })?,
                 };
                 s.cpu_s = process_cpu_seconds() - cpu0;

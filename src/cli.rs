@@ -384,6 +384,16 @@ pub struct RcdbArgs {
     /// Writer threads (default: 2 for folders; one per 4 threads, 1 to 4, for shards)
     #[arg(long)]
     pub writers: Option<usize>,
+    /// Engine: cpu, gl (segments rasterised in a GL compute shader; the stream is drawn on the CPU)
+    /// or auto (gl on a hardware GPU, else cpu). Same bytes either way
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendArg,
+    /// CUDA ordinal of the GPU for --backend gl (default: the local rank)
+    #[arg(long)]
+    pub gpu: Option<i64>,
+    /// EGL device index (`fractaldb devices`) for --backend gl, overriding --gpu
+    #[arg(long)]
+    pub egl_device: Option<usize>,
     #[command(flatten)]
     pub ranks: RankArgs,
     #[command(flatten)]
@@ -408,6 +418,31 @@ impl RcdbArgs {
         settings.validate()?;
         crate::rcdb::run::run_classes(&settings, self.thread_num)?;
         let threads = self.common.threads();
+        let rank = self.ranks.resolve()?;
+        let choice = Choice {
+            cuda_ordinal: Some(self.gpu.unwrap_or_else(|| {
+                let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+                crate::render::gl::egl::cuda_ordinal_for(
+                    rank.local_rank,
+                    visible.as_deref(),
+                    usize::MAX,
+                )
+            })),
+            egl_index: self.egl_device,
+        };
+        use crate::rcdb::stage::RcdbBackend;
+        let backend = match self.backend {
+            BackendArg::Cpu => RcdbBackend::Cpu,
+            BackendArg::Gl => RcdbBackend::Gl(vec![choice]),
+            BackendArg::Auto if crate::render::gl::egl::hardware_usable(&[choice]) => {
+                RcdbBackend::Gl(vec![choice])
+            }
+            BackendArg::Auto => RcdbBackend::Cpu,
+        };
+        if let RcdbBackend::Gl(_) = backend {
+            // Fail before any output when libEGL is missing.
+            crate::render::gl::egl::load()?;
+        }
         Ok(crate::rcdb::run::RcdbOptions {
             settings,
             out: self.save_root.clone(),
@@ -435,8 +470,9 @@ impl RcdbArgs {
                     2
                 })
                 .max(1),
-            rank: self.ranks.resolve()?,
+            rank,
             progress: self.common.progress(),
+            backend,
         })
     }
 }

@@ -109,14 +109,14 @@ fn bench_reports_every_backend_and_stage_with_positive_rates() {
 }
 
 #[test]
-fn bench_measures_rcdb_on_the_cpu_engine() {
+fn bench_measures_rcdb_on_both_engines() {
     let out = run_ok(bin().args([
         "bench",
         "--json",
         "--family",
         "rcdb",
         "--backend",
-        "cpu",
+        "cpu,gl",
         "--classes",
         "2",
         "--rcdb-instances",
@@ -133,15 +133,17 @@ fn bench_measures_rcdb_on_the_cpu_engine() {
         .iter()
         .map(|b| b["backend"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["cpu-1t", "cpu-2t"]);
+    assert_eq!(names, ["cpu-1t", "cpu-2t", "gl-compute"]);
     for b in backends {
         assert_eq!(b["images"], 12);
         for stage in ["stream_replay", "raster", "png_encode", "tar_write"] {
-            assert!(b["stages"][stage]["median"].as_f64().unwrap() > 0.0, "{stage}");
+            assert!(
+                b["stages"][stage]["median"].as_f64().unwrap() > 0.0,
+                "{stage}"
+            );
         }
         assert!(b["per_core"]["median"].as_f64().unwrap() > 0.0);
     }
-    // No GL engine for RCDB yet: asking for it is a clear error, not a silent CPU run.
-    let err = run_err(bin().args(["bench", "--family", "rcdb", "--backend", "gl"]));
-    assert!(err.contains("--backend"), "{err}");
+    // The GL row reads back one gray byte per pixel (512x512).
+    assert_eq!(backends[2]["readback_bytes_per_image"], 262144.0);
 }

@@ -303,3 +303,55 @@ fn groups_of_instances_equal_whole_classes() {
     assert_eq!(pngs(&whole).len(), 600);
     same_tree(&whole, &groups);
 }
+
+/// The GL engine (segments rasterised in a compute shader, llvmpipe here) gives the goldens and the
+/// CPU engine's bytes, as folders and as shards.
+#[test]
+fn gl_engine_equals_the_goldens_and_the_cpu_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d1 = tmp.path().join("d1");
+    run_ok(rcdb(&d1, &["--backend", "gl"]).args([
+        "--numof_classes",
+        "3",
+        "--numof_instances",
+        "4",
+        "--numof_thread",
+        "1",
+    ]));
+    assert_matches_golden(&reference().join("rcdb/d1"), &d1);
+    let args = [
+        "--numof_classes",
+        "4",
+        "--numof_instances",
+        "30",
+        "--numof_thread",
+        "2",
+        "--image_size",
+        "96",
+        "--start_pos",
+        "300",
+    ];
+    for format in ["folder", "wds"] {
+        let (cpu, gl) = (
+            tmp.path().join(format!("cpu-{format}")),
+            tmp.path().join(format!("gl-{format}")),
+        );
+        run_ok(rcdb(&cpu, &args).args([
+            "--backend",
+            "cpu",
+            "--format",
+            format,
+            "--samples-per-shard",
+            "25",
+        ]));
+        run_ok(rcdb(&gl, &args).args([
+            "--backend",
+            "gl",
+            "--format",
+            format,
+            "--samples-per-shard",
+            "25",
+        ]));
+        same_tree(&cpu, &gl);
+    }
+}

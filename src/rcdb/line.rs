@@ -4,15 +4,30 @@
 //! the canvas are skipped one by one. Checked against Pillow itself on random segments
 //! (`tests/rcdb.rs`).
 
+/// The pixel Pillow draws a float coordinate at: a C `(int)` cast, truncation toward zero.
+#[inline]
+pub fn pixel_of(p: (f64, f64)) -> (i64, i64) {
+    (p.0 as i64, p.1 as i64)
+}
+
+/// Whether the segment between two pixels can touch a `size` x `size` canvas: not when both ends
+/// are past the same edge (each coordinate of the walk is monotone).
+#[inline]
+pub fn may_touch(a: (i64, i64), b: (i64, i64), size: i64) -> bool {
+    !((a.0 < 0 && b.0 < 0)
+        || (a.1 < 0 && b.1 < 0)
+        || (a.0 >= size && b.0 >= size)
+        || (a.1 >= size && b.1 >= size))
+}
+
 /// Draws the segment (x0, y0) -> (x1, y1) with `value` into a `size` x `size` canvas (row-major,
-/// y down).
+/// y down). Its GPU twin is `glsl/rcdb_segments.comp`.
 #[inline]
 pub fn draw_line(canvas: &mut [u8], size: usize, p0: (f64, f64), p1: (f64, f64), value: u8) {
-    let (x0, y0) = (p0.0 as i64, p0.1 as i64);
-    let (x1, y1) = (p1.0 as i64, p1.1 as i64);
+    let (x0, y0) = pixel_of(p0);
+    let (x1, y1) = pixel_of(p1);
     let n = size as i64;
-    // Both ends past the same edge: every step is off the canvas (each coordinate is monotone).
-    if (x0 < 0 && x1 < 0) || (y0 < 0 && y1 < 0) || (x0 >= n && x1 >= n) || (y0 >= n && y1 >= n) {
+    if !may_touch((x0, y0), (x1, y1), n) {
         return;
     }
     let mut put = |x: i64, y: i64| {

@@ -11,6 +11,7 @@
 //! classes `[t*q, t*q + q)`, `q = C / T`, in one stream through all their instances. `T` therefore
 //! defines the dataset; threads, ranks, `--thread_num` and resume do not change a byte.
 
+pub mod gl;
 pub mod line;
 pub mod noise;
 pub mod run;
@@ -338,9 +339,8 @@ pub struct Scratch {
     ny: Vec<f64>,
 }
 
-/// Draws one instance into `canvas` (`image_size`^2 gray values, white first), consuming its draws:
-/// per line a gray, V noise inputs for x then V for y; every vertex moves by its noise and the
-/// closed polygon is drawn segment by segment (later pixels overwrite earlier ones).
+/// Draws one instance into `canvas` (`image_size`^2 gray values, white first), consuming its draws
+/// (see [`trace_instance`]); later pixels overwrite earlier ones.
 pub fn draw_instance(
     s: &Settings,
     rng: &mut PyRandom,
@@ -353,6 +353,23 @@ pub fn draw_instance(
     let size = s.image_size as usize;
     canvas.clear();
     canvas.resize(size * size, 255);
+    trace_instance(s, rng, p, shape, circle, scratch, |gray, a, b| {
+        line::draw_line(canvas, size, a, b, gray)
+    });
+}
+
+/// One instance's segments in drawing order, consuming its draws: per line a gray, V noise inputs
+/// for x then V for y; every vertex moves by its noise and the closed polygon's V segments follow
+/// (`segment(gray, from, to)` in pixel coordinates, as passed to Pillow).
+pub fn trace_instance(
+    s: &Settings,
+    rng: &mut PyRandom,
+    p: &ClassParams,
+    shape: &Shape,
+    circle: &[(f64, f64)],
+    scratch: &mut Scratch,
+    mut segment: impl FnMut(u8, (f64, f64), (f64, f64)),
+) {
     let v = p.vertices as usize;
     let r = shape.radius as f64;
     let Scratch { xs, ys, nx, ny } = scratch;
@@ -375,12 +392,10 @@ pub fn draw_instance(
         }
         for i in 0..v {
             let j = if i + 1 == v { 0 } else { i + 1 };
-            line::draw_line(
-                canvas,
-                size,
+            segment(
+                gray,
                 (xs[i] + shape.cx, ys[i] + shape.cy),
                 (xs[j] + shape.cx, ys[j] + shape.cy),
-                gray,
             );
         }
     }

@@ -44,6 +44,7 @@ pub struct RcdbOptions {
     pub writers: usize,
     pub rank: Rank,
     pub progress: progress::Mode,
+    pub backend: super::stage::RcdbBackend,
 }
 
 impl RcdbOptions {
@@ -331,6 +332,8 @@ pub fn run(opts: &RcdbOptions) -> Result<Summary> {
     summary.raster_s = secs(&stats.render.raster_ns);
     summary.encode_s = secs(&stats.encode_ns);
     summary.write_s = secs(&stats.write_ns);
+    summary.readback_s = secs(&stats.render.readback_ns);
+    summary.readback_bytes = stats.render.readback_bytes.load(Ordering::Relaxed);
     if summary.bytes == 0 {
         summary.bytes = stats.png_bytes.load(Ordering::Relaxed);
     }
@@ -390,6 +393,8 @@ fn run_folder(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
         settings: s,
         starts: &starts,
         group,
+        backend: opts.backend.clone(),
+        quiet: opts.progress == progress::Mode::Quiet,
     };
     let ctx = Context {
         stages: &stages,
@@ -505,6 +510,8 @@ fn run_wds(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
         settings: s,
         starts: &starts,
         group,
+        backend: opts.backend.clone(),
+        quiet: opts.progress == progress::Mode::Quiet,
     };
     let ctx = Context {
         stages: &stages,

@@ -14,27 +14,69 @@ use std::time::Instant;
 /// The stream of each class to draw, at the class's first draw (its parameters).
 pub type ClassStarts = HashMap<u32, PyRandom>;
 
-/// RCDB's stages for the shared pipeline: one CPU stage per thread.
+/// Which engine draws RCDB images.
+#[derive(Clone, Debug)]
+pub enum RcdbBackend {
+    Cpu,
+    /// The GL engine: one stage per listed EGL device.
+    Gl(Vec<crate::render::gl::egl::Choice>),
+}
+
+/// RCDB's stages for the shared pipeline: one CPU stage per thread, or one GL stage per GPU.
 pub struct RcdbStages<'a> {
     pub settings: &'a Settings,
     pub starts: &'a ClassStarts,
     /// Instances per row of a unit: instance `i` of row `r` is the class's instance `r * group + i`
     /// (shards: a row is a group of instances; folders: one row of all instances).
     pub group: u32,
+    pub backend: RcdbBackend,
+    /// No device line.
+    pub quiet: bool,
 }
 
 impl Stages for RcdbStages<'_> {
     fn workers(&self, threads: usize) -> usize {
-        threads.max(1)
+        match &self.backend {
+            RcdbBackend::Cpu => threads.max(1),
+            RcdbBackend::Gl(devices) => devices.len().max(1),
+        }
     }
-    fn open<'s>(&'s self, _worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>> {
-        Ok(Box::new(CpuStage {
-            settings: self.settings,
-            starts: self.starts,
-            group: self.group,
-            stats,
-            scratch: Scratch::default(),
-        }))
+    fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>> {
+        Ok(match &self.backend {
+            RcdbBackend::Cpu => Box::new(CpuStage {
+                settings: self.settings,
+                starts: self.starts,
+                group: self.group,
+                stats,
+                scratch: Scratch::default(),
+            }),
+            RcdbBackend::Gl(devices) => {
+                let gl = super::gl::RcdbGl::new(devices.get(worker).copied().unwrap_or_default())?;
+                if !self.quiet {
+                    let c = &gl.ctx;
+                    crate::say!(
+                        "rcdb backend gl: {} -> {} ({})",
+                        c.device,
+                        c.renderer,
+                        c.version
+                    );
+                    if c.software {
+                        crate::say!(
+                            "WARNING: the GL backend is running on a SOFTWARE renderer ({}): --backend cpu is faster on this machine",
+                            c.renderer
+                        );
+                    }
+                }
+                Box::new(super::gl::GlStage {
+                    settings: self.settings,
+                    starts: self.starts,
+                    group: self.group,
+                    stats,
+                    gl,
+                    scratch: Scratch::default(),
+                })
+            }
+        })
     }
 }
 

@@ -17,7 +17,7 @@ use glow::HasContext;
 const CHAOS: &str = include_str!("../../../glsl/chaos.comp");
 const COMMON: &str = include_str!("../../../glsl/common.glsl");
 const RESCALE: &str = include_str!("../../../glsl/rescale.comp");
-const CLEAR: &str = include_str!("../../../glsl/clear.comp");
+pub(crate) const CLEAR: &str = include_str!("../../../glsl/clear.comp");
 const SPLAT: &str = include_str!("../../../glsl/splat.comp");
 const RESOLVE: &str = include_str!("../../../glsl/resolve.comp");
 const POINTS_VS: &str = include_str!("../../../glsl/points.vert");
@@ -45,14 +45,15 @@ const MAX_INSTANCES_PER_DRAW: usize = 64;
 const GUARD: usize = 4;
 
 /// llvmpipe ends an invocation after 65,535 loop iterations in total; stay well under it.
-const SOFTWARE_LOOP_BUDGET: u32 = 60_000;
+pub(crate) const SOFTWARE_LOOP_BUDGET: u32 = 60_000;
 
-struct Program {
-    program: glow::Program,
+/// A linked GL program (shared with other families' GL stages).
+pub(crate) struct Program {
+    pub(crate) program: glow::Program,
 }
 
 impl Program {
-    unsafe fn new(gl: &glow::Context, name: &str, src: &str) -> Result<Program> {
+    pub(crate) unsafe fn new(gl: &glow::Context, name: &str, src: &str) -> Result<Program> {
         unsafe { Self::link(gl, name, &[(glow::COMPUTE_SHADER, src)]) }
     }
 
@@ -88,7 +89,7 @@ impl Program {
         }
     }
 
-    unsafe fn set_u32(&self, gl: &glow::Context, name: &str, v: u32) {
+    pub(crate) unsafe fn set_u32(&self, gl: &glow::Context, name: &str, v: u32) {
         unsafe {
             let loc = gl.get_uniform_location(self.program, name);
             gl.uniform_1_u32(loc.as_ref(), v);
@@ -97,20 +98,20 @@ impl Program {
 }
 
 /// A growable shader storage buffer.
-struct Ssbo {
+pub(crate) struct Ssbo {
     buf: glow::Buffer,
     cap: usize,
 }
 
 impl Ssbo {
-    unsafe fn new(gl: &glow::Context) -> Result<Ssbo> {
+    pub(crate) unsafe fn new(gl: &glow::Context) -> Result<Ssbo> {
         Ok(Ssbo {
             buf: unsafe { gl.create_buffer() }.map_err(Error::Other)?,
             cap: 0,
         })
     }
     /// Ensures `bytes` of storage (contents undefined after growth) and binds it at `binding`.
-    unsafe fn reserve(&mut self, gl: &glow::Context, bytes: usize, binding: u32) {
+    pub(crate) unsafe fn reserve(&mut self, gl: &glow::Context, bytes: usize, binding: u32) {
         unsafe {
             gl.bind_buffer(glow::SHADER_STORAGE_BUFFER, Some(self.buf));
             if bytes > self.cap {
@@ -128,16 +129,16 @@ impl Ssbo {
             gl.bind_buffer_base(glow::SHADER_STORAGE_BUFFER, binding, Some(self.buf));
         }
     }
-    unsafe fn upload(&mut self, gl: &glow::Context, data: &[u8], binding: u32) {
+    pub(crate) unsafe fn upload(&mut self, gl: &glow::Context, data: &[u8], binding: u32) {
         unsafe {
             self.reserve(gl, data.len().max(4), binding);
             gl.buffer_sub_data_u8_slice(glow::SHADER_STORAGE_BUFFER, 0, data);
         }
     }
-    unsafe fn bind(&self, gl: &glow::Context, binding: u32) {
+    pub(crate) unsafe fn bind(&self, gl: &glow::Context, binding: u32) {
         unsafe { gl.bind_buffer_base(glow::SHADER_STORAGE_BUFFER, binding, Some(self.buf)) };
     }
-    unsafe fn read(&self, gl: &glow::Context, out: &mut [u8]) {
+    pub(crate) unsafe fn read(&self, gl: &glow::Context, out: &mut [u8]) {
         unsafe {
             gl.bind_buffer(glow::SHADER_STORAGE_BUFFER, Some(self.buf));
             gl.get_buffer_sub_data(glow::SHADER_STORAGE_BUFFER, 0, out);
@@ -315,7 +316,7 @@ fn pack_points(cloud: &Cloud) -> Vec<u32> {
         .collect()
 }
 
-fn bytes_of<T: Copy>(v: &[T]) -> &[u8] {
+pub(crate) fn bytes_of<T: Copy>(v: &[T]) -> &[u8] {
     // SAFETY: plain numeric data, read as bytes.
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
@@ -1147,7 +1148,7 @@ unsafe fn wait_fence(gl: &glow::Context, fence: glow::Fence) -> Result<()> {
     Ok(())
 }
 
-unsafe fn check(gl: &glow::Context, what: &str) -> Result<()> {
+pub(crate) unsafe fn check(gl: &glow::Context, what: &str) -> Result<()> {
     let e = unsafe { gl.get_error() };
     if e == glow::NO_ERROR {
         Ok(())
