@@ -6,7 +6,8 @@
 #   3. parity: GPU search == CPU search; GL renders (both raster paths, GPU and CPU rescale) == CPU renders;
 #      GL shards == CPU shards at 100 shards; byte for byte;
 #   4. throughput: `fractaldb bench --backend cpu,gl` at FractalDB-1k settings (100 shards, folder beside),
-#      then the GL rows alone on more classes (the steady state: several device-sized batches).
+#      then the GL rows alone on more classes (the steady state: several device-sized batches);
+#   5. RCDB: GL == CPU (folders and shards), then `bench --family rcdb --backend cpu,gl`.
 # Results go to $OUT (or ./gpu-check-out), each step's as soon as it ends. Works on Mesa too (then the GL
 # figures are llvmpipe's). Sizes: GPU_CHECK_CLASSES (parity and the first bench), GPU_CHECK_GL_CLASSES,
 # GPU_CHECK_ITER, GPU_CHECK_SIZE, GPU_CHECK_REPEAT.
@@ -65,4 +66,14 @@ bargs=(--image-size "$size" --iteration "$iter" --repeat "$repeat")
 cat "$out/bench.txt"
 "$bin" bench --backend gl --classes "$gl_classes" "${bargs[@]}" --repeat 1 --json --plot "$out/bench-gl.svg" > "$out/bench-gl.json" 2> "$out/bench-gl.txt"
 cat "$out/bench-gl.txt"
+echo "== rcdb" | tee "$out/rcdb.txt"
+rargs=(rcdb --numof_classes 8 --numof_instances 40 --numof_thread 4)
+"$bin" "${rargs[@]}" -q --backend cpu --save_root "$work/rc-cpu"
+"$bin" "${rargs[@]}" --backend gl --save_root "$work/rc-gl" 2>&1 | grep -E '^(rcdb backend|done)' | tee -a "$out/rcdb.txt"
+same "rcdb folders" "$work/rc-cpu" "$work/rc-gl"
+"$bin" "${rargs[@]}" -q --backend cpu --format wds --samples-per-shard 50 --save_root "$work/rw-cpu"
+"$bin" "${rargs[@]}" -q --backend gl --format wds --samples-per-shard 50 --save_root "$work/rw-gl"
+same "rcdb shards" "$work/rw-cpu" "$work/rw-gl"
+"$bin" bench --family rcdb --backend cpu,gl --classes 16 --rcdb-instances 100 --shards 16 --repeat "$repeat" --json > "$out/bench-rcdb.json" 2> "$out/bench-rcdb.txt"
+cat "$out/bench-rcdb.txt"
 echo "results in $out"

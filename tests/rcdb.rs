@@ -319,17 +319,18 @@ fn gl_engine_equals_the_goldens_and_the_cpu_engine() {
         "1",
     ]));
     assert_matches_golden(&reference().join("rcdb/d1"), &d1);
+    // 150 instances: units of 75 (groups) or 150 (whole classes) canvases overflow a 64-canvas batch.
     let args = [
         "--numof_classes",
         "4",
         "--numof_instances",
-        "30",
+        "150",
         "--numof_thread",
         "2",
         "--image_size",
-        "96",
+        "64",
         "--start_pos",
-        "300",
+        "200",
     ];
     for format in ["folder", "wds"] {
         let (cpu, gl) = (

@@ -21,6 +21,15 @@ const RESOLVE: &str = include_str!("../../glsl/rcdb_resolve.comp");
 /// glsl/rcdb_resolve.comp).
 pub const MAX_CANVASES: usize = 64;
 
+/// Workgroups of one dispatch dimension that every GL 4.3 device takes.
+const MAX_GROUPS: usize = 65_535;
+
+/// Canvases per dispatch for `size`^2 images: the clear pass runs one invocation per pixel of the
+/// batch in 256-wide groups along one dimension.
+pub fn batch_limit(size: usize) -> usize {
+    (MAX_GROUPS * 256 / (size * size).max(1)).clamp(1, MAX_CANVASES)
+}
+
 /// Largest pixel coordinate the shader takes: `2 * dx` must not overflow its 32-bit ints.
 const MAX_COORD: i64 = 1 << 28;
 
@@ -65,7 +74,12 @@ impl RcdbGl {
     /// Rasterises up to [`MAX_CANVASES`] canvases of `size`^2 pixels; returns their gray bytes and
     /// the nanoseconds of the device-to-host copy.
     pub fn raster(&mut self, size: usize, canvases: &[Segments]) -> Result<(Vec<Vec<u8>>, u64)> {
-        assert!(canvases.len() <= MAX_CANVASES);
+        assert!(canvases.len() <= batch_limit(size));
+        if size * size > MAX_GROUPS * 256 {
+            return Err(Error::Other(format!(
+                "rcdb: --image_size {size} is too large for the GL engine (at most 4095); use --backend cpu"
+            )));
+        }
         if canvases.is_empty() {
             return Ok((vec![], 0));
         }
@@ -197,6 +211,7 @@ impl Stage for GlStage<'_> {
     fn run(&mut self, feed: &mut dyn Feed) -> Result<()> {
         let s = self.settings;
         let size = s.image_size as usize;
+        let limit = batch_limit(size);
         let mut collect = collect_segments(size, self.gl.ctx.software);
         let mut batch: Vec<(u64, usize, Segments)> = Vec::new();
         while let Some(units) = feed.claim(1) {
@@ -247,7 +262,7 @@ impl Stage for GlStage<'_> {
                     shape = s.draw_next_shape(&mut rng);
                     next += 1;
                     batch.push((id, slot, segs));
-                    if batch.len() == MAX_CANVASES {
+                    if batch.len() == limit {
                         cpu_ns += t1.elapsed().as_nanos() as u64;
                         if !self.flush(feed, &mut batch)? {
                             return Ok(());
@@ -266,5 +281,25 @@ impl Stage for GlStage<'_> {
         }
         self.flush(feed, &mut batch)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every batch's clear pass fits one dispatch dimension, at any image size the engine takes.
+    #[test]
+    fn batches_fit_a_dispatch() {
+        for size in [2usize, 64, 96, 362, 511, 512, 1024, 2048, 4095] {
+            let n = batch_limit(size);
+            assert!((1..=MAX_CANVASES).contains(&n));
+            assert!(
+                (n * size * size).div_ceil(256) <= MAX_GROUPS,
+                "size {size}: {n} canvases"
+            );
+        }
+        assert_eq!(batch_limit(512), 63);
+        assert_eq!(batch_limit(64), MAX_CANVASES);
     }
 }
