@@ -57,6 +57,15 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    #[command(flatten)]
+    pub render: RenderArgs,
+}
+
+/// The service's own flags (`serve`, `rcdb --serve`).
+#[derive(Args, Debug, Clone)]
+pub struct ServiceArgs {
     /// Address to listen on (port 0: any free port; the log says which)
     #[arg(long, default_value = "127.0.0.1:8470")]
     pub listen: String,
@@ -75,8 +84,20 @@ pub struct ServeArgs {
     /// Seconds in-flight responses get to finish after SIGTERM/SIGINT
     #[arg(long, default_value_t = 60)]
     pub drain_seconds: u64,
-    #[command(flatten)]
-    pub render: RenderArgs,
+}
+
+impl ServiceArgs {
+    pub fn options(&self, dataset: crate::serve::Served) -> crate::serve::ServeOptions {
+        crate::serve::ServeOptions {
+            dataset,
+            listen: self.listen.clone(),
+            public_url: self.public_url.clone(),
+            cache_bytes: self.cache_bytes,
+            prefetch: self.prefetch,
+            max_clients: self.max_clients,
+            drain: std::time::Duration::from_secs(self.drain_seconds),
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -384,6 +405,12 @@ pub struct RcdbArgs {
     /// Writer threads (default: 2 for folders; one per 4 threads, 1 to 4, for shards)
     #[arg(long)]
     pub writers: Option<usize>,
+    /// Serve the shards over HTTP instead of writing them (the bytes of --format wds with the same
+    /// flags; see `fractaldb serve` for the service's routes): --listen, --prefetch, ... apply
+    #[arg(long)]
+    pub serve: bool,
+    #[command(flatten)]
+    pub service: ServiceArgs,
     /// Engine: cpu, gl (segments rasterised in a GL compute shader; the stream is drawn on the CPU)
     /// or auto (gl on a hardware GPU, else cpu). Same bytes either way
     #[arg(long, default_value = "auto")]
@@ -896,6 +923,17 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Rcdb(a) if a.serve => {
+            let mut opts = a.to_options()?;
+            if opts.thread_num.is_some() {
+                return Err(Error::flag(
+                    "--thread_num",
+                    "the service serves the whole dataset's shards",
+                ));
+            }
+            opts.format = Format::Wds;
+            crate::serve::run(&a.service.options(crate::serve::Served::Rcdb(opts)))
+        }
         Command::Rcdb(a) => {
             let opts = a.to_options()?;
             let st = &opts.settings;
@@ -1030,15 +1068,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => {
             let mut render = a.render.to_options()?;
             render.format = Format::Wds;
-            crate::serve::run(&crate::serve::ServeOptions {
-                render,
-                listen: a.listen.clone(),
-                public_url: a.public_url.clone(),
-                cache_bytes: a.cache_bytes,
-                prefetch: a.prefetch,
-                max_clients: a.max_clients,
-                drain: std::time::Duration::from_secs(a.drain_seconds),
-            })
+            crate::serve::run(&a.service.options(crate::serve::Served::Fractal(render)))
         }
         Command::Devices => {
             use std::fmt::Write as _;

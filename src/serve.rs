@@ -21,10 +21,18 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// The service's own settings (the render flags come with [`RenderOptions`]).
+/// What is served: a FractalDB render's shards (`serve`) or an RCDB run's (`rcdb --serve`), the
+/// same bytes as the family's `--format wds` output.
+#[derive(Clone, Debug)]
+pub enum Served {
+    Fractal(RenderOptions),
+    Rcdb(crate::rcdb::run::RcdbOptions),
+}
+
+/// The service's own settings (the dataset's flags come with [`Served`]).
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
-    pub render: RenderOptions,
+    pub dataset: Served,
     pub listen: String,
     pub public_url: Option<String>,
     pub cache_bytes: u64,
@@ -101,17 +109,30 @@ struct QueueInner {
     closed: bool,
 }
 
+/// A family's part of the service: what its render stages need, its epochs and its metadata.
+enum Family {
+    Fractal {
+        plan: Plan,
+        cfg: crate::render::RenderConfig,
+        backend: crate::render::Backend,
+    },
+    Rcdb {
+        settings: crate::rcdb::Settings,
+        starts: crate::rcdb::stage::ClassStarts,
+        group: u32,
+        backend: crate::rcdb::stage::RcdbBackend,
+    },
+}
+
 struct State {
-    plan: Plan,
+    family: Family,
     layout: Layout,
-    cfg: crate::render::RenderConfig,
     fingerprint: serde_json::Value,
     prefix: String,
     public_url: Option<String>,
     cache_bytes: u64,
     prefetch: u64,
     key_width: usize,
-    draw_type: String,
     /// Class names by label index.
     class_names: Vec<String>,
     cache: Mutex<HashMap<(u64, u64), Arc<ShardStream>>>,
@@ -189,11 +210,43 @@ impl State {
         total
     }
 
-    /// The samples' metadata in epoch `epoch` (its instance key shows in `seed`).
-    fn sample_meta(&self, epoch: u64) -> wds::FractalMeta {
-        wds::FractalMeta {
-            draw_type: self.draw_type.clone(),
-            masks: self.cfg.masks.for_epoch(epoch).to_string(),
+    /// The samples' metadata in epoch `epoch` (FractalDB: its instance key shows in `seed`).
+    fn sample_meta(&self, epoch: u64) -> Box<dyn wds::SampleMeta> {
+        match &self.family {
+            Family::Fractal { cfg, .. } => Box::new(wds::FractalMeta {
+                draw_type: cfg.mode.name().to_string(),
+                masks: cfg.masks.for_epoch(epoch).to_string(),
+            }),
+            Family::Rcdb {
+                settings, group, ..
+            } => Box::new(crate::rcdb::run::RcdbMeta {
+                group: *group,
+                per_process: settings.per_process(),
+            }),
+        }
+    }
+
+    /// Why epoch `epoch` cannot be served, if it cannot.
+    fn epoch_refusal(&self, epoch: u64) -> Option<String> {
+        if epoch == 0 {
+            return None;
+        }
+        match &self.family {
+            Family::Fractal { cfg, .. } if cfg.masks.for_epoch(epoch) == cfg.masks => Some(
+                "epochs > 0 need counter masks and a patch draw type: --mask-rng python:S and \
+                 point draw types have no per-instance randomness"
+                    .into(),
+            ),
+            Family::Fractal { cfg, .. } if !cfg.mode.is_patch() => Some(format!(
+                "draw type {} has no per-instance randomness: no epochs",
+                cfg.mode
+            )),
+            Family::Fractal { .. } => None,
+            Family::Rcdb { .. } => Some(
+                "RCDB has no instance key: its images come from the original's fixed streams, so every \
+                 epoch would hold the same images; use epoch 0"
+                    .into(),
+            ),
         }
     }
 
@@ -305,7 +358,7 @@ impl Sink for ServeSink<'_> {
             classes: &st.class_names,
             layout: &st.layout,
             key_width: st.key_width,
-            meta: &meta,
+            meta: &*meta,
         };
         while let Some((pos, (s, png))) = w.order.pop() {
             if w.writer.is_none() {
@@ -556,7 +609,7 @@ async fn handle(st: Arc<State>, req: Request<Body>) -> Response<Body> {
             "total_samples": st.layout.total,
             "samples_per_shard": st.layout.per_shard,
             "shard_count": st.layout.shards,
-            "classes": st.plan.classes.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+            "classes": st.class_names,
         })),
         Target2::Wids => {
             let base = base_url(&st, req.headers());
@@ -571,22 +624,8 @@ async fn handle(st: Arc<State>, req: Request<Body>) -> Response<Body> {
             }))
         }
         Target2::Shard { epoch, shard } => {
-            if epoch > 0 && st.cfg.masks.for_epoch(epoch) == st.cfg.masks {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    "epochs > 0 need counter masks and a patch draw type: --mask-rng python:S and \
-                     point draw types have no per-instance randomness"
-                        .into(),
-                );
-            }
-            if epoch > 0 && !st.cfg.mode.is_patch() {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "draw type {} has no per-instance randomness: no epochs",
-                        st.cfg.mode
-                    ),
-                );
+            if let Some(why) = st.epoch_refusal(epoch) {
+                return text(StatusCode::BAD_REQUEST, why);
             }
             let permit = match st.clients.clone().try_acquire_owned() {
                 Ok(p) => p,
@@ -674,21 +713,101 @@ async fn shutdown_signal() {
     }
 }
 
+/// The service's one pipeline, for its life: queued shard groups -> the family's render stages ->
+/// the shard streams. A failure is logged and flagged (requests then get no new shards).
+fn serve_render(
+    st: &State,
+    stages: &dyn crate::render::Stages,
+    image: crate::render::ImageFormat,
+    threads: pipeline::Threads,
+    png: crate::render::PngConfig,
+    writers: usize,
+    failed: &AtomicBool,
+) {
+    let ctx = Context { stages, image, png };
+    let sink = ServeSink {
+        st,
+        writers: (0..writers.max(1))
+            .map(|_| Mutex::new(HashMap::new()))
+            .collect(),
+    };
+    let r = pipeline::run(
+        &ctx,
+        &ServeJobs(st),
+        &sink,
+        threads,
+        &Stats::default(),
+        &Abort::default(),
+    );
+    if let Err(e) = r {
+        failed.store(true, Ordering::Relaxed);
+        crate::say!("serve: the render stage stopped: {e}");
+    }
+}
+
 /// Runs the service until SIGTERM/SIGINT.
 pub fn run(opts: &ServeOptions) -> Result<()> {
-    let ro = &opts.render;
-    if ro.samples_per_shard == 0 {
+    let (prefix, per_shard) = match &opts.dataset {
+        Served::Fractal(ro) => (&ro.prefix, ro.samples_per_shard),
+        Served::Rcdb(o) => (&o.prefix, o.samples_per_shard),
+    };
+    if per_shard == 0 {
         return Err(Error::flag("--samples-per-shard", "must be at least 1"));
     }
-    wds::check_prefix(&ro.prefix)?;
-    if ro.prefix.contains('%') {
+    wds::check_prefix(prefix)?;
+    if prefix.contains('%') {
         return Err(Error::flag(
             "--prefix",
             "must not contain '%' (it goes into URLs)",
         ));
     }
-    let plan = generate::load_plan(ro)?;
-    let layout = Layout::new(&plan, ro.samples_per_shard, ro.seed);
+    // The dataset: its layout, names, fingerprint and what its render stages need.
+    let (family, layout, class_names, fingerprint, threads, png, writers, quiet) = match &opts
+        .dataset
+    {
+        Served::Fractal(ro) => {
+            let plan = generate::load_plan(ro)?;
+            let layout = Layout::new(&plan, ro.samples_per_shard, ro.seed);
+            let names = plan.classes.iter().map(|c| c.name.clone()).collect();
+            let fp = generate::fingerprint(ro, &plan, true);
+            let family = Family::Fractal {
+                plan,
+                cfg: ro.cfg.clone(),
+                backend: ro.backend.clone(),
+            };
+            let quiet = ro.progress == crate::progress::Mode::Quiet;
+            (
+                family, layout, names, fp, ro.threads, ro.png, ro.writers, quiet,
+            )
+        }
+        Served::Rcdb(o) => {
+            let s = &o.settings;
+            s.validate()?;
+            let (layout, group) = crate::rcdb::run::shard_layout(o);
+            let names = crate::rcdb::run::class_names(s);
+            let fp = crate::rcdb::run::shard_fingerprint(o, &layout);
+            let t0 = Instant::now();
+            let all: Vec<u32> = (0..s.made_classes()).collect();
+            let starts = crate::rcdb::run::class_starts(s, &all, o.threads.render, &|_, _| Ok(()))?;
+            let quiet = o.progress == crate::progress::Mode::Quiet;
+            if !quiet {
+                crate::say!(
+                    "serve: the {} processes' streams replayed to every class start in {:.1}s",
+                    s.processes,
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+            let family = Family::Rcdb {
+                settings: s.clone(),
+                starts,
+                group,
+                backend: o.backend.clone(),
+            };
+            (
+                family, layout, names, fp, o.threads, o.png, o.writers, quiet,
+            )
+        }
+    };
     let listener = std::net::TcpListener::bind(&opts.listen)
         .map_err(|e| Error::io(&opts.listen, "cannot listen", e))?;
     listener
@@ -698,12 +817,10 @@ pub fn run(opts: &ServeOptions) -> Result<()> {
         .local_addr()
         .map_err(|e| Error::io(&opts.listen, "cannot listen", e))?;
     let st = Arc::new(State {
-        fingerprint: generate::fingerprint(ro, &plan, true),
+        fingerprint,
         key_width: wds::key_width(layout.total),
-        draw_type: ro.cfg.mode.name().to_string(),
-        class_names: plan.classes.iter().map(|c| c.name.clone()).collect(),
-        cfg: ro.cfg.clone(),
-        prefix: ro.prefix.clone(),
+        class_names,
+        prefix: prefix.clone(),
         public_url: opts.public_url.clone(),
         cache_bytes: opts.cache_bytes,
         prefetch: opts.prefetch,
@@ -716,7 +833,7 @@ pub fn run(opts: &ServeOptions) -> Result<()> {
         metrics: Metrics::default(),
         started: Instant::now(),
         clients: Arc::new(tokio::sync::Semaphore::new(opts.max_clients.max(1))),
-        plan,
+        family,
         layout,
     });
     crate::say!(
@@ -726,48 +843,37 @@ pub fn run(opts: &ServeOptions) -> Result<()> {
         st.layout.per_shard,
         st.layout.block_shards
     );
-    let u = generate::chaos_sequence(ro.cfg.iterations);
     let render_failed = Arc::new(AtomicBool::new(false));
     let render = {
         let st = st.clone();
-        let backend = ro.backend.clone();
-        let (threads, png, writers, quiet) = (
-            ro.threads,
-            ro.png,
-            ro.writers,
-            ro.progress == crate::progress::Mode::Quiet,
-        );
         let failed = render_failed.clone();
-        std::thread::spawn(move || {
-            let stages = crate::render::FractalStages {
+        std::thread::spawn(move || match &st.family {
+            Family::Fractal { plan, cfg, backend } => {
+                let u = generate::chaos_sequence(cfg.iterations);
+                let f = crate::render::FractalStages {
+                    backend: backend.clone(),
+                    quiet,
+                    plan,
+                    cfg,
+                    u: &u,
+                };
+                serve_render(&st, &f, f.image(), threads, png, writers, &failed)
+            }
+            Family::Rcdb {
+                settings,
+                starts,
+                group,
                 backend,
-                quiet,
-                plan: &st.plan,
-                cfg: &st.cfg,
-                u: &u,
-            };
-            let ctx = Context {
-                stages: &stages,
-                image: stages.image(),
-                png,
-            };
-            let sink = ServeSink {
-                st: &st,
-                writers: (0..writers.max(1))
-                    .map(|_| Mutex::new(HashMap::new()))
-                    .collect(),
-            };
-            let r = pipeline::run(
-                &ctx,
-                &ServeJobs(&st),
-                &sink,
-                threads,
-                &Stats::default(),
-                &Abort::default(),
-            );
-            if let Err(e) = r {
-                failed.store(true, Ordering::Relaxed);
-                crate::say!("serve: the render stage stopped: {e}");
+            } => {
+                let r = crate::rcdb::stage::RcdbStages {
+                    settings,
+                    starts,
+                    group: *group,
+                    backend: backend.clone(),
+                    quiet,
+                };
+                let image = crate::rcdb::image_format(settings);
+                serve_render(&st, &r, image, threads, png, writers, &failed)
             }
         })
     };

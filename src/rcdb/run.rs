@@ -165,7 +165,7 @@ pub fn fingerprint(s: &Settings, png: PngConfig) -> serde_json::Value {
 }
 
 /// Everything that determines the shard bytes of an RCDB run.
-fn shard_fingerprint(opts: &RcdbOptions, layout: &Layout) -> serde_json::Value {
+pub(crate) fn shard_fingerprint(opts: &RcdbOptions, layout: &Layout) -> serde_json::Value {
     let mut v = fingerprint(&opts.settings, opts.png);
     let m = v.as_object_mut().unwrap();
     m.insert("kind".into(), "rcdb-wds-v1".into());
@@ -296,9 +296,9 @@ pub fn group_size(instances: u32) -> u32 {
 
 /// RCDB's `.json` of a shard sample: the class, the instance (its file name in the original's
 /// layout), the process that draws it.
-struct RcdbMeta {
-    group: u32,
-    per_process: u32,
+pub(crate) struct RcdbMeta {
+    pub(crate) group: u32,
+    pub(crate) per_process: u32,
 }
 
 impl SampleMeta for RcdbMeta {
@@ -450,6 +450,27 @@ impl IndexedJobs for WdsJobs<'_> {
     }
 }
 
+/// The shard layout of an RCDB dataset (order v2 over (class, group of instances) units) and its
+/// group size.
+pub fn shard_layout(opts: &RcdbOptions) -> (Layout, u32) {
+    let s = &opts.settings;
+    let group = group_size(s.instances);
+    let layout = Layout::with_shape(
+        s.made_classes() as u64,
+        (0..s.instances / group).collect(),
+        group,
+        vec![super::FLIP],
+        opts.samples_per_shard,
+        opts.seed,
+    );
+    (layout, group)
+}
+
+/// The label names: the original's class folder names (`00000`, ...).
+pub fn class_names(s: &Settings) -> Vec<String> {
+    (0..s.made_classes()).map(|c| format!("{c:05}")).collect()
+}
+
 fn run_wds(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
     let s = &opts.settings;
     if opts.thread_num.is_some() {
@@ -462,17 +483,9 @@ fn run_wds(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
     if opts.samples_per_shard == 0 {
         return Err(Error::flag("--samples-per-shard", "must be at least 1"));
     }
-    let group = group_size(s.instances);
-    let layout = Layout::with_shape(
-        s.made_classes() as u64,
-        (0..s.instances / group).collect(),
-        group,
-        vec![super::FLIP],
-        opts.samples_per_shard,
-        opts.seed,
-    );
+    let (layout, group) = shard_layout(opts);
     let (rank, world) = (opts.rank.rank, opts.rank.world);
-    let names: Vec<String> = (0..s.made_classes()).map(|c| format!("{c:05}")).collect();
+    let names = class_names(s);
     let (sink, todo) = WdsSink::open(
         WdsOptions {
             out: opts.out.clone(),
