@@ -434,29 +434,22 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
         .iter()
         .map(|b| (b.backend.clone(), b.end_to_end.median / base))
         .collect();
-    if let Some(st) = &rcdb {
-        return Ok(Report {
-            workload: serde_json::json!({
-                "family": "rcdb", "classes": st.classes, "instances": st.instances,
-                "image_size": st.image_size, "numof_thread": st.processes,
-                "samples_per_shard": per_shard, "images": total, "png_level": a.png_level,
-                "repeat": a.repeat,
-            }),
-            cores: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-            cpu: cpu_name(),
-            backends,
-            ratio_to_cpu_1t: ratio,
-        });
-    }
-    Ok(Report {
-        workload: serde_json::json!({
+    let workload = match &rcdb {
+        Some(st) => serde_json::json!({
+            "family": "rcdb", "classes": st.classes, "instances": st.instances,
+            "image_size": st.image_size, "numof_thread": st.processes,
+            "samples_per_shard": per_shard, "images": total, "png_level": a.png_level,
+            "repeat": a.repeat,
+        }),
+        None => serde_json::json!({
             "load_root": load_root, "image_size": a.image_size, "iteration": a.iteration,
             "draw_type": a.draw_type.name(), "instance": a.instance, "weights": a.weight_csv,
             "samples_per_shard": per_shard, "images": total, "png_level": a.png_level,
             "repeat": a.repeat,
         }),
+    };
+    Ok(Report {
+        workload,
         cores: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),

@@ -446,17 +446,7 @@ impl RcdbArgs {
         crate::rcdb::run::run_classes(&settings, self.thread_num)?;
         let threads = self.common.threads();
         let rank = self.ranks.resolve()?;
-        let choice = Choice {
-            cuda_ordinal: Some(self.gpu.unwrap_or_else(|| {
-                let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
-                crate::render::gl::egl::cuda_ordinal_for(
-                    rank.local_rank,
-                    visible.as_deref(),
-                    usize::MAX,
-                )
-            })),
-            egl_index: self.egl_device,
-        };
+        let choice = gl_choice(self.gpu, self.egl_device, &rank);
         use crate::rcdb::stage::RcdbBackend;
         let backend = match self.backend {
             BackendArg::Cpu => RcdbBackend::Cpu,
@@ -582,18 +572,7 @@ impl RenderArgs {
     }
 
     fn backend(&self, rank: &cluster::Rank) -> Backend {
-        let gpu = self.gpu.unwrap_or_else(|| {
-            let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
-            crate::render::gl::egl::cuda_ordinal_for(
-                rank.local_rank,
-                visible.as_deref(),
-                usize::MAX,
-            )
-        });
-        let choice = Choice {
-            cuda_ordinal: Some(gpu),
-            egl_index: self.egl_device,
-        };
+        let choice = gl_choice(self.gpu, self.egl_device, rank);
         let devices = match self.gpus.as_deref() {
             None => vec![choice],
             Some(list) => gpu_list(list),
@@ -736,6 +715,19 @@ impl RenderArgs {
             progress: self.common.progress(),
             backend,
         })
+    }
+}
+
+/// The GPU of `--gpu` (a CUDA ordinal) or `--egl-device`; by default the local rank's, respecting
+/// CUDA_VISIBLE_DEVICES.
+fn gl_choice(gpu: Option<i64>, egl_device: Option<usize>, rank: &cluster::Rank) -> Choice {
+    let gpu = gpu.unwrap_or_else(|| {
+        let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+        crate::render::gl::egl::cuda_ordinal_for(rank.local_rank, visible.as_deref(), usize::MAX)
+    });
+    Choice {
+        cuda_ordinal: Some(gpu),
+        egl_index: egl_device,
     }
 }
 

@@ -63,6 +63,23 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Takes the run's counters: images, clouds, stage seconds (added to any already counted, e.g.
+    /// a replay before the pipeline), readback, and the PNG bytes when no sink counted bytes.
+    pub fn add_stats(&mut self, stats: &Stats) {
+        let secs = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64 / 1e9;
+        self.images = stats.images.load(Ordering::Relaxed);
+        self.clouds = stats.render.clouds.load(Ordering::Relaxed);
+        self.chaos_s += secs(&stats.render.chaos_ns);
+        self.raster_s = secs(&stats.render.raster_ns);
+        self.encode_s = secs(&stats.encode_ns);
+        self.write_s = secs(&stats.write_ns);
+        self.readback_s = secs(&stats.render.readback_ns);
+        self.readback_bytes = stats.render.readback_bytes.load(Ordering::Relaxed);
+        if self.bytes == 0 {
+            self.bytes = stats.png_bytes.load(Ordering::Relaxed);
+        }
+    }
+
     pub fn images_per_second(&self) -> f64 {
         self.images as f64 / self.seconds.max(1e-9)
     }
@@ -137,18 +154,7 @@ pub fn run(opts: &RenderOptions) -> Result<Summary> {
         Format::Wds => run_wds(opts, &plan, &ctx, &stats)?,
     };
     summary.seconds = t0.elapsed().as_secs_f64();
-    summary.images = stats.images.load(Ordering::Relaxed);
-    summary.clouds = stats.render.clouds.load(Ordering::Relaxed);
-    let secs = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64 / 1e9;
-    summary.chaos_s = secs(&stats.render.chaos_ns);
-    summary.raster_s = secs(&stats.render.raster_ns);
-    summary.encode_s = secs(&stats.encode_ns);
-    summary.write_s = secs(&stats.write_ns);
-    summary.readback_s = secs(&stats.render.readback_ns);
-    summary.readback_bytes = stats.render.readback_bytes.load(Ordering::Relaxed);
-    if summary.bytes == 0 {
-        summary.bytes = stats.png_bytes.load(Ordering::Relaxed);
-    }
+    summary.add_stats(&stats);
     Ok(summary)
 }
 
@@ -160,14 +166,7 @@ fn reporter(
     kept: &Arc<AtomicU64>,
     extra: Box<dyn Fn() -> String + Send>,
 ) -> Reporter {
-    let (s, kept) = (stats.clone(), kept.clone());
-    Reporter::start(
-        opts.progress,
-        "images",
-        total,
-        Box::new(move || s.images.load(Ordering::Relaxed) + kept.load(Ordering::Relaxed)),
-        extra,
-    )
+    progress::images(opts.progress, total, stats, kept, extra)
 }
 
 /// Folder output: this rank's classes, one job per (class, row), skipping images already there

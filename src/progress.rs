@@ -86,3 +86,23 @@ impl Drop for Reporter {
         }
     }
 }
+
+/// The progress display of a render: images written by this run (`stats`) plus those kept from
+/// before (`kept`, resume) against `total`, with `extra` appended (e.g. shards done).
+pub fn images(
+    mode: Mode,
+    total: u64,
+    stats: &std::sync::Arc<crate::pipeline::Stats>,
+    kept: &std::sync::Arc<std::sync::atomic::AtomicU64>,
+    extra: Box<dyn Fn() -> String + Send>,
+) -> Reporter {
+    use std::sync::atomic::Ordering;
+    let (s, kept) = (stats.clone(), kept.clone());
+    Reporter::start(
+        mode,
+        "images",
+        total,
+        Box::new(move || s.images.load(Ordering::Relaxed) + kept.load(Ordering::Relaxed)),
+        extra,
+    )
+}

@@ -4,8 +4,8 @@
 //! each pixel keeping the largest segment index that covers it (Pillow's "later segments overwrite
 //! earlier ones"), and `glsl/rcdb_resolve.comp` turns the winners into grays, 4 pixels a word.
 
-use super::stage::ClassStarts;
-use super::{ClassParams, Scratch, Settings, line, trace_instance, unit_circle};
+use super::stage::{ClassStarts, walk_unit};
+use super::{Scratch, Settings, line, trace_instance};
 use crate::error::{Error, Result};
 use crate::render::gl::egl;
 use crate::render::gl::{CLEAR, Program, SOFTWARE_LOOP_BUDGET, Ssbo, bytes_of, check};
@@ -217,40 +217,17 @@ impl Stage for GlStage<'_> {
         while let Some(units) = feed.claim(1) {
             for (id, unit) in units {
                 let t0 = Instant::now();
-                let mut rng = self.starts.get(&unit.class).cloned().ok_or_else(|| {
-                    Error::Other(format!(
-                        "internal: no stream start for class {}",
-                        unit.class
-                    ))
-                })?;
-                let p: ClassParams = s.draw_class(&mut rng);
-                let circle = unit_circle(p.vertices);
-                self.stats.clouds.fetch_add(1, Ordering::Relaxed);
-                let mut order: Vec<(u32, usize)> = unit
-                    .instances
-                    .iter()
-                    .enumerate()
-                    .map(|(slot, &i)| (unit.row * self.group + i, slot))
-                    .collect();
-                order.sort_unstable();
-                let mut shape = p.first;
-                let mut next = 0u32;
-                let mut cpu_ns = 0u64;
-                let mut t1 = t0;
-                for (k, slot) in order {
-                    while next < k {
-                        s.skip_instance(&mut rng, &p);
-                        shape = s.draw_next_shape(&mut rng);
-                        next += 1;
-                    }
+                let mut flush_ns = 0u64;
+                let (starts, group, stats) = (self.starts, self.group, self.stats);
+                let (_, go) = walk_unit(s, starts, group, &unit, stats, |i| {
                     let mut segs = Segments::default();
                     let mut failed = Ok(());
                     trace_instance(
                         s,
-                        &mut rng,
-                        &p,
-                        &shape,
-                        &circle,
+                        i.rng,
+                        i.params,
+                        i.shape,
+                        i.circle,
                         &mut self.scratch,
                         |g, a, b| {
                             if failed.is_ok() {
@@ -259,19 +236,21 @@ impl Stage for GlStage<'_> {
                         },
                     );
                     failed?;
-                    shape = s.draw_next_shape(&mut rng);
-                    next += 1;
-                    batch.push((id, slot, segs));
-                    if batch.len() == limit {
-                        cpu_ns += t1.elapsed().as_nanos() as u64;
-                        if !self.flush(feed, &mut batch)? {
-                            return Ok(());
-                        }
-                        t1 = Instant::now();
+                    batch.push((id, i.slot, segs));
+                    if batch.len() < limit {
+                        return Ok(true);
                     }
+                    let t1 = Instant::now();
+                    let go = self.flush(feed, &mut batch)?;
+                    flush_ns += t1.elapsed().as_nanos() as u64;
+                    Ok(go)
+                })?;
+                // The CPU side of the GL thread: replay and segment lists (the GPU's time is raster).
+                let cpu_ns = (t0.elapsed().as_nanos() as u64).saturating_sub(flush_ns);
+                stats.chaos_ns.fetch_add(cpu_ns, Ordering::Relaxed);
+                if !go {
+                    return Ok(());
                 }
-                cpu_ns += t1.elapsed().as_nanos() as u64;
-                self.stats.chaos_ns.fetch_add(cpu_ns, Ordering::Relaxed);
             }
             // Canvases are handed over per claim, so writers never wait on a half-filled batch
             // for long.

@@ -324,19 +324,8 @@ pub fn run(opts: &RcdbOptions) -> Result<Summary> {
         Format::Folder => run_folder(opts, &stats)?,
         Format::Wds => run_wds(opts, &stats)?,
     };
-    let secs = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64 / 1e9;
-    summary.images = stats.images.load(Ordering::Relaxed);
     summary.seconds = t0.elapsed().as_secs_f64();
-    summary.clouds = stats.render.clouds.load(Ordering::Relaxed);
-    summary.chaos_s += secs(&stats.render.chaos_ns);
-    summary.raster_s = secs(&stats.render.raster_ns);
-    summary.encode_s = secs(&stats.encode_ns);
-    summary.write_s = secs(&stats.write_ns);
-    summary.readback_s = secs(&stats.render.readback_ns);
-    summary.readback_bytes = stats.render.readback_bytes.load(Ordering::Relaxed);
-    if summary.bytes == 0 {
-        summary.bytes = stats.png_bytes.load(Ordering::Relaxed);
-    }
+    summary.add_stats(&stats);
     Ok(summary)
 }
 
@@ -347,13 +336,38 @@ fn reporter(
     kept: &Arc<AtomicU64>,
     extra: Box<dyn Fn() -> String + Send>,
 ) -> Reporter {
-    let (st, kp) = (stats.clone(), kept.clone());
-    Reporter::start(
-        opts.progress,
-        "images",
-        total,
-        Box::new(move || st.images.load(Ordering::Relaxed) + kp.load(Ordering::Relaxed)),
-        extra,
+    progress::images(opts.progress, total, stats, kept, extra)
+}
+
+/// Runs `jobs` through RCDB's stages (the run's backend) and the shared pipeline into `sink`.
+fn render(
+    opts: &RcdbOptions,
+    starts: &ClassStarts,
+    group: u32,
+    jobs: &dyn IndexedJobs,
+    sink: &dyn Sink,
+    stats: &Stats,
+) -> Result<()> {
+    let s = &opts.settings;
+    let stages = RcdbStages {
+        settings: s,
+        starts,
+        group,
+        backend: opts.backend.clone(),
+        quiet: opts.progress == progress::Mode::Quiet,
+    };
+    let ctx = Context {
+        stages: &stages,
+        image: super::image_format(s),
+        png: opts.png,
+    };
+    pipeline::run(
+        &ctx,
+        &InOrder::new(jobs),
+        sink,
+        opts.threads,
+        stats,
+        &Abort::default(),
     )
 }
 
@@ -389,18 +403,6 @@ fn run_folder(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
     } else {
         group_size(s.instances)
     };
-    let stages = RcdbStages {
-        settings: s,
-        starts: &starts,
-        group,
-        backend: opts.backend.clone(),
-        quiet: opts.progress == progress::Mode::Quiet,
-    };
-    let ctx = Context {
-        stages: &stages,
-        image: super::image_format(s),
-        png: opts.png,
-    };
     let kept = Arc::new(AtomicU64::new(0));
     let total = (mine.end - mine.start) as u64 * s.instances as u64;
     let rep = reporter(opts, total, stats, &kept, Box::new(String::new));
@@ -415,14 +417,7 @@ fn run_folder(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
         root: out.clone(),
         writers: opts.writers,
     };
-    pipeline::run(
-        &ctx,
-        &InOrder::new(&jobs),
-        &sink,
-        opts.threads,
-        stats,
-        &Abort::default(),
-    )?;
+    render(opts, &starts, group, &jobs, &sink, stats)?;
     drop(rep);
     Ok(Summary {
         skipped: kept.load(Ordering::Relaxed),
@@ -519,18 +514,6 @@ fn run_wds(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
         write_if_changed(&param_path(&opts.out, c), text)
     })?;
     let replay_s = t0.elapsed().as_secs_f64();
-    let stages = RcdbStages {
-        settings: s,
-        starts: &starts,
-        group,
-        backend: opts.backend.clone(),
-        quiet: opts.progress == progress::Mode::Quiet,
-    };
-    let ctx = Context {
-        stages: &stages,
-        image: super::image_format(s),
-        png: opts.png,
-    };
     let mut starts_of = vec![0u64];
     for &g in &todo.blocks {
         let c = layout.block_clouds(g);
@@ -555,14 +538,7 @@ fn run_wds(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
         todo: &todo,
         starts: starts_of,
     };
-    pipeline::run(
-        &ctx,
-        &InOrder::new(&jobs),
-        &sink,
-        opts.threads,
-        stats,
-        &Abort::default(),
-    )?;
+    render(opts, &starts, group, &jobs, &sink, stats)?;
     sink.finish_empty(&todo)?;
     drop(rep);
     let m = sink.manifest();

@@ -3,7 +3,7 @@
 //! see [`super::run`]); instances not wanted (kept on resume, or another unit's) are replayed
 //! without drawing, so any subset costs only its own drawing.
 
-use super::{ClassParams, Scratch, Settings, draw_instance, unit_circle};
+use super::{ClassParams, Scratch, Settings, Shape, draw_instance, unit_circle};
 use crate::error::Result;
 use crate::render::{Canvas, Feed, Stage, StageStats, Stages};
 use crate::rng::PyRandom;
@@ -80,6 +80,72 @@ impl Stages for RcdbStages<'_> {
     }
 }
 
+/// One instance to draw, handed to a stage by [`walk_unit`]: the stream right at its first draw.
+pub struct Instance<'a> {
+    pub rng: &'a mut PyRandom,
+    pub params: &'a ClassParams,
+    pub shape: &'a Shape,
+    pub circle: &'a [(f64, f64)],
+    /// Its slot in the unit.
+    pub slot: usize,
+}
+
+/// Walks a unit's class stream from the class's start: the wanted instances (instance `i` of row
+/// `r` is the class's `r * group + i`) in stream order, the others before them replayed as draws.
+/// `draw` must consume the instance's draws (draw it, or trace it); it returns `false` to stop.
+/// Returns the nanoseconds spent replaying, and `false` when `draw` stopped.
+pub fn walk_unit(
+    s: &Settings,
+    starts: &ClassStarts,
+    group: u32,
+    unit: &crate::render::Unit,
+    stats: &StageStats,
+    mut draw: impl FnMut(Instance) -> Result<bool>,
+) -> Result<(u64, bool)> {
+    let t0 = Instant::now();
+    let mut rng = starts.get(&unit.class).cloned().ok_or_else(|| {
+        crate::Error::Other(format!(
+            "internal: no stream start for class {}",
+            unit.class
+        ))
+    })?;
+    let p: ClassParams = s.draw_class(&mut rng);
+    let circle = unit_circle(p.vertices);
+    stats.clouds.fetch_add(1, Ordering::Relaxed);
+    let mut order: Vec<(u32, usize)> = unit
+        .instances
+        .iter()
+        .enumerate()
+        .map(|(slot, &i)| (unit.row * group + i, slot))
+        .collect();
+    order.sort_unstable();
+    let mut shape = p.first;
+    let mut next = 0u32;
+    let mut replay_ns = t0.elapsed().as_nanos() as u64;
+    for (k, slot) in order {
+        let t1 = Instant::now();
+        while next < k {
+            s.skip_instance(&mut rng, &p);
+            shape = s.draw_next_shape(&mut rng);
+            next += 1;
+        }
+        replay_ns += t1.elapsed().as_nanos() as u64;
+        let go = draw(Instance {
+            rng: &mut rng,
+            params: &p,
+            shape: &shape,
+            circle: &circle,
+            slot,
+        })?;
+        shape = s.draw_next_shape(&mut rng);
+        next += 1;
+        if !go {
+            return Ok((replay_ns, false));
+        }
+    }
+    Ok((replay_ns, true))
+}
+
 pub struct CpuStage<'a> {
     settings: &'a Settings,
     starts: &'a ClassStarts,
@@ -93,58 +159,22 @@ impl Stage for CpuStage<'_> {
         let s = self.settings;
         while let Some(units) = feed.claim(1) {
             for (id, unit) in units {
-                let t0 = Instant::now();
-                let mut rng = self.starts.get(&unit.class).cloned().ok_or_else(|| {
-                    crate::Error::Other(format!(
-                        "internal: no stream start for class {}",
-                        unit.class
-                    ))
-                })?;
-                let p: ClassParams = s.draw_class(&mut rng);
-                let circle = unit_circle(p.vertices);
-                self.stats.clouds.fetch_add(1, Ordering::Relaxed);
-                // Instances in stream order, each with its slot in the unit.
-                let mut order: Vec<(u32, usize)> = unit
-                    .instances
-                    .iter()
-                    .enumerate()
-                    .map(|(slot, &i)| (unit.row * self.group + i, slot))
-                    .collect();
-                order.sort_unstable();
-                let mut shape = p.first;
-                let mut next = 0u32;
-                let mut replay_ns = t0.elapsed().as_nanos() as u64;
-                for (k, slot) in order {
-                    let t1 = Instant::now();
-                    while next < k {
-                        s.skip_instance(&mut rng, &p);
-                        shape = s.draw_next_shape(&mut rng);
-                        next += 1;
-                    }
-                    replay_ns += t1.elapsed().as_nanos() as u64;
-                    let t2 = Instant::now();
+                let (stats, scratch) = (self.stats, &mut self.scratch);
+                let (replay_ns, go) = walk_unit(s, self.starts, self.group, &unit, stats, |i| {
+                    let t0 = Instant::now();
                     let mut pixels = Vec::new();
-                    draw_instance(
-                        s,
-                        &mut rng,
-                        &p,
-                        &shape,
-                        &circle,
-                        &mut self.scratch,
-                        &mut pixels,
-                    );
-                    shape = s.draw_next_shape(&mut rng);
-                    next += 1;
-                    StageStats::add(&self.stats.raster_ns, t2);
-                    if !feed.emit(Canvas {
+                    draw_instance(s, i.rng, i.params, i.shape, i.circle, scratch, &mut pixels);
+                    StageStats::add(&stats.raster_ns, t0);
+                    Ok(feed.emit(Canvas {
                         unit: id,
-                        slot,
+                        slot: i.slot,
                         pixels,
-                    }) {
-                        return Ok(());
-                    }
+                    }))
+                })?;
+                stats.chaos_ns.fetch_add(replay_ns, Ordering::Relaxed);
+                if !go {
+                    return Ok(());
                 }
-                self.stats.chaos_ns.fetch_add(replay_ns, Ordering::Relaxed);
             }
         }
         Ok(())
