@@ -166,7 +166,10 @@ pub fn raster(
         DrawMode::PatchGray | DrawMode::PatchColor => match cfg.masks {
             MaskRng::Counter { seed } => {
                 let key = MaskKey::new(seed, class_key, row, instance);
-                draw_patches(cloud, w, h, canvas, label, |i| key.mask(i as u32));
+                // All masks first, in a loop of independent hashes the compiler vectorises, then
+                // the scatter (one loop doing both waits on each point's hash chain).
+                let masks: Vec<u16> = (0..cloud.xs.len() as u32).map(|i| key.mask(i)).collect();
+                draw_patches(cloud, w, h, canvas, label, |i| masks[i]);
             }
             MaskRng::Python { seed } => {
                 let masks = super::python_masks(seed, instance, cloud.xs.len());
