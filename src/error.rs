@@ -28,6 +28,10 @@ pub enum Error {
     #[error("PNG encoding failed: {0}")]
     Png(String),
 
+    /// Stopped on request ([`crate::interrupt`], Ctrl-C in Python).
+    #[error("interrupted")]
+    Interrupted,
+
     /// Anything else, with its context already in the message.
     #[error("{0}")]
     Other(String),

@@ -22,6 +22,19 @@ macro_rules! say_raw {
     }};
 }
 
+static INTERRUPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks every running search and pipeline of this process to stop (the Python package sets it on
+/// Ctrl-C); they return [`Error::Interrupted`]. `false` clears it for the next call.
+pub fn interrupt(on: bool) {
+    INTERRUPT.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether [`interrupt`] asked the work to stop.
+pub fn interrupted() -> bool {
+    INTERRUPT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub mod bench;
 pub mod cli;
 pub mod cluster;
@@ -33,6 +46,8 @@ pub mod memory;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
+#[cfg(feature = "pyo3")]
+pub mod python;
 pub mod rcdb;
 pub mod render;
 pub mod rng;

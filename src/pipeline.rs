@@ -183,6 +183,14 @@ struct ThreadFeed<'a> {
 }
 
 impl ThreadFeed<'_> {
+    /// The run is stopping: an error elsewhere, or an interrupt (which becomes the run's error).
+    fn stopping(&self) -> bool {
+        if crate::interrupted() {
+            self.abort.set(Error::Interrupted);
+        }
+        self.abort.is_set()
+    }
+
     fn take(&mut self, got: Vec<(u64, Job)>) -> Vec<(u64, Unit)> {
         got.into_iter()
             .map(|(i, j)| {
@@ -196,7 +204,7 @@ impl ThreadFeed<'_> {
 
 impl Feed for ThreadFeed<'_> {
     fn try_claim(&mut self, max: usize) -> Option<Vec<(u64, Unit)>> {
-        if self.abort.is_set() {
+        if self.stopping() {
             return None;
         }
         let got = self.jobs.try_claim(max.max(1))?;
@@ -204,7 +212,7 @@ impl Feed for ThreadFeed<'_> {
     }
 
     fn claim(&mut self, max: usize) -> Option<Vec<(u64, Unit)>> {
-        if self.abort.is_set() {
+        if self.stopping() {
             return None;
         }
         let got = self.jobs.claim(max.max(1))?;
@@ -232,7 +240,7 @@ impl Feed for ThreadFeed<'_> {
         if *left == 0 {
             self.waiting.remove(&c.unit);
         }
-        !self.abort.is_set()
+        !self.stopping()
             && self
                 .tx
                 .send(Raster {

@@ -174,6 +174,9 @@ pub fn run(cfg: &SearchConfig, mut on_accept: impl FnMut(usize, usize)) -> Resul
     let batch = if engine.is_some() { 64 } else { batch };
     let mut last_note = std::time::Instant::now();
     while stats.accepted < cfg.categories {
+        if crate::interrupted() {
+            return Err(Error::Interrupted);
+        }
         let cands: Vec<Candidate> = (0..batch)
             .map(|_| next_candidate(&mut rng, cfg.points))
             .collect();

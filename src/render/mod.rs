@@ -392,6 +392,19 @@ pub fn write_flip(
     out: &mut Vec<u8>,
 ) {
     out.resize(width * height * channels, 0);
+    write_flip_into(canvas, width, height, flip, pal, channels, out);
+}
+
+/// [`write_flip`] into a slice of exactly `width * height * channels` bytes.
+pub fn write_flip_into(
+    canvas: &[u8],
+    width: usize,
+    height: usize,
+    flip: u8,
+    pal: &[[u8; 3]; 256],
+    channels: usize,
+    out: &mut [u8],
+) {
     for r in 0..height {
         let dst = &mut out[r * width * channels..(r + 1) * width * channels];
         flip_row(canvas, width, height, flip, r, pal, channels, dst);

@@ -1,0 +1,220 @@
+"""fractaldb: the original FractalDB generator's exact images, fast, from Python.
+
+- :func:`search` finds categories (the CSVs of ``fractaldb search``),
+- :func:`render` writes a dataset (folders or WebDataset shards, as ``fractaldb render``),
+- :class:`FractalDB` draws any sample in memory, pixel-identical to the PNG ``render`` writes,
+- :mod:`fractaldb.torch` streams samples into a PyTorch ``DataLoader`` with no disk.
+
+All of it runs the Rust engine of the ``fractaldb`` command (no second implementation). Long calls
+release the GIL and stop on Ctrl-C (``KeyboardInterrupt``). Bad input raises ``ValueError`` (with the
+file and line, or the flag) or ``OSError``, with the command line's messages.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+__all__ = ["search", "render", "FractalDB", "ClassInfo", "run"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _engine():
+    # Imported on first use, so that importing the package (e.g. before a DataLoader forks) creates
+    # no engine state.
+    import importlib
+
+    return importlib.import_module("fractaldb._native")
+
+
+def _flags(flags: dict) -> List[str]:
+    """Keyword arguments as command-line flags: ``image_size_x=64`` -> ``--image-size-x 64``;
+    True -> the bare flag, False/None -> nothing, a list -> comma-joined."""
+    out: List[str] = []
+    for k, v in flags.items():
+        if v is None or v is False:
+            continue
+        name = "--" + k.replace("_", "-")
+        if v is True:
+            out.append(name)
+        elif isinstance(v, (list, tuple)):
+            out += [name, ",".join(str(x) for x in v)]
+        else:
+            out += [name, os.fspath(v) if isinstance(v, os.PathLike) else str(v)]
+    return out
+
+
+def run(*argv: str) -> None:
+    """Runs a ``fractaldb`` command line (``run("render", "--help")``); raises on failure."""
+    code = _engine().cli(["fractaldb", *argv])
+    if code != 0:
+        raise ValueError(f"fractaldb {' '.join(argv)}: exit code {code} (see the message above)")
+
+
+class ClassInfo(NamedTuple):
+    """A category: its name (``00000``), its CSV file, and its maps as rows of
+    (a, b, c, d, e, f, probability)."""
+
+    name: str
+    path: str
+    maps: List[Tuple[float, ...]]
+
+
+def search(
+    categories: int = 1000,
+    rate: float = 0.2,
+    points: int = 100_000,
+    seed: int = 1,
+    out: Optional[PathLike] = None,
+    **flags,
+) -> List[ClassInfo]:
+    """The category search (``fractaldb search``): writes
+    ``{out}/csv_rate{rate}_category{categories}/*.csv`` (default ``out``: ``./data``) and returns the
+    classes found, in order. Extra keyword arguments are more flags (``threads=4``, ``quiet=True``)."""
+    out = os.fspath(out) if out is not None else "./data"
+    run(
+        "search",
+        *_flags(dict(categories=categories, rate=rate, points=points, seed=seed, out=out, **flags)),
+    )
+    folder = os.path.join(out, f"csv_rate{rate}_category{categories}")
+    classes = []
+    for name in sorted(f for f in os.listdir(folder) if f.endswith(".csv")):
+        path = os.path.join(folder, name)
+        with open(path, newline="") as f:
+            maps = [tuple(float(x) for x in row) for row in csv.reader(f) if row]
+        classes.append(ClassInfo(name[:-4], path, maps))
+    return classes
+
+
+def render(load_root: PathLike, out: PathLike, **render_flags) -> None:
+    """Writes a dataset as ``fractaldb render --load-root LOAD_ROOT --out OUT ...`` does (the same
+    files), with its progress bar. ``render_flags`` are its flags: ``instance=10``,
+    ``format="wds"``, ``flips=[0, 1]``, ``quiet=True``..."""
+    run("render", "--load-root", os.fspath(load_root), "--out", os.fspath(out), *_flags(render_flags))
+
+
+class FractalDB:
+    """A FractalDB dataset drawn on demand: ``sample(i)`` is sample ``i`` of the plan's canonical
+    order, pixel-identical to the PNG ``fractaldb render`` writes for it with the same settings.
+
+    The order is class-major: sample ``i`` is (class, weight row, instance, flip) with ``flip``
+    varying fastest, over the selected weight rows and flips; ``file_name(i)`` is its path in the
+    folder layout (``00000/00000_02_count_3_flip1.png``) and ``key(i)`` its 4 indices.
+    Consecutive samples of one (class, weight row) compute its point cloud once.
+
+    ``classes`` is a folder of class CSVs. ``weights`` is a weights CSV or ``builtin:S``;
+    ``mask_rng`` ``"counter[:S]"`` (default, keyed by ``seed``) or ``"python:S"`` (the original's
+    seeded masks); ``flips`` a list of 0..3; ``backend`` is accepted for symmetry with ``render``
+    (samples are drawn by the CPU engine). Nothing native is created until the first call, so an
+    instance can be made before a DataLoader forks its workers.
+    """
+
+    def __init__(
+        self,
+        classes: PathLike,
+        *,
+        image_size: int = 362,
+        iteration: int = 200_000,
+        draw_type: str = "patch_gray",
+        weights: str = "builtin:0.4",
+        instances: int = 10,
+        flips: Sequence[int] = (0, 1, 2, 3),
+        seed: int = 0,
+        mask_rng: Optional[str] = None,
+        backend: str = "auto",
+        weight_rows: Optional[str] = None,
+        png_gray: bool = False,
+    ) -> None:
+        self._argv = _flags(
+            dict(
+                load_root=os.fspath(classes),
+                image_size_x=image_size,
+                image_size_y=image_size,
+                iteration=iteration,
+                draw_type=draw_type,
+                weight_csv=os.fspath(weights) if isinstance(weights, os.PathLike) else weights,
+                instance=instances,
+                flips=list(flips),
+                seed=seed,
+                mask_rng=mask_rng,
+                weight_rows=weight_rows,
+                png_gray=png_gray,
+                backend="cpu",
+                threads=1,
+                quiet=True,
+            )
+        )
+        self.backend = backend
+        self._pid: Optional[int] = None
+        self._ds = None
+        self._dataset()  # validate now: bad input raises here, with the file and line
+
+    def _dataset(self):
+        # One native dataset per process: a forked DataLoader worker makes its own on first use.
+        if self._ds is None or self._pid != os.getpid():
+            self._ds = _engine().Dataset(self._argv)
+            self._pid = os.getpid()
+        return self._ds
+
+    def __getstate__(self):
+        return {"_argv": self._argv, "backend": self.backend, "_pid": None, "_ds": None}
+
+    def __len__(self) -> int:
+        return len(self._dataset())
+
+    @property
+    def class_names(self) -> List[str]:
+        """Class names by label index."""
+        return self._dataset().class_names
+
+    def key(self, i: int) -> Tuple[int, int, int, int]:
+        """(class, weight row, instance, flip) of sample ``i``."""
+        return self._dataset().key(i)
+
+    def file_name(self, i: int) -> str:
+        """Where ``render --format folder`` writes sample ``i``, relative to its ``--out``."""
+        return self._dataset().file_name(i)
+
+    def sample(self, i: int, epoch: int = 0) -> Tuple[np.ndarray, int]:
+        """Sample ``i``: (uint8 array H x W x 3, or H x W x 1 with ``png_gray``; its class label).
+        ``epoch`` > 0 draws other instances of the same clouds (the render's ``--epoch``)."""
+        ds = self._dataset()
+        data, label = ds.sample(i, epoch)
+        return np.frombuffer(data, dtype=np.uint8).reshape(ds.shape), label
+
+    def sample_into(self, i: int, out: np.ndarray, epoch: int = 0) -> int:
+        """Writes sample ``i`` into ``out`` (a writable, C-contiguous uint8 array of the sample's
+        shape, e.g. a row of a batch) with no intermediate copy; returns its label."""
+        ds = self._dataset()
+        if not (
+            isinstance(out, np.ndarray)
+            and out.dtype == np.uint8
+            and out.flags.c_contiguous
+            and out.flags.writeable
+            and out.size == int(np.prod(ds.shape))
+        ):
+            raise ValueError(f"sample_into needs a writable C-contiguous uint8 array of shape {ds.shape}")
+        return ds._sample_into_address(i, out.ctypes.data, out.size, epoch)
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        """(height, width, channels) of every sample."""
+        return tuple(self._dataset().shape)
+
+    @property
+    def per_cloud(self) -> int:
+        """Samples per point cloud (class x weight row): ids ``[k * per_cloud, (k+1) * per_cloud)``
+        share cloud ``k``."""
+        return self._dataset().per_cloud
+
+    def __getitem__(self, i: int) -> Tuple[np.ndarray, int]:
+        if i < 0:
+            i += len(self)
+        return self.sample(i)
+
+    def __iter__(self) -> Iterable[Tuple[np.ndarray, int]]:
+        for i in range(len(self)):
+            yield self.sample(i)

@@ -1,0 +1,317 @@
+//! The Python extension (`fractaldb._native`, built by maturin with the `pyo3` feature): a thin
+//! layer over the same library as the command line. `cli` runs any command; `Dataset` draws single
+//! samples of a render plan in memory, pixel-identical to the PNGs `render` writes.
+//!
+//! Long calls release the GIL and run on a worker thread while the calling thread checks Python's
+//! signals every 50 ms: Ctrl-C sets [`crate::interrupt`], the work stops at its next claim, and
+//! `KeyboardInterrupt` is raised.
+
+use crate::error::Error;
+use crate::plan::Plan;
+use crate::render::{self, RenderConfig};
+use pyo3::exceptions::{PyIndexError, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyByteArray;
+use std::sync::Mutex;
+
+/// Our errors as Python exceptions: bad input (a file and line, a flag) is `ValueError`, a failed
+/// file operation `OSError`, the rest `RuntimeError`; the message is the command line's.
+fn to_py(e: Error) -> PyErr {
+    match e {
+        Error::Input { .. } | Error::Flag { .. } => PyValueError::new_err(e.to_string()),
+        Error::Io { .. } => PyOSError::new_err(e.to_string()),
+        _ => PyRuntimeError::new_err(e.to_string()),
+    }
+}
+
+/// Runs `work` on a scoped thread with the GIL released, checking Python's signals meanwhile; a
+/// signal's exception (KeyboardInterrupt) stops the work and is raised once it has stopped.
+fn interruptible<T: Send>(
+    py: Python<'_>,
+    work: impl FnOnce() -> crate::Result<T> + Send,
+) -> PyResult<T> {
+    std::thread::scope(|s| {
+        let h = s.spawn(work);
+        let mut raised: Option<PyErr> = None;
+        while !h.is_finished() {
+            py.detach(|| std::thread::sleep(std::time::Duration::from_millis(50)));
+            if raised.is_none()
+                && let Err(e) = py.check_signals()
+            {
+                crate::interrupt(true);
+                raised = Some(e);
+            }
+        }
+        let r = h.join();
+        crate::interrupt(false);
+        if let Some(e) = raised {
+            return Err(e);
+        }
+        match r {
+            Ok(r) => r.map_err(to_py),
+            Err(_) => Err(PyRuntimeError::new_err("fractaldb: internal error (panic)")),
+        }
+    })
+}
+
+/// Runs the command line with `argv` (`argv[0]` is the program name); returns the exit code. Help
+/// and usage errors print as the binary prints them; other errors raise.
+#[pyfunction]
+fn cli(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
+    use clap::Parser;
+    let parsed = match crate::cli::Cli::try_parse_from(&argv) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = e.exit_code();
+            let _ = e.print();
+            return Ok(code);
+        }
+    };
+    interruptible(py, move || crate::cli::run(parsed)).map(|()| 0)
+}
+
+/// A render plan drawn one sample at a time (`sample(i)`), in the plan's canonical order: class,
+/// weight row, instance, flip (the `render` flags' selections applied).
+#[pyclass(module = "fractaldb._native")]
+struct Dataset {
+    plan: Plan,
+    cfg: RenderConfig,
+    u: Vec<f64>,
+    gray: bool,
+    /// The last cloud and canvas drawn: consecutive samples of a cloud compute it once, and the
+    /// flips of an instance draw its canvas once.
+    cache: Mutex<Option<Last>>,
+}
+
+/// The last cloud by (class, weight row), with the buffers that made it, and the last canvas by
+/// (instance, epoch).
+struct Last {
+    cloud_key: (u32, u32),
+    cloud: crate::ifs::Cloud,
+    scratch: render::cpu::Scratch,
+    canvas_key: Option<(u32, u64)>,
+    canvas: Vec<u8>,
+    /// The last sample's pixels (reused: a fresh 400 KB buffer per sample costs page faults).
+    out: Vec<u8>,
+    out_key: Option<(crate::plan::Sample, u64)>,
+}
+
+#[pymethods]
+impl Dataset {
+    /// `argv`: `render` flags as on the command line (`--load-root DIR --instance 10 ...`).
+    #[new]
+    fn new(py: Python<'_>, argv: Vec<String>) -> PyResult<Self> {
+        use clap::Parser;
+        let mut full = vec!["fractaldb".to_string(), "render".to_string()];
+        full.extend(argv);
+        let cli = crate::cli::Cli::try_parse_from(&full)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let crate::cli::Command::Render(args) = cli.cmd else {
+            unreachable!("parsed as render")
+        };
+        let opts = args.to_options().map_err(to_py)?;
+        let plan = interruptible(py, || crate::generate::load_plan(&opts))?;
+        Ok(Dataset {
+            u: crate::generate::chaos_sequence(opts.cfg.iterations),
+            gray: opts.png.gray,
+            cfg: opts.cfg,
+            plan,
+            cache: Mutex::new(None),
+        })
+    }
+
+    fn __len__(&self) -> usize {
+        self.plan.total() as usize
+    }
+
+    /// Class names by label.
+    #[getter]
+    fn class_names(&self) -> Vec<String> {
+        self.plan.classes.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// (height, width, channels) of every sample.
+    #[getter]
+    fn shape(&self) -> (usize, usize, usize) {
+        (
+            self.cfg.height as usize,
+            self.cfg.width as usize,
+            if self.gray { 1 } else { 3 },
+        )
+    }
+
+    /// Sample `i` of epoch `epoch` written to `len` bytes at `address` (a row of a batch tensor:
+    /// no intermediate copy); returns its label. Only for `fractaldb.FractalDB.sample_into`, which
+    /// passes a live, writable, C-contiguous uint8 array of exactly `shape` bytes (the buffer
+    /// protocol is not in the stable ABI before Python 3.11).
+    #[pyo3(signature = (i, address, len, epoch = 0))]
+    fn _sample_into_address(
+        &self,
+        py: Python<'_>,
+        i: u64,
+        address: usize,
+        len: usize,
+        epoch: u64,
+    ) -> PyResult<u32> {
+        let s = self.sample_of(i)?;
+        self.check_epoch(epoch)?;
+        let (h, w, c) = self.shape();
+        if len != h * w * c || address == 0 {
+            return Err(PyValueError::new_err(format!(
+                "sample_into needs {h}x{w}x{c} bytes, got {len} at {address:#x}"
+            )));
+        }
+        py.detach(|| self.draw_canvas(s, epoch)).map_err(to_py)?;
+        let guard = self.cache.lock().unwrap();
+        let last = guard.as_ref().expect("drawn");
+        // SAFETY: the Python wrapper passes the data pointer of a writable, C-contiguous uint8
+        // array of exactly `len` bytes that it keeps alive for this call (checked there); nothing
+        // else in Rust refers to that memory.
+        let dst = unsafe { std::slice::from_raw_parts_mut(address as *mut u8, len) };
+        let pal = render::palette(self.cfg.mode);
+        render::write_flip_into(&last.canvas, w, h, s.flip, &pal, c, dst);
+        Ok(s.class)
+    }
+
+    /// Samples per cloud (class x weight row): consecutive ids share a cloud.
+    #[getter]
+    fn per_cloud(&self) -> u64 {
+        self.plan.per_cloud()
+    }
+
+    /// (class, weight row, instance, flip) of sample `i`.
+    fn key(&self, i: u64) -> PyResult<(u32, u32, u32, u8)> {
+        let s = self.sample_of(i)?;
+        Ok((s.class, s.row, s.instance, s.flip))
+    }
+
+    /// The path `render --format folder` writes sample `i` to, relative to its `--out`.
+    fn file_name(&self, i: u64) -> PyResult<String> {
+        let s = self.sample_of(i)?;
+        let p = crate::sink::folder::image_path(std::path::Path::new(""), &self.plan, s);
+        Ok(p.to_string_lossy().into_owned())
+    }
+
+    /// Sample `i` of epoch `epoch`: (the pixels, row-major, `shape` bytes; its label).
+    #[pyo3(signature = (i, epoch = 0))]
+    fn sample<'py>(
+        &self,
+        py: Python<'py>,
+        i: u64,
+        epoch: u64,
+    ) -> PyResult<(Bound<'py, PyByteArray>, u32)> {
+        let s = self.sample_of(i)?;
+        self.check_epoch(epoch)?;
+        py.detach(|| self.draw(s, epoch)).map_err(to_py)?;
+        // Another thread may draw in between: the sample is drawn again if the cache moved on.
+        let guard = self.cache.lock().unwrap();
+        match guard.as_ref() {
+            Some(last) if last.out_key == Some((s, epoch)) => {
+                Ok((PyByteArray::new(py, &last.out), s.class))
+            }
+            _ => {
+                drop(guard);
+                self.draw(s, epoch).map_err(to_py)?;
+                let guard = self.cache.lock().unwrap();
+                Ok((PyByteArray::new(py, &guard.as_ref().unwrap().out), s.class))
+            }
+        }
+    }
+}
+
+impl Dataset {
+    fn check_epoch(&self, epoch: u64) -> PyResult<()> {
+        if epoch > 0
+            && (!self.cfg.mode.is_patch() || self.cfg.masks.for_epoch(epoch) == self.cfg.masks)
+        {
+            return Err(PyValueError::new_err(format!(
+                "epoch {epoch}: draw type {} with masks {} has no per-instance randomness, so every epoch is the same",
+                self.cfg.mode, self.cfg.masks
+            )));
+        }
+        Ok(())
+    }
+
+    fn sample_of(&self, i: u64) -> PyResult<crate::plan::Sample> {
+        if i >= self.plan.total() {
+            return Err(PyIndexError::new_err(format!(
+                "sample {i} of a dataset of {}",
+                self.plan.total()
+            )));
+        }
+        Ok(self.plan.sample(i))
+    }
+
+    /// Draws sample `s` of epoch `epoch` into the cache's `out`.
+    fn draw(&self, s: crate::plan::Sample, epoch: u64) -> crate::Result<()> {
+        self.draw_canvas(s, epoch)?;
+        let mut guard = self.cache.lock().unwrap();
+        let last = guard.as_mut().expect("drawn");
+        render::write_flip(
+            &last.canvas,
+            self.cfg.width as usize,
+            self.cfg.height as usize,
+            s.flip,
+            &render::palette(self.cfg.mode),
+            if self.gray { 1 } else { 3 },
+            &mut last.out,
+        );
+        last.out_key = Some((s, epoch));
+        Ok(())
+    }
+
+    /// Makes the cache hold the canvas of sample `s` of epoch `epoch` (its cloud computed once).
+    fn draw_canvas(&self, s: crate::plan::Sample, epoch: u64) -> crate::Result<()> {
+        let class = &self.plan.classes[s.class as usize];
+        let mut guard = self.cache.lock().unwrap();
+        if guard
+            .as_ref()
+            .is_none_or(|c| c.cloud_key != (s.class, s.row))
+        {
+            let old = guard.take();
+            let mut last = Last {
+                cloud_key: (s.class, s.row),
+                cloud: crate::ifs::Cloud::default(),
+                scratch: old.map(|o| o.scratch).unwrap_or_default(),
+                canvas_key: None,
+                canvas: Vec::new(),
+                out: Vec::new(),
+                out_key: None,
+            };
+            render::cpu::compute_cloud(
+                &class.ifs,
+                &self.plan.weights[s.row as usize],
+                &self.u,
+                &self.cfg,
+                &mut last.scratch,
+                &mut last.cloud,
+            )
+            .map_err(|why| render::cpu::degenerate_error(&class.path, s.row as usize, why))?;
+            *guard = Some(last);
+        }
+        let last = guard.as_mut().unwrap();
+        if last.canvas_key != Some((s.instance, epoch)) {
+            let cfg = RenderConfig {
+                masks: self.cfg.masks.for_epoch(epoch),
+                ..self.cfg.clone()
+            };
+            render::cpu::raster(
+                &last.cloud,
+                &cfg,
+                class.key,
+                s.row,
+                s.instance,
+                &mut last.canvas,
+            );
+            last.canvas_key = Some((s.instance, epoch));
+        }
+        Ok(())
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(cli, m)?)?;
+    m.add_class::<Dataset>()?;
+    Ok(())
+}

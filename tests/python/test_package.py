@@ -1,0 +1,221 @@
+"""The installed wheel: samples equal the PNGs the Rust binary writes, the DataLoader dataset yields
+each sample once over workers and ranks, errors are Python exceptions, Ctrl-C stops a long call, and
+the console script is the binary's command line."""
+import csv
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fractaldb
+from conftest import run
+
+SMALL = dict(image_size=48, iteration=3000, instances=2)
+
+
+def small_flags(**extra):
+    f = ["--image-size-x", "48", "--image-size-y", "48", "--iteration", "3000", "--instance", "2"]
+    for k, v in extra.items():
+        f += ["--" + k.replace("_", "-"), str(v)]
+    return f
+
+
+def png(path):
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+@pytest.mark.parametrize(
+    "draw_type,mask_rng,flips",
+    [
+        ("patch_gray", None, (0, 1, 2, 3)),
+        ("patch_color", "python:7", (0, 1, 2, 3)),
+        ("point_color", None, (1, 3)),
+        ("patch_gray", "counter:5", (2,)),
+    ],
+)
+def test_samples_equal_the_binarys_pngs(tmp_path, binary, classes, draw_type, mask_rng, flips):
+    extra = dict(draw_type=draw_type, flips=",".join(map(str, flips)))
+    if mask_rng:
+        extra["mask_rng"] = mask_rng
+    run(binary, "render", "-q", "--load-root", str(classes), "--out", str(tmp_path), *small_flags(**extra))
+    ds = fractaldb.FractalDB(classes, draw_type=draw_type, mask_rng=mask_rng, flips=flips, **SMALL)
+    assert len(ds) == len([p for _, _, fs in os.walk(tmp_path) for p in fs if p.endswith(".png")])
+    for i in range(len(ds)):
+        image, label = ds.sample(i)
+        assert image.shape == (48, 48, 3) and image.dtype == np.uint8
+        assert label == ds.key(i)[0]
+        assert np.array_equal(image, png(tmp_path / ds.file_name(i))), ds.file_name(i)
+
+
+def test_golden_files_with_the_originals_masks(reference, tmp_path):
+    """The original's own images (python:12345 masks), drawn in memory."""
+    rows = list(csv.DictReader(open(os.path.join(reference, "golden", "manifest.csv"))))
+    classes = tmp_path / "c"
+    classes.mkdir()
+    (classes / "00000.csv").write_bytes(open(os.path.join(reference, "categories", "00000.csv"), "rb").read())
+    weights = os.path.join(reference, "weights", "weights_0.4.csv")
+    checked = 0
+    for mode in sorted({r["mode"] for r in rows}):
+        ds = fractaldb.FractalDB(classes, draw_type=mode, mask_rng="python:12345", instances=1, weights=weights)
+        names = {ds.file_name(i): i for i in range(len(ds))}
+        for r in rows:
+            if r["mode"] != mode:
+                continue
+            i = names[os.path.relpath(r["file"], mode)]
+            image, _ = ds.sample(i)
+            assert np.array_equal(image, png(os.path.join(reference, "golden", r["file"]))), r["file"]
+            checked += 1
+    assert checked == len(rows) == 16
+
+
+def digest(image):
+    return hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+def rendered(tmp_path, binary, classes, *extra):
+    out = tmp_path / "r"
+    run(binary, "render", "-q", "--load-root", str(classes), "--out", str(out), *small_flags(), *extra)
+    return sorted(digest(png(os.path.join(d, f))) for d, _, fs in os.walk(out) for f in fs if f.endswith(".png"))
+
+
+def test_dataloader_with_two_workers_yields_every_sample_once(tmp_path, binary, classes):
+    torch = pytest.importorskip("torch", reason="pip install torch")  # CI installs it
+    from fractaldb.torch import FractalDBIterable
+
+    ds = FractalDBIterable(classes, shuffle_buffer=32, **SMALL)
+    loader = torch.utils.data.DataLoader(ds, batch_size=16, num_workers=2)
+    got, labels = [], []
+    for x, y in loader:
+        got += [digest(im.numpy()) for im in x]
+        labels += y.tolist()
+    assert len(got) == len(ds) == 400
+    assert sorted(got) == rendered(tmp_path, binary, classes)
+    assert sorted(set(labels)) == [0, 1]
+    # The shuffle buffer mixes: the first 16 are not the plan's first 16.
+    first = [digest(fractaldb.FractalDB(classes, **SMALL).sample(i)[0]) for i in range(16)]
+    assert got[:16] != first
+
+
+def test_batch_mode_yields_the_same_samples_in_the_same_order(classes):
+    torch = pytest.importorskip("torch", reason="pip install torch")
+    from fractaldb.torch import FractalDBIterable
+
+    one_gray = [digest(im.numpy()) for im, _ in FractalDBIterable(classes, shuffle_buffer=48, **SMALL)]
+    for draw_type in ("patch_gray", "patch_color"):
+        one = [digest(im.numpy()) for im, _ in FractalDBIterable(classes, draw_type=draw_type, shuffle_buffer=48, **SMALL)]
+        batched = FractalDBIterable(classes, draw_type=draw_type, shuffle_buffer=48, batch_size=64, **SMALL)
+        loader = torch.utils.data.DataLoader(batched, batch_size=None, num_workers=0)
+        got, sizes = [], []
+        for images, labels in loader:
+            assert images.dtype == torch.uint8 and images.shape[1:] == (48, 48, 3)
+            sizes.append(len(labels))
+            got += [digest(im.contiguous().numpy()) for im in images]
+        assert got == one, draw_type
+        assert sizes == [64] * 6 + [16]
+    # Two workers: batches cross shared memory (gray ones as one channel, expanded to RGB).
+    loader = torch.utils.data.DataLoader(
+        FractalDBIterable(classes, shuffle_buffer=48, batch_size=64, **SMALL), batch_size=None, num_workers=2
+    )
+    got = sorted(digest(im.contiguous().numpy()) for images, _ in loader for im in images)
+    assert got == sorted(one_gray)
+
+
+def test_ranks_split_disjointly_with_equal_counts(tmp_path, binary, classes):
+    pytest.importorskip("torch", reason="pip install torch")
+    from fractaldb.torch import FractalDBIterable
+
+    parts = [
+        [digest(im.numpy()) for im, _ in FractalDBIterable(classes, rank=r, world_size=2, **SMALL)] for r in range(2)
+    ]
+    assert len(parts[0]) == len(parts[1]) == 200
+    assert not set(parts[0]) & set(parts[1])
+    assert sorted(parts[0] + parts[1]) == rendered(tmp_path, binary, classes)
+    # 3 ranks: 400 samples do not split evenly; every rank still yields ceil(400 / 3).
+    counts = [len(list(FractalDBIterable(classes, rank=r, world_size=3, shuffle_buffer=0, **SMALL))) for r in range(3)]
+    assert counts == [134, 134, 134]
+
+
+def test_set_epoch_draws_the_renders_epoch(tmp_path, binary, classes):
+    pytest.importorskip("torch", reason="pip install torch")
+    from fractaldb.torch import FractalDBIterable
+
+    ds = FractalDBIterable(classes, shuffle_buffer=0, **SMALL)
+    ds.set_epoch(3)
+    got = sorted(digest(im.numpy()) for im, _ in ds)
+    assert got == rendered(tmp_path, binary, classes, "--epoch", "3")
+    assert got != rendered(tmp_path / "e0", binary, classes)
+
+
+def test_bad_input_raises_with_file_and_line(tmp_path, classes):
+    d = tmp_path / "c"
+    d.mkdir()
+    (d / "00000.csv").write_text("0.1,0.2,0.3,0.4,0.5,0.6,0.5\nnot,a,number,0,0,0,0.5\n")
+    with pytest.raises(ValueError, match=r"00000\.csv:2"):
+        fractaldb.FractalDB(d)
+    with pytest.raises(ValueError, match="no such class directory"):
+        fractaldb.FractalDB(tmp_path / "missing")
+    with pytest.raises(OSError, match="weights.csv"):
+        fractaldb.FractalDB(classes, weights=str(tmp_path / "weights.csv"))
+    with pytest.raises(ValueError, match="--image-size"):
+        fractaldb.FractalDB(classes, image_size=0)
+    with pytest.raises(IndexError):
+        fractaldb.FractalDB(classes, **SMALL).sample(10**9)
+
+
+def test_ctrl_c_stops_a_long_render_within_a_second(tmp_path, classes):
+    code = (
+        "import fractaldb, sys\n"
+        "try:\n"
+        f"    fractaldb.render({str(classes)!r}, {str(tmp_path / 'o')!r}, instance=1000, quiet=True, threads=1)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted'); sys.exit(3)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    assert p.poll() is None, p.communicate()
+    t0 = time.time()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert time.time() - t0 < 1.5, f"took {time.time() - t0:.1f}s"
+    assert p.returncode == 3 and "interrupted" in out, (out, err)
+
+
+def test_console_script_is_the_binarys_command_line(tmp_path, binary):
+    script = os.path.join(os.path.dirname(sys.executable), "fractaldb")
+    assert run(script, "--version").stdout == run(binary, "--version").stdout
+    for tool, out in ((script, tmp_path / "py"), (binary, tmp_path / "bin")):
+        run(tool, "search", "-q", "--categories", "2", "--no-previews", "--out", str(out))
+        run(tool, "render", "-q", "--load-root", str(out / "csv_rate0.2_category2"), "--out", str(out / "img"), *small_flags())
+    a = sorted(os.path.relpath(os.path.join(d, f), tmp_path / "py") for d, _, fs in os.walk(tmp_path / "py") for f in fs)
+    b = sorted(os.path.relpath(os.path.join(d, f), tmp_path / "bin") for d, _, fs in os.walk(tmp_path / "bin") for f in fs)
+    assert a == b and len(a) > 400
+    for f in a:
+        assert open(tmp_path / "py" / f, "rb").read() == open(tmp_path / "bin" / f, "rb").read(), f
+    r = subprocess.run([script, "render", "--image-size-x", "0"], capture_output=True, text=True)
+    assert r.returncode != 0 and "--image-size" in r.stderr
+
+
+def test_the_docs_pretraining_snippet_runs(classes):
+    """docs/python.md's pre-training block, with small settings."""
+    pytest.importorskip("torch", reason="pip install torch")
+    import re
+
+    doc = open(os.path.join(os.path.dirname(__file__), "../../docs/python.md")).read()
+    block = doc.split("<!-- The block below is run by tests/python/test_package.py")[1]
+    code = re.search(r"```python\n(.*?)```", block, re.S).group(1)
+    for name, value in (
+        ("CLASSES", repr(str(classes))), ("EPOCHS", "2"), ("STEPS_PER_EPOCH", "2"), ("BATCH", "8"),
+        ("WORKERS", "2"), ("IMAGE_SIZE", "48"),
+    ):
+        code, n = re.subn(rf"^{name} = .*$", f"{name} = {value}", code, flags=re.M)
+        assert n == 1, name
+    code = code.replace("instances=10", "instances=2, iteration=3000")
+    scope = {}
+    exec(compile(code, "docs/python.md", "exec"), scope)
+    assert scope["epoch"] == 1 and scope["step"] == 2

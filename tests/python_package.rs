@@ -1,0 +1,60 @@
+//! The Python package: the wheel is built with maturin from this repository, installed into a fresh
+//! virtual environment (with the test requirements' numpy, Pillow, pytest and torch visible), and
+//! tests/python/ runs there with pytest against this build's binary and the reference data.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+#[test]
+fn the_wheel_passes_its_python_tests() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let wheels = tmp.path().join("wheels");
+    let out = Command::new("python3")
+        .args(["-m", "maturin", "build", "--release", "--quiet", "-o"])
+        .arg(&wheels)
+        .current_dir(root)
+        .output()
+        .expect("python3 -m maturin (pip install maturin)");
+    assert!(
+        out.status.success(),
+        "maturin build failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wheel = std::fs::read_dir(&wheels)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .expect("a wheel");
+    let venv = tmp.path().join("venv");
+    let ok = |c: &mut Command| {
+        let o = c.output().unwrap();
+        assert!(
+            o.status.success(),
+            "{c:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    ok(Command::new("python3")
+        .args(["-m", "venv", "--system-site-packages"])
+        .arg(&venv));
+    let py = venv.join("bin/python");
+    ok(Command::new(&py)
+        .args(["-m", "pip", "install", "-q", "--no-deps", "--no-index"])
+        .arg(&wheel));
+    let report = ok(Command::new(&py)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .arg(root.join("tests/python"))
+        .current_dir(tmp.path())
+        .env("FRACTALDB_BIN", env!("CARGO_BIN_EXE_fractaldb"))
+        .env("FRACTALDB_REFERENCE", reference()));
+    assert!(
+        report.contains("passed") && !report.contains("skipped"),
+        "{report}"
+    );
+}
