@@ -12,8 +12,13 @@ $bin render --load-root "$out/csv_rate0.2_category3" --out "$out/FractalDB-3" \
   --image-size-x 128 --image-size-y 128 --iteration 20000 --instance 2
 $bin render --load-root "$out/csv_rate0.2_category3" --out "$out/FractalDB-3-wds" --format wds \
   --image-size-x 128 --image-size-y 128 --iteration 20000 --instance 2 --samples-per-shard 200 --resume
+if python3 -c "import PIL" 2>/dev/null; then
+  python3 scripts/contact-sheet.py --bin "$bin" --classes 3 --size 128 --iteration 20000 --out "$out/contact-sheet.png"
+fi
 echo
 echo "class CSVs:  $out/csv_rate0.2_category3/"
 echo "previews:    $out/rate0.2_category3/"
 echo "images:      $out/FractalDB-3/00000/00000_02_count_0_flip0.png ..."
 echo "shards:      $out/FractalDB-3-wds/fractaldb-000000.tar ... (+ fractaldb-wids.json)"
+[ -f "$out/contact-sheet.png" ] && echo "overview:    $out/contact-sheet.png (the draw modes, the flips, RCDB)"
+echo "next:        docs/train.md (load it in PyTorch), docs/python.md (no files at all)"
