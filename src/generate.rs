@@ -335,12 +335,28 @@ pub(crate) fn fingerprint(opts: &RenderOptions, plan: &Plan, shards: bool) -> se
 }
 
 /// Shard output: this rank's blocks, one job per cloud of each block, in the layout's cloud order
-/// (the order each shard lists its samples in), images only for shards still to write.
-struct WdsJobs<'a> {
+/// (the order each shard lists its samples in), images only for shards still to write. Any family
+/// whose units are the layout's clouds uses it (RCDB: a cloud is a group of a class's instances).
+pub(crate) struct WdsJobs<'a> {
     layout: &'a Layout,
     todo: &'a wds::Todo,
     /// Jobs before each block of `todo.blocks`, and the total after the last.
     starts: Vec<u64>,
+}
+
+impl<'a> WdsJobs<'a> {
+    pub(crate) fn new(layout: &'a Layout, todo: &'a wds::Todo) -> Self {
+        let mut starts = vec![0u64];
+        for &g in &todo.blocks {
+            let c = layout.block_clouds(g);
+            starts.push(starts.last().unwrap() + (c.end - c.start));
+        }
+        WdsJobs {
+            layout,
+            todo,
+            starts,
+        }
+    }
 }
 
 impl IndexedJobs for WdsJobs<'_> {
@@ -384,11 +400,6 @@ fn run_wds(
         (rank, world),
     )?;
     crate::sink::write_class_list(&opts.out, plan, rank == 0)?;
-    let mut starts = vec![0u64];
-    for &g in &todo.blocks {
-        let c = layout.block_clouds(g);
-        starts.push(starts.last().unwrap() + (c.end - c.start));
-    }
     let todo_images: u64 = todo
         .shards
         .iter()
@@ -405,11 +416,7 @@ fn run_wds(
         &none_kept,
         Box::new(move || format!("shards {}/{ntodo}", written.load(Ordering::Relaxed))),
     );
-    let jobs = WdsJobs {
-        layout: &layout,
-        todo: &todo,
-        starts,
-    };
+    let jobs = WdsJobs::new(&layout, &todo);
     pipeline::run(
         ctx,
         &InOrder::new(&jobs),

@@ -426,25 +426,6 @@ fn run_folder(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
     })
 }
 
-/// Shard output: this rank's blocks, one job per (class, group of instances) in the layout's order.
-struct WdsJobs<'a> {
-    layout: &'a Layout,
-    todo: &'a wds::Todo,
-    starts: Vec<u64>,
-}
-
-impl IndexedJobs for WdsJobs<'_> {
-    fn count(&self) -> u64 {
-        *self.starts.last().unwrap()
-    }
-    fn job(&self, i: u64) -> Job {
-        let b = self.starts.partition_point(|&s| s <= i) - 1;
-        let g = self.todo.blocks[b];
-        let q = self.layout.block_clouds(g).start + (i - self.starts[b]);
-        crate::generate::cloud_job(self.layout, q, |s| self.todo.shards.contains(&s), |s| s)
-    }
-}
-
 /// The shard layout of an RCDB dataset (order v2 over (class, group of instances) units) and its
 /// group size.
 pub fn shard_layout(opts: &RcdbOptions) -> (Layout, u32) {
@@ -514,11 +495,6 @@ fn run_wds(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
         write_if_changed(&param_path(&opts.out, c), text)
     })?;
     let replay_s = t0.elapsed().as_secs_f64();
-    let mut starts_of = vec![0u64];
-    for &g in &todo.blocks {
-        let c = layout.block_clouds(g);
-        starts_of.push(starts_of.last().unwrap() + (c.end - c.start));
-    }
     let todo_images: u64 = todo
         .shards
         .iter()
@@ -533,11 +509,7 @@ fn run_wds(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
         &Arc::new(AtomicU64::new(0)),
         Box::new(move || format!("shards {}/{ntodo}", written.load(Ordering::Relaxed))),
     );
-    let jobs = WdsJobs {
-        layout: &layout,
-        todo: &todo,
-        starts: starts_of,
-    };
+    let jobs = crate::generate::WdsJobs::new(&layout, &todo);
     render(opts, &starts, group, &jobs, &sink, stats)?;
     sink.finish_empty(&todo)?;
     drop(rep);
