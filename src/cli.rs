@@ -49,6 +49,11 @@ pub enum Command {
     /// layout): pixel-identical images, byte-identical parameter files.
     #[command(args_override_self = true)]
     Rcdb(RcdbArgs),
+    /// MV-FractalDB / ExFractalDB, so far its category search and 3D models (params/%06d.csv and
+    /// models/{class}/{class}_{row:04d}.ply, byte-identical to the original's); rendering the views
+    /// is not built yet.
+    #[command(args_override_self = true)]
+    Mvfdb(MvfdbArgs),
     /// Serve shards over HTTP, rendered on demand: byte-identical to `render --format wds` with the
     /// same flags. No authentication: listen on a private interface or behind a proxy.
     #[command(args_override_self = true)]
@@ -492,6 +497,67 @@ impl RcdbArgs {
             backend,
         })
     }
+}
+
+/// `fractaldb mvfdb`: the original's search and model settings, and the model stream's seed it leaves open.
+#[derive(Args, Debug)]
+pub struct MvfdbArgs {
+    /// Output root: params/ and models/
+    #[arg(
+        long = "save_root",
+        alias = "save-root",
+        alias = "out",
+        default_value = "./mvfdb"
+    )]
+    pub save_root: PathBuf,
+    /// Classes to find [original: --classes, 1000]
+    #[arg(long, default_value_t = 1000)]
+    pub classes: usize,
+    /// numpy seed of the search [original: --seed]
+    #[arg(long, default_value_t = 1)]
+    pub seed: u32,
+    /// Variance threshold of every axis [original: 0.05]
+    #[arg(long, default_value_t = 0.05)]
+    pub variance: f64,
+    /// The instance multipliers (the original's weights_ins145.csv); without it, only the search runs
+    #[arg(long = "weight-csv", alias = "weight_csv")]
+    pub weight_csv: Option<PathBuf>,
+    /// Rows of the multipliers file to draw: `0-3`, `0,5` (as if the file held only these rows)
+    #[arg(long = "weight-rows")]
+    pub weight_rows: Option<String>,
+    /// numpy seed before the model step (the original leaves it unseeded)
+    #[arg(long = "model-seed", default_value_t = 0)]
+    pub model_seed: u32,
+    /// Also write the models as the original's PLY files (240 KB each)
+    #[arg(long = "write-models")]
+    pub write_models: bool,
+    /// Views per model, 0 for none [original: --view_point, 12]
+    #[arg(
+        long = "views",
+        alias = "view_point",
+        alias = "view-point",
+        default_value_t = 12
+    )]
+    pub views: u32,
+    /// CPython random seed before the render step (the original leaves it unseeded)
+    #[arg(long = "view-seed", default_value_t = 0)]
+    pub view_seed: i64,
+    /// Image side [original: --img_size, 224]
+    #[arg(long = "img_size", alias = "img-size", default_value_t = 224)]
+    pub img_size: u32,
+    /// Point size [original: --point_size, 1]; only 1 so far
+    #[arg(long = "point_size", alias = "point-size", default_value_t = 1)]
+    pub point_size: u32,
+    /// zlib level of the PNGs
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=9))]
+    pub png_level: u8,
+    /// Keep existing whole images and draw the rest
+    #[arg(long)]
+    pub resume: bool,
+    #[command(flatten)]
+    pub ranks: RankArgs,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Args, Debug)]
@@ -987,6 +1053,51 @@ pub fn run(cli: Cli) -> Result<()> {
                     s.bytes as f64 / 1e6,
                     s.seconds,
                     s.images_per_second()
+                );
+            }
+            Ok(())
+        }
+        Command::Mvfdb(a) => {
+            if a.point_size != 1 {
+                return Err(Error::flag(
+                    "--point_size",
+                    "only 1 (the original's default) is rendered so far",
+                ));
+            }
+            let s = crate::mvfdb::run::run(&crate::mvfdb::run::MvfdbOptions {
+                out: a.save_root.clone(),
+                classes: a.classes,
+                seed: a.seed,
+                variance: a.variance,
+                weights: a.weight_csv.clone(),
+                rows: a.weight_rows.clone(),
+                model_seed: a.model_seed,
+                write_models: a.write_models,
+                views: a.views,
+                view_seed: a.view_seed,
+                size: a.img_size,
+                png: PngConfig {
+                    level: a.png_level,
+                    gray: false,
+                },
+                resume: a.resume,
+                threads: Threads {
+                    render: a.common.threads(),
+                    encode: a.common.threads(),
+                    queue: 2 * a.common.threads(),
+                },
+                rank: a.ranks.resolve()?,
+                progress: a.common.progress(),
+            })?;
+            if !a.common.quiet {
+                crate::say!(
+                    "done: {} classes, {} models ({} skipped: NaN), {} images ({} kept from before), in {}",
+                    s.classes,
+                    s.models,
+                    s.skipped,
+                    s.images,
+                    s.kept,
+                    a.save_root.display()
                 );
             }
             Ok(())

@@ -43,6 +43,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod ifs;
 pub mod memory;
+pub mod mvfdb;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;

@@ -211,25 +211,6 @@ fn check_or_write_record(out: &Path, rec: &serde_json::Value, writer: bool) -> R
     }
 }
 
-/// The original's image files.
-struct FolderSink {
-    root: PathBuf,
-    writers: usize,
-}
-
-impl Sink for FolderSink {
-    fn writers(&self) -> usize {
-        self.writers
-    }
-    fn route(&self, t: &Target) -> usize {
-        (t.pos % self.writers as u64) as usize
-    }
-    fn accept(&self, _writer: usize, t: Target, png: Vec<u8>) -> Result<()> {
-        let path = image_path(&self.root, t.sample.class, t.sample.instance);
-        fsutil::write_atomic(&path, &png, false)
-    }
-}
-
 /// One job per (class, group of `group` instances): the instances still to draw, in stream order.
 struct FolderJobs<'a> {
     s: &'a Settings,
@@ -413,9 +394,9 @@ fn run_folder(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
         resume: opts.resume.then_some(out.as_path()),
         kept: &kept,
     };
-    let sink = FolderSink {
-        root: out.clone(),
+    let sink = crate::sink::folder::FileSink {
         writers: opts.writers,
+        path: |s: Sample| image_path(out, s.class, s.instance),
     };
     render(opts, &starts, group, &jobs, &sink, stats)?;
     drop(rep);

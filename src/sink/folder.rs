@@ -177,3 +177,21 @@ pub fn missing_images(out: &Path, rec: &Record) -> Vec<PathBuf> {
     }
     missing
 }
+
+/// A family's image files: each image written whole (atomically) where `path` puts its sample.
+pub struct FileSink<F: Fn(Sample) -> PathBuf + Sync> {
+    pub writers: usize,
+    pub path: F,
+}
+
+impl<F: Fn(Sample) -> PathBuf + Sync> Sink for FileSink<F> {
+    fn writers(&self) -> usize {
+        self.writers.max(1)
+    }
+    fn route(&self, t: &Target) -> usize {
+        (t.pos % self.writers.max(1) as u64) as usize
+    }
+    fn accept(&self, _writer: usize, t: Target, png: Vec<u8>) -> Result<()> {
+        fsutil::write_atomic(&(self.path)(t.sample), &png, false)
+    }
+}

@@ -1,0 +1,300 @@
+//! `fractaldb mvfdb`: MV-FractalDB in the original's layout: the search (`params/%06d.csv`), the 3D
+//! models (`models/{class}/{class}_{row:04d}.ply`, with `--write-models`) and the views
+//! (`images/{class}/{class}_{i:05d}_{k:03d}.png`), the last through the shared pipeline and encoder.
+
+use super::stage::{ClassStart, MvStages, RenderSettings};
+use super::{Map3, instance, params_csv, ply, read_multipliers, read_params, search};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::pipeline::{self, Abort, Context, InOrder, IndexedJobs, Job, Stats, Target};
+use crate::plan::Sample;
+use crate::render::PngConfig;
+use crate::rng::{NumpyRandom, PyRandom};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Debug)]
+pub struct MvfdbOptions {
+    pub out: PathBuf,
+    pub classes: usize,
+    pub seed: u32,
+    pub variance: f64,
+    /// The 12-multiplier rows (`weights_ins145.csv`), and the rows drawn ("as if the file held only
+    /// these rows").
+    pub weights: Option<PathBuf>,
+    pub rows: Option<String>,
+    pub model_seed: u32,
+    pub write_models: bool,
+    /// Views per model (0: no images), their seed and the image side.
+    pub views: u32,
+    pub view_seed: i64,
+    pub size: u32,
+    pub png: PngConfig,
+    pub resume: bool,
+    pub threads: pipeline::Threads,
+    pub rank: crate::cluster::Rank,
+    pub progress: crate::progress::Mode,
+}
+
+#[derive(Default)]
+pub struct Summary {
+    pub classes: usize,
+    pub models: usize,
+    pub skipped: usize,
+    pub images: u64,
+    pub kept: u64,
+}
+
+pub fn image_path(out: &Path, s: Sample) -> PathBuf {
+    let c = format!("{:06}", s.class);
+    out.join("images")
+        .join(&c)
+        .join(format!("{c}_{:05}_{:03}.png", s.row, s.instance))
+}
+
+pub fn run(o: &MvfdbOptions) -> Result<Summary> {
+    if o.classes == 0 {
+        return Err(Error::flag("--classes", "must be at least 1"));
+    }
+    if !(o.variance.is_finite() && o.variance >= 0.0) {
+        return Err(Error::flag("--variance", "must be a finite number >= 0"));
+    }
+    if o.views > 0 && o.size == 0 {
+        return Err(Error::flag("--img_size", "must be at least 1"));
+    }
+    let weights = o
+        .weights
+        .as_ref()
+        .map(|p| read_multipliers(p))
+        .transpose()?;
+    if weights.is_none() && (o.write_models || o.views > 0) {
+        return Err(Error::flag(
+            "--weight-csv",
+            "the models and views need the instance multipliers (the original's weights_ins145.csv); \
+             pass --views 0 to run the search alone",
+        ));
+    }
+    fsutil::create_dir(&o.out)?;
+    let _lock = fsutil::OutputLock::acquire(&o.out, "mvfdb")?;
+    let pdir = o.out.join("params");
+    fsutil::create_dir(&pdir)?;
+    fsutil::remove_stale_tmp(&pdir);
+    // 1. The search (its CSVs are what the model step reads back).
+    let found = search(o.seed, o.classes, o.variance);
+    for (c, maps) in found.iter().enumerate() {
+        let text = params_csv(maps);
+        let path = pdir.join(format!("{c:06}.csv"));
+        if std::fs::read(&path).ok().as_deref() != Some(text.as_bytes()) {
+            fsutil::write_atomic(&path, text.as_bytes(), false)?;
+        }
+    }
+    let mut s = Summary {
+        classes: found.len(),
+        ..Summary::default()
+    };
+    let Some(all_mults) = weights else {
+        return Ok(s);
+    };
+    let rows = match &o.rows {
+        Some(sel) => crate::plan::parse_selection("--weight-rows", sel, all_mults.len() as u32)?,
+        None => (0..all_mults.len() as u32).collect(),
+    };
+    let mults: Vec<[f64; 12]> = rows.iter().map(|&r| all_mults[r as usize]).collect();
+    let maps: Vec<Vec<Map3>> = (0..found.len())
+        .map(|c| read_params(&pdir.join(format!("{c:06}.csv"))))
+        .collect::<Result<_>>()?;
+    // 2. The models: each class's model stream starts 10,000 draws x rows after the previous one's,
+    // so classes run in parallel; which models are valid (no NaN) fixes the view stream and the
+    // image file indices.
+    let mut starts = Vec::with_capacity(found.len());
+    let mut rng = NumpyRandom::seed(o.model_seed);
+    for _ in 0..found.len() {
+        starts.push(rng.clone());
+        rng.skip_doubles(super::POINTS * mults.len());
+    }
+    let valid: Vec<Mutex<Vec<bool>>> = (0..found.len()).map(|_| Mutex::new(vec![])).collect();
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|sc| {
+        for _ in 0..o.threads.render.clamp(1, found.len()) {
+            sc.spawn(|| {
+                loop {
+                    let c = next.fetch_add(1, Ordering::Relaxed);
+                    if c >= found.len() {
+                        break;
+                    }
+                    let r = model_class(o, c, &maps[c], &rows, &mults, starts[c].clone());
+                    match r {
+                        Ok(v) => *valid[c].lock().unwrap() = v,
+                        Err(e) => {
+                            failed.lock().unwrap().get_or_insert(e);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap() {
+        return Err(e);
+    }
+    let valid: Vec<Vec<bool>> = valid.into_iter().map(|m| m.into_inner().unwrap()).collect();
+    s.models = valid.iter().flatten().filter(|v| **v).count();
+    s.skipped = valid.iter().flatten().filter(|v| !**v).count();
+    if o.views == 0 {
+        return Ok(s);
+    }
+    // 3. The views: one draw per view of every valid model, in class, file and view order.
+    let counts: Vec<u32> = valid
+        .iter()
+        .map(|v| v.iter().filter(|x| **x).count() as u32)
+        .collect();
+    let world = o.rank.world.max(1);
+    let n = found.len() as u64;
+    let mine = (n * o.rank.rank / world) as u32..(n * (o.rank.rank + 1) / world) as u32;
+    let mut view_rng = PyRandom::seed(o.view_seed as i128);
+    let mut class_starts = Vec::new();
+    for c in 0..mine.end {
+        if c >= mine.start {
+            class_starts.push(ClassStart {
+                maps: maps[c as usize].clone(),
+                models: starts[c as usize].clone(),
+                views: view_rng.clone(),
+            });
+        }
+        view_rng.skip_doubles(counts[c as usize] as u64 * o.views as u64);
+    }
+    let settings = RenderSettings {
+        size: o.size as usize,
+        views: o.views,
+        mults,
+    };
+    let stages = MvStages {
+        settings: &settings,
+        starts: &class_starts,
+        first: mine.start,
+    };
+    let mut palette = [[0u8; 3]; 256];
+    for (v, p) in palette.iter_mut().enumerate() {
+        *p = [v as u8; 3];
+    }
+    let ctx = Context {
+        stages: &stages,
+        image: crate::render::ImageFormat {
+            width: o.size,
+            height: o.size,
+            palette,
+        },
+        png: o.png,
+    };
+    for c in mine.clone() {
+        let dir = o.out.join("images").join(format!("{c:06}"));
+        fsutil::create_dir(&dir)?;
+        fsutil::remove_stale_tmp(&dir);
+    }
+    let kept = Arc::new(AtomicU64::new(0));
+    let stats = Arc::new(Stats::default());
+    let total: u64 = mine
+        .clone()
+        .map(|c| counts[c as usize] as u64 * o.views as u64)
+        .sum();
+    let rep = crate::progress::images(o.progress, total, &stats, &kept, Box::new(String::new));
+    let jobs = ViewJobs {
+        o,
+        classes: mine,
+        counts: &counts,
+        kept: &kept,
+    };
+    let sink = crate::sink::folder::FileSink {
+        writers: 2,
+        path: |smp: Sample| image_path(&o.out, smp),
+    };
+    pipeline::run(
+        &ctx,
+        &InOrder::new(&jobs),
+        &sink,
+        o.threads,
+        &stats,
+        &Abort::default(),
+    )?;
+    drop(rep);
+    s.images = stats.images.load(Ordering::Relaxed);
+    s.kept = kept.load(Ordering::Relaxed);
+    Ok(s)
+}
+
+/// One class's models: which are valid, and their PLY files with `--write-models`.
+fn model_class(
+    o: &MvfdbOptions,
+    c: usize,
+    maps: &[Map3],
+    rows: &[u32],
+    mults: &[[f64; 12]],
+    mut rng: NumpyRandom,
+) -> Result<Vec<bool>> {
+    let dir = o.out.join("models").join(format!("{c:06}"));
+    if o.write_models {
+        fsutil::create_dir(&dir)?;
+        fsutil::remove_stale_tmp(&dir);
+    }
+    let mut valid = Vec::with_capacity(mults.len());
+    for (mult, &r) in mults.iter().zip(rows) {
+        let u = rng.random_vec(super::POINTS);
+        let m = instance(maps, mult, &u);
+        if let (Some(pts), true) = (&m, o.write_models) {
+            fsutil::write_atomic(&dir.join(format!("{c:06}_{r:04}.ply")), &ply(pts), false)?;
+        }
+        valid.push(m.is_some());
+    }
+    Ok(valid)
+}
+
+/// One job per class: its images still to draw (instance `i * views + k`).
+struct ViewJobs<'a> {
+    o: &'a MvfdbOptions,
+    classes: std::ops::Range<u32>,
+    counts: &'a [u32],
+    kept: &'a AtomicU64,
+}
+
+impl IndexedJobs for ViewJobs<'_> {
+    fn count(&self) -> u64 {
+        (self.classes.end - self.classes.start) as u64
+    }
+    fn job(&self, j: u64) -> Job {
+        let c = self.classes.start + j as u32;
+        let v = self.o.views;
+        let images = (0..self.counts[c as usize]).flat_map(|i| (0..v).map(move |k| (i, k)));
+        let images = images.filter_map(|(i, k)| {
+            let sample = Sample {
+                class: c,
+                row: i,
+                instance: k,
+                flip: 1,
+            };
+            if self.o.resume
+                && crate::sink::folder::image_is_whole(
+                    &image_path(&self.o.out, sample),
+                    self.o.size,
+                    self.o.size,
+                    false,
+                )
+            {
+                self.kept.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            let pos = (c as u64) << 32 | (i * v + k) as u64;
+            Some((
+                i * v + k,
+                1u8,
+                Target {
+                    sample,
+                    pos,
+                    shard: 0,
+                },
+            ))
+        });
+        pipeline::job_of(c, 0, images)
+    }
+}

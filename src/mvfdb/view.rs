@@ -1,0 +1,170 @@
+//! The multi-view renderer's transform, as the original computes it: PyGLM's single-precision
+//! `perspective`, `rotate` and `lookAt`, and the point rule of its GL driver (llvmpipe): the
+//! vertex transform as fused multiply-adds, clipping, the viewport as a fused multiply-add, window
+//! coordinates snapped to 1/256 pixel, the pixel the floor of each (SPEC-MVFDB.md, section 3).
+
+/// A column-major 4x4 matrix, `m[c][r]`, as glm stores it.
+pub type Mat4 = [[f32; 4]; 4];
+
+/// The identity (the original's model matrix).
+pub const IDENTITY: Mat4 = [
+    [1.0, 0.0, 0.0, 0.0],
+    [0.0, 1.0, 0.0, 0.0],
+    [0.0, 0.0, 1.0, 0.0],
+    [0.0, 0.0, 0.0, 1.0],
+];
+
+fn identity() -> Mat4 {
+    IDENTITY
+}
+
+/// glm `perspective` (right-handed, depth -1..1).
+pub fn perspective(fovy: f32, aspect: f32, near: f32, far: f32) -> Mat4 {
+    let t = (fovy / 2.0).tan();
+    let mut m = [[0.0f32; 4]; 4];
+    m[0][0] = 1.0 / (aspect * t);
+    m[1][1] = 1.0 / t;
+    m[2][2] = -(far + near) / (far - near);
+    m[2][3] = -1.0;
+    m[3][2] = -(2.0 * far * near) / (far - near);
+    m
+}
+
+fn add4(a: [f32; 4], b: [f32; 4]) -> [f32; 4] {
+    std::array::from_fn(|i| a[i] + b[i])
+}
+
+fn scale4(a: [f32; 4], s: f32) -> [f32; 4] {
+    a.map(|v| v * s)
+}
+
+fn dot3(a: [f32; 3], b: [f32; 3]) -> f32 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+
+fn normalize(v: [f32; 3]) -> [f32; 3] {
+    let k = 1.0 / dot3(v, v).sqrt();
+    v.map(|x| x * k)
+}
+
+fn cross(a: [f32; 3], b: [f32; 3]) -> [f32; 3] {
+    [
+        a[1] * b[2] - b[1] * a[2],
+        a[2] * b[0] - b[2] * a[0],
+        a[0] * b[1] - b[0] * a[1],
+    ]
+}
+
+/// glm `rotate(m, angle, axis)`.
+pub fn rotate(m: &Mat4, angle: f32, v: [f32; 3]) -> Mat4 {
+    let (c, s) = (angle.cos(), angle.sin());
+    let axis = normalize(v);
+    let temp = axis.map(|a| (1.0 - c) * a);
+    let r = [
+        [
+            c + temp[0] * axis[0],
+            temp[0] * axis[1] + s * axis[2],
+            temp[0] * axis[2] - s * axis[1],
+        ],
+        [
+            temp[1] * axis[0] - s * axis[2],
+            c + temp[1] * axis[1],
+            temp[1] * axis[2] + s * axis[0],
+        ],
+        [
+            temp[2] * axis[0] + s * axis[1],
+            temp[2] * axis[1] - s * axis[0],
+            c + temp[2] * axis[2],
+        ],
+    ];
+    let col = |k: usize| {
+        add4(
+            add4(scale4(m[0], r[k][0]), scale4(m[1], r[k][1])),
+            scale4(m[2], r[k][2]),
+        )
+    };
+    [col(0), col(1), col(2), m[3]]
+}
+
+/// glm `lookAt` (right-handed).
+pub fn look_at(eye: [f32; 3], center: [f32; 3], up: [f32; 3]) -> Mat4 {
+    let f = normalize([center[0] - eye[0], center[1] - eye[1], center[2] - eye[2]]);
+    let s = normalize(cross(f, up));
+    let u = cross(s, f);
+    let mut m = identity();
+    m[0][0] = s[0];
+    m[1][0] = s[1];
+    m[2][0] = s[2];
+    m[0][1] = u[0];
+    m[1][1] = u[1];
+    m[2][1] = u[2];
+    m[0][2] = -f[0];
+    m[1][2] = -f[1];
+    m[2][2] = -f[2];
+    m[3][0] = -dot3(s, eye);
+    m[3][1] = -dot3(u, eye);
+    m[3][2] = dot3(f, eye);
+    m
+}
+
+/// glm `m1 * m2`: each column of the result a left-to-right sum of m1's columns times m2's entries.
+pub fn mul(a: &Mat4, b: &Mat4) -> Mat4 {
+    std::array::from_fn(|i| {
+        add4(
+            add4(
+                add4(scale4(a[0], b[i][0]), scale4(a[1], b[i][1])),
+                scale4(a[2], b[i][2]),
+            ),
+            scale4(a[3], b[i][3]),
+        )
+    })
+}
+
+/// glm `m * v`: (m0*v0 + m1*v1) + (m2*v2 + m3*v3).
+pub fn mul_vec(m: &Mat4, v: [f32; 4]) -> [f32; 4] {
+    add4(
+        add4(scale4(m[0], v[0]), scale4(m[1], v[1])),
+        add4(scale4(m[2], v[2]), scale4(m[3], v[3])),
+    )
+}
+
+/// The view matrix of view `k` of `views`, with the draw `r` the original makes for it
+/// (`random.uniform(-pi, pi)`, then passed through `radians` as the original does).
+pub fn view_matrix(k: u32, views: u32, r: f64) -> Mat4 {
+    let y = [0.0f32, 1.0, 0.0];
+    let theta = k as f64 / views as f64 * 2.0 * std::f64::consts::PI;
+    let m = rotate(&identity(), theta as f32, y);
+    let m = rotate(&m, 30f64.to_radians() as f32, y);
+    let m = rotate(&m, r.to_radians() as f32, y);
+    let dir = mul_vec(&m, [1.0, 0.0, 0.0, 0.0]);
+    let up = mul_vec(&m, [0.0, 1.0, 0.0, 0.0]);
+    let eye = [-4.0 * dir[0], -4.0 * dir[1], -4.0 * dir[2]];
+    look_at(eye, [0.0, 0.0, 0.0], [up[0], up[1], up[2]])
+}
+
+/// Draws the points (f32) white into a `size`^2 canvas (row 0 = the framebuffer's bottom row, as
+/// the original saves it) through `mvp`.
+pub fn draw_points(pts: &[[f32; 3]], mvp: &Mat4, size: usize, canvas: &mut [u8]) {
+    let half = size as f32 / 2.0;
+    for p in pts {
+        // The vertex transform as a chain of fused multiply-adds.
+        let c: [f32; 4] = std::array::from_fn(|r| {
+            mvp[3][r].mul_add(
+                1.0,
+                mvp[2][r].mul_add(p[2], mvp[1][r].mul_add(p[1], mvp[0][r] * p[0])),
+            )
+        });
+        let w = c[3];
+        if !(c[0] >= -w && c[0] <= w && c[1] >= -w && c[1] <= w && c[2] >= -w && c[2] <= w) {
+            continue;
+        }
+        let win = |v: f32| {
+            let x = (v / w).mul_add(half, half);
+            ((x * 256.0).round_ties_even() / 256.0).floor()
+        };
+        let (x, y) = (win(c[0]), win(c[1]));
+        if x >= 0.0 && y >= 0.0 && (x as usize) < size && (y as usize) < size {
+            canvas[y as usize * size + x as usize] = 255;
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! MV-FractalDB: the goldens of ../shared/reference/mvfdb (parameter files and PLY models byte for
+//! byte, every view pixel for pixel on the CPU engine), and the bytes not depending on threads,
+//! ranks or resume.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+fn mvfdb(out: &Path, args: &[&str]) -> std::process::Command {
+    let mut c = bin();
+    c.arg("mvfdb")
+        .arg("--save_root")
+        .arg(out)
+        .arg("-q")
+        .args(args);
+    c.arg("--weight-csv")
+        .arg(reference().join("mvfdb/weights_ins145.csv"));
+    c
+}
+
+const M1: [&str; 10] = [
+    "--classes",
+    "3",
+    "--seed",
+    "1",
+    "--weight-rows",
+    "0-3",
+    "--model-seed",
+    "7",
+    "--view-seed",
+    "11",
+];
+const M2: [&str; 14] = [
+    "--classes",
+    "2",
+    "--seed",
+    "2",
+    "--weight-rows",
+    "0-2",
+    "--model-seed",
+    "8",
+    "--view-seed",
+    "12",
+    "--img_size",
+    "160",
+    "--view_point",
+    "6",
+];
+
+fn assert_matches_golden(golden: &Path, out: &Path) {
+    let want = files(golden);
+    let got: Vec<_> = files(out)
+        .into_iter()
+        .filter(|p| {
+            ["params", "models", "images"]
+                .iter()
+                .any(|d| p.starts_with(d))
+        })
+        .collect();
+    assert_eq!(got, want, "file lists differ");
+    let mut images = 0;
+    for f in &want {
+        if f.extension().is_some_and(|x| x == "png") {
+            let (a, b) = (decode_rgb(&golden.join(f)), decode_rgb(&out.join(f)));
+            assert_eq!((a.0, a.1), (b.0, b.1), "{}", f.display());
+            let diff = a.2.iter().zip(&b.2).filter(|(x, y)| x != y).count();
+            assert_eq!(diff, 0, "{}: {diff} values differ", f.display());
+            images += 1;
+        } else {
+            assert!(
+                std::fs::read(golden.join(f)).unwrap() == std::fs::read(out.join(f)).unwrap(),
+                "{} differs",
+                f.display()
+            );
+        }
+    }
+    assert!(images > 0);
+}
+
+#[test]
+fn m1_and_m2_equal_the_goldens() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, args) in [("m1", &M1[..]), ("m2", &M2[..])] {
+        let out = tmp.path().join(name);
+        run_ok(mvfdb(&out, args).arg("--write-models"));
+        assert_matches_golden(&reference().join("mvfdb").join(name), &out);
+    }
+}
+
+#[test]
+fn threads_ranks_and_resume_give_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let one = tmp.path().join("one");
+    run_ok(mvfdb(&one, &M1).args(["-j", "1"]));
+    let ranks = tmp.path().join("ranks");
+    for r in ["1", "0"] {
+        run_ok(mvfdb(&ranks, &M1).args(["-j", "2", "--rank", r, "--world-size", "2"]));
+    }
+    same_tree(&one, &ranks);
+    // A lost view and a truncated one: --resume draws them again, the same bytes.
+    std::fs::remove_file(ranks.join("images/000001/000001_00002_007.png")).unwrap();
+    let p = ranks.join("images/000002/000002_00000_000.png");
+    let b = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &b[..b.len() / 3]).unwrap();
+    run_ok(mvfdb(&ranks, &M1).arg("--resume"));
+    same_tree(&one, &ranks);
+}
+
+#[test]
+fn bad_settings_name_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    let err = run_err(
+        bin()
+            .args(["mvfdb", "--classes", "1"])
+            .arg("--save_root")
+            .arg(&out),
+    );
+    assert!(err.contains("--weight-csv"), "{err}");
+    let err = run_err(&mut mvfdb(&out, &["--classes", "1", "--point_size", "2"]));
+    assert!(err.contains("--point_size"), "{err}");
+    let err = run_err(&mut mvfdb(
+        &out,
+        &["--classes", "1", "--weight-rows", "0-200"],
+    ));
+    assert!(err.contains("--weight-rows"), "{err}");
+    let bad = tmp.path().join("w.csv");
+    std::fs::write(&bad, "1,1,1\n").unwrap();
+    let err = run_err(
+        bin()
+            .args(["mvfdb", "-q", "--classes", "1", "--weight-csv"])
+            .arg(&bad)
+            .arg("--save_root")
+            .arg(&out),
+    );
+    assert!(err.contains("w.csv:1"), "{err}");
+}
