@@ -554,6 +554,13 @@ pub struct MvfdbArgs {
     /// Keep existing whole images and draw the rest
     #[arg(long)]
     pub resume: bool,
+    /// Engine for the views: cpu (the driver's point rule emulated), gl (GL_POINTS through EGL) or
+    /// auto (gl on a hardware GPU)
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendArg,
+    /// EGL device index for --backend gl
+    #[arg(long)]
+    pub egl_device: Option<usize>,
     #[command(flatten)]
     pub ranks: RankArgs,
     #[command(flatten)]
@@ -1064,6 +1071,20 @@ pub fn run(cli: Cli) -> Result<()> {
                     "only 1 (the original's default) is rendered so far",
                 ));
             }
+            let rank = a.ranks.resolve()?;
+            let choice = gl_choice(None, a.egl_device, &rank);
+            use crate::mvfdb::stage::MvBackend;
+            let backend = match a.backend {
+                BackendArg::Cpu => MvBackend::Cpu,
+                BackendArg::Gl => MvBackend::Gl(vec![choice]),
+                BackendArg::Auto if crate::render::gl::egl::hardware_usable(&[choice]) => {
+                    MvBackend::Gl(vec![choice])
+                }
+                BackendArg::Auto => MvBackend::Cpu,
+            };
+            if let MvBackend::Gl(_) = backend {
+                crate::render::gl::egl::load()?;
+            }
             let s = crate::mvfdb::run::run(&crate::mvfdb::run::MvfdbOptions {
                 out: a.save_root.clone(),
                 classes: a.classes,
@@ -1086,8 +1107,9 @@ pub fn run(cli: Cli) -> Result<()> {
                     encode: a.common.threads(),
                     queue: 2 * a.common.threads(),
                 },
-                rank: a.ranks.resolve()?,
+                rank: rank.clone(),
                 progress: a.common.progress(),
+                backend,
             })?;
             if !a.common.quiet {
                 crate::say!(

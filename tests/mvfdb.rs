@@ -87,6 +87,21 @@ fn m1_and_m2_equal_the_goldens() {
     }
 }
 
+/// The GL engine (GL_POINTS through EGL, llvmpipe here: the goldens' own rasteriser) gives every
+/// golden view too, and the CPU engine's bytes.
+#[test]
+fn gl_engine_equals_the_goldens_and_the_cpu_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, args) in [("m1", &M1[..]), ("m2", &M2[..])] {
+        let gl = tmp.path().join(format!("{name}-gl"));
+        run_ok(mvfdb(&gl, args).args(["--backend", "gl", "--write-models"]));
+        assert_matches_golden(&reference().join("mvfdb").join(name), &gl);
+        let cpu = tmp.path().join(format!("{name}-cpu"));
+        run_ok(mvfdb(&cpu, args).args(["--backend", "cpu", "--write-models"]));
+        same_tree(&cpu, &gl);
+    }
+}
+
 #[test]
 fn threads_ranks_and_resume_give_the_same_bytes() {
     let tmp = tempfile::tempdir().unwrap();

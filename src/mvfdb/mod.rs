@@ -8,6 +8,7 @@
 //! unseeded). Every model draws exactly 10,000 doubles, so model n of a run starts 20,000 n words
 //! into the model stream, whatever came before.
 
+pub mod gl;
 pub mod run;
 pub mod stage;
 pub mod view;

@@ -35,6 +35,7 @@ pub struct MvfdbOptions {
     pub threads: pipeline::Threads,
     pub rank: crate::cluster::Rank,
     pub progress: crate::progress::Mode,
+    pub backend: super::stage::MvBackend,
 }
 
 #[derive(Default)]
@@ -174,6 +175,8 @@ pub fn run(o: &MvfdbOptions) -> Result<Summary> {
         settings: &settings,
         starts: &class_starts,
         first: mine.start,
+        backend: o.backend.clone(),
+        quiet: o.progress == crate::progress::Mode::Quiet,
     };
     let mut palette = [[0u8; 3]; 256];
     for (v, p) in palette.iter_mut().enumerate() {

@@ -28,25 +28,60 @@ pub struct RenderSettings {
     pub mults: Vec<[f64; 12]>,
 }
 
+/// Which engine draws the views.
+#[derive(Clone, Debug)]
+pub enum MvBackend {
+    Cpu,
+    /// GL_POINTS through EGL, one stage per listed device.
+    Gl(Vec<crate::render::gl::egl::Choice>),
+}
+
 pub struct MvStages<'a> {
     pub settings: &'a RenderSettings,
     pub starts: &'a [ClassStart],
     /// The first class of `starts`.
     pub first: u32,
+    pub backend: MvBackend,
+    pub quiet: bool,
 }
 
 impl Stages for MvStages<'_> {
     fn workers(&self, threads: usize) -> usize {
-        threads.max(1)
+        match &self.backend {
+            MvBackend::Cpu => threads.max(1),
+            MvBackend::Gl(d) => d.len().max(1),
+        }
     }
-    fn open<'s>(&'s self, _worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>> {
-        Ok(Box::new(CpuStage { s: self, stats }))
+    fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>> {
+        let engine = match &self.backend {
+            MvBackend::Cpu => None,
+            MvBackend::Gl(d) => {
+                let gl = super::gl::MvGl::new(d.get(worker).copied().unwrap_or_default())?;
+                if !self.quiet {
+                    let c = &gl.ctx;
+                    crate::say!(
+                        "mvfdb backend gl: {} -> {} ({})",
+                        c.device,
+                        c.renderer,
+                        c.version
+                    );
+                }
+                Some(gl)
+            }
+        };
+        Ok(Box::new(CpuStage {
+            s: self,
+            stats,
+            gl: engine,
+        }))
     }
 }
 
+/// The render stage: the CPU twin of the original's draw, or the GL engine when `gl` is set.
 struct CpuStage<'a> {
     s: &'a MvStages<'a>,
     stats: &'a StageStats,
+    gl: Option<super::gl::MvGl>,
 }
 
 impl Stage for CpuStage<'_> {
@@ -78,6 +113,9 @@ impl Stage for CpuStage<'_> {
                     let pts: Vec<[f32; 3]> = (0..pts[0].len())
                         .map(|n| [pts[0][n] as f32, pts[1][n] as f32, pts[2][n] as f32])
                         .collect();
+                    if let Some(gl) = self.gl.as_mut() {
+                        gl.set_points(&pts);
+                    }
                     StageStats::add(&self.stats.chaos_ns, t0);
                     self.stats.clouds.fetch_add(1, Ordering::Relaxed);
                     for k in 0..v as u32 {
@@ -86,10 +124,18 @@ impl Stage for CpuStage<'_> {
                             continue;
                         };
                         let t1 = Instant::now();
-                        // proj * view * model, the model matrix the identity, as the shader's order.
-                        let mvp = mul(&mul(&proj, &view_matrix(k, st.views, r)), &IDENTITY);
-                        let mut pixels = vec![0u8; st.size * st.size];
-                        draw_points(&pts, &mvp, st.size, &mut pixels);
+                        let view = view_matrix(k, st.views, r);
+                        let pixels = match self.gl.as_mut() {
+                            // The original's three uniforms; the shader multiplies them.
+                            Some(gl) => gl.draw(&proj, &view, &IDENTITY, st.size)?,
+                            None => {
+                                // proj * view * model (the identity), multiplied as glm does.
+                                let mvp = mul(&mul(&proj, &view), &IDENTITY);
+                                let mut pixels = vec![0u8; st.size * st.size];
+                                draw_points(&pts, &mvp, st.size, &mut pixels);
+                                pixels
+                            }
+                        };
                         StageStats::add(&self.stats.raster_ns, t1);
                         if !feed.emit(Canvas {
                             unit: id,

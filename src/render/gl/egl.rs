@@ -169,6 +169,12 @@ fn ordered(devs: &[DeviceInfo], choice: Choice) -> Result<Vec<DeviceInfo>> {
 
 /// Opens an OpenGL >= 4.3 core context, current on this thread without a surface.
 pub fn open(choice: Choice) -> Result<Gl> {
+    open_profile(choice, false)
+}
+
+/// [`open`] with a compatibility-profile context when `compat`: the legacy point rasterisation
+/// (no point sprites) that a default PyOpenGL context has, which MV-FractalDB's views depend on.
+pub fn open_profile(choice: Choice, compat: bool) -> Result<Gl> {
     let egl = load()?;
     let devs = devices(&egl);
     let mut errors = Vec::new();
@@ -200,7 +206,7 @@ pub fn open(choice: Choice) -> Result<Gl> {
         ));
     }
     for (name, software, platform, native) in candidates {
-        match unsafe { try_open(&egl, platform, native) } {
+        match unsafe { try_open(&egl, platform, native, compat) } {
             Ok((display, context, gl)) => {
                 let (vendor, renderer, version) = unsafe {
                     use glow::HasContext;
@@ -241,6 +247,7 @@ unsafe fn try_open(
     egl: &Egl,
     platform: egl::Enum,
     native: *mut c_void,
+    compat: bool,
 ) -> std::result::Result<(egl::Display, egl::Context, glow::Context), String> {
     let display = unsafe { egl.get_platform_display(platform, native, &[egl::ATTRIB_NONE]) }
         .map_err(|e| format!("eglGetPlatformDisplay: {e}"))?;
@@ -276,7 +283,11 @@ unsafe fn try_open(
                 egl::CONTEXT_MINOR_VERSION,
                 minor,
                 egl::CONTEXT_OPENGL_PROFILE_MASK,
-                egl::CONTEXT_OPENGL_CORE_PROFILE_BIT,
+                if compat {
+                    egl::CONTEXT_OPENGL_COMPATIBILITY_PROFILE_BIT
+                } else {
+                    egl::CONTEXT_OPENGL_CORE_PROFILE_BIT
+                },
                 egl::NONE,
             ];
             match egl.create_context(display, config, None, &attrs) {

@@ -57,7 +57,11 @@ impl Program {
         unsafe { Self::link(gl, name, &[(glow::COMPUTE_SHADER, src)]) }
     }
 
-    unsafe fn link(gl: &glow::Context, name: &str, stages: &[(u32, &str)]) -> Result<Program> {
+    pub(crate) unsafe fn link(
+        gl: &glow::Context,
+        name: &str,
+        stages: &[(u32, &str)],
+    ) -> Result<Program> {
         unsafe {
             let program = gl.create_program().map_err(Error::Other)?;
             let mut shaders = Vec::new();
