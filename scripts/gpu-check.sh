@@ -77,13 +77,9 @@ same "rcdb shards" "$work/rw-cpu" "$work/rw-gl"
 "$bin" bench --family rcdb --backend cpu,gl --classes 16 --rcdb-instances 100 --shards 16 --repeat "$repeat" --json > "$out/bench-rcdb.json" 2> "$out/bench-rcdb.txt"
 cat "$out/bench-rcdb.txt"
 echo "== mvfdb" | tee "$out/mvfdb.txt"
-margs=(mvfdb --classes 4 --weight-csv "${MVFDB_WEIGHTS:-../shared/reference/mvfdb/weights_ins145.csv}" --weight-rows 0-19 --model-seed 7 --view-seed 11)
-if [ -f "${MVFDB_WEIGHTS:-../shared/reference/mvfdb/weights_ins145.csv}" ]; then
-  "$bin" "${margs[@]}" -q --backend cpu --save_root "$work/mv-cpu"
-  /usr/bin/time -f "gl: %e s wall" "$bin" "${margs[@]}" --backend gl --save_root "$work/mv-gl" 2>&1 | tail -3 | tee -a "$out/mvfdb.txt"
-  # A GPU's point rasteriser may differ from llvmpipe's: count the differing images.
-  echo "mvfdb views: $(diff -rq "$work/mv-cpu/images" "$work/mv-gl/images" | wc -l) of $(find "$work/mv-cpu/images" -name '*.png' | wc -l) images differ (GPU vs CPU emulation of llvmpipe)" | tee -a "$out/mvfdb.txt"
-else
-  echo "mvfdb: weights_ins145.csv not found (set MVFDB_WEIGHTS)" | tee -a "$out/mvfdb.txt"
-fi
+margs=(mvfdb --classes 4 --weight-csv "${MVFDB_WEIGHTS:-builtin}" --weight-rows 0-19 --model-seed 7 --view-seed 11)
+"$bin" "${margs[@]}" -q --backend cpu --save_root "$work/mv-cpu"
+/usr/bin/time -f "gl: %e s wall" "$bin" "${margs[@]}" --backend gl --save_root "$work/mv-gl" 2>&1 | tail -3 | tee -a "$out/mvfdb.txt"
+# A GPU's point rasteriser may differ from llvmpipe's: count the differing images.
+echo "mvfdb views: $(diff -rq "$work/mv-cpu/images" "$work/mv-gl/images" | wc -l) of $(find "$work/mv-cpu/images" -name '*.png' | wc -l) images differ (GPU vs CPU emulation of llvmpipe)" | tee -a "$out/mvfdb.txt"
 echo "results in $out"

@@ -519,9 +519,10 @@ pub struct MvfdbArgs {
     /// Variance threshold of every axis [original: 0.05]
     #[arg(long, default_value_t = 0.05)]
     pub variance: f64,
-    /// The instance multipliers (the original's weights_ins145.csv); without it, only the search runs
-    #[arg(long = "weight-csv", alias = "weight_csv")]
-    pub weight_csv: Option<PathBuf>,
+    /// The instance multipliers: `builtin` (the original's weights_ins145.csv, rebuilt byte for byte)
+    /// or a CSV file of rows of 12 numbers
+    #[arg(long = "weight-csv", alias = "weight_csv", default_value = "builtin")]
+    pub weight_csv: PathBuf,
     /// Rows of the multipliers file to draw: `0-3`, `0,5` (as if the file held only these rows)
     #[arg(long = "weight-rows")]
     pub weight_rows: Option<String>,
@@ -1090,7 +1091,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 classes: a.classes,
                 seed: a.seed,
                 variance: a.variance,
-                weights: a.weight_csv.clone(),
+                weights: Some(a.weight_csv.clone()),
                 rows: a.weight_rows.clone(),
                 model_seed: a.model_seed,
                 write_models: a.write_models,

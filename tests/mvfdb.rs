@@ -13,6 +13,8 @@ fn mvfdb(out: &Path, args: &[&str]) -> std::process::Command {
         .arg(out)
         .arg("-q")
         .args(args);
+    // The builtin multipliers are the reference's weights_ins145.csv (a unit test checks the
+    // bytes); the reference file is passed here so the goldens' inputs are explicit.
     c.arg("--weight-csv")
         .arg(reference().join("mvfdb/weights_ins145.csv"));
     c
@@ -127,11 +129,17 @@ fn bad_settings_name_the_flag() {
     let out = tmp.path().join("o");
     let err = run_err(
         bin()
-            .args(["mvfdb", "--classes", "1"])
+            .args([
+                "mvfdb",
+                "--classes",
+                "1",
+                "--weight-csv",
+                "/nonexistent/w.csv",
+            ])
             .arg("--save_root")
             .arg(&out),
     );
-    assert!(err.contains("--weight-csv"), "{err}");
+    assert!(err.contains("/nonexistent/w.csv"), "{err}");
     let err = run_err(&mut mvfdb(&out, &["--classes", "1", "--point_size", "2"]));
     assert!(err.contains("--point_size"), "{err}");
     let err = run_err(&mut mvfdb(

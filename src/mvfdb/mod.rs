@@ -239,9 +239,36 @@ pub fn read_params(path: &Path) -> Result<Vec<Map3>> {
         .collect()
 }
 
-/// The instance multipliers (`weights_ins145.csv`): rows of 12 numbers.
+/// The original's `weights_ins145.csv`, rebuilt byte for byte: parameter 0 times 0.4, 0.5, .., 1.6
+/// (13 rows, 1.0 the unchanged model), then each of parameters 1..11 times the same values but 1.0
+/// (12 rows each), every other multiplier `1`; row 108 (parameter 8's last) holds 0.6 where 1.6 is
+/// expected, as the original file does; no final newline.
+pub fn builtin_multipliers_csv() -> String {
+    let mut rows = Vec::with_capacity(145);
+    for p in 0..12 {
+        for t in 4..=16 {
+            if p > 0 && t == 10 {
+                continue;
+            }
+            let mut r = vec!["1".to_string(); 12];
+            if t != 10 {
+                r[p] = format!("{:.1}", t as f64 / 10.0);
+            }
+            rows.push(r.join(","));
+        }
+    }
+    rows[108] = rows[108].replace("1.6", "0.6");
+    rows.join("\n")
+}
+
+/// The instance multipliers: `builtin` (the original's file, [`builtin_multipliers_csv`]) or a CSV
+/// path; rows of 12 numbers.
 pub fn read_multipliers(path: &Path) -> Result<Vec<[f64; 12]>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read", e))?;
+    let text = if path.as_os_str() == "builtin" {
+        builtin_multipliers_csv()
+    } else {
+        std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read", e))?
+    };
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
@@ -292,6 +319,17 @@ pub fn ply(pts: &[Vec<f64>; 3]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn builtin_multipliers_are_the_originals_file_byte_for_byte() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/reference/mvfdb/weights_ins145.csv"
+        );
+        let want =
+            std::fs::read_to_string(path).expect("weights_ins145.csv in ../shared/reference/mvfdb");
+        assert_eq!(super::builtin_multipliers_csv(), want);
+    }
+
     #[test]
     fn pairwise_sum_matches_plain_sums_on_small_and_exact_inputs() {
         let v: Vec<f64> = (0..1000).map(|i| i as f64).collect();
