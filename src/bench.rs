@@ -22,6 +22,9 @@ pub struct BenchArgs {
     /// RCDB: images per class
     #[arg(long, default_value_t = 200)]
     pub rcdb_instances: u32,
+    /// MV-FractalDB: models per class (the first rows of the builtin multipliers)
+    #[arg(long, default_value_t = 145)]
+    pub mvfdb_models: u32,
     /// Backends: auto (cpu, plus gl on a hardware GPU), cpu, gl, or cpu,gl (gl also on a software renderer).
     #[arg(long, default_value = "auto")]
     pub backend: String,
@@ -75,6 +78,9 @@ pub struct BenchArgs {
 pub enum Family {
     Fractaldb,
     Rcdb,
+    /// MV-FractalDB: --classes classes x --mvfdb-models models x 12 views at 224x224 (folders;
+    /// the search and models are timed apart from the views)
+    Mvfdb,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -209,9 +215,13 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
     if let Some(st) = &rcdb {
         st.validate()?;
     }
+    let mvfdb = a.family == Family::Mvfdb;
+    if mvfdb && !(1..=145).contains(&a.mvfdb_models) {
+        return Err(Error::flag("--mvfdb-models", "must be 1 to 145"));
+    }
     let load_root = match &a.load_root {
         Some(p) => p.clone(),
-        None if rcdb.is_some() => PathBuf::new(),
+        None if rcdb.is_some() || mvfdb => PathBuf::new(),
         None => {
             let cfg = SearchConfig {
                 rate: 0.2,
@@ -267,8 +277,10 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
         }
     }
     if want_gl {
-        // RCDB has one GL raster (segments in a compute shader).
-        let rasters: &[(&str, RasterMethod)] = if rcdb.is_some() {
+        // RCDB has one GL raster (segments in a compute shader), MV-FractalDB one (GL_POINTS).
+        let rasters: &[(&str, RasterMethod)] = if mvfdb {
+            &[("gl-points", RasterMethod::Points)]
+        } else if rcdb.is_some() {
             &[("gl-compute", RasterMethod::Compute)]
         } else {
             &[
@@ -291,7 +303,9 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
             ));
         }
     }
-    let total = if let Some(st) = &rcdb {
+    let total = if mvfdb {
+        a.classes as u64 * a.mvfdb_models as u64 * 12
+    } else if let Some(st) = &rcdb {
         st.made_classes() as u64 * st.instances as u64
     } else {
         let classes = crate::plan::discover_classes(&load_root)?.len() as u64;
@@ -306,8 +320,14 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
         let mut runs: Vec<Summary> = Vec::new();
         let mut folder_runs: Vec<Summary> = Vec::new();
         reset_peak_rss();
+        // MV-FractalDB writes folders only so far: its rows are folder runs.
+        let formats: &[Format] = if mvfdb {
+            &[Format::Folder]
+        } else {
+            &[Format::Wds, Format::Folder]
+        };
         for rep in 0..=a.repeat {
-            for format in [Format::Wds, Format::Folder] {
+            for &format in formats {
                 let out = work.join(format!("{name}-{rep}-{format:?}"));
                 let opts = RenderOptions {
                     load_root: load_root.clone(),
@@ -348,6 +368,31 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                 };
                 let cpu0 = process_cpu_seconds();
                 let mut s = match &rcdb {
+                    None if mvfdb => {
+                        let m = crate::mvfdb::run::run(&crate::mvfdb::run::MvfdbOptions {
+                            out: opts.out.clone(),
+                            classes: a.classes,
+                            seed: 1,
+                            variance: 0.05,
+                            weights: Some(PathBuf::from("builtin")),
+                            rows: Some(format!("0-{}", a.mvfdb_models - 1)),
+                            model_seed: 0,
+                            write_models: false,
+                            views: 12,
+                            view_seed: 0,
+                            size: 224,
+                            png: opts.png,
+                            resume: false,
+                            threads: opts.threads,
+                            rank: opts.rank.clone(),
+                            progress: progress::Mode::Quiet,
+                            backend: match &backend {
+                                Backend::Cpu => crate::mvfdb::stage::MvBackend::Cpu,
+                                Backend::Gl(d, _) => crate::mvfdb::stage::MvBackend::Gl(d.clone()),
+                            },
+                        })?;
+                        m.render
+                    }
                     None => generate::run(&opts)?,
                     Some(st) => crate::rcdb::run::run(&crate::rcdb::run::RcdbOptions {
                         settings: st.clone(),
@@ -383,6 +428,9 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                 }
             }
         }
+        if runs.is_empty() {
+            runs = folder_runs.clone();
+        }
         let peak = peak_rss_bytes();
         let stage = |f: &dyn Fn(&Summary) -> f64| Rate::of(runs.iter().map(f).collect());
         let mut stages = std::collections::BTreeMap::new();
@@ -390,6 +438,8 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
         // RCDB has no chaos game: its first stage is the replay of the random streams (draws only).
         let first = if rcdb.is_some() {
             "stream_replay"
+        } else if mvfdb {
+            "model"
         } else {
             "chaos_game"
         };
@@ -435,6 +485,11 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
         .map(|b| (b.backend.clone(), b.end_to_end.median / base))
         .collect();
     let workload = match &rcdb {
+        None if mvfdb => serde_json::json!({
+            "family": "mvfdb", "classes": a.classes, "models_per_class": a.mvfdb_models, "views": 12,
+            "image_size": 224, "points": 10_000, "images": total, "png_level": a.png_level,
+            "repeat": a.repeat, "format": "folder",
+        }),
         Some(st) => serde_json::json!({
             "family": "rcdb", "classes": st.classes, "instances": st.instances,
             "image_size": st.image_size, "numof_thread": st.processes,

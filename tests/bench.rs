@@ -147,3 +147,40 @@ fn bench_measures_rcdb_on_both_engines() {
     // The GL row reads back one gray byte per pixel (512x512).
     assert_eq!(backends[2]["readback_bytes_per_image"], 262144.0);
 }
+
+#[test]
+fn bench_measures_mvfdb_on_both_engines() {
+    let out = run_ok(bin().args([
+        "bench",
+        "--json",
+        "--family",
+        "mvfdb",
+        "--backend",
+        "cpu,gl",
+        "--classes",
+        "1",
+        "--mvfdb-models",
+        "2",
+        "--repeat",
+        "1",
+        "-j",
+        "2",
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["workload"]["family"], "mvfdb");
+    let backends = v["backends"].as_array().unwrap();
+    let names: Vec<&str> = backends
+        .iter()
+        .map(|b| b["backend"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cpu-1t", "cpu-2t", "gl-points"]);
+    for b in backends {
+        assert_eq!(b["images"], 24, "1 class x 2 models x 12 views");
+        assert!(b["per_core"]["median"].as_f64().unwrap() > 0.0);
+        assert!(b["stages"]["model"]["median"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(
+        backends[2]["readback_bytes_per_image"], 50176.0,
+        "224 x 224, one byte a pixel"
+    );
+}

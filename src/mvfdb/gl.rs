@@ -52,10 +52,18 @@ impl MvGl {
         self.n = pts.len();
     }
 
-    /// One view: the canvas (`size`^2 bytes, 0 or 255, bottom row first).
-    pub fn draw(&mut self, proj: &Mat4, view: &Mat4, model: &Mat4, size: usize) -> Result<Vec<u8>> {
+    /// One view: the canvas (`size`^2 bytes, 0 or 255, bottom row first), and the nanoseconds of
+    /// its readback.
+    pub fn draw(
+        &mut self,
+        proj: &Mat4,
+        view: &Mat4,
+        model: &Mat4,
+        size: usize,
+    ) -> Result<(Vec<u8>, u64)> {
         let gl = &self.ctx.gl;
         let mut out = vec![0u8; size * size];
+        let readback_ns;
         // SAFETY: the context is current; the texture is (re)made at `size` before it is bound,
         // and `out` holds exactly the size*size bytes read back (pack alignment 1).
         unsafe {
@@ -104,6 +112,7 @@ impl MvGl {
                 gl.draw_arrays(glow::POINTS, 0, self.n as i32);
             }
             gl.pixel_store_i32(glow::PACK_ALIGNMENT, 1);
+            let t0 = std::time::Instant::now();
             gl.read_pixels(
                 0,
                 0,
@@ -113,8 +122,9 @@ impl MvGl {
                 glow::UNSIGNED_BYTE,
                 glow::PixelPackData::Slice(Some(&mut out)),
             );
+            readback_ns = t0.elapsed().as_nanos() as u64;
             check(gl, "the MV-FractalDB points")?;
         }
-        Ok(out)
+        Ok((out, readback_ns))
     }
 }

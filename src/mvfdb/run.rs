@@ -45,6 +45,8 @@ pub struct Summary {
     pub skipped: usize,
     pub images: u64,
     pub kept: u64,
+    /// The views' pipeline counters and times (for `bench`).
+    pub render: crate::generate::Summary,
 }
 
 pub fn image_path(out: &Path, s: Sample) -> PathBuf {
@@ -213,6 +215,7 @@ pub fn run(o: &MvfdbOptions) -> Result<Summary> {
         writers: 2,
         path: |smp: Sample| image_path(&o.out, smp),
     };
+    let t0 = std::time::Instant::now();
     pipeline::run(
         &ctx,
         &InOrder::new(&jobs),
@@ -222,6 +225,8 @@ pub fn run(o: &MvfdbOptions) -> Result<Summary> {
         &Abort::default(),
     )?;
     drop(rep);
+    s.render.seconds = t0.elapsed().as_secs_f64();
+    s.render.add_stats(&stats);
     s.images = stats.images.load(Ordering::Relaxed);
     s.kept = kept.load(Ordering::Relaxed);
     Ok(s)

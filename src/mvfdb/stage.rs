@@ -127,7 +127,14 @@ impl Stage for CpuStage<'_> {
                         let view = view_matrix(k, st.views, r);
                         let pixels = match self.gl.as_mut() {
                             // The original's three uniforms; the shader multiplies them.
-                            Some(gl) => gl.draw(&proj, &view, &IDENTITY, st.size)?,
+                            Some(gl) => {
+                                let (px, ns) = gl.draw(&proj, &view, &IDENTITY, st.size)?;
+                                self.stats.readback_ns.fetch_add(ns, Ordering::Relaxed);
+                                self.stats
+                                    .readback_bytes
+                                    .fetch_add(px.len() as u64, Ordering::Relaxed);
+                                px
+                            }
                             None => {
                                 // proj * view * model (the identity), multiplied as glm does.
                                 let mvp = mul(&mul(&proj, &view), &IDENTITY);
