@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """A contact sheet of real outputs: per class, the four draw modes (flip0), the four flips of
-patch_gray, and RCDB images, made by running the fractaldb binary, so it can be regenerated.
+patch_gray, RCDB images and MV-FractalDB views, made by running the fractaldb binary, so it can be
+regenerated.
 
 usage: scripts/contact-sheet.py [--bin ./target/release/fractaldb] [--out docs/contact-sheet.png]
        [--classes 4] [--size 362] [--iteration 200000] [--work DIR]
@@ -41,10 +42,15 @@ def sheet(work):
     rcdb_size = a.size + a.size % 2
     run("rcdb", "--save_root", os.path.join(work, "rcdb"), "--numof_classes", str(n), "--numof_instances", "2",
         "--numof_thread", "1", "--image_size", str(rcdb_size), "--backend", "cpu")
+    # MV-FractalDB: each class's unmodified model (multiplier row 6), two of its 12 views.
+    run("mvfdb", "--save_root", os.path.join(work, "mvfdb"), "--classes", str(n), "--weight-rows", "6",
+        "--img_size", str(a.size), "--backend", "cpu")
     columns = [(m.replace("_", " "), lambda c, m=m: os.path.join(work, m, c, f"{c}_02_count_0_flip0.png")) for m in MODES]
     columns += [(f"patch gray flip{f}" if f == 1 else f"flip{f}", lambda c, f=f: os.path.join(work, "patch_gray", c, f"{c}_02_count_0_flip{f}.png"))
                 for f in (1, 2, 3)]
     columns += [(f"RCDB {k}", lambda c, k=k: os.path.join(work, "rcdb", "image", c, f"{c}_{k:04d}.png")) for k in (0, 1)]
+    columns += [(f"MV-FractalDB v{k}", lambda c, k=k: os.path.join(work, "mvfdb", "images", f"0{c}", f"0{c}_00000_{k:03d}.png"))
+                for k in (0, 3)]
     t, head, left = a.thumb, 18, 52
     img = Image.new("RGB", (left + len(columns) * t, head + n * t), "white")
     d = ImageDraw.Draw(img)

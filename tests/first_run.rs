@@ -63,14 +63,14 @@ fn the_contact_sheet_script_makes_its_sheet_from_a_real_run() {
         .status()
         .unwrap();
     assert!(status.success());
-    // 2 classes x 9 columns of 40-pixel cells, with the title row and the class-name column.
+    // 2 classes x 11 columns of 40-pixel cells, with the title row and the class-name column.
     let f = std::fs::File::open(&sheet).unwrap();
     let info = png::Decoder::new(std::io::BufReader::new(f))
         .read_info()
         .unwrap();
     assert_eq!(
         (info.info().width, info.info().height),
-        (52 + 9 * 40, 18 + 2 * 40)
+        (52 + 11 * 40, 18 + 2 * 40)
     );
     // Its cells are the run's images: the work folder holds every draw mode and RCDB.
     for d in [
