@@ -282,17 +282,42 @@ pub fn fmt_e18(v: f64) -> String {
     format!("{mant}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
 }
 
-/// Python's `str(float)` (shortest round-trip repr) for the values a flag takes, e.g. `0.2`, `1.0`.
+/// Python's `repr` of a float: the shortest digits that round-trip, fixed notation for decimal
+/// exponents -4..=15 (`163.0`, `0.0001`), else scientific with a signed exponent of at least two
+/// digits (`1e-05`, `1.5e+16`).
 pub fn py_float_str(v: f64) -> String {
-    if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e16 {
-        format!("{v:.1}")
-    } else if v != 0.0 && (v.abs() < 1e-4 || v.abs() >= 1e16) {
-        let s = format!("{v:e}");
-        let (m, e) = s.split_once('e').unwrap();
-        let e: i32 = e.parse().unwrap();
-        format!("{m}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
+    if v.is_nan() {
+        return "nan".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 { "inf" } else { "-inf" }.into();
+    }
+    // Rust's `{:e}` prints the shortest round-trip digits: "d.ddde-N".
+    let e_form = format!("{:e}", v.abs());
+    let (mant, exp) = e_form.split_once('e').unwrap();
+    let exp: i32 = exp.parse().unwrap();
+    let digits: String = mant.chars().filter(|c| *c != '.').collect();
+    let sign = if v.is_sign_negative() { "-" } else { "" };
+    if (-4..16).contains(&exp) {
+        let body = if exp >= 0 {
+            let int_len = exp as usize + 1;
+            if digits.len() <= int_len {
+                format!("{digits}{}.0", "0".repeat(int_len - digits.len()))
+            } else {
+                format!("{}.{}", &digits[..int_len], &digits[int_len..])
+            }
+        } else {
+            format!("0.{}{digits}", "0".repeat((-exp - 1) as usize))
+        };
+        format!("{sign}{body}")
     } else {
-        format!("{v}")
+        let m = if digits.len() > 1 {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        } else {
+            digits
+        };
+        let es = if exp < 0 { '-' } else { '+' };
+        format!("{sign}{m}e{es}{:02}", exp.abs())
     }
 }
 

@@ -279,44 +279,8 @@ pub fn param_csv(p: &ClassParams) -> String {
     rows.iter().map(|(k, v)| format!("{k},{v}\r\n")).collect()
 }
 
-/// Python's `repr` of a float: the shortest digits that round-trip, fixed notation for decimal
-/// exponents -4..=15 (`163.0`, `0.0001`), else scientific with a signed exponent of at least two
-/// digits (`1e-05`, `1.5e+16`).
-pub fn py_repr(v: f64) -> String {
-    if v.is_nan() {
-        return "nan".into();
-    }
-    if v.is_infinite() {
-        return if v > 0.0 { "inf" } else { "-inf" }.into();
-    }
-    // Rust's `{:e}` prints the shortest round-trip digits: "d.ddde-N".
-    let e_form = format!("{:e}", v.abs());
-    let (mant, exp) = e_form.split_once('e').unwrap();
-    let exp: i32 = exp.parse().unwrap();
-    let digits: String = mant.chars().filter(|c| *c != '.').collect();
-    let sign = if v.is_sign_negative() { "-" } else { "" };
-    if (-4..16).contains(&exp) {
-        let body = if exp >= 0 {
-            let int_len = exp as usize + 1;
-            if digits.len() <= int_len {
-                format!("{digits}{}.0", "0".repeat(int_len - digits.len()))
-            } else {
-                format!("{}.{}", &digits[..int_len], &digits[int_len..])
-            }
-        } else {
-            format!("0.{}{digits}", "0".repeat((-exp - 1) as usize))
-        };
-        format!("{sign}{body}")
-    } else {
-        let m = if digits.len() > 1 {
-            format!("{}.{}", &digits[..1], &digits[1..])
-        } else {
-            digits
-        };
-        let es = if exp < 0 { '-' } else { '+' };
-        format!("{sign}{m}e{es}{:02}", exp.abs())
-    }
-}
+/// Python's `repr` of a float (see [`crate::ifs::py_float_str`]).
+pub use crate::ifs::py_float_str as py_repr;
 
 /// Per-class constants of the raster: the unit circle at the vertices, `(cos(a*v), sin(a*v))` with
 /// `a = 2*pi / V`, computed by the C library as the original's `math.cos`/`math.sin`.
