@@ -5,7 +5,7 @@
 
 use super::view::Mat4;
 use crate::error::{Error, Result};
-use crate::render::gl::{Program, Ssbo, bytes_of, check, egl};
+use crate::render::gl::{Program, Ssbo, bytes_of, check, egl, r8ui_target};
 use glow::HasContext;
 
 const VERT: &str = include_str!("../../glsl/mvfdb_points.vert");
@@ -71,24 +71,7 @@ impl MvGl {
                 if let Some((t, _)) = self.target.take() {
                     gl.delete_texture(t);
                 }
-                let tex = gl.create_texture().map_err(Error::Other)?;
-                gl.bind_texture(glow::TEXTURE_2D, Some(tex));
-                gl.tex_storage_2d(glow::TEXTURE_2D, 1, glow::R8UI, size as i32, size as i32);
-                gl.bind_framebuffer(glow::FRAMEBUFFER, Some(self.fbo));
-                gl.framebuffer_texture_2d(
-                    glow::FRAMEBUFFER,
-                    glow::COLOR_ATTACHMENT0,
-                    glow::TEXTURE_2D,
-                    Some(tex),
-                    0,
-                );
-                gl.draw_buffers(&[glow::COLOR_ATTACHMENT0]);
-                let status = gl.check_framebuffer_status(glow::FRAMEBUFFER);
-                if status != glow::FRAMEBUFFER_COMPLETE {
-                    return Err(Error::Other(format!(
-                        "GL: the R8UI framebuffer is incomplete (0x{status:x})"
-                    )));
-                }
+                let tex = r8ui_target(gl, self.fbo, size, size)?;
                 self.target = Some((tex, size));
             }
             gl.bind_framebuffer(glow::FRAMEBUFFER, Some(self.fbo));

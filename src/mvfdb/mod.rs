@@ -216,9 +216,8 @@ pub fn params_csv(maps: &[Map3]) -> String {
         .collect()
 }
 
-/// A class file read back as the model step does: rows of 13 numbers.
-pub fn read_params(path: &Path) -> Result<Vec<Map3>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read", e))?;
+/// Rows of exactly `N` comma-separated numbers (blank lines skipped); errors name the file and line.
+fn parse_rows<const N: usize>(path: &Path, text: &str) -> Result<Vec<[f64; N]>> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
@@ -232,11 +231,17 @@ pub fn read_params(path: &Path) -> Result<Vec<Map3>> {
                 Error::input(
                     path,
                     Some(i + 1),
-                    format!("{} values, expected 13", v.len()),
+                    format!("{} values, expected {N}", v.len()),
                 )
             })
         })
         .collect()
+}
+
+/// A class file read back as the model step does: rows of 13 numbers.
+pub fn read_params(path: &Path) -> Result<Vec<Map3>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read", e))?;
+    parse_rows(path, &text)
 }
 
 /// The original's `weights_ins145.csv`, rebuilt byte for byte: parameter 0 times 0.4, 0.5, .., 1.6
@@ -269,24 +274,7 @@ pub fn read_multipliers(path: &Path) -> Result<Vec<[f64; 12]>> {
     } else {
         std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read", e))?
     };
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            let v: Vec<f64> = l
-                .split(',')
-                .map(|x| x.trim().parse::<f64>())
-                .collect::<std::result::Result<_, _>>()
-                .map_err(|e| Error::input(path, Some(i + 1), format!("not a number: {e}")))?;
-            v.try_into().map_err(|v: Vec<f64>| {
-                Error::input(
-                    path,
-                    Some(i + 1),
-                    format!("{} values, expected 12", v.len()),
-                )
-            })
-        })
-        .collect()
+    parse_rows(path, &text)
 }
 
 /// The model of a class under one multiplier row, on `u` (its 10,000 draws); `None` when y has a NaN

@@ -14,7 +14,7 @@ use crate::generate::Summary;
 use crate::pipeline::{self, Abort, Context, InOrder, IndexedJobs, Job, Sink, Stats, Target};
 use crate::plan::Layout;
 use crate::plan::Sample;
-use crate::progress::{self, Reporter};
+use crate::progress;
 use crate::render::PngConfig;
 use crate::rng::PyRandom;
 use crate::sink::Format;
@@ -310,16 +310,6 @@ pub fn run(opts: &RcdbOptions) -> Result<Summary> {
     Ok(summary)
 }
 
-fn reporter(
-    opts: &RcdbOptions,
-    total: u64,
-    stats: &Arc<Stats>,
-    kept: &Arc<AtomicU64>,
-    extra: Box<dyn Fn() -> String + Send>,
-) -> Reporter {
-    progress::images(opts.progress, total, stats, kept, extra)
-}
-
 /// Runs `jobs` through RCDB's stages (the run's backend) and the shared pipeline into `sink`.
 fn render(
     opts: &RcdbOptions,
@@ -386,7 +376,7 @@ fn run_folder(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
     };
     let kept = Arc::new(AtomicU64::new(0));
     let total = (mine.end - mine.start) as u64 * s.instances as u64;
-    let rep = reporter(opts, total, stats, &kept, Box::new(String::new));
+    let rep = progress::images(opts.progress, total, stats, &kept, Box::new(String::new));
     let jobs = FolderJobs {
         s,
         classes: mine,
@@ -483,8 +473,8 @@ fn run_wds(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
         .sum();
     let ntodo = todo.shards.len();
     let written = sink.written.clone();
-    let rep = reporter(
-        opts,
+    let rep = progress::images(
+        opts.progress,
         todo_images,
         stats,
         &Arc::new(AtomicU64::new(0)),

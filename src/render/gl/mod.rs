@@ -891,24 +891,7 @@ impl GlEngine {
                     gl.delete_texture(t);
                 }
                 let (tw, th) = (aw.max(self.atlas.map_or(0, |a| a.1)), ah);
-                let tex = gl.create_texture().map_err(Error::Other)?;
-                gl.bind_texture(glow::TEXTURE_2D, Some(tex));
-                gl.tex_storage_2d(glow::TEXTURE_2D, 1, glow::R8UI, tw as i32, th as i32);
-                gl.bind_framebuffer(glow::FRAMEBUFFER, Some(self.fbo));
-                gl.framebuffer_texture_2d(
-                    glow::FRAMEBUFFER,
-                    glow::COLOR_ATTACHMENT0,
-                    glow::TEXTURE_2D,
-                    Some(tex),
-                    0,
-                );
-                gl.draw_buffers(&[glow::COLOR_ATTACHMENT0]);
-                let status = gl.check_framebuffer_status(glow::FRAMEBUFFER);
-                if status != glow::FRAMEBUFFER_COMPLETE {
-                    return Err(Error::Other(format!(
-                        "GL: the R8UI framebuffer is incomplete (0x{status:x})"
-                    )));
-                }
+                let tex = r8ui_target(gl, self.fbo, tw, th)?;
                 self.atlas = Some((tex, tw, th));
             }
             let (_, tw, th) = self.atlas.unwrap();
@@ -1133,6 +1116,40 @@ fn cpu_rescale(
         }
     });
     out
+}
+
+/// A new `w` x `h` R8UI texture as `fbo`'s only colour attachment (point rasters draw labels or
+/// 0/255 into it).
+///
+/// # Safety
+/// The context that owns `fbo` must be current on this thread.
+pub(crate) unsafe fn r8ui_target(
+    gl: &glow::Context,
+    fbo: glow::Framebuffer,
+    w: usize,
+    h: usize,
+) -> Result<glow::Texture> {
+    unsafe {
+        let tex = gl.create_texture().map_err(Error::Other)?;
+        gl.bind_texture(glow::TEXTURE_2D, Some(tex));
+        gl.tex_storage_2d(glow::TEXTURE_2D, 1, glow::R8UI, w as i32, h as i32);
+        gl.bind_framebuffer(glow::FRAMEBUFFER, Some(fbo));
+        gl.framebuffer_texture_2d(
+            glow::FRAMEBUFFER,
+            glow::COLOR_ATTACHMENT0,
+            glow::TEXTURE_2D,
+            Some(tex),
+            0,
+        );
+        gl.draw_buffers(&[glow::COLOR_ATTACHMENT0]);
+        let status = gl.check_framebuffer_status(glow::FRAMEBUFFER);
+        if status != glow::FRAMEBUFFER_COMPLETE {
+            return Err(Error::Other(format!(
+                "GL: the R8UI framebuffer is incomplete (0x{status:x})"
+            )));
+        }
+        Ok(tex)
+    }
 }
 
 /// Blocks until a fence has signalled, then deletes it.
