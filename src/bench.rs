@@ -379,6 +379,7 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                             model_seed: 0,
                             write_models: false,
                             views: 12,
+                            random_views: false,
                             view_seed: 0,
                             size: 224,
                             png: opts.png,

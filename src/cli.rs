@@ -532,14 +532,11 @@ pub struct MvfdbArgs {
     /// Also write the models as the original's PLY files (240 KB each)
     #[arg(long = "write-models")]
     pub write_models: bool,
-    /// Views per model, 0 for none [original: --view_point, 12]
-    #[arg(
-        long = "views",
-        alias = "view_point",
-        alias = "view-point",
-        default_value_t = 12
-    )]
-    pub views: u32,
+    /// Views per model, 0 for none [original: --view_point, 12]; `random` or `random:N` for
+    /// ExFractalDB-style random views (12 or N; azimuth uniform in [0, 2pi), elevation in [-30, 30]
+    /// degrees, keyed by --view-seed, class, model and view: our definition, the original has none)
+    #[arg(long = "views", alias = "view_point", alias = "view-point", default_value = "12", value_parser = parse_views)]
+    pub views: (u32, bool),
     /// CPython random seed before the render step (the original leaves it unseeded)
     #[arg(long = "view-seed", default_value_t = 0)]
     pub view_seed: i64,
@@ -789,6 +786,20 @@ impl RenderArgs {
             progress: self.common.progress(),
             backend,
         })
+    }
+}
+
+/// `--views`: `N` (the original's ring of N views), `random` (12 random views) or `random:N`.
+fn parse_views(s: &str) -> std::result::Result<(u32, bool), String> {
+    let n = |t: &str| {
+        t.parse::<u32>()
+            .map_err(|_| format!("{s:?}: expected a count, `random` or `random:N`"))
+    };
+    match s.split_once(':') {
+        None if s == "random" => Ok((12, true)),
+        Some(("random", c)) => Ok((n(c)?, true)),
+        None => Ok((n(s)?, false)),
+        _ => Err(format!("{s:?}: expected a count, `random` or `random:N`")),
     }
 }
 
@@ -1095,7 +1106,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 rows: a.weight_rows.clone(),
                 model_seed: a.model_seed,
                 write_models: a.write_models,
-                views: a.views,
+                views: a.views.0,
+                random_views: a.views.1,
                 view_seed: a.view_seed,
                 size: a.img_size,
                 png: PngConfig {

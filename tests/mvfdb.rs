@@ -158,3 +158,48 @@ fn bad_settings_name_the_flag() {
     );
     assert!(err.contains("w.csv:1"), "{err}");
 }
+
+/// `--views random:N`: our ExFractalDB-style views, keyed by (seed, class, model, view): the same
+/// bytes for any thread or rank count, other images than the ring of N, and other ones per seed.
+#[test]
+fn random_views_are_keyed_and_independent_of_threads_and_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = ["--classes", "2", "--weight-rows", "0-2", "--img_size", "64"];
+    let one = tmp.path().join("one");
+    run_ok(mvfdb(&one, &base).args(["--views", "random:4", "-j", "1"]));
+    assert_eq!(pngs(&one.join("images")).len(), 2 * 3 * 4);
+    let ranks = tmp.path().join("ranks");
+    for r in ["0", "1"] {
+        run_ok(mvfdb(&ranks, &base).args([
+            "--views",
+            "random:4",
+            "--rank",
+            r,
+            "--world-size",
+            "2",
+        ]));
+    }
+    same_tree(&one, &ranks);
+    let ring = tmp.path().join("ring");
+    run_ok(mvfdb(&ring, &base).args(["--views", "4"]));
+    let reseeded = tmp.path().join("reseeded");
+    run_ok(mvfdb(&reseeded, &base).args(["--views", "random:4", "--view-seed", "5"]));
+    for other in [&ring, &reseeded] {
+        let same = pngs(&one.join("images"))
+            .iter()
+            .filter(|f| {
+                std::fs::read(one.join("images").join(f)).unwrap()
+                    == std::fs::read(other.join("images").join(f)).unwrap()
+            })
+            .count();
+        assert_eq!(
+            same,
+            0,
+            "{} images equal those of {}",
+            same,
+            other.display()
+        );
+    }
+    let err = run_err(&mut mvfdb(&one, &["--views", "sometimes"]));
+    assert!(err.contains("--views"), "{err}");
+}

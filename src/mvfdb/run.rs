@@ -28,6 +28,8 @@ pub struct MvfdbOptions {
     pub write_models: bool,
     /// Views per model (0: no images), their seed and the image side.
     pub views: u32,
+    /// Random (ExFractalDB-style) views instead of the original's ring, keyed by `view_seed`.
+    pub random_views: bool,
     pub view_seed: i64,
     pub size: u32,
     pub png: PngConfig,
@@ -171,6 +173,7 @@ pub fn run(o: &MvfdbOptions) -> Result<Summary> {
     let settings = RenderSettings {
         size: o.size as usize,
         views: o.views,
+        random: o.random_views.then_some(o.view_seed as u64),
         mults,
     };
     let stages = MvStages {

@@ -24,6 +24,8 @@ pub struct ClassStart {
 pub struct RenderSettings {
     pub size: usize,
     pub views: u32,
+    /// `Some(seed)`: random views ([`super::view::random_view`]) instead of the original's ring.
+    pub random: Option<u64>,
     /// The multiplier rows drawn, in order.
     pub mults: Vec<[f64; 12]>,
 }
@@ -124,7 +126,10 @@ impl Stage for CpuStage<'_> {
                             continue;
                         };
                         let t1 = Instant::now();
-                        let view = view_matrix(k, st.views, r);
+                        let view = match st.random {
+                            Some(seed) => super::view::random_view(seed, unit.class, i, k),
+                            None => view_matrix(k, st.views, r),
+                        };
                         let pixels = match self.gl.as_mut() {
                             // The original's three uniforms; the shader multiplies them.
                             Some(gl) => {

@@ -142,6 +142,36 @@ pub fn view_matrix(k: u32, views: u32, r: f64) -> Mat4 {
     look_at(eye, [0.0, 0.0, 0.0], [up[0], up[1], up[2]])
 }
 
+/// ExFractalDB-style random views, **our definition** (the original defines none): view `k` of model
+/// `i` of class `class` looks at the origin from distance 4 at an azimuth uniform in [0, 2pi) and an
+/// elevation uniform in [-30, 30] degrees, both from a counter hash of (seed, class, i, k), so a view
+/// depends on nothing else; up is +y. The camera position is computed in f64 and the matrix in f32
+/// with glm's lookAt.
+pub fn random_view(seed: u64, class: u32, i: u32, k: u32) -> Mat4 {
+    let (az, el) = random_angles(seed, class, i, k);
+    let eye = [
+        (4.0 * el.cos() * az.cos()) as f32,
+        (4.0 * el.sin()) as f32,
+        (4.0 * el.cos() * az.sin()) as f32,
+    ];
+    look_at(eye, [0.0, 0.0, 0.0], [0.0, 1.0, 0.0])
+}
+
+/// (azimuth, elevation) in radians of [`random_view`].
+pub fn random_angles(seed: u64, class: u32, i: u32, k: u32) -> (f64, f64) {
+    use crate::rng::hash32;
+    let mut h = hash32(seed as u32 ^ 0x2545_f491);
+    for v in [(seed >> 32) as u32, class, i, k] {
+        h = hash32(h ^ v);
+    }
+    let a = hash32(h ^ 0x9e37_79b9);
+    let b = hash32(a ^ 0x85eb_ca6b);
+    let unit = |x: u32| x as f64 / 4_294_967_296.0;
+    let az = unit(a) * 2.0 * std::f64::consts::PI;
+    let el = (unit(b) * 60.0 - 30.0).to_radians();
+    (az, el)
+}
+
 /// Draws the points (f32) white into a `size`^2 canvas (row 0 = the framebuffer's bottom row, as
 /// the original saves it) through `mvp`.
 pub fn draw_points(pts: &[[f32; 3]], mvp: &Mat4, size: usize, canvas: &mut [u8]) {
@@ -166,5 +196,27 @@ pub fn draw_points(pts: &[[f32; 3]], mvp: &Mat4, size: usize, canvas: &mut [u8])
         if x >= 0.0 && y >= 0.0 && (x as usize) < size && (y as usize) < size {
             canvas[y as usize * size + x as usize] = 255;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn random_views_cover_the_azimuths_within_the_elevation_band() {
+        let mut quadrants = [0u32; 4];
+        for k in 0..4000 {
+            let (az, el) = super::random_angles(7, k % 5, k / 5, k);
+            assert!((0.0..2.0 * std::f64::consts::PI).contains(&az));
+            assert!(el.abs() <= 30f64.to_radians() + 1e-12);
+            quadrants[(az / (std::f64::consts::PI / 2.0)) as usize] += 1;
+        }
+        assert!(
+            quadrants.iter().all(|&q| (850..1150).contains(&q)),
+            "{quadrants:?}"
+        );
+        assert_ne!(
+            super::random_angles(7, 0, 0, 0),
+            super::random_angles(8, 0, 0, 0)
+        );
     }
 }
