@@ -380,6 +380,7 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                             write_models: false,
                             views: 12,
                             random_views: false,
+                            shards: None,
                             view_seed: 0,
                             size: 224,
                             png: opts.png,

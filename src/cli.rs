@@ -549,9 +549,24 @@ pub struct MvfdbArgs {
     /// zlib level of the PNGs
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=9))]
     pub png_level: u8,
-    /// Keep existing whole images and draw the rest
+    /// Keep existing whole images (or verified shards) and draw the rest
     #[arg(long)]
     pub resume: bool,
+    /// Output: folder (the original's layout) or wds (WebDataset shards of every class's views)
+    #[arg(long, default_value = "folder")]
+    pub format: Format,
+    /// Most samples per shard (wds)
+    #[arg(long, default_value_t = 10_000)]
+    pub samples_per_shard: u64,
+    /// Shard name prefix (wds)
+    #[arg(long, default_value = "mvfdb")]
+    pub prefix: String,
+    /// Seed of the sample order in the shards (wds)
+    #[arg(long = "shard-seed", default_value_t = 0)]
+    pub shard_seed: u64,
+    /// Also write DALI wds2idx index files (wds)
+    #[arg(long)]
+    pub dali_index: bool,
     /// Engine for the views: cpu (the driver's point rule emulated), gl (GL_POINTS through EGL) or
     /// auto (gl on a hardware GPU)
     #[arg(long, default_value = "auto")]
@@ -1108,6 +1123,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 write_models: a.write_models,
                 views: a.views.0,
                 random_views: a.views.1,
+                shards: (a.format == Format::Wds).then(|| crate::mvfdb::run::ShardOptions {
+                    samples_per_shard: a.samples_per_shard,
+                    prefix: a.prefix.clone(),
+                    seed: a.shard_seed,
+                    dali_index: a.dali_index,
+                    writers: (a.common.threads() / 4).clamp(1, 4),
+                }),
                 view_seed: a.view_seed,
                 size: a.img_size,
                 png: PngConfig {

@@ -2,7 +2,7 @@
 //! models (`models/{class}/{class}_{row:04d}.ply`, with `--write-models`) and the views
 //! (`images/{class}/{class}_{i:05d}_{k:03d}.png`), the last through the shared pipeline and encoder.
 
-use super::stage::{ClassStart, MvStages, RenderSettings};
+use super::stage::{ClassStart, ModelRef, MvStages, RenderSettings};
 use super::{Map3, instance, params_csv, ply, read_multipliers, read_params, search};
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -30,6 +30,8 @@ pub struct MvfdbOptions {
     pub views: u32,
     /// Random (ExFractalDB-style) views instead of the original's ring, keyed by `view_seed`.
     pub random_views: bool,
+    /// `--format wds`: shards (same order v2, manifest and indexes as `render`) instead of folders.
+    pub shards: Option<ShardOptions>,
     pub view_seed: i64,
     pub size: u32,
     pub png: PngConfig,
@@ -38,6 +40,16 @@ pub struct MvfdbOptions {
     pub rank: crate::cluster::Rank,
     pub progress: crate::progress::Mode,
     pub backend: super::stage::MvBackend,
+}
+
+/// Shard settings of `mvfdb --format wds`.
+#[derive(Clone, Debug)]
+pub struct ShardOptions {
+    pub samples_per_shard: u64,
+    pub prefix: String,
+    pub seed: u64,
+    pub dali_index: bool,
+    pub writers: usize,
 }
 
 #[derive(Default)]
@@ -118,7 +130,9 @@ pub fn run(o: &MvfdbOptions) -> Result<Summary> {
         starts.push(rng.clone());
         rng.skip_doubles(super::POINTS * mults.len());
     }
-    let valid: Vec<Mutex<Vec<bool>>> = (0..found.len()).map(|_| Mutex::new(vec![])).collect();
+    let valid: Vec<Mutex<(Vec<bool>, Vec<NumpyRandom>)>> = (0..found.len())
+        .map(|_| Mutex::new((vec![], vec![])))
+        .collect();
     let next = AtomicUsize::new(0);
     let failed: Mutex<Option<Error>> = Mutex::new(None);
     std::thread::scope(|sc| {
@@ -144,7 +158,8 @@ pub fn run(o: &MvfdbOptions) -> Result<Summary> {
     if let Some(e) = failed.into_inner().unwrap() {
         return Err(e);
     }
-    let valid: Vec<Vec<bool>> = valid.into_iter().map(|m| m.into_inner().unwrap()).collect();
+    let (valid, checkpoints): (Vec<Vec<bool>>, Vec<Vec<NumpyRandom>>) =
+        valid.into_iter().map(|m| m.into_inner().unwrap()).unzip();
     s.models = valid.iter().flatten().filter(|v| **v).count();
     s.skipped = valid.iter().flatten().filter(|v| !**v).count();
     if o.views == 0 {
@@ -157,7 +172,12 @@ pub fn run(o: &MvfdbOptions) -> Result<Summary> {
         .collect();
     let world = o.rank.world.max(1);
     let n = found.len() as u64;
-    let mine = (n * o.rank.rank / world) as u32..(n * (o.rank.rank + 1) / world) as u32;
+    // Folders: a contiguous stretch of classes per rank; shards: every class (blocks mix them).
+    let mine = if o.shards.is_some() {
+        0..found.len() as u32
+    } else {
+        (n * o.rank.rank / world) as u32..(n * (o.rank.rank + 1) / world) as u32
+    };
     let mut view_rng = PyRandom::seed(o.view_seed as i128);
     let mut class_starts = Vec::new();
     for c in 0..mine.end {
@@ -176,24 +196,29 @@ pub fn run(o: &MvfdbOptions) -> Result<Summary> {
         random: o.random_views.then_some(o.view_seed as u64),
         mults,
     };
+    if let Some(sh) = &o.shards {
+        return run_wds(
+            o,
+            sh,
+            s,
+            &valid,
+            &checkpoints,
+            &class_starts,
+            &settings,
+            &rows,
+        );
+    }
     let stages = MvStages {
         settings: &settings,
         starts: &class_starts,
         first: mine.start,
+        units: None,
         backend: o.backend.clone(),
         quiet: o.progress == crate::progress::Mode::Quiet,
     };
-    let mut palette = [[0u8; 3]; 256];
-    for (v, p) in palette.iter_mut().enumerate() {
-        *p = [v as u8; 3];
-    }
     let ctx = Context {
         stages: &stages,
-        image: crate::render::ImageFormat {
-            width: o.size,
-            height: o.size,
-            palette,
-        },
+        image: image_format(o.size),
         png: o.png,
     };
     for c in mine.clone() {
@@ -243,14 +268,18 @@ fn model_class(
     rows: &[u32],
     mults: &[[f64; 12]],
     mut rng: NumpyRandom,
-) -> Result<Vec<bool>> {
+) -> Result<(Vec<bool>, Vec<NumpyRandom>)> {
     let dir = o.out.join("models").join(format!("{c:06}"));
     if o.write_models {
         fsutil::create_dir(&dir)?;
         fsutil::remove_stale_tmp(&dir);
     }
     let mut valid = Vec::with_capacity(mults.len());
-    for (mult, &r) in mults.iter().zip(rows) {
+    let mut checkpoints = Vec::new();
+    for (pos, (mult, &r)) in mults.iter().zip(rows).enumerate() {
+        if (pos as u32).is_multiple_of(super::stage::CHECKPOINT) {
+            checkpoints.push(rng.clone());
+        }
         let u = rng.random_vec(super::POINTS);
         let m = instance(maps, mult, &u);
         if let (Some(pts), true) = (&m, o.write_models) {
@@ -258,7 +287,7 @@ fn model_class(
         }
         valid.push(m.is_some());
     }
-    Ok(valid)
+    Ok((valid, checkpoints))
 }
 
 /// One job per class: its images still to draw (instance `i * views + k`).
@@ -308,4 +337,165 @@ impl IndexedJobs for ViewJobs<'_> {
         });
         pipeline::job_of(c, 0, images)
     }
+}
+
+/// Canvases hold 0 or 255; the PNGs are RGB.
+fn image_format(size: u32) -> crate::render::ImageFormat {
+    let mut palette = [[0u8; 3]; 256];
+    for (v, p) in palette.iter_mut().enumerate() {
+        *p = [v as u8; 3];
+    }
+    crate::render::ImageFormat {
+        width: size,
+        height: size,
+        palette,
+    }
+}
+
+/// A shard sample's `.json` and label: the layout's "classes" are the valid models.
+struct MvMeta {
+    models: Vec<ModelRef>,
+    rows: Vec<u32>,
+}
+
+impl crate::sink::wds::SampleMeta for MvMeta {
+    fn json(&self, class: &str, s: Sample, id: u64) -> serde_json::Result<Vec<u8>> {
+        let m = self.models[s.class as usize];
+        serde_json::to_vec(&serde_json::json!({
+            "class": class,
+            "class_index": m.class,
+            "model": m.file,
+            "weight_row": self.rows[m.pos as usize],
+            "view": s.instance,
+            "file": format!("images/{class}/{class}_{:05}_{:03}.png", m.file, s.instance),
+            "sample": id,
+        }))
+    }
+    fn label(&self, s: Sample) -> u32 {
+        self.models[s.class as usize].class
+    }
+}
+
+/// `--format wds`: one layout "class" per valid model (its views the images), so shards mix models
+/// of every class; each unit replays its class's model stream from the nearest checkpoint.
+#[allow(clippy::too_many_arguments)]
+fn run_wds(
+    o: &MvfdbOptions,
+    sh: &ShardOptions,
+    mut s: Summary,
+    valid: &[Vec<bool>],
+    checkpoints: &[Vec<NumpyRandom>],
+    class_starts: &[ClassStart],
+    settings: &RenderSettings,
+    rows: &[u32],
+) -> Result<Summary> {
+    use crate::sink::wds::{self, WdsOptions, WdsSink};
+    if sh.samples_per_shard == 0 {
+        return Err(Error::flag("--samples-per-shard", "must be at least 1"));
+    }
+    let mut models = Vec::new();
+    for (c, v) in valid.iter().enumerate() {
+        let mut file = 0;
+        for (pos, ok) in v.iter().enumerate() {
+            if *ok {
+                models.push(ModelRef {
+                    class: c as u32,
+                    pos: pos as u32,
+                    file,
+                });
+                file += 1;
+            }
+        }
+    }
+    let layout = crate::plan::Layout::with_shape(
+        models.len() as u64,
+        vec![0],
+        o.views,
+        vec![1],
+        sh.samples_per_shard,
+        sh.seed,
+    );
+    let names: Vec<String> = (0..valid.len()).map(|c| format!("{c:06}")).collect();
+    let fingerprint = serde_json::json!({
+        "kind": "mvfdb-wds-v1",
+        "order": crate::plan::ORDER_VERSION,
+        "encoder": crate::generate::ENCODER,
+        "classes": o.classes, "seed": o.seed, "variance": o.variance,
+        "weights": o.weights.as_ref().map(|p| p.display().to_string()),
+        "rows": rows, "model_seed": o.model_seed, "views": o.views, "random_views": o.random_views,
+        "view_seed": o.view_seed, "size": o.size, "png_level": o.png.level,
+        "shard_seed": sh.seed, "prefix": sh.prefix,
+    });
+    let (rank, world) = (o.rank.rank, o.rank.world.max(1));
+    let (sink, todo) = WdsSink::open(
+        WdsOptions {
+            out: o.out.clone(),
+            prefix: sh.prefix.clone(),
+            dali_index: sh.dali_index,
+            writers: sh.writers,
+            resume: o.resume,
+            meta: Arc::new(MvMeta {
+                models: models.clone(),
+                rows: rows.to_vec(),
+            }),
+        },
+        names.clone(),
+        &layout,
+        fingerprint,
+        (rank, world),
+    )?;
+    crate::sink::write_names(&o.out, &names, rank == 0)?;
+    let stages = MvStages {
+        settings,
+        starts: class_starts,
+        first: 0,
+        units: Some(super::stage::ModelUnits {
+            models: &models,
+            checkpoints,
+        }),
+        backend: o.backend.clone(),
+        quiet: o.progress == crate::progress::Mode::Quiet,
+    };
+    let ctx = Context {
+        stages: &stages,
+        image: image_format(o.size),
+        png: o.png,
+    };
+    let stats = Arc::new(Stats::default());
+    let todo_images: u64 = todo
+        .shards
+        .iter()
+        .map(|&x| layout.shard_range(x).count() as u64)
+        .sum();
+    let rep = crate::progress::images(
+        o.progress,
+        todo_images,
+        &stats,
+        &Arc::new(AtomicU64::new(0)),
+        Box::new(String::new),
+    );
+    let jobs = crate::generate::WdsJobs::new(&layout, &todo);
+    let t0 = std::time::Instant::now();
+    pipeline::run(
+        &ctx,
+        &InOrder::new(&jobs),
+        &sink,
+        o.threads,
+        &stats,
+        &Abort::default(),
+    )?;
+    sink.finish_empty(&todo)?;
+    drop(rep);
+    s.render.seconds = t0.elapsed().as_secs_f64();
+    s.render.add_stats(&stats);
+    s.images = stats.images.load(Ordering::Relaxed);
+    s.kept = todo.kept;
+    if world == 1
+        && let Err(missing) = wds::finalize(&o.out, &sh.prefix)?
+    {
+        return Err(Error::Other(format!(
+            "internal: shards missing after a complete run: {missing:?}"
+        )));
+    }
+    Ok(s)
 }

@@ -124,6 +124,11 @@ pub trait SampleMeta: Send + Sync {
     /// The metadata of sample `s` of class `class` (its name), `id` its index in the family's
     /// canonical order.
     fn json(&self, class: &str, s: Sample, id: u64) -> serde_json::Result<Vec<u8>>;
+    /// The label (`.cls`, and the class name passed to `json`) of a layout sample: its class,
+    /// unless the family's layout "classes" are finer units (MV-FractalDB: one per model).
+    fn label(&self, s: Sample) -> u32 {
+        s.class
+    }
 }
 
 /// FractalDB's `.json`: class, weight row, instance, flip, draw type and mask generator.
@@ -196,11 +201,12 @@ impl SampleInfo<'_> {
         png: &[u8],
     ) -> std::io::Result<()> {
         let key = format!("{pos:0w$}", w = self.key_width);
+        let label = self.meta.label(s);
         let json = self
             .meta
-            .json(&self.classes[s.class as usize], s, self.layout.id(s))
+            .json(&self.classes[label as usize], s, self.layout.id(s))
             .map_err(std::io::Error::other)?;
-        let cls = s.class.to_string();
+        let cls = label.to_string();
         w.write_sample(
             &key,
             &[("cls", cls.as_bytes()), ("json", &json[..]), ("png", png)],
