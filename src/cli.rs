@@ -567,6 +567,12 @@ pub struct MvfdbArgs {
     /// Also write DALI wds2idx index files (wds)
     #[arg(long)]
     pub dali_index: bool,
+    /// Serve the shards over HTTP instead of writing them (the bytes of --format wds with the same
+    /// flags; the routes of `fractaldb serve`); nothing is written
+    #[arg(long)]
+    pub serve: bool,
+    #[command(flatten)]
+    pub service: ServiceArgs,
     /// Engine for the views: cpu (the driver's point rule emulated), gl (GL_POINTS through EGL) or
     /// auto (gl on a hardware GPU)
     #[arg(long, default_value = "auto")]
@@ -1112,7 +1118,7 @@ pub fn run(cli: Cli) -> Result<()> {
             if let MvBackend::Gl(_) = backend {
                 crate::render::gl::egl::load()?;
             }
-            let s = crate::mvfdb::run::run(&crate::mvfdb::run::MvfdbOptions {
+            let opts = crate::mvfdb::run::MvfdbOptions {
                 out: a.save_root.clone(),
                 classes: a.classes,
                 seed: a.seed,
@@ -1123,12 +1129,14 @@ pub fn run(cli: Cli) -> Result<()> {
                 write_models: a.write_models,
                 views: a.views.0,
                 random_views: a.views.1,
-                shards: (a.format == Format::Wds).then(|| crate::mvfdb::run::ShardOptions {
-                    samples_per_shard: a.samples_per_shard,
-                    prefix: a.prefix.clone(),
-                    seed: a.shard_seed,
-                    dali_index: a.dali_index,
-                    writers: (a.common.threads() / 4).clamp(1, 4),
+                shards: (a.format == Format::Wds || a.serve).then(|| {
+                    crate::mvfdb::run::ShardOptions {
+                        samples_per_shard: a.samples_per_shard,
+                        prefix: a.prefix.clone(),
+                        seed: a.shard_seed,
+                        dali_index: a.dali_index,
+                        writers: (a.common.threads() / 4).clamp(1, 4),
+                    }
                 }),
                 view_seed: a.view_seed,
                 size: a.img_size,
@@ -1145,7 +1153,14 @@ pub fn run(cli: Cli) -> Result<()> {
                 rank: rank.clone(),
                 progress: a.common.progress(),
                 backend,
-            })?;
+            };
+            if a.serve {
+                let sh = opts.shards.clone().expect("set with --serve");
+                return crate::serve::run(
+                    &a.service.options(crate::serve::Served::Mvfdb(opts, sh)),
+                );
+            }
+            let s = crate::mvfdb::run::run(&opts)?;
             if !a.common.quiet {
                 crate::say!(
                     "done: {} classes, {} models ({} skipped: NaN), {} images ({} kept from before), in {}",

@@ -27,6 +27,10 @@ use tokio::sync::watch;
 pub enum Served {
     Fractal(RenderOptions),
     Rcdb(crate::rcdb::run::RcdbOptions),
+    Mvfdb(
+        crate::mvfdb::run::MvfdbOptions,
+        crate::mvfdb::run::ShardOptions,
+    ),
 }
 
 /// The service's own settings (the dataset's flags come with [`Served`]).
@@ -122,6 +126,10 @@ enum Family {
         group: u32,
         backend: crate::rcdb::stage::RcdbBackend,
     },
+    Mvfdb(
+        Box<crate::mvfdb::run::Prepared>,
+        crate::mvfdb::stage::MvBackend,
+    ),
 }
 
 struct State {
@@ -223,6 +231,7 @@ impl State {
                 group: *group,
                 per_process: settings.per_process(),
             }),
+            Family::Mvfdb(p, _) => p.meta(),
         }
     }
 
@@ -245,6 +254,11 @@ impl State {
             Family::Rcdb { .. } => Some(
                 "RCDB has no instance key: its images come from the original's fixed streams, so every \
                  epoch would hold the same images; use epoch 0"
+                    .into(),
+            ),
+            Family::Mvfdb(..) => Some(
+                "MV-FractalDB's views come from fixed streams (or fixed random views): every epoch \
+                 would hold the same images; use epoch 0"
                     .into(),
             ),
         }
@@ -750,6 +764,7 @@ pub fn run(opts: &ServeOptions) -> Result<()> {
     let (prefix, per_shard) = match &opts.dataset {
         Served::Fractal(ro) => (&ro.prefix, ro.samples_per_shard),
         Served::Rcdb(o) => (&o.prefix, o.samples_per_shard),
+        Served::Mvfdb(_, sh) => (&sh.prefix, sh.samples_per_shard),
     };
     if per_shard == 0 {
         return Err(Error::flag("--samples-per-shard", "must be at least 1"));
@@ -807,6 +822,24 @@ pub fn run(opts: &ServeOptions) -> Result<()> {
                 family, layout, names, fp, o.threads, o.png, o.writers, quiet,
             )
         }
+        Served::Mvfdb(o, sh) => {
+            let t0 = Instant::now();
+            let p = crate::mvfdb::run::prepare_service(o, sh)?;
+            let quiet = o.progress == crate::progress::Mode::Quiet;
+            if !quiet {
+                crate::say!(
+                    "serve: {} classes searched and {} models computed in {:.1}s",
+                    p.names.len(),
+                    p.models.len(),
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+            let (layout, names, fp) = (p.layout.clone(), p.names.clone(), p.fingerprint.clone());
+            let family = Family::Mvfdb(Box::new(p), o.backend.clone());
+            (
+                family, layout, names, fp, o.threads, o.png, sh.writers, quiet,
+            )
+        }
     };
     let listener = std::net::TcpListener::bind(&opts.listen)
         .map_err(|e| Error::io(&opts.listen, "cannot listen", e))?;
@@ -858,6 +891,20 @@ pub fn run(opts: &ServeOptions) -> Result<()> {
                     u: &u,
                 };
                 serve_render(&st, &f, f.image(), threads, png, writers, &failed)
+            }
+            Family::Mvfdb(p, backend) => {
+                let m = crate::mvfdb::stage::MvStages {
+                    settings: &p.settings,
+                    starts: &p.class_starts,
+                    first: 0,
+                    units: Some(crate::mvfdb::stage::ModelUnits {
+                        models: &p.models,
+                        checkpoints: &p.checkpoints,
+                    }),
+                    backend: backend.clone(),
+                    quiet,
+                };
+                serve_render(&st, &m, p.image_format(), threads, png, writers, &failed)
             }
             Family::Rcdb {
                 settings,

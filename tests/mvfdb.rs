@@ -265,3 +265,50 @@ fn shards_hold_the_folder_views_whatever_the_ranks() {
     run_ok(mvfdb(&one, &base).args(wds_args).arg("--resume"));
     assert!(std::fs::read(one.join(&lost)).unwrap() == before);
 }
+
+/// `mvfdb --serve`: every shard fetched with curl equals the one `--format wds` writes with the
+/// same flags, and the service writes nothing.
+#[test]
+fn served_shards_equal_written_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "--classes",
+        "2",
+        "--weight-rows",
+        "0-5",
+        "--img_size",
+        "48",
+        "--views",
+        "3",
+        "--samples-per-shard",
+        "10",
+    ];
+    let written = tmp.path().join("written");
+    run_ok(mvfdb(&written, &args).args(["--format", "wds"]));
+    let served_root = tmp.path().join("served");
+    let mut cmd = mvfdb(&served_root, &args);
+    cmd.args(["--serve", "--listen", "127.0.0.1:0"]);
+    let (child, base) = start_service(cmd);
+    let tars: Vec<_> = files(&written)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+        .collect();
+    assert!(tars.len() >= 3);
+    for t in &tars {
+        let (code, body) = curl_get(&base, t.to_str().unwrap());
+        assert_eq!(code, "200", "{}", t.display());
+        assert!(
+            body == std::fs::read(written.join(t)).unwrap(),
+            "{} differs",
+            t.display()
+        );
+    }
+    let (code, _) = curl_get(&base, &format!("epoch/1/{}", tars[0].display()));
+    assert_eq!(code, "400");
+    stop_service(child);
+    assert!(
+        !served_root.exists(),
+        "the service wrote {}",
+        served_root.display()
+    );
+}

@@ -361,8 +361,6 @@ fn gl_engine_equals_the_goldens_and_the_cpu_engine() {
 /// flags; epochs other than 0 are refused (RCDB has no instance key).
 #[test]
 fn served_shards_equal_written_shards() {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
     let tmp = tempfile::tempdir().unwrap();
     let args = [
         "--numof_classes",
@@ -378,32 +376,11 @@ fn served_shards_equal_written_shards() {
     ];
     let written = tmp.path().join("written");
     run_ok(rcdb(&written, &args).args(["--format", "wds"]));
-    let mut child = bin()
-        .args(["rcdb", "--serve", "--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next().expect("serve printed its address").unwrap();
-        if let Some(i) = line.find("http://") {
-            break line[i..].split_whitespace().next().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let get = |path: &str| -> (String, Vec<u8>) {
-        let out = Command::new("curl")
-            .args(["-s", "-w", "\n%{http_code}", &format!("{base}/{path}")])
-            .output()
-            .unwrap();
-        let mut body = out.stdout;
-        let nl = body.iter().rposition(|&b| b == b'\n').unwrap();
-        let code = String::from_utf8(body[nl + 1..].to_vec()).unwrap();
-        body.truncate(nl);
-        (code, body)
-    };
+    let mut cmd = bin();
+    cmd.args(["rcdb", "--serve", "--listen", "127.0.0.1:0"])
+        .args(args);
+    let (child, base) = start_service(cmd);
+    let get = |path: &str| curl_get(&base, path);
     let tars: Vec<_> = files(&written)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|x| x == "tar"))
@@ -421,9 +398,5 @@ fn served_shards_equal_written_shards() {
     let (code, body) = get(&format!("epoch/1/{}", tars[0].to_str().unwrap()));
     assert_eq!(code, "400");
     assert!(String::from_utf8_lossy(&body).contains("RCDB"));
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    stop_service(child);
 }

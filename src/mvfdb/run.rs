@@ -70,7 +70,19 @@ pub fn image_path(out: &Path, s: Sample) -> PathBuf {
         .join(format!("{c}_{:05}_{:03}.png", s.row, s.instance))
 }
 
-pub fn run(o: &MvfdbOptions) -> Result<Summary> {
+/// What the search and the model pass leave for the views.
+struct Front {
+    s: Summary,
+    maps: Vec<Vec<Map3>>,
+    rows: Vec<u32>,
+    mults: Vec<[f64; 12]>,
+    /// numpy's model stream at each class's first model.
+    starts: Vec<NumpyRandom>,
+    valid: Vec<Vec<bool>>,
+    checkpoints: Vec<Vec<NumpyRandom>>,
+}
+
+fn validate(o: &MvfdbOptions) -> Result<()> {
     if o.classes == 0 {
         return Err(Error::flag("--classes", "must be at least 1"));
     }
@@ -80,30 +92,37 @@ pub fn run(o: &MvfdbOptions) -> Result<Summary> {
     if o.views > 0 && o.size == 0 {
         return Err(Error::flag("--img_size", "must be at least 1"));
     }
-    let weights = o
-        .weights
-        .as_ref()
-        .map(|p| read_multipliers(p))
-        .transpose()?;
-    if weights.is_none() && (o.write_models || o.views > 0) {
+    if o.weights.is_none() && (o.write_models || o.views > 0) {
         return Err(Error::flag(
             "--weight-csv",
             "the models and views need the instance multipliers (the original's weights_ins145.csv); \
              pass --views 0 to run the search alone",
         ));
     }
-    fsutil::create_dir(&o.out)?;
-    let _lock = fsutil::OutputLock::acquire(&o.out, "mvfdb")?;
+    Ok(())
+}
+
+/// The search and the model pass. With `write`, the parameter files are written and read back (as
+/// the original's model step does; `%.18e` round-trips, so in memory is the same) and the PLY files
+/// with `--write-models`; without (the service), nothing is written.
+fn front(o: &MvfdbOptions, write: bool) -> Result<Front> {
+    let weights = o
+        .weights
+        .as_ref()
+        .map(|p| read_multipliers(p))
+        .transpose()?;
     let pdir = o.out.join("params");
-    fsutil::create_dir(&pdir)?;
-    fsutil::remove_stale_tmp(&pdir);
     // 1. The search (its CSVs are what the model step reads back).
     let found = search(o.seed, o.classes, o.variance);
-    for (c, maps) in found.iter().enumerate() {
-        let text = params_csv(maps);
-        let path = pdir.join(format!("{c:06}.csv"));
-        if std::fs::read(&path).ok().as_deref() != Some(text.as_bytes()) {
-            fsutil::write_atomic(&path, text.as_bytes(), false)?;
+    if write {
+        fsutil::create_dir(&pdir)?;
+        fsutil::remove_stale_tmp(&pdir);
+        for (c, maps) in found.iter().enumerate() {
+            let text = params_csv(maps);
+            let path = pdir.join(format!("{c:06}.csv"));
+            if std::fs::read(&path).ok().as_deref() != Some(text.as_bytes()) {
+                fsutil::write_atomic(&path, text.as_bytes(), false)?;
+            }
         }
     }
     let mut s = Summary {
@@ -111,41 +130,53 @@ pub fn run(o: &MvfdbOptions) -> Result<Summary> {
         ..Summary::default()
     };
     let Some(all_mults) = weights else {
-        return Ok(s);
+        return Ok(Front {
+            s,
+            maps: vec![],
+            rows: vec![],
+            mults: vec![],
+            starts: vec![],
+            valid: vec![],
+            checkpoints: vec![],
+        });
     };
     let rows = match &o.rows {
         Some(sel) => crate::plan::parse_selection("--weight-rows", sel, all_mults.len() as u32)?,
         None => (0..all_mults.len() as u32).collect(),
     };
     let mults: Vec<[f64; 12]> = rows.iter().map(|&r| all_mults[r as usize]).collect();
-    let maps: Vec<Vec<Map3>> = (0..found.len())
-        .map(|c| read_params(&pdir.join(format!("{c:06}.csv"))))
-        .collect::<Result<_>>()?;
+    let maps: Vec<Vec<Map3>> = if write {
+        (0..found.len())
+            .map(|c| read_params(&pdir.join(format!("{c:06}.csv"))))
+            .collect::<Result<_>>()?
+    } else {
+        found
+    };
     // 2. The models: each class's model stream starts 10,000 draws x rows after the previous one's,
     // so classes run in parallel; which models are valid (no NaN) fixes the view stream and the
     // image file indices.
-    let mut starts = Vec::with_capacity(found.len());
+    let mut starts = Vec::with_capacity(maps.len());
     let mut rng = NumpyRandom::seed(o.model_seed);
-    for _ in 0..found.len() {
+    for _ in 0..maps.len() {
         starts.push(rng.clone());
         rng.skip_doubles(super::POINTS * mults.len());
     }
-    let valid: Vec<Mutex<(Vec<bool>, Vec<NumpyRandom>)>> = (0..found.len())
+    let slots: Vec<Mutex<(Vec<bool>, Vec<NumpyRandom>)>> = (0..maps.len())
         .map(|_| Mutex::new((vec![], vec![])))
         .collect();
     let next = AtomicUsize::new(0);
     let failed: Mutex<Option<Error>> = Mutex::new(None);
     std::thread::scope(|sc| {
-        for _ in 0..o.threads.render.clamp(1, found.len()) {
+        for _ in 0..o.threads.render.clamp(1, maps.len()) {
             sc.spawn(|| {
                 loop {
                     let c = next.fetch_add(1, Ordering::Relaxed);
-                    if c >= found.len() {
+                    if c >= maps.len() {
                         break;
                     }
-                    let r = model_class(o, c, &maps[c], &rows, &mults, starts[c].clone());
+                    let r = model_class(o, write, c, &maps[c], &rows, &mults, starts[c].clone());
                     match r {
-                        Ok(v) => *valid[c].lock().unwrap() = v,
+                        Ok(v) => *slots[c].lock().unwrap() = v,
                         Err(e) => {
                             failed.lock().unwrap().get_or_insert(e);
                             return;
@@ -159,54 +190,83 @@ pub fn run(o: &MvfdbOptions) -> Result<Summary> {
         return Err(e);
     }
     let (valid, checkpoints): (Vec<Vec<bool>>, Vec<Vec<NumpyRandom>>) =
-        valid.into_iter().map(|m| m.into_inner().unwrap()).unzip();
+        slots.into_iter().map(|m| m.into_inner().unwrap()).unzip();
     s.models = valid.iter().flatten().filter(|v| **v).count();
     s.skipped = valid.iter().flatten().filter(|v| !**v).count();
-    if o.views == 0 {
+    Ok(Front {
+        s,
+        maps,
+        rows,
+        mults,
+        starts,
+        valid,
+        checkpoints,
+    })
+}
+
+/// The view stream's state at each class of `range` (one draw per view of every valid model of the
+/// classes before), with the class's maps and model stream.
+fn class_starts(o: &MvfdbOptions, f: &Front, range: std::ops::Range<u32>) -> Vec<ClassStart> {
+    let mut view_rng = PyRandom::seed(o.view_seed as i128);
+    let mut out = Vec::new();
+    for c in 0..range.end {
+        if c >= range.start {
+            out.push(ClassStart {
+                maps: f.maps[c as usize].clone(),
+                models: f.starts[c as usize].clone(),
+                views: view_rng.clone(),
+            });
+        }
+        let valid = f.valid[c as usize].iter().filter(|x| **x).count() as u64;
+        view_rng.skip_doubles(valid * o.views as u64);
+    }
+    out
+}
+
+fn render_settings(o: &MvfdbOptions, f: &Front) -> RenderSettings {
+    RenderSettings {
+        size: o.size as usize,
+        views: o.views,
+        random: o.random_views.then_some(o.view_seed as u64),
+        mults: f.mults.clone(),
+    }
+}
+
+pub fn run(o: &MvfdbOptions) -> Result<Summary> {
+    validate(o)?;
+    fsutil::create_dir(&o.out)?;
+    let _lock = fsutil::OutputLock::acquire(&o.out, "mvfdb")?;
+    let f = front(o, true)?;
+    let mut s = Summary {
+        classes: f.s.classes,
+        models: f.s.models,
+        skipped: f.s.skipped,
+        ..Summary::default()
+    };
+    if o.views == 0 || o.weights.is_none() {
         return Ok(s);
     }
+    let found_len = f.maps.len();
+    let valid = &f.valid;
+    let checkpoints = &f.checkpoints;
+    let rows = &f.rows;
     // 3. The views: one draw per view of every valid model, in class, file and view order.
     let counts: Vec<u32> = valid
         .iter()
         .map(|v| v.iter().filter(|x| **x).count() as u32)
         .collect();
     let world = o.rank.world.max(1);
-    let n = found.len() as u64;
+    let n = found_len as u64;
     // Folders: a contiguous stretch of classes per rank; shards: every class (blocks mix them).
     let mine = if o.shards.is_some() {
-        0..found.len() as u32
+        0..found_len as u32
     } else {
         (n * o.rank.rank / world) as u32..(n * (o.rank.rank + 1) / world) as u32
     };
-    let mut view_rng = PyRandom::seed(o.view_seed as i128);
-    let mut class_starts = Vec::new();
-    for c in 0..mine.end {
-        if c >= mine.start {
-            class_starts.push(ClassStart {
-                maps: maps[c as usize].clone(),
-                models: starts[c as usize].clone(),
-                views: view_rng.clone(),
-            });
-        }
-        view_rng.skip_doubles(counts[c as usize] as u64 * o.views as u64);
-    }
-    let settings = RenderSettings {
-        size: o.size as usize,
-        views: o.views,
-        random: o.random_views.then_some(o.view_seed as u64),
-        mults,
-    };
+    let class_starts = class_starts(o, &f, mine.clone());
+    let settings = render_settings(o, &f);
     if let Some(sh) = &o.shards {
-        return run_wds(
-            o,
-            sh,
-            s,
-            &valid,
-            &checkpoints,
-            &class_starts,
-            &settings,
-            &rows,
-        );
+        return run_wds(o, sh, s, valid, checkpoints, &class_starts, &settings, rows);
     }
     let stages = MvStages {
         settings: &settings,
@@ -263,6 +323,7 @@ pub fn run(o: &MvfdbOptions) -> Result<Summary> {
 /// One class's models: which are valid, and their PLY files with `--write-models`.
 fn model_class(
     o: &MvfdbOptions,
+    write: bool,
     c: usize,
     maps: &[Map3],
     rows: &[u32],
@@ -270,7 +331,8 @@ fn model_class(
     mut rng: NumpyRandom,
 ) -> Result<(Vec<bool>, Vec<NumpyRandom>)> {
     let dir = o.out.join("models").join(format!("{c:06}"));
-    if o.write_models {
+    let write_models = write && o.write_models;
+    if write_models {
         fsutil::create_dir(&dir)?;
         fsutil::remove_stale_tmp(&dir);
     }
@@ -282,7 +344,7 @@ fn model_class(
         }
         let u = rng.random_vec(super::POINTS);
         let m = instance(maps, mult, &u);
-        if let (Some(pts), true) = (&m, o.write_models) {
+        if let (Some(pts), true) = (&m, write_models) {
             fsutil::write_atomic(&dir.join(format!("{c:06}_{r:04}.ply")), &ply(pts), false)?;
         }
         valid.push(m.is_some());
@@ -354,8 +416,8 @@ fn image_format(size: u32) -> crate::render::ImageFormat {
 
 /// A shard sample's `.json` and label: the layout's "classes" are the valid models.
 struct MvMeta {
-    models: Vec<ModelRef>,
-    rows: Vec<u32>,
+    models: Arc<Vec<ModelRef>>,
+    rows: Arc<Vec<u32>>,
 }
 
 impl crate::sink::wds::SampleMeta for MvMeta {
@@ -376,23 +438,19 @@ impl crate::sink::wds::SampleMeta for MvMeta {
     }
 }
 
-/// `--format wds`: one layout "class" per valid model (its views the images), so shards mix models
-/// of every class; each unit replays its class's model stream from the nearest checkpoint.
-#[allow(clippy::too_many_arguments)]
-fn run_wds(
+/// The shard plan of a run: the valid models (the layout's "classes"), the layout, the class names
+/// and the settings fingerprint.
+fn shard_plan(
     o: &MvfdbOptions,
     sh: &ShardOptions,
-    mut s: Summary,
     valid: &[Vec<bool>],
-    checkpoints: &[Vec<NumpyRandom>],
-    class_starts: &[ClassStart],
-    settings: &RenderSettings,
     rows: &[u32],
-) -> Result<Summary> {
-    use crate::sink::wds::{self, WdsOptions, WdsSink};
-    if sh.samples_per_shard == 0 {
-        return Err(Error::flag("--samples-per-shard", "must be at least 1"));
-    }
+) -> (
+    Vec<ModelRef>,
+    crate::plan::Layout,
+    Vec<String>,
+    serde_json::Value,
+) {
     let mut models = Vec::new();
     for (c, v) in valid.iter().enumerate() {
         let mut file = 0;
@@ -426,6 +484,76 @@ fn run_wds(
         "view_seed": o.view_seed, "size": o.size, "png_level": o.png.level,
         "shard_seed": sh.seed, "prefix": sh.prefix,
     });
+    (models, layout, names, fingerprint)
+}
+
+/// Everything `mvfdb --serve` keeps for its life: the models, their views' streams, the layout.
+pub struct Prepared {
+    pub settings: RenderSettings,
+    pub class_starts: Vec<ClassStart>,
+    pub models: Arc<Vec<ModelRef>>,
+    pub checkpoints: Vec<Vec<NumpyRandom>>,
+    pub rows: Arc<Vec<u32>>,
+    pub layout: crate::plan::Layout,
+    pub names: Vec<String>,
+    pub fingerprint: serde_json::Value,
+    pub size: u32,
+}
+
+impl Prepared {
+    pub fn meta(&self) -> Box<dyn crate::sink::wds::SampleMeta> {
+        Box::new(MvMeta {
+            models: self.models.clone(),
+            rows: self.rows.clone(),
+        })
+    }
+    pub fn image_format(&self) -> crate::render::ImageFormat {
+        image_format(self.size)
+    }
+}
+
+/// The search and the models in memory (nothing written), and the shard plan, for the service.
+pub fn prepare_service(o: &MvfdbOptions, sh: &ShardOptions) -> Result<Prepared> {
+    validate(o)?;
+    if o.views == 0 {
+        return Err(Error::flag(
+            "--views",
+            "the service serves views: at least 1",
+        ));
+    }
+    let f = front(o, false)?;
+    let (models, layout, names, fingerprint) = shard_plan(o, sh, &f.valid, &f.rows);
+    Ok(Prepared {
+        settings: render_settings(o, &f),
+        class_starts: class_starts(o, &f, 0..f.maps.len() as u32),
+        models: Arc::new(models),
+        rows: Arc::new(f.rows.clone()),
+        checkpoints: f.checkpoints,
+        layout,
+        names,
+        fingerprint,
+        size: o.size,
+    })
+}
+
+/// `--format wds`: one layout "class" per valid model (its views the images), so shards mix models
+/// of every class; each unit replays its class's model stream from the nearest checkpoint.
+#[allow(clippy::too_many_arguments)]
+fn run_wds(
+    o: &MvfdbOptions,
+    sh: &ShardOptions,
+    mut s: Summary,
+    valid: &[Vec<bool>],
+    checkpoints: &[Vec<NumpyRandom>],
+    class_starts: &[ClassStart],
+    settings: &RenderSettings,
+    rows: &[u32],
+) -> Result<Summary> {
+    use crate::sink::wds::{self, WdsOptions, WdsSink};
+    if sh.samples_per_shard == 0 {
+        return Err(Error::flag("--samples-per-shard", "must be at least 1"));
+    }
+    let (models, layout, names, fingerprint) = shard_plan(o, sh, valid, rows);
     let (rank, world) = (o.rank.rank, o.rank.world.max(1));
     let (sink, todo) = WdsSink::open(
         WdsOptions {
@@ -435,8 +563,8 @@ fn run_wds(
             writers: sh.writers,
             resume: o.resume,
             meta: Arc::new(MvMeta {
-                models: models.clone(),
-                rows: rows.to_vec(),
+                models: Arc::new(models.clone()),
+                rows: Arc::new(rows.to_vec()),
             }),
         },
         names.clone(),

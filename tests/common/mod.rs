@@ -129,3 +129,49 @@ pub fn same_tree(a: &Path, b: &Path) {
         );
     }
 }
+
+/// Starts a service command (`... --serve --listen 127.0.0.1:0`) and returns it with its base URL,
+/// read from its log; the rest of its log is drained in the background.
+pub fn start_service(mut cmd: Command) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("the service printed its address")
+            .unwrap();
+        if let Some(i) = line.find("http://") {
+            break line[i..].split_whitespace().next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, base)
+}
+
+/// GET `{base}/{path}` with curl: (HTTP status, body).
+pub fn curl_get(base: &str, path: &str) -> (String, Vec<u8>) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", &format!("{base}/{path}")])
+        .output()
+        .unwrap();
+    let mut body = out.stdout;
+    let nl = body.iter().rposition(|&b| b == b'\n').unwrap();
+    let code = String::from_utf8(body[nl + 1..].to_vec()).unwrap();
+    body.truncate(nl);
+    (code, body)
+}
+
+/// Sends SIGTERM and waits: the service must exit cleanly.
+pub fn stop_service(mut child: std::process::Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
