@@ -235,35 +235,14 @@ fn shards_hold_the_folder_views_whatever_the_ranks() {
         ],
     );
     assert!(out.contains("of 3 classes, each once"), "{out}");
-    let ranks = tmp.path().join("ranks");
-    for r in ["1", "0"] {
-        run_ok(
-            mvfdb(&ranks, &base)
-                .args(wds_args)
-                .args(["--rank", r, "--world-size", "2"]),
-        );
-    }
-    run_ok(
-        bin()
-            .args(["finalize", "--prefix", "mvfdb", "--out"])
-            .arg(&ranks),
+    assert_ranks_and_resume_keep_the_shards(
+        &one,
+        &tmp.path().join("ranks"),
+        "mvfdb",
+        |d, extra| {
+            run_ok(mvfdb(d, &base).args(wds_args).args(extra));
+        },
     );
-    let tars = |d: &Path| -> Vec<_> {
-        files(d)
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|x| x == "tar"))
-            .collect()
-    };
-    assert!(tars(&one).len() >= 6);
-    assert_eq!(tars(&one), tars(&ranks));
-    for t in tars(&one) {
-        assert!(std::fs::read(one.join(&t)).unwrap() == std::fs::read(ranks.join(&t)).unwrap());
-    }
-    let lost = tars(&one)[2].clone();
-    let before = std::fs::read(one.join(&lost)).unwrap();
-    std::fs::remove_file(one.join(&lost)).unwrap();
-    run_ok(mvfdb(&one, &base).args(wds_args).arg("--resume"));
-    assert!(std::fs::read(one.join(&lost)).unwrap() == before);
 }
 
 /// `mvfdb --serve`: every shard fetched with curl equals the one `--format wds` writes with the

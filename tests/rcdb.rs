@@ -250,35 +250,9 @@ fn shards_hold_the_folder_images_whatever_the_ranks() {
         &[one.to_str().unwrap(), folder.to_str().unwrap(), "6", "12"],
     );
     assert!(out.contains("72 samples, each once"), "{out}");
-    let ranks = tmp.path().join("ranks");
-    for r in ["1", "0"] {
-        run_ok(
-            rcdb(&ranks, &args)
-                .args(wds_args)
-                .args(["--rank", r, "--world-size", "2"]),
-        );
-    }
-    run_ok(
-        bin()
-            .args(["finalize", "--prefix", "rcdb", "--out"])
-            .arg(&ranks),
-    );
-    let tars = |d: &Path| -> Vec<_> {
-        files(d)
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|x| x == "tar"))
-            .collect()
-    };
-    assert!(tars(&one).len() >= 4);
-    assert_eq!(tars(&one), tars(&ranks));
-    for t in tars(&one) {
-        assert!(std::fs::read(one.join(&t)).unwrap() == std::fs::read(ranks.join(&t)).unwrap());
-    }
-    let lost = tars(&one)[1].clone();
-    let before = std::fs::read(one.join(&lost)).unwrap();
-    std::fs::remove_file(one.join(&lost)).unwrap();
-    run_ok(rcdb(&one, &args).args(wds_args).arg("--resume"));
-    assert!(std::fs::read(one.join(&lost)).unwrap() == before);
+    assert_ranks_and_resume_keep_the_shards(&one, &tmp.path().join("ranks"), "rcdb", |d, extra| {
+        run_ok(rcdb(d, &args).args(wds_args).args(extra));
+    });
 }
 
 /// Classes split into groups of instances (few classes for many threads: each group replays its

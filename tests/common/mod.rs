@@ -175,3 +175,40 @@ pub fn stop_service(mut child: std::process::Child) {
         .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+/// The `.tar` files under `dir` (relative, sorted).
+pub fn tars(dir: &Path) -> Vec<PathBuf> {
+    files(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+        .collect()
+}
+
+/// A sharded run's bytes do not depend on ranks or resume: `run(dir, extra)` makes the shards of one
+/// dataset into `dir` (`extra`: rank flags or `--resume`); `one` already holds a 1-rank run. Two
+/// ranks plus `finalize` give the same shards, and a resume after a lost shard writes it again.
+pub fn assert_ranks_and_resume_keep_the_shards(
+    one: &Path,
+    ranks: &Path,
+    prefix: &str,
+    run: impl Fn(&Path, &[&str]),
+) {
+    for r in ["1", "0"] {
+        run(ranks, &["--rank", r, "--world-size", "2"]);
+    }
+    run_ok(
+        bin()
+            .args(["finalize", "--prefix", prefix, "--out"])
+            .arg(ranks),
+    );
+    assert!(tars(one).len() >= 3, "{:?}", tars(one));
+    assert_eq!(tars(one), tars(ranks));
+    for t in tars(one) {
+        assert!(std::fs::read(one.join(&t)).unwrap() == std::fs::read(ranks.join(&t)).unwrap());
+    }
+    let lost = tars(one)[1].clone();
+    let before = std::fs::read(one.join(&lost)).unwrap();
+    std::fs::remove_file(one.join(&lost)).unwrap();
+    run(one, &["--resume"]);
+    assert!(std::fs::read(one.join(&lost)).unwrap() == before);
+}
