@@ -212,3 +212,33 @@ pub fn assert_ranks_and_resume_keep_the_shards(
     run(one, &["--resume"]);
     assert!(std::fs::read(one.join(&lost)).unwrap() == before);
 }
+
+/// A family's output against its goldens: the same files under `dirs` (nothing more, nothing less),
+/// every PNG equal pixel for pixel (decoded as RGB), every other file byte for byte.
+pub fn assert_matches_golden(golden: &Path, out: &Path, dirs: &[&str]) {
+    let want = files(golden);
+    assert!(!want.is_empty());
+    let got: Vec<_> = files(out)
+        .into_iter()
+        .filter(|p| dirs.iter().any(|d| p.starts_with(d)))
+        .collect();
+    assert_eq!(got, want, "file lists differ");
+    for f in &want {
+        if f.extension().is_some_and(|x| x == "png") {
+            let (a, b) = (decode_rgb(&golden.join(f)), decode_rgb(&out.join(f)));
+            assert_eq!((a.0, a.1), (b.0, b.1), "{}: size", f.display());
+            let diff =
+                a.2.chunks(3)
+                    .zip(b.2.chunks(3))
+                    .filter(|(x, y)| x != y)
+                    .count();
+            assert_eq!(diff, 0, "{}: {diff} pixels differ", f.display());
+        } else {
+            assert!(
+                std::fs::read(out.join(f)).unwrap() == std::fs::read(golden.join(f)).unwrap(),
+                "{} differs",
+                f.display()
+            );
+        }
+    }
+}
