@@ -425,20 +425,9 @@ fn run_wds(
         stats,
         &Abort::default(),
     )?;
-    sink.finish_empty(&todo)?;
     drop(_rep);
-    let m = sink.manifest();
+    let m = sink.complete(&todo, world)?;
     let bytes = m.shards.iter().map(|e| e.filesize).sum();
-    if world == 1 {
-        match wds::finalize(&opts.out, &opts.prefix)? {
-            Ok(_) => {}
-            Err(missing) => {
-                return Err(Error::Other(format!(
-                    "internal: shards missing after a complete run: {missing:?}"
-                )));
-            }
-        }
-    }
     Ok(Summary {
         skipped: todo.kept,
         shards: m.shards.len() as u64,

@@ -238,12 +238,6 @@ fn parse_rows<const N: usize>(path: &Path, text: &str) -> Result<Vec<[f64; N]>> 
         .collect()
 }
 
-/// A class file read back as the model step does: rows of 13 numbers.
-pub fn read_params(path: &Path) -> Result<Vec<Map3>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read", e))?;
-    parse_rows(path, &text)
-}
-
 /// The original's `weights_ins145.csv`, rebuilt byte for byte: parameter 0 times 0.4, 0.5, .., 1.6
 /// (13 rows, 1.0 the unchanged model), then each of parameters 1..11 times the same values but 1.0
 /// (12 rows each), every other multiplier `1`; row 108 (parameter 8's last) holds 0.6 where 1.6 is

@@ -3,7 +3,7 @@
 //! (`images/{class}/{class}_{i:05d}_{k:03d}.png`), the last through the shared pipeline and encoder.
 
 use super::stage::{ClassStart, ModelRef, MvStages, RenderSettings};
-use super::{Map3, instance, params_csv, ply, read_multipliers, read_params, search};
+use super::{Map3, instance, params_csv, ply, read_multipliers, search};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::pipeline::{self, Abort, Context, InOrder, IndexedJobs, Job, Stats, Target};
@@ -102,8 +102,7 @@ fn validate(o: &MvfdbOptions) -> Result<()> {
     Ok(())
 }
 
-/// The search and the model pass. With `write`, the parameter files are written and read back (as
-/// the original's model step does; `%.18e` round-trips, so in memory is the same) and the PLY files
+/// The search and the model pass. With `write`, the parameter files are written, and the PLY files
 /// with `--write-models`; without (the service), nothing is written.
 fn front(o: &MvfdbOptions, write: bool) -> Result<Front> {
     let weights = o
@@ -145,13 +144,9 @@ fn front(o: &MvfdbOptions, write: bool) -> Result<Front> {
         None => (0..all_mults.len() as u32).collect(),
     };
     let mults: Vec<[f64; 12]> = rows.iter().map(|&r| all_mults[r as usize]).collect();
-    let maps: Vec<Vec<Map3>> = if write {
-        (0..found.len())
-            .map(|c| read_params(&pdir.join(format!("{c:06}.csv"))))
-            .collect::<Result<_>>()?
-    } else {
-        found
-    };
+    // The original reads the CSVs back; `%.18e` round-trips every double, so the search's own
+    // values are the same numbers (the goldens' models confirm it).
+    let maps: Vec<Vec<Map3>> = found;
     // 2. The models: each class's model stream starts 10,000 draws x rows after the previous one's,
     // so classes run in parallel; which models are valid (no NaN) fixes the view stream and the
     // image file indices.
@@ -403,15 +398,7 @@ impl IndexedJobs for ViewJobs<'_> {
 
 /// Canvases hold 0 or 255; the PNGs are RGB.
 fn image_format(size: u32) -> crate::render::ImageFormat {
-    let mut palette = [[0u8; 3]; 256];
-    for (v, p) in palette.iter_mut().enumerate() {
-        *p = [v as u8; 3];
-    }
-    crate::render::ImageFormat {
-        width: size,
-        height: size,
-        palette,
-    }
+    crate::render::ImageFormat::gray(size, size)
 }
 
 /// A shard sample's `.json` and label: the layout's "classes" are the valid models.
@@ -549,7 +536,7 @@ fn run_wds(
     settings: &RenderSettings,
     rows: &[u32],
 ) -> Result<Summary> {
-    use crate::sink::wds::{self, WdsOptions, WdsSink};
+    use crate::sink::wds::{WdsOptions, WdsSink};
     if sh.samples_per_shard == 0 {
         return Err(Error::flag("--samples-per-shard", "must be at least 1"));
     }
@@ -612,18 +599,11 @@ fn run_wds(
         &stats,
         &Abort::default(),
     )?;
-    sink.finish_empty(&todo)?;
     drop(rep);
     s.render.seconds = t0.elapsed().as_secs_f64();
     s.render.add_stats(&stats);
     s.images = stats.images.load(Ordering::Relaxed);
     s.kept = todo.kept;
-    if world == 1
-        && let Err(missing) = wds::finalize(&o.out, &sh.prefix)?
-    {
-        return Err(Error::Other(format!(
-            "internal: shards missing after a complete run: {missing:?}"
-        )));
-    }
+    sink.complete(&todo, world)?;
     Ok(s)
 }

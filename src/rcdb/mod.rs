@@ -251,15 +251,7 @@ pub const FLIP: u8 = 1;
 
 /// RCDB canvases hold the gray of each pixel (255 = the white background); the PNGs are RGB.
 pub fn image_format(s: &Settings) -> crate::render::ImageFormat {
-    let mut palette = [[0u8; 3]; 256];
-    for (v, p) in palette.iter_mut().enumerate() {
-        *p = [v as u8; 3];
-    }
-    crate::render::ImageFormat {
-        width: s.image_size,
-        height: s.image_size,
-        palette,
-    }
+    crate::render::ImageFormat::gray(s.image_size, s.image_size)
 }
 
 /// `param/%05d.csv`: the original's rows, Python `repr` floats, `\r\n` after every row.

@@ -18,7 +18,7 @@ use crate::progress;
 use crate::render::PngConfig;
 use crate::rng::PyRandom;
 use crate::sink::Format;
-use crate::sink::wds::{self, SampleMeta, WdsOptions, WdsSink};
+use crate::sink::wds::{SampleMeta, WdsOptions, WdsSink};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -482,16 +482,8 @@ fn run_wds(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
     );
     let jobs = crate::generate::WdsJobs::new(&layout, &todo);
     render(opts, &starts, group, &jobs, &sink, stats)?;
-    sink.finish_empty(&todo)?;
     drop(rep);
-    let m = sink.manifest();
-    if world == 1
-        && let Err(missing) = wds::finalize(&opts.out, &opts.prefix)?
-    {
-        return Err(Error::Other(format!(
-            "internal: shards missing after a complete run: {missing:?}"
-        )));
-    }
+    let m = sink.complete(&todo, world)?;
     Ok(Summary {
         skipped: todo.kept,
         shards: m.shards.len() as u64,

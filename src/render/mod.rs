@@ -95,6 +95,21 @@ pub struct ImageFormat {
     pub palette: [[u8; 3]; 256],
 }
 
+impl ImageFormat {
+    /// Canvases that hold each pixel's gray value, written as RGB (v -> (v, v, v)).
+    pub fn gray(width: u32, height: u32) -> Self {
+        let mut palette = [[0u8; 3]; 256];
+        for (v, p) in palette.iter_mut().enumerate() {
+            *p = [v as u8; 3];
+        }
+        ImageFormat {
+            width,
+            height,
+            palette,
+        }
+    }
+}
+
 /// FractalDB's render stages: a backend over a plan, its geometry and the chaos-game sequence.
 pub struct FractalStages<'a> {
     pub backend: Backend,

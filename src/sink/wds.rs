@@ -613,6 +613,20 @@ impl<'a> WdsSink<'a> {
         Ok(())
     }
 
+    /// Ends this rank's part of a run: the shards no image reached are written, and a single-rank
+    /// run is finalized (manifest, wids index), every shard checked. Returns this part's manifest.
+    pub fn complete(&self, todo: &Todo, world: u64) -> Result<Manifest> {
+        self.finish_empty(todo)?;
+        if world == 1
+            && let Err(missing) = finalize(&self.opts.out, &self.opts.prefix)?
+        {
+            return Err(Error::Other(format!(
+                "internal: shards missing after a complete run: {missing:?}"
+            )));
+        }
+        Ok(self.manifest())
+    }
+
     /// Writes the shards of `todo` that no image reaches (a layout can leave a shard empty).
     pub fn finish_empty(&self, todo: &Todo) -> Result<()> {
         let mut empty: Vec<u64> = todo
