@@ -118,6 +118,11 @@ fn bad_settings_name_the_flag() {
             .arg(&out),
     );
     assert!(err.contains("/nonexistent/w.csv"), "{err}");
+    assert!(
+        !out.exists(),
+        "a bad multipliers file left {}",
+        out.display()
+    );
     let err = run_err(&mut mvfdb(&out, &["--classes", "1", "--point_size", "2"]));
     assert!(err.contains("--point_size"), "{err}");
     let err = run_err(&mut mvfdb(
@@ -125,6 +130,7 @@ fn bad_settings_name_the_flag() {
         &["--classes", "1", "--weight-rows", "0-200"],
     ));
     assert!(err.contains("--weight-rows"), "{err}");
+    assert!(!out.exists(), "bad --weight-rows left {}", out.display());
     let bad = tmp.path().join("w.csv");
     std::fs::write(&bad, "1,1,1\n").unwrap();
     let err = run_err(

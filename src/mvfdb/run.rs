@@ -82,6 +82,23 @@ struct Front {
     checkpoints: Vec<Vec<NumpyRandom>>,
 }
 
+/// The multiplier rows drawn (their ids in the file) and their values.
+type Weights = (Vec<u32>, Vec<[f64; 12]>);
+
+/// `--weight-csv` and `--weight-rows`, read and checked before anything is written.
+fn load_weights(o: &MvfdbOptions) -> Result<Option<Weights>> {
+    let Some(path) = &o.weights else {
+        return Ok(None);
+    };
+    let all = read_multipliers(path)?;
+    let rows = match &o.rows {
+        Some(sel) => crate::plan::parse_selection("--weight-rows", sel, all.len() as u32)?,
+        None => (0..all.len() as u32).collect(),
+    };
+    let mults = rows.iter().map(|&r| all[r as usize]).collect();
+    Ok(Some((rows, mults)))
+}
+
 fn validate(o: &MvfdbOptions) -> Result<()> {
     if o.classes == 0 {
         return Err(Error::flag("--classes", "must be at least 1"));
@@ -104,12 +121,7 @@ fn validate(o: &MvfdbOptions) -> Result<()> {
 
 /// The search and the model pass. With `write`, the parameter files are written, and the PLY files
 /// with `--write-models`; without (the service), nothing is written.
-fn front(o: &MvfdbOptions, write: bool) -> Result<Front> {
-    let weights = o
-        .weights
-        .as_ref()
-        .map(|p| read_multipliers(p))
-        .transpose()?;
+fn front(o: &MvfdbOptions, write: bool, weights: Option<Weights>) -> Result<Front> {
     let pdir = o.out.join("params");
     // 1. The search (its CSVs are what the model step reads back).
     let found = search(o.seed, o.classes, o.variance);
@@ -128,7 +140,7 @@ fn front(o: &MvfdbOptions, write: bool) -> Result<Front> {
         classes: found.len(),
         ..Summary::default()
     };
-    let Some(all_mults) = weights else {
+    let Some((rows, mults)) = weights else {
         return Ok(Front {
             s,
             maps: vec![],
@@ -139,11 +151,6 @@ fn front(o: &MvfdbOptions, write: bool) -> Result<Front> {
             checkpoints: vec![],
         });
     };
-    let rows = match &o.rows {
-        Some(sel) => crate::plan::parse_selection("--weight-rows", sel, all_mults.len() as u32)?,
-        None => (0..all_mults.len() as u32).collect(),
-    };
-    let mults: Vec<[f64; 12]> = rows.iter().map(|&r| all_mults[r as usize]).collect();
     // The original reads the CSVs back; `%.18e` round-trips every double, so the search's own
     // values are the same numbers (the goldens' models confirm it).
     let maps: Vec<Vec<Map3>> = found;
@@ -229,9 +236,11 @@ fn render_settings(o: &MvfdbOptions, f: &Front) -> RenderSettings {
 
 pub fn run(o: &MvfdbOptions) -> Result<Summary> {
     validate(o)?;
+    // Bad multipliers or rows are refused before the output directory exists.
+    let weights = load_weights(o)?;
     fsutil::create_dir(&o.out)?;
     let _lock = fsutil::OutputLock::acquire(&o.out, "mvfdb")?;
-    let f = front(o, true)?;
+    let f = front(o, true, weights)?;
     let mut s = Summary {
         classes: f.s.classes,
         models: f.s.models,
@@ -508,7 +517,7 @@ pub fn prepare_service(o: &MvfdbOptions, sh: &ShardOptions) -> Result<Prepared> 
             "the service serves views: at least 1",
         ));
     }
-    let f = front(o, false)?;
+    let f = front(o, false, load_weights(o)?)?;
     let (models, layout, names, fingerprint) = shard_plan(o, sh, &f.valid, &f.rows);
     Ok(Prepared {
         settings: render_settings(o, &f),
