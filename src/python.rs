@@ -88,6 +88,8 @@ struct Dataset {
 struct Last {
     cloud_key: (u32, u32),
     cloud: crate::ifs::Cloud,
+    /// The cloud's patch cover, built with it (shared by its instances).
+    cover: render::cpu::Cover,
     scratch: render::cpu::Scratch,
     canvas_key: Option<(u32, u64)>,
     canvas: Vec<u8>,
@@ -268,11 +270,15 @@ impl Dataset {
             .as_ref()
             .is_none_or(|c| c.cloud_key != (s.class, s.row))
         {
-            let old = guard.take();
+            let (scratch, cover) = guard
+                .take()
+                .map(|o| (o.scratch, o.cover))
+                .unwrap_or_default();
             let mut last = Last {
                 cloud_key: (s.class, s.row),
                 cloud: crate::ifs::Cloud::default(),
-                scratch: old.map(|o| o.scratch).unwrap_or_default(),
+                cover,
+                scratch,
                 canvas_key: None,
                 canvas: Vec::new(),
                 out: Vec::new(),
@@ -287,6 +293,7 @@ impl Dataset {
                 &mut last.cloud,
             )
             .map_err(|why| render::cpu::degenerate_error(&class.path, s.row as usize, why))?;
+            last.cover.build(&last.cloud, &self.cfg);
             *guard = Some(last);
         }
         let last = guard.as_mut().unwrap();
@@ -297,6 +304,7 @@ impl Dataset {
             };
             render::cpu::raster(
                 &last.cloud,
+                &last.cover,
                 &cfg,
                 class.key,
                 s.row,
