@@ -285,9 +285,8 @@ fn run_folder(
     })
 }
 
-/// The identity of the PNG encoder: the shard bytes depend on it (the `png` crate's version is
-/// checked against Cargo.lock by a test).
-pub const ENCODER: &str = "png-0.18 nofilter";
+/// The identity of the PNG encoder: the shard bytes depend on it.
+pub use crate::render::ENCODER;
 
 /// Everything that determines the shard bytes (`shards`), or a folder dataset's images.
 pub(crate) fn fingerprint(opts: &RenderOptions, plan: &Plan, shards: bool) -> serde_json::Value {
@@ -439,17 +438,16 @@ fn run_wds(
 #[cfg(test)]
 mod tests {
     #[test]
-    fn encoder_identity_names_the_png_crate_in_cargo_lock() {
+    fn encoder_identity_names_the_deflate_crate_in_cargo_lock() {
         let lock = include_str!("../Cargo.lock");
-        let i = lock
-            .find("name = \"png\"\nversion = \"")
-            .expect("png in Cargo.lock");
-        let v = &lock[i + 24..];
+        let key = "name = \"zlib-rs\"\nversion = \"";
+        let i = lock.find(key).expect("zlib-rs in Cargo.lock");
+        let v = &lock[i + key.len()..];
         let v = &v[..v.find('"').unwrap()];
         let minor: String = v.split('.').take(2).collect::<Vec<_>>().join(".");
         assert!(
-            super::ENCODER.starts_with(&format!("png-{minor} ")),
-            "ENCODER {} but Cargo.lock has png {v}: update ENCODER (shard bytes may change)",
+            super::ENCODER.starts_with(&format!("zlib-rs-{minor} ")),
+            "ENCODER {} but Cargo.lock has zlib-rs {v}: update ENCODER (shard bytes may change)",
             super::ENCODER
         );
     }

@@ -179,6 +179,16 @@ fn existing_output_needs_resume_and_the_same_settings() {
     .unwrap();
     let e = run_err(render(&mut bin(), &classes, &a, "wds").arg("--resume"));
     assert!(e.contains("order: \"fractaldb-order-v1\" then"), "{e}");
+    // The encoder before the one-shot zlib-rs stream (same pixels, other bytes).
+    let encoder = format!("\"encoder\": \"{}\"", fractaldb::render::ENCODER);
+    assert!(text.contains(&encoder), "{text}");
+    std::fs::write(
+        &part,
+        text.replace(&encoder, "\"encoder\": \"png-0.18 nofilter\""),
+    )
+    .unwrap();
+    let e = run_err(render(&mut bin(), &classes, &a, "wds").arg("--resume"));
+    assert!(e.contains("encoder: \"png-0.18 nofilter\" then"), "{e}");
     std::fs::write(&part, text).unwrap();
     // Resume of a complete dataset renders nothing and changes nothing.
     let before = std::fs::read(shards(&a)[0].clone()).unwrap();

@@ -478,27 +478,31 @@ impl PngConfig {
     }
 }
 
-/// Reusable buffers of [`encode_canvas`].
+/// The identity of the PNG encoder, which the shard bytes depend on (recorded in the settings
+/// fingerprint and the manifest, so `--resume` refuses parts another encoder wrote): zlib-rs
+/// (checked against Cargo.lock by a test), no filter, the whole image deflated in one call.
+pub const ENCODER: &str = "zlib-rs-0.6 nofilter oneshot";
+
+/// An encoder thread's reusable state: the filtered rows, the deflate output and one zlib stream,
+/// reset per image (a fresh stream costs its allocation and table clears every time).
 #[derive(Default)]
 pub struct PngScratch {
     raw: Vec<u8>,
     z: Vec<u8>,
+    deflate: Option<(u8, zlib_rs::Deflate)>,
 }
 
 fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
     out.extend_from_slice(&(data.len() as u32).to_be_bytes());
     out.extend_from_slice(kind);
     out.extend_from_slice(data);
-    let mut crc = flate2::Crc::new();
-    crc.update(kind);
-    crc.update(data);
-    out.extend_from_slice(&crc.sum().to_be_bytes());
+    let crc = zlib_rs::crc32::crc32(zlib_rs::crc32::crc32(0, kind), data);
+    out.extend_from_slice(&crc.to_be_bytes());
 }
 
-/// Flip `flip` of a label canvas straight to a PNG: one pass builds the filtered rows (filter byte 0,
-/// then the palette's gray or RGB bytes, flipped), one deflate call compresses them, then IHDR, one
-/// IDAT and IEND. The same bytes as [`write_flip`] + [`encode_png`] (tested), without the pixel
-/// buffer, the png crate's row copies and its per-row writes.
+/// Flip `flip` of a label canvas straight to a PNG: one pass writes the filtered rows (filter byte
+/// 0, then the palette's gray or RGB bytes, flipped) into the deflate input, one deflate call
+/// compresses them (its Adler-32 computed on the way), then IHDR, one IDAT and IEND.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_canvas(
     canvas: &[u8],
@@ -512,54 +516,25 @@ pub fn encode_canvas(
 ) -> Result<()> {
     let ch = cfg.channels();
     let row = 1 + width * ch;
-    let raw = &mut scratch.raw;
-    raw.resize(row * height, 0);
+    let mut raw = std::mem::take(&mut scratch.raw);
+    // One byte of slack: the RGB rows are written four bytes a pixel, three apart.
+    raw.resize(row * height + 1, 0);
+    let rgb: [u32; 256] = std::array::from_fn(|l| {
+        let [r, g, b] = pal[l];
+        u32::from_le_bytes([r, g, b, 0])
+    });
     for r in 0..height {
-        let dst = &mut raw[r * row..(r + 1) * row];
+        let dst = &mut raw[r * row..(r + 1) * row + 1];
         dst[0] = 0;
-        flip_row(canvas, width, height, flip, r, pal, ch, &mut dst[1..]);
+        filtered_row(canvas, width, height, flip, r, pal, &rgb, ch, &mut dst[1..]);
     }
-    // zlib stream: level 0 as the png crate writes it (stored blocks via its own compressor) is rare;
-    // leave it to the png crate.
-    if cfg.level == 0 {
-        let mut pixels = Vec::with_capacity(width * height * ch);
-        for r in 0..height {
-            pixels.extend_from_slice(&raw[r * row + 1..(r + 1) * row]);
-        }
-        return encode_png(&pixels, width as u32, height as u32, cfg, out);
-    }
-    // Fed row by row (filter byte, then the row) like the png crate feeds zlib: the deflate stream,
-    // hence the file, is byte-identical to the png crate's.
-    let z = std::mem::take(&mut scratch.z);
-    let mut enc =
-        flate2::write::ZlibEncoder::new(z, flate2::Compression::new(cfg.level.min(9) as u32));
-    {
-        use std::io::Write;
-        let io = |e: std::io::Error| Error::Png(e.to_string());
-        for r in 0..height {
-            let line = &raw[r * row..(r + 1) * row];
-            enc.write_all(&line[..1]).map_err(io)?;
-            enc.write_all(&line[1..]).map_err(io)?;
-        }
-    }
-    let mut z = enc.finish().map_err(|e| Error::Png(e.to_string()))?;
-    out.clear();
-    out.reserve(z.len() + 64);
-    out.extend_from_slice(&[0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a]);
-    let mut ihdr = [0u8; 13];
-    ihdr[0..4].copy_from_slice(&(width as u32).to_be_bytes());
-    ihdr[4..8].copy_from_slice(&(height as u32).to_be_bytes());
-    ihdr[8] = 8;
-    ihdr[9] = if cfg.gray { 0 } else { 2 };
-    png_chunk(out, b"IHDR", &ihdr);
-    png_chunk(out, b"IDAT", &z);
-    png_chunk(out, b"IEND", &[]);
-    z.clear();
-    scratch.z = z;
-    Ok(())
+    let result = deflate_png(&raw[..row * height], width, height, cfg, scratch, out);
+    scratch.raw = raw;
+    result
 }
 
-/// Encodes 8-bit pixels as PNG with no filter (best on this sparse, noisy content).
+/// Encodes 8-bit pixels (rows of `width * channels` bytes) as a PNG with no filter, as
+/// [`encode_canvas`] does (the search previews).
 pub fn encode_png(
     pixels: &[u8],
     width: u32,
@@ -567,25 +542,100 @@ pub fn encode_png(
     cfg: PngConfig,
     out: &mut Vec<u8>,
 ) -> Result<()> {
+    let (w, h) = (width as usize, height as usize);
+    let line = w * cfg.channels();
+    let mut scratch = PngScratch::default();
+    let mut raw = Vec::with_capacity((line + 1) * h);
+    for r in 0..h {
+        raw.push(0);
+        raw.extend_from_slice(&pixels[r * line..(r + 1) * line]);
+    }
+    deflate_png(&raw, w, h, cfg, &mut scratch, out)
+}
+
+/// The PNG around filtered rows `raw`: signature, IHDR, the zlib stream as one IDAT, IEND.
+fn deflate_png(
+    raw: &[u8],
+    width: usize,
+    height: usize,
+    cfg: PngConfig,
+    scratch: &mut PngScratch,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let level = cfg.level.min(9);
+    let deflate = match &mut scratch.deflate {
+        Some((l, d)) if *l == level => {
+            d.reset();
+            d
+        }
+        slot => {
+            let d = zlib_rs::Deflate::new(level as i32, true, 15);
+            &mut slot.insert((level, d)).1
+        }
+    };
+    let z = &mut scratch.z;
+    // Kept between images: clearing it would write the whole bound again each time.
+    let bound = zlib_rs::compress_bound(raw.len());
+    if z.len() < bound {
+        z.resize(bound, 0);
+    }
+    let status = deflate
+        .compress(raw, z, zlib_rs::DeflateFlush::Finish)
+        .map_err(|e| Error::Png(format!("deflate: {}", e.as_str())))?;
+    if status != zlib_rs::Status::StreamEnd {
+        return Err(Error::Png(format!(
+            "deflate did not finish ({status:?}) in a buffer of compress_bound bytes"
+        )));
+    }
+    let zlen = deflate.total_out() as usize;
     out.clear();
-    let mut enc = png::Encoder::new(&mut *out, width, height);
-    enc.set_color(if cfg.gray {
-        png::ColorType::Grayscale
-    } else {
-        png::ColorType::Rgb
-    });
-    enc.set_depth(png::BitDepth::Eight);
-    enc.set_deflate_compression(if cfg.level == 0 {
-        png::DeflateCompression::NoCompression
-    } else {
-        png::DeflateCompression::Level(cfg.level.min(9))
-    });
-    enc.set_filter(png::Filter::NoFilter);
-    let mut w = enc.write_header().map_err(|e| Error::Png(e.to_string()))?;
-    w.write_image_data(pixels)
-        .map_err(|e| Error::Png(e.to_string()))?;
-    w.finish().map_err(|e| Error::Png(e.to_string()))?;
+    out.reserve(zlen + 64);
+    out.extend_from_slice(&[0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a]);
+    let mut ihdr = [0u8; 13];
+    ihdr[0..4].copy_from_slice(&(width as u32).to_be_bytes());
+    ihdr[4..8].copy_from_slice(&(height as u32).to_be_bytes());
+    ihdr[8] = 8;
+    ihdr[9] = if cfg.gray { 0 } else { 2 };
+    png_chunk(out, b"IHDR", &ihdr);
+    png_chunk(out, b"IDAT", &z[..zlen]);
+    png_chunk(out, b"IEND", &[]);
     Ok(())
+}
+
+/// Row `r` of flip `flip` as PNG pixel bytes in `dst` (`width * channels` bytes, plus one byte of
+/// slack for RGB, which is written as overlapping 4-byte words of `rgb`: the palette's colours).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn filtered_row(
+    canvas: &[u8],
+    width: usize,
+    height: usize,
+    flip: u8,
+    r: usize,
+    pal: &[[u8; 3]; 256],
+    rgb: &[u32; 256],
+    channels: usize,
+    dst: &mut [u8],
+) {
+    if channels == 1 {
+        return flip_row(canvas, width, height, flip, r, pal, 1, &mut dst[..width]);
+    }
+    let tb = flip == 0 || flip == 2;
+    let src_row = if tb { height - 1 - r } else { r };
+    let src = &canvas[src_row * width..(src_row + 1) * width];
+    let dst = &mut dst[..3 * width + 1];
+    let put = |dst: &mut [u8], k: usize, l: u8| {
+        dst[3 * k..3 * k + 4].copy_from_slice(&rgb[l as usize].to_le_bytes());
+    };
+    if flip >= 2 {
+        for (k, &l) in src.iter().rev().enumerate() {
+            put(dst, k, l);
+        }
+    } else {
+        for (k, &l) in src.iter().enumerate() {
+            put(dst, k, l);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -617,10 +667,21 @@ mod tests {
         assert_eq!(out, [0, 127, 0, 0]);
     }
 
+    /// Decodes a PNG with the `png` crate (a decoder we did not write): (colour type, pixels).
+    fn decode(png: &[u8]) -> (png::ColorType, u32, u32, Vec<u8>) {
+        let mut r = png::Decoder::new(std::io::Cursor::new(png))
+            .read_info()
+            .unwrap();
+        let mut buf = vec![0; r.output_buffer_size().unwrap()];
+        let info = r.next_frame(&mut buf).unwrap();
+        buf.truncate(info.buffer_size());
+        (info.color_type, info.width, info.height, buf)
+    }
+
     #[test]
-    fn the_fused_encoder_writes_the_png_crates_bytes() {
-        // Canvases like ours (sparse labels, noise), every flip, gray and RGB, several levels and
-        // odd sizes: byte for byte what write_flip + encode_png (the png crate) write.
+    fn the_fused_encoder_writes_write_flips_pixels() {
+        // Canvases like ours (sparse labels, noise), every flip, gray and RGB, every level and odd
+        // sizes: the png crate decodes exactly what write_flip makes of the canvas.
         let mut x: u32 = 0x1234_5678;
         let mut next = || {
             x ^= x << 13;
@@ -642,20 +703,29 @@ mod tests {
                     if gray && mode.is_color() {
                         continue;
                     }
-                    for level in [0u8, 1, 3, 6, 9] {
+                    for level in 0u8..=9 {
                         let cfg = PngConfig { level, gray };
                         for flip in 0..4 {
                             let mut pixels = Vec::new();
                             write_flip(&canvas, w, h, flip, &pal, cfg.channels(), &mut pixels);
-                            let mut want = Vec::new();
-                            encode_png(&pixels, w as u32, h as u32, cfg, &mut want).unwrap();
                             let mut got = Vec::new();
                             encode_canvas(&canvas, w, h, flip, &pal, cfg, &mut scratch, &mut got)
                                 .unwrap();
-                            assert!(
-                                got == want,
-                                "{w}x{h} {mode} gray={gray} level {level} flip {flip}"
+                            let what =
+                                format!("{w}x{h} {mode} gray={gray} level {level} flip {flip}");
+                            let want_type = if gray {
+                                png::ColorType::Grayscale
+                            } else {
+                                png::ColorType::Rgb
+                            };
+                            assert_eq!(
+                                decode(&got),
+                                (want_type, w as u32, h as u32, pixels.clone()),
+                                "{what}"
                             );
+                            let mut again = Vec::new();
+                            encode_png(&pixels, w as u32, h as u32, cfg, &mut again).unwrap();
+                            assert!(again == got, "{what}: encode_png and encode_canvas differ");
                         }
                     }
                 }
