@@ -10,7 +10,9 @@ use crate::fsutil;
 use crate::ifs::{self, Cloud, Ifs, Map};
 use crate::render::{PngConfig, encode_png};
 use crate::rng::NumpyRandom;
+use crossbeam_channel::Sender;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub const PREVIEW: u32 = 512;
@@ -45,6 +47,7 @@ pub const RANK_BLOCK: u64 = 32;
 const RANK_AHEAD: u64 = 4;
 
 /// One candidate: its maps (p already normalised) and the stream positioned at its chaos-game draws.
+#[derive(Clone)]
 pub struct Candidate {
     pub ifs: Ifs,
     stream: NumpyRandom,
@@ -84,9 +87,7 @@ pub fn next_candidate(rng: &mut NumpyRandom, points: usize) -> Candidate {
 /// The search preview: single gray pixels on a 512x512 canvas, not flipped. Returns the label canvas
 /// and the fill (non-zero pixels of channel 0 / 512^2).
 pub fn evaluate(c: &Candidate, points: usize) -> (Vec<u8>, f64) {
-    let u = c.chaos_sequence(points);
-    let (mut xs, mut ys) = (Vec::new(), Vec::new());
-    c.ifs.chaos_game(&u, &mut xs, &mut ys);
+    let (xs, ys) = evaluate_points(c, points);
     fill(xs, ys)
 }
 
@@ -163,7 +164,7 @@ pub fn run(cfg: &SearchConfig, mut on_accept: impl FnMut(usize, usize)) -> Resul
     }
     let mut rng = NumpyRandom::seed(cfg.seed);
     let threads = cfg.threads.max(1);
-    let batch = threads * 4;
+    let batch = threads * 8;
     let mut stats = SearchStats {
         candidates: 0,
         accepted: 0,
@@ -172,17 +173,36 @@ pub fn run(cfg: &SearchConfig, mut on_accept: impl FnMut(usize, usize)) -> Resul
     let mut bytes = Vec::new();
     let mut engine = open_engine(cfg)?;
     let batch = if engine.is_some() { 64 } else { batch };
+    // The CPU's evaluators (none when the GL engine runs the chaos games).
+    let pool = engine
+        .is_none()
+        .then(|| EvalPool::new(threads, cfg.points, cfg.rate));
     let mut last_note = std::time::Instant::now();
+    let mut draw_batch = || -> Arc<Vec<Candidate>> {
+        Arc::new(
+            (0..batch)
+                .map(|_| next_candidate(&mut rng, cfg.points))
+                .collect(),
+        )
+    };
+    let mut next = draw_batch();
     while stats.accepted < cfg.categories {
         if crate::interrupted() {
             return Err(Error::Interrupted);
         }
-        let cands: Vec<Candidate> = (0..batch)
-            .map(|_| next_candidate(&mut rng, cfg.points))
-            .collect();
-        let results = match engine.as_mut() {
-            Some(e) => evaluate_all_gl(e, &cands, cfg.points, threads)?,
-            None => evaluate_all(&cands, cfg.points, threads),
+        let cands = next;
+        let results = match (engine.as_mut(), &pool) {
+            (Some(e), _) => {
+                let r = evaluate_all_gl(e, &cands, cfg.points, cfg.rate, threads)?;
+                next = draw_batch();
+                r
+            }
+            (None, pool) => {
+                // The next batch is drawn from the stream while the pool evaluates this one.
+                let pending = pool.as_ref().expect("CPU evaluators").submit(&cands);
+                next = draw_batch();
+                pending.wait()
+            }
         };
         if cfg.progress && last_note.elapsed().as_secs() >= 10 {
             last_note = std::time::Instant::now();
@@ -194,9 +214,9 @@ pub fn run(cfg: &SearchConfig, mut on_accept: impl FnMut(usize, usize)) -> Resul
                 100.0 * stats.accepted as f64 / stats.candidates.max(1) as f64
             );
         }
-        for (cand, fill) in cands.iter().zip(results) {
+        for (cand, accepted) in cands.iter().zip(results) {
             stats.candidates += 1;
-            if fill >= cfg.rate {
+            if accepted {
                 let k = stats.accepted;
                 // The preview canvas of an accepted candidate (about 1 in 40) is drawn again.
                 let canvas = if cfg.write_previews {
@@ -393,49 +413,296 @@ fn parallel_map<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync
         .collect()
 }
 
-/// Reusable buffers of one evaluating thread: four candidates' u sequences and points, the rescaled
-/// cloud, and a stamped preview canvas (no clearing between candidates).
-#[derive(Default)]
-struct Evaluator {
-    u: [Vec<f64>; 4],
-    xs: [Vec<f64>; 4],
-    ys: [Vec<f64>; 4],
-    cloud: Cloud,
-    stamp: Vec<u32>,
-    generation: u32,
+/// Pixels of the 512x512 preview.
+const PREVIEW_PIXELS: usize = (PREVIEW * PREVIEW) as usize;
+
+/// The fewest filled preview pixels whose fill (`count / 512^2`, exact: a power of two) reaches
+/// `rate`; `PREVIEW_PIXELS + 1` when none does.
+pub fn needed_pixels(rate: f64) -> usize {
+    let total = PREVIEW_PIXELS as f64;
+    let reaches = |c: usize| c as f64 / total >= rate;
+    if !reaches(PREVIEW_PIXELS) {
+        return PREVIEW_PIXELS + 1;
+    }
+    let mut c = (rate * total).ceil().clamp(0.0, total) as usize;
+    while c > 0 && reaches(c - 1) {
+        c -= 1;
+    }
+    while !reaches(c) {
+        c += 1;
+    }
+    c
 }
 
+/// Steps of the four chaos games per chunk: each candidate's u draws for a chunk are made just
+/// before it (from its own stream), so they stay in the L1 cache instead of 800 KB per candidate.
+const CHUNK: usize = 256;
+/// Points rescaled between two checks of the early decision.
+const STAMP_CHUNK: usize = 2_048;
+
+/// One candidate's chaos game as four lanes run it: the running sums padded with +inf to 8 (a
+/// padded sum is never below u, so "how many sums are below u" counts only real maps) and the maps
+/// padded to 9 (index `len` = no map chosen, the previous point kept).
+struct Lane {
+    cums: [f64; 8],
+    maps: [[f64; 6]; 9],
+    len: usize,
+    /// Per u bucket `[b, b + 1) / BUCKETS`: the map index when no running sum lies in the bucket
+    /// (then every u in it counts the same sums below it), else [`AMBIGUOUS`].
+    buckets: [u8; BUCKETS],
+}
+
+/// Buckets of u for a lane's map choice: with at most 7 sums, at most 7 of 1,024 buckets hold one.
+const BUCKETS: usize = 1024;
+const AMBIGUOUS: u8 = u8::MAX;
+
+impl Lane {
+    /// `None` when the running sums are not non-decreasing (NaN probabilities): the count would
+    /// not be the original's first-match scan.
+    fn new(ifs: &Ifs) -> Option<Lane> {
+        let cum = ifs.cumulative();
+        if cum.len() > 8 || !cum.windows(2).all(|w| w[0] <= w[1]) || cum.iter().any(|c| c.is_nan())
+        {
+            return None;
+        }
+        let mut lane = Lane {
+            cums: [f64::INFINITY; 8],
+            maps: [[0.0; 6]; 9],
+            len: cum.len(),
+            buckets: [0; BUCKETS],
+        };
+        lane.cums[..cum.len()].copy_from_slice(&cum);
+        for (b, slot) in lane.buckets.iter_mut().enumerate() {
+            // Exact: multiples of 1/1024.
+            let (lo, hi) = (b as f64 / BUCKETS as f64, (b + 1) as f64 / BUCKETS as f64);
+            *slot = if cum.iter().any(|&c| lo <= c && c < hi) {
+                AMBIGUOUS
+            } else {
+                cum.iter().filter(|&&c| c < lo).count() as u8
+            };
+        }
+        for (d, m) in lane.maps.iter_mut().zip(&ifs.maps) {
+            *d = [m.a, m.b, m.c, m.d, m.e, m.f];
+        }
+        Some(lane)
+    }
+}
+
+impl Lane {
+    /// The map index for draw `u` (`len`: no map chosen): the bucket's, or the count of sums
+    /// below `u` when a sum lies in its bucket.
+    #[inline(always)]
+    fn choose(&self, u: f64) -> usize {
+        // u is in [0, 1), so u * 1024 (exact) is below BUCKETS; clamped anyway (not with
+        // clamp(), which keeps a NaN).
+        #[allow(clippy::manual_clamp)]
+        let b = (u * BUCKETS as f64).max(0.0).min((BUCKETS - 1) as f64);
+        // SAFETY: b is in [0, BUCKETS - 1] (a NaN became 0), which i32 holds.
+        let j = self.buckets[unsafe { b.to_int_unchecked::<i32>() } as usize];
+        if j != AMBIGUOUS {
+            return j as usize;
+        }
+        self.cums.iter().map(|&c| (c < u) as usize).sum::<usize>()
+    }
+}
+
+/// Reusable buffers of one evaluating thread: four candidates' points, (x, y) interleaved, the
+/// rescaled cloud of the rare non-finite orbit, and the preview as a bitmap (32 KB: it stays in
+/// the L1 cache where a byte or word per pixel would not).
+#[derive(Default)]
+struct Evaluator {
+    pts: [Vec<f64>; 4],
+    cloud: Cloud,
+    bits: Vec<u64>,
+}
+
+/// Each lane's bounds: (min x, max x, min y, max y), over every point, the origin included.
+type Bounds = [f64; 4];
+
 impl Evaluator {
-    /// The fill rate of a candidate's chaos-game points (as [`fill`] computes it).
-    fn fill_rate(&mut self, lane: usize) -> f64 {
-        let w = PREVIEW as usize;
-        if self.stamp.len() != w * w || self.generation == u32::MAX {
-            self.stamp = vec![0; w * w];
-            self.generation = 0;
+    /// Four candidates' chaos games interleaved, exactly [`Ifs::chaos_game`] of each with its
+    /// stream's `points` draws, the u draws made chunk by chunk; the points go to `pts` as
+    /// (x, y) pairs.
+    fn chaos_lanes(
+        &mut self,
+        lanes: [&Lane; 4],
+        cands: [&Candidate; 4],
+        points: usize,
+    ) -> [Bounds; 4] {
+        for p in &mut self.pts {
+            // Every point is written below: no clearing (6 MB for four lanes).
+            p.resize(2 * points, 0.0);
+            p.truncate(2 * points);
         }
-        self.generation += 1;
-        let g = self.generation;
-        // Finite orbits (nearly all): rescaled and counted in two passes, no cloud built.
-        let mut count = 0usize;
-        let stamp = &mut self.stamp;
-        if ifs::rescale_finite_each(
-            &self.xs[lane],
-            &self.ys[lane],
-            (PREVIEW, PREVIEW),
-            (PREVIEW_PAD, PREVIEW_PAD),
-            |x, y| {
-                let px = &mut stamp[y as usize * w + x as usize];
-                if *px != g {
-                    *px = g;
-                    count += 1;
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: SSE2 is part of the x86-64 baseline, so every x86-64 processor has it.
+        return unsafe { self.chaos_lanes_sse2(lanes, cands, points) };
+        #[cfg(not(target_arch = "x86_64"))]
+        return self.chaos_lanes_scalar(lanes, cands, points);
+    }
+
+    /// [`Self::chaos_lanes`] with each lane's point as one SSE2 pair (x, y): `(x, x) * (a, c) +
+    /// (y, y) * (b, d) + (e, f)` is the original's `x*a + y*b + e` and `x*c + y*d + f`, operation
+    /// for operation; the bounds are a min and a max of pairs and a point is one 16-byte store,
+    /// so the state of four lanes fits in the registers.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "sse2")]
+    fn chaos_lanes_sse2(
+        &mut self,
+        lanes: [&Lane; 4],
+        cands: [&Candidate; 4],
+        points: usize,
+    ) -> [Bounds; 4] {
+        use std::arch::x86_64::*;
+        let mut coef = [[[_mm_setzero_pd(); 3]; 9]; 4];
+        for (cl, lane) in coef.iter_mut().zip(lanes) {
+            for (cj, &[a, b, c, d, e, f]) in cl.iter_mut().zip(&lane.maps) {
+                *cj = [_mm_set_pd(c, a), _mm_set_pd(d, b), _mm_set_pd(f, e)];
+            }
+        }
+        let mut streams = cands.map(|c| c.stream.clone());
+        let mut u = [[0.0f64; CHUNK]; 4];
+        // (x, y) of each lane, and the bounds so far (the origin included).
+        let mut p = [_mm_setzero_pd(); 4];
+        let mut lo = p;
+        let mut hi = p;
+        let [o0, o1, o2, o3] = &mut self.pts;
+        o0[..2].fill(0.0);
+        o1[..2].fill(0.0);
+        o2[..2].fill(0.0);
+        o3[..2].fill(0.0);
+        let steps = points.saturating_sub(1);
+        let mut k = 0;
+        while k < steps {
+            let m = CHUNK.min(steps - k);
+            for l in 0..4 {
+                streams[l].fill_random(&mut u[l][..m]);
+            }
+            let r = 2 * (k + 1)..2 * (k + 1 + m);
+            let out = [
+                &mut o0[r.clone()],
+                &mut o1[r.clone()],
+                &mut o2[r.clone()],
+                &mut o3[r],
+            ];
+            for t in 0..m {
+                for l in 0..4 {
+                    let lane = lanes[l];
+                    let j = lane.choose(u[l][t]);
+                    // j == len: no map chosen, the point repeats.
+                    if j < lane.len {
+                        let c = &coef[l][j];
+                        let xx = _mm_unpacklo_pd(p[l], p[l]);
+                        let yy = _mm_unpackhi_pd(p[l], p[l]);
+                        p[l] = _mm_add_pd(
+                            _mm_add_pd(_mm_mul_pd(xx, c[0]), _mm_mul_pd(yy, c[1])),
+                            c[2],
+                        );
+                    }
+                    // minpd/maxpd: the bounds are used only for finite orbits.
+                    lo[l] = _mm_min_pd(lo[l], p[l]);
+                    hi[l] = _mm_max_pd(hi[l], p[l]);
+                    let dst = &mut out[l][2 * t..2 * t + 2];
+                    // SAFETY: `dst` is two f64s, what the unaligned store writes.
+                    unsafe { _mm_storeu_pd(dst.as_mut_ptr(), p[l]) };
                 }
-            },
-        ) {
-            return count as f64 / (w * w) as f64;
+            }
+            k += m;
         }
+        let mut bounds = [[0.0; 4]; 4];
+        for l in 0..4 {
+            bounds[l] = [
+                _mm_cvtsd_f64(lo[l]),
+                _mm_cvtsd_f64(hi[l]),
+                _mm_cvtsd_f64(_mm_unpackhi_pd(lo[l], lo[l])),
+                _mm_cvtsd_f64(_mm_unpackhi_pd(hi[l], hi[l])),
+            ];
+        }
+        bounds
+    }
+
+    /// [`Self::chaos_lanes`] in plain f64 (processors other than x86-64).
+    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+    fn chaos_lanes_scalar(
+        &mut self,
+        lanes: [&Lane; 4],
+        cands: [&Candidate; 4],
+        points: usize,
+    ) -> [Bounds; 4] {
+        let mut streams = cands.map(|c| c.stream.clone());
+        let mut u = [0.0f64; CHUNK];
+        let mut bounds = [[0.0f64; 4]; 4];
+        let steps = points.saturating_sub(1);
+        for l in 0..4 {
+            let (lane, out, b) = (lanes[l], &mut self.pts[l], &mut bounds[l]);
+            let (mut x, mut y) = (0.0f64, 0.0f64);
+            out[..2].fill(0.0);
+            let mut k = 0;
+            while k < steps {
+                let m = CHUNK.min(steps - k);
+                streams[l].fill_random(&mut u[..m]);
+                for (t, &ut) in u[..m].iter().enumerate() {
+                    let j = lane.choose(ut);
+                    if j < lane.len {
+                        let c = &lane.maps[j];
+                        (x, y) = (x * c[0] + y * c[1] + c[4], x * c[2] + y * c[3] + c[5]);
+                    }
+                    out[2 * (k + t + 1)] = x;
+                    out[2 * (k + t + 1) + 1] = y;
+                    *b = [b[0].min(x), b[1].max(x), b[2].min(y), b[3].max(y)];
+                }
+                k += m;
+            }
+        }
+        bounds
+    }
+
+    /// Whether lane `l`'s candidate fills at least `needed` preview pixels (as [`fill`] counts
+    /// them). A finite orbit is rescaled and stamped in chunks and decided as soon as the count
+    /// reaches `needed` or can no longer reach it.
+    fn accepts(&mut self, l: usize, bounds: Bounds, needed: usize) -> bool {
+        let w = PREVIEW as usize;
+        self.bits.clear();
+        self.bits.resize(PREVIEW_PIXELS / 64, 0);
+        let pts = &self.pts[l];
+        let n = pts.len() / 2;
+        // A non-finite coordinate stays non-finite (inf times a coefficient, plus anything, is
+        // inf or NaN; a step that chooses no map repeats it), so the orbit is finite exactly when
+        // its last point is, and then the bounds are the numpy min/max of the finite points.
+        let finite = pts.iter().rev().take(2).all(|v| v.is_finite());
+        let mut count = 0usize;
+        let bits = &mut self.bits;
+        // 1 when pixel (x, y) was not lit before.
+        let stamp = |bits: &mut [u64], x: u16, y: u16| {
+            let p = y as usize * w + x as usize;
+            let (word, bit) = (p / 64, 1u64 << (p % 64));
+            let new = (bits[word] & bit == 0) as usize;
+            bits[word] |= bit;
+            new
+        };
+        if finite {
+            let sx = ifs::AxisScale::new(bounds[0], bounds[1], PREVIEW, PREVIEW_PAD);
+            let sy = ifs::AxisScale::new(bounds[2], bounds[3], PREVIEW, PREVIEW_PAD);
+            let mut done = 0;
+            let mut px = [0u16; 2 * STAMP_CHUNK];
+            for chunk in pts.chunks(2 * STAMP_CHUNK) {
+                let px = &mut px[..chunk.len()];
+                ifs::AxisScale::apply_pairs([&sx, &sy], chunk, px);
+                for xy in px.chunks_exact(2) {
+                    count += stamp(bits, xy[0], xy[1]);
+                }
+                done += chunk.len() / 2;
+                if count >= needed || count + (n - done) < needed {
+                    break;
+                }
+            }
+            return count >= needed;
+        }
+        let mut xs: Vec<f64> = pts.iter().step_by(2).copied().collect();
+        let mut ys: Vec<f64> = pts.iter().skip(1).step_by(2).copied().collect();
         ifs::rescale(
-            &mut self.xs[lane],
-            &mut self.ys[lane],
+            &mut xs,
+            &mut ys,
             PREVIEW,
             PREVIEW,
             PREVIEW_PAD,
@@ -443,76 +710,125 @@ impl Evaluator {
             &mut self.cloud,
         );
         for (&x, &y) in self.cloud.xs.iter().zip(&self.cloud.ys) {
-            let px = &mut self.stamp[y as usize * w + x as usize];
-            if *px != g {
-                *px = g;
-                count += 1;
-            }
+            count += stamp(bits, x, y);
         }
-        count as f64 / (w * w) as f64
+        count >= needed
     }
 
-    /// Fill rates of up to four candidates, their chaos games interleaved.
-    fn fills(&mut self, cands: &[Candidate], points: usize) -> Vec<f64> {
-        let k = cands.len();
-        for (l, c) in cands.iter().enumerate() {
-            let mut stream = c.stream.clone();
-            self.u[l].clear();
-            self.u[l].extend((0..points).map(|_| stream.random()));
+    /// Whether each of up to four candidates is accepted (fill >= the rate whose `needed` this is).
+    fn decide(&mut self, cands: &[Candidate], points: usize, needed: usize) -> Vec<bool> {
+        let lanes: Vec<Option<Lane>> = cands.iter().map(|c| Lane::new(&c.ifs)).collect();
+        if lanes.iter().all(|l| l.is_some()) && !cands.is_empty() {
+            // Fewer than four: the last candidate fills the empty lanes (computed, not used).
+            let pick = |i: usize| i.min(cands.len() - 1);
+            let lane_refs: [&Lane; 4] = std::array::from_fn(|i| lanes[pick(i)].as_ref().unwrap());
+            let cand_refs: [&Candidate; 4] = std::array::from_fn(|i| &cands[pick(i)]);
+            let bounds = self.chaos_lanes(lane_refs, cand_refs, points);
+            return (0..cands.len())
+                .map(|l| self.accepts(l, bounds[l], needed))
+                .collect();
         }
-        if k == 4 {
-            let us = [
-                &self.u[0][..],
-                &self.u[1][..],
-                &self.u[2][..],
-                &self.u[3][..],
-            ];
-            Ifs::chaos_games_4(
-                [&cands[0].ifs, &cands[1].ifs, &cands[2].ifs, &cands[3].ifs],
-                us,
-                &mut self.xs,
-                &mut self.ys,
-            );
-        } else {
-            for (l, c) in cands.iter().enumerate() {
-                c.ifs
-                    .chaos_game(&self.u[l], &mut self.xs[l], &mut self.ys[l]);
-            }
-        }
-        (0..k).map(|l| self.fill_rate(l)).collect()
+        // The plain chaos game and fill for sums that are not non-decreasing.
+        cands
+            .iter()
+            .map(|c| {
+                let (xs, ys) = evaluate_points(c, points);
+                // fill = count / 512^2 exactly, so this is the count.
+                (fill(xs, ys).1 * PREVIEW_PIXELS as f64) as usize >= needed
+            })
+            .collect()
     }
 }
 
-/// Evaluators between batches (the threads of a batch end with it).
-static EVALUATORS: std::sync::Mutex<Vec<Evaluator>> = std::sync::Mutex::new(Vec::new());
+/// A candidate's chaos-game points, one by one (the reference for the interleaved lanes).
+fn evaluate_points(c: &Candidate, points: usize) -> (Vec<f64>, Vec<f64>) {
+    let u = c.chaos_sequence(points);
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    c.ifs.chaos_game(&u, &mut xs, &mut ys);
+    (xs, ys)
+}
 
-/// The fill rates of candidates on `threads` threads, in candidate order; each thread takes four
-/// candidates at a time and keeps its buffers.
-pub fn evaluate_all(cands: &[Candidate], points: usize, threads: usize) -> Vec<f64> {
-    let next = AtomicUsize::new(0);
-    let out: Vec<std::sync::Mutex<f64>> = (0..cands.len())
-        .map(|_| std::sync::Mutex::new(f64::NAN))
-        .collect();
-    std::thread::scope(|s| {
-        for _ in 0..threads.min(cands.len().div_ceil(4)).max(1) {
-            s.spawn(|| {
-                // Buffers outlive the batch: a fresh 11 MB per thread and batch cost page faults.
-                let mut ev = EVALUATORS.lock().unwrap().pop().unwrap_or_default();
-                loop {
-                    let i = next.fetch_add(4, Ordering::Relaxed);
-                    if i >= cands.len() {
-                        break;
+/// Group of four candidates of a batch to evaluate, and where to say the decisions.
+type EvalJob = (Arc<Vec<Candidate>>, usize, Sender<(usize, Vec<bool>)>);
+
+/// The evaluating threads of a whole search, each with its buffers. Threads made per batch cost
+/// more system time than the batch's work for small batches (a stack to map, fault in and unmap
+/// every few milliseconds): these live until the pool is dropped.
+pub struct EvalPool {
+    jobs: Option<Sender<EvalJob>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl EvalPool {
+    /// `threads` evaluators of candidates of `points` points against fill `rate`.
+    pub fn new(threads: usize, points: usize, rate: f64) -> EvalPool {
+        let needed = needed_pixels(rate);
+        let (tx, rx) = crossbeam_channel::unbounded::<EvalJob>();
+        let workers = (0..threads.max(1))
+            .map(|_| {
+                let rx = rx.clone();
+                std::thread::spawn(move || {
+                    let mut ev = Evaluator::default();
+                    for (cands, i, done) in rx {
+                        let group = &cands[i..(i + 4).min(cands.len())];
+                        let _ = done.send((i, ev.decide(group, points, needed)));
                     }
-                    let group = &cands[i..(i + 4).min(cands.len())];
-                    for (k, f) in ev.fills(group, points).into_iter().enumerate() {
-                        *out[i + k].lock().unwrap() = f;
-                    }
-                }
-                EVALUATORS.lock().unwrap().push(ev);
-            });
+                })
+            })
+            .collect();
+        EvalPool {
+            jobs: Some(tx),
+            workers,
         }
-    });
-    out.into_iter().map(|m| m.into_inner().unwrap()).collect()
+    }
+
+    /// Whether each candidate's fill reaches the rate, in candidate order (four at a time on the
+    /// pool's threads).
+    pub fn evaluate(&self, cands: &Arc<Vec<Candidate>>) -> Vec<bool> {
+        self.submit(cands).wait()
+    }
+
+    /// Hands the candidates to the pool and returns at once; [`Pending::wait`] has the decisions.
+    pub fn submit(&self, cands: &Arc<Vec<Candidate>>) -> Pending {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let jobs = self.jobs.as_ref().expect("pool open");
+        for i in (0..cands.len()).step_by(4) {
+            jobs.send((cands.clone(), i, tx.clone()))
+                .expect("evaluators run");
+        }
+        Pending { n: cands.len(), rx }
+    }
+}
+
+/// Decisions of a batch being evaluated.
+pub struct Pending {
+    n: usize,
+    rx: crossbeam_channel::Receiver<(usize, Vec<bool>)>,
+}
+
+impl Pending {
+    pub fn wait(self) -> Vec<bool> {
+        let mut out = vec![false; self.n];
+        for (i, decided) in self.rx {
+            out[i..i + decided.len()].copy_from_slice(&decided);
+        }
+        out
+    }
+}
+
+impl Drop for EvalPool {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Whether each candidate's fill reaches `rate`, on `threads` threads, in candidate order.
+pub fn evaluate_all(cands: &[Candidate], points: usize, rate: f64, threads: usize) -> Vec<bool> {
+    let cands = Arc::new(cands.to_vec());
+    EvalPool::new(threads.min(cands.len().div_ceil(4)), points, rate).evaluate(&cands)
 }
 
 /// The GL form of [`evaluate_all`]: the chaos games run on the GPU (bit-identical in fp64), the
@@ -521,8 +837,9 @@ pub fn evaluate_all_gl(
     engine: &mut crate::render::gl::GlEngine,
     cands: &[Candidate],
     points: usize,
+    rate: f64,
     threads: usize,
-) -> Result<Vec<f64>> {
+) -> Result<Vec<bool>> {
     let mut u = Vec::with_capacity(cands.len() * points);
     for c in cands {
         u.extend(c.chaos_sequence(points));
@@ -535,7 +852,7 @@ pub fn evaluate_all_gl(
         .collect();
     Ok(parallel_map(cands.len(), threads, |i| {
         let (xs, ys) = std::mem::take(&mut *pts[i].lock().unwrap());
-        fill(xs, ys).1
+        fill(xs, ys).1 >= rate
     }))
 }
 
@@ -555,6 +872,9 @@ fn search_blocks(
         .map_err(|e| Error::io(mine, "cannot open search part", e))?;
     let mut engine = open_engine(cfg)?;
     let threads = cfg.threads.max(1);
+    let pool = engine
+        .is_none()
+        .then(|| EvalPool::new(threads, cfg.points, cfg.rate));
     let mut rng = NumpyRandom::seed(cfg.seed);
     let mut next_index = 0u64;
     let mut b = cfg.rank;
@@ -619,19 +939,21 @@ fn search_blocks(
             next_candidate(&mut rng, cfg.points);
             next_index += 1;
         }
-        let cands: Vec<Candidate> = (0..RANK_BLOCK)
-            .map(|_| next_candidate(&mut rng, cfg.points))
-            .collect();
+        let cands: Arc<Vec<Candidate>> = Arc::new(
+            (0..RANK_BLOCK)
+                .map(|_| next_candidate(&mut rng, cfg.points))
+                .collect(),
+        );
         next_index += RANK_BLOCK;
         let results = match engine.as_mut() {
-            Some(e) => evaluate_all_gl(e, &cands, cfg.points, threads)?,
-            None => evaluate_all(&cands, cfg.points, threads),
+            Some(e) => evaluate_all_gl(e, &cands, cfg.points, cfg.rate, threads)?,
+            None => pool.as_ref().expect("CPU evaluators").evaluate(&cands),
         };
         evaluated += cands.len();
         let accepted: Vec<u64> = results
             .iter()
             .enumerate()
-            .filter(|(_, fill)| **fill >= cfg.rate)
+            .filter(|(_, accepted)| **accepted)
             .map(|(i, _)| b * RANK_BLOCK + i as u64)
             .collect();
         let mut line = serde_json::to_string(&BlockLine { block: b, accepted }).expect("json");
@@ -643,4 +965,113 @@ fn search_blocks(
         b += cfg.world;
     };
     Ok((accepted_prefix, evaluated))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn needed_pixels_is_the_least_count_whose_fill_reaches_the_rate() {
+        let total = PREVIEW_PIXELS as f64;
+        for rate in [0.2, 0.0, -1.0, 1e-9, 0.5, 1.0, 0.1 + 0.2, 52_428.5 / total] {
+            let c = needed_pixels(rate);
+            assert!(c as f64 / total >= rate, "{rate}");
+            assert!(c == 0 || ((c - 1) as f64 / total) < rate, "{rate}");
+        }
+        assert_eq!(needed_pixels(1.0 + 1e-12), PREVIEW_PIXELS + 1);
+        assert_eq!(needed_pixels(f64::NAN), PREVIEW_PIXELS + 1);
+    }
+
+    /// Candidates of the seed-1 stream, and two whose orbits overflow (inf, then NaN): the
+    /// non-finite path.
+    fn candidates() -> Vec<Candidate> {
+        let points = 100_000;
+        let mut rng = NumpyRandom::seed(1);
+        let mut cands: Vec<Candidate> = (0..10).map(|_| next_candidate(&mut rng, points)).collect();
+        // And the first accepted one (class 00000, about 40 candidates in).
+        loop {
+            let c = next_candidate(&mut rng, points);
+            if evaluate(&c, points).1 >= 0.2 {
+                cands.push(c);
+                break;
+            }
+        }
+        for scale in [40.0, 1e150] {
+            let mut c = next_candidate(&mut rng, points);
+            for m in &mut c.ifs.maps {
+                m.a *= scale;
+                m.d *= scale;
+            }
+            cands.push(c);
+        }
+        cands
+    }
+
+    #[test]
+    fn interleaved_lanes_are_the_plain_chaos_game() {
+        let points = 5_000;
+        let cands = candidates();
+        let mut ev = Evaluator::default();
+        for group in cands.chunks(4) {
+            let lanes: Vec<Lane> = group.iter().map(|c| Lane::new(&c.ifs).unwrap()).collect();
+            let lane_refs: [&Lane; 4] = std::array::from_fn(|i| &lanes[i.min(group.len() - 1)]);
+            let cand_refs: [&Candidate; 4] =
+                std::array::from_fn(|i| &group[i.min(group.len() - 1)]);
+            for scalar in [false, true] {
+                let bounds = if scalar {
+                    ev.chaos_lanes(lane_refs, cand_refs, points);
+                    ev.chaos_lanes_scalar(lane_refs, cand_refs, points)
+                } else {
+                    ev.chaos_lanes(lane_refs, cand_refs, points)
+                };
+                for (l, c) in group.iter().enumerate() {
+                    let (xs, ys) = evaluate_points(c, points);
+                    let want: Vec<u64> = xs
+                        .iter()
+                        .zip(&ys)
+                        .flat_map(|(x, y)| [x.to_bits(), y.to_bits()])
+                        .collect();
+                    let got: Vec<u64> = ev.pts[l].iter().map(|v| v.to_bits()).collect();
+                    assert!(got == want, "lane {l}, scalar {scalar}");
+                    if xs.iter().chain(&ys).all(|v| v.is_finite()) {
+                        let (x0, x1) = np_min_max_of(&xs);
+                        let (y0, y1) = np_min_max_of(&ys);
+                        assert_eq!(bounds[l], [x0, x1, y0, y1], "lane {l}, scalar {scalar}");
+                    }
+                }
+            }
+        }
+        assert!(cands.iter().any(|c| {
+            let (xs, _) = evaluate_points(c, points);
+            xs.iter().any(|v| v.is_nan())
+        }));
+    }
+
+    fn np_min_max_of(v: &[f64]) -> (f64, f64) {
+        v.iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            })
+    }
+
+    #[test]
+    fn early_decisions_are_the_fill_rates_decisions() {
+        // The search's own points: every rate decided as the full fill count decides it.
+        let points = 100_000;
+        let cands = candidates();
+        let fills: Vec<f64> = cands.iter().map(|c| evaluate(c, points).1).collect();
+        let mut rates = vec![0.0, 0.2, 0.05, 0.9];
+        rates.extend(
+            fills
+                .iter()
+                .flat_map(|&f| [f, f + 0.5 / PREVIEW_PIXELS as f64]),
+        );
+        for rate in rates {
+            let got = evaluate_all(&cands, points, rate, 2);
+            let want: Vec<bool> = fills.iter().map(|&f| f >= rate).collect();
+            assert_eq!(got, want, "rate {rate}, fills {fills:?}");
+        }
+        assert!(fills.iter().any(|&f| f >= 0.2) && fills.iter().any(|&f| f < 0.2));
+    }
 }
