@@ -330,6 +330,221 @@ pub struct Cloud {
     pub truncated: usize,
 }
 
+/// Steps per chunk of [`chaos_lanes`]: each lane's u draws for a chunk are fetched just before it
+/// (from a stream, or a slice of a shared sequence), so they stay in the L1 cache.
+const LANE_CHUNK: usize = 256;
+
+/// Buckets of u for a lane's map choice: with at most 8 sums, at most 8 of 1,024 buckets hold one.
+const BUCKETS: usize = 1024;
+const AMBIGUOUS: u8 = u8::MAX;
+
+/// An IFS as [`chaos_lanes`] runs it: the running sums padded with +inf to 8 (a padded sum is
+/// never below u, so "how many sums are below u" counts only real maps), the maps padded to 9
+/// (index `len` = no map chosen, the previous point kept), and a table of u buckets.
+pub struct Lane {
+    cums: [f64; 8],
+    maps: [[f64; 6]; 9],
+    len: usize,
+    /// Per u bucket `[b, b + 1) / BUCKETS`: the map index when no running sum lies in the bucket
+    /// (then every u in it counts the same sums below it), else [`AMBIGUOUS`].
+    buckets: [u8; BUCKETS],
+}
+
+impl Lane {
+    /// `None` for more than 8 maps or running sums that are not non-decreasing (negative or NaN
+    /// probabilities): then the count would not be the original's first-match scan.
+    pub fn new(ifs: &Ifs) -> Option<Lane> {
+        let cum = ifs.cumulative();
+        if cum.len() > 8 || !cum.windows(2).all(|w| w[0] <= w[1]) || cum.iter().any(|c| c.is_nan())
+        {
+            return None;
+        }
+        let mut lane = Lane {
+            cums: [f64::INFINITY; 8],
+            maps: [[0.0; 6]; 9],
+            len: cum.len(),
+            buckets: [0; BUCKETS],
+        };
+        lane.cums[..cum.len()].copy_from_slice(&cum);
+        for (d, m) in lane.maps.iter_mut().zip(&ifs.maps) {
+            *d = [m.a, m.b, m.c, m.d, m.e, m.f];
+        }
+        for (b, slot) in lane.buckets.iter_mut().enumerate() {
+            // Exact: multiples of 1/1024.
+            let (lo, hi) = (b as f64 / BUCKETS as f64, (b + 1) as f64 / BUCKETS as f64);
+            *slot = if cum.iter().any(|&c| lo <= c && c < hi) {
+                AMBIGUOUS
+            } else {
+                cum.iter().filter(|&&c| c < lo).count() as u8
+            };
+        }
+        Some(lane)
+    }
+
+    /// The map index for draw `u` (`len`: no map chosen): the bucket's, or the count of sums
+    /// below `u` when a sum lies in its bucket.
+    #[inline(always)]
+    fn choose(&self, u: f64) -> usize {
+        // u is in [0, 1), so u * 1024 (exact) is below BUCKETS; clamped anyway (not with
+        // clamp(), which keeps a NaN).
+        #[allow(clippy::manual_clamp)]
+        let b = (u * BUCKETS as f64).max(0.0).min((BUCKETS - 1) as f64);
+        // SAFETY: b is in [0, BUCKETS - 1] (a NaN became 0), which i32 holds.
+        let j = self.buckets[unsafe { b.to_int_unchecked::<i32>() } as usize];
+        if j != AMBIGUOUS {
+            return j as usize;
+        }
+        self.cums.iter().map(|&c| (c < u) as usize).sum::<usize>()
+    }
+}
+
+/// A lane's bounds: (min x, max x, min y, max y) over every point, the origin included; the numpy
+/// min/max when the orbit is finite (see [`pairs_finite`]), meaningless otherwise.
+pub type Bounds = [f64; 4];
+
+/// Whether every point of a chaos game's (x, y) pairs is finite. A non-finite coordinate stays
+/// non-finite (inf or NaN times a coefficient, plus anything, is inf or NaN; a step that chooses
+/// no map repeats it), so that is whether the last point is.
+pub fn pairs_finite(pts: &[f64]) -> bool {
+    pts.iter().rev().take(2).all(|v| v.is_finite())
+}
+
+/// Four chaos games at once, each exactly [`Ifs::chaos_game`] of its lane's IFS with `points`
+/// points; `u(l, k, buf)` fills `buf` with lane `l`'s draws `k..k + buf.len()`. The four
+/// dependent chains interleave (their latencies overlap) and lane `l`'s points go to `pts[l]` as
+/// (x, y) pairs; returns each lane's bounds.
+pub fn chaos_lanes(
+    lanes: [&Lane; 4],
+    points: usize,
+    pts: &mut [Vec<f64>; 4],
+    u: impl FnMut(usize, usize, &mut [f64]),
+) -> [Bounds; 4] {
+    for p in pts.iter_mut() {
+        // Every point is written: no clearing (6 MB for four lanes of 100,000 points).
+        p.resize(2 * points, 0.0);
+        p.truncate(2 * points);
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE2 is part of the x86-64 baseline, so every x86-64 processor has it.
+    return unsafe { chaos_lanes_sse2(lanes, points, pts, u) };
+    #[cfg(not(target_arch = "x86_64"))]
+    return chaos_lanes_scalar(lanes, points, pts, u);
+}
+
+/// [`chaos_lanes`] with each lane's point as one SSE2 pair (x, y): `(x, x) * (a, c) + (y, y) *
+/// (b, d) + (e, f)` is the original's `x*a + y*b + e` and `x*c + y*d + f`, operation for
+/// operation; the bounds are a min and a max of pairs and a point is one 16-byte store, so the
+/// state of four lanes fits in the registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+fn chaos_lanes_sse2(
+    lanes: [&Lane; 4],
+    points: usize,
+    pts: &mut [Vec<f64>; 4],
+    mut fill_u: impl FnMut(usize, usize, &mut [f64]),
+) -> [Bounds; 4] {
+    use std::arch::x86_64::*;
+    let mut coef = [[[_mm_setzero_pd(); 3]; 9]; 4];
+    for (cl, lane) in coef.iter_mut().zip(lanes) {
+        for (cj, &[a, b, c, d, e, f]) in cl.iter_mut().zip(&lane.maps) {
+            *cj = [_mm_set_pd(c, a), _mm_set_pd(d, b), _mm_set_pd(f, e)];
+        }
+    }
+    let mut u = [[0.0f64; LANE_CHUNK]; 4];
+    // (x, y) of each lane, and the bounds so far (the origin included).
+    let mut p = [_mm_setzero_pd(); 4];
+    let mut lo = p;
+    let mut hi = p;
+    let [o0, o1, o2, o3] = pts;
+    for o in [&mut *o0, &mut *o1, &mut *o2, &mut *o3] {
+        let origin = 2.min(o.len());
+        o[..origin].fill(0.0);
+    }
+    let steps = points.saturating_sub(1);
+    let mut k = 0;
+    while k < steps {
+        let m = LANE_CHUNK.min(steps - k);
+        for (l, ul) in u.iter_mut().enumerate() {
+            fill_u(l, k, &mut ul[..m]);
+        }
+        let r = 2 * (k + 1)..2 * (k + 1 + m);
+        let out = [
+            &mut o0[r.clone()],
+            &mut o1[r.clone()],
+            &mut o2[r.clone()],
+            &mut o3[r],
+        ];
+        for t in 0..m {
+            for l in 0..4 {
+                let lane = lanes[l];
+                let j = lane.choose(u[l][t]);
+                // j == len: no map chosen, the point repeats.
+                if j < lane.len {
+                    let c = &coef[l][j];
+                    let xx = _mm_unpacklo_pd(p[l], p[l]);
+                    let yy = _mm_unpackhi_pd(p[l], p[l]);
+                    p[l] = _mm_add_pd(_mm_add_pd(_mm_mul_pd(xx, c[0]), _mm_mul_pd(yy, c[1])), c[2]);
+                }
+                // minpd/maxpd: the bounds are used only for finite orbits.
+                lo[l] = _mm_min_pd(lo[l], p[l]);
+                hi[l] = _mm_max_pd(hi[l], p[l]);
+                let dst = &mut out[l][2 * t..2 * t + 2];
+                // SAFETY: `dst` is two f64s, what the unaligned store writes.
+                unsafe { _mm_storeu_pd(dst.as_mut_ptr(), p[l]) };
+            }
+        }
+        k += m;
+    }
+    let mut bounds = [[0.0; 4]; 4];
+    for l in 0..4 {
+        bounds[l] = [
+            _mm_cvtsd_f64(lo[l]),
+            _mm_cvtsd_f64(hi[l]),
+            _mm_cvtsd_f64(_mm_unpackhi_pd(lo[l], lo[l])),
+            _mm_cvtsd_f64(_mm_unpackhi_pd(hi[l], hi[l])),
+        ];
+    }
+    bounds
+}
+
+/// [`chaos_lanes`] in plain f64, one lane after the other (processors other than x86-64; the
+/// tests compare it with the SSE2 form).
+#[cfg_attr(all(target_arch = "x86_64", not(test)), allow(dead_code))]
+pub(crate) fn chaos_lanes_scalar(
+    lanes: [&Lane; 4],
+    points: usize,
+    pts: &mut [Vec<f64>; 4],
+    mut fill_u: impl FnMut(usize, usize, &mut [f64]),
+) -> [Bounds; 4] {
+    let mut u = [0.0f64; LANE_CHUNK];
+    let mut bounds = [[0.0f64; 4]; 4];
+    let steps = points.saturating_sub(1);
+    for l in 0..4 {
+        let (lane, out, b) = (lanes[l], &mut pts[l], &mut bounds[l]);
+        out.resize(2 * points, 0.0);
+        out.truncate(2 * points);
+        let (mut x, mut y) = (0.0f64, 0.0f64);
+        out[..2.min(2 * points)].fill(0.0);
+        let mut k = 0;
+        while k < steps {
+            let m = LANE_CHUNK.min(steps - k);
+            fill_u(l, k, &mut u[..m]);
+            for (t, &ut) in u[..m].iter().enumerate() {
+                let j = lane.choose(ut);
+                if j < lane.len {
+                    let c = &lane.maps[j];
+                    (x, y) = (x * c[0] + y * c[1] + c[4], x * c[2] + y * c[3] + c[5]);
+                }
+                out[2 * (k + t + 1)] = x;
+                out[2 * (k + t + 1) + 1] = y;
+                *b = [b[0].min(x), b[1].max(x), b[2].min(y), b[3].max(y)];
+            }
+            k += m;
+        }
+    }
+    bounds
+}
+
 /// numpy's `uint16(v)` for a float on x86-64: truncation, NaN/inf to 0, wrap-around past the range.
 #[inline]
 fn np_u16(v: f64) -> u16 {
@@ -452,6 +667,11 @@ impl AxisScale {
             span: (size - 2 * pad) as f64,
             pad: pad as f64,
         }
+    }
+
+    /// `max - min` of the (shifted) values: 0 for an axis the original cannot scale.
+    pub fn range(&self) -> f64 {
+        self.range
     }
 
     #[inline(always)]

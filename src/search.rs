@@ -7,7 +7,7 @@
 use crate::error::Error;
 use crate::error::Result;
 use crate::fsutil;
-use crate::ifs::{self, Cloud, Ifs, Map};
+use crate::ifs::{self, Bounds, Cloud, Ifs, Lane, Map};
 use crate::render::{PngConfig, encode_png};
 use crate::rng::NumpyRandom;
 use crossbeam_channel::Sender;
@@ -434,77 +434,8 @@ pub fn needed_pixels(rate: f64) -> usize {
     c
 }
 
-/// Steps of the four chaos games per chunk: each candidate's u draws for a chunk are made just
-/// before it (from its own stream), so they stay in the L1 cache instead of 800 KB per candidate.
-const CHUNK: usize = 256;
 /// Points rescaled between two checks of the early decision.
 const STAMP_CHUNK: usize = 2_048;
-
-/// One candidate's chaos game as four lanes run it: the running sums padded with +inf to 8 (a
-/// padded sum is never below u, so "how many sums are below u" counts only real maps) and the maps
-/// padded to 9 (index `len` = no map chosen, the previous point kept).
-struct Lane {
-    cums: [f64; 8],
-    maps: [[f64; 6]; 9],
-    len: usize,
-    /// Per u bucket `[b, b + 1) / BUCKETS`: the map index when no running sum lies in the bucket
-    /// (then every u in it counts the same sums below it), else [`AMBIGUOUS`].
-    buckets: [u8; BUCKETS],
-}
-
-/// Buckets of u for a lane's map choice: with at most 7 sums, at most 7 of 1,024 buckets hold one.
-const BUCKETS: usize = 1024;
-const AMBIGUOUS: u8 = u8::MAX;
-
-impl Lane {
-    /// `None` when the running sums are not non-decreasing (NaN probabilities): the count would
-    /// not be the original's first-match scan.
-    fn new(ifs: &Ifs) -> Option<Lane> {
-        let cum = ifs.cumulative();
-        if cum.len() > 8 || !cum.windows(2).all(|w| w[0] <= w[1]) || cum.iter().any(|c| c.is_nan())
-        {
-            return None;
-        }
-        let mut lane = Lane {
-            cums: [f64::INFINITY; 8],
-            maps: [[0.0; 6]; 9],
-            len: cum.len(),
-            buckets: [0; BUCKETS],
-        };
-        lane.cums[..cum.len()].copy_from_slice(&cum);
-        for (b, slot) in lane.buckets.iter_mut().enumerate() {
-            // Exact: multiples of 1/1024.
-            let (lo, hi) = (b as f64 / BUCKETS as f64, (b + 1) as f64 / BUCKETS as f64);
-            *slot = if cum.iter().any(|&c| lo <= c && c < hi) {
-                AMBIGUOUS
-            } else {
-                cum.iter().filter(|&&c| c < lo).count() as u8
-            };
-        }
-        for (d, m) in lane.maps.iter_mut().zip(&ifs.maps) {
-            *d = [m.a, m.b, m.c, m.d, m.e, m.f];
-        }
-        Some(lane)
-    }
-}
-
-impl Lane {
-    /// The map index for draw `u` (`len`: no map chosen): the bucket's, or the count of sums
-    /// below `u` when a sum lies in its bucket.
-    #[inline(always)]
-    fn choose(&self, u: f64) -> usize {
-        // u is in [0, 1), so u * 1024 (exact) is below BUCKETS; clamped anyway (not with
-        // clamp(), which keeps a NaN).
-        #[allow(clippy::manual_clamp)]
-        let b = (u * BUCKETS as f64).max(0.0).min((BUCKETS - 1) as f64);
-        // SAFETY: b is in [0, BUCKETS - 1] (a NaN became 0), which i32 holds.
-        let j = self.buckets[unsafe { b.to_int_unchecked::<i32>() } as usize];
-        if j != AMBIGUOUS {
-            return j as usize;
-        }
-        self.cums.iter().map(|&c| (c < u) as usize).sum::<usize>()
-    }
-}
 
 /// Reusable buffers of one evaluating thread: four candidates' points, (x, y) interleaved, the
 /// rescaled cloud of the rare non-finite orbit, and the preview as a bitmap (32 KB: it stays in
@@ -516,145 +447,19 @@ struct Evaluator {
     bits: Vec<u64>,
 }
 
-/// Each lane's bounds: (min x, max x, min y, max y), over every point, the origin included.
-type Bounds = [f64; 4];
-
 impl Evaluator {
-    /// Four candidates' chaos games interleaved, exactly [`Ifs::chaos_game`] of each with its
-    /// stream's `points` draws, the u draws made chunk by chunk; the points go to `pts` as
-    /// (x, y) pairs.
+    /// Four candidates' chaos games interleaved ([`ifs::chaos_lanes`]), each with its stream's
+    /// `points` draws, made chunk by chunk.
     fn chaos_lanes(
         &mut self,
         lanes: [&Lane; 4],
         cands: [&Candidate; 4],
         points: usize,
     ) -> [Bounds; 4] {
-        for p in &mut self.pts {
-            // Every point is written below: no clearing (6 MB for four lanes).
-            p.resize(2 * points, 0.0);
-            p.truncate(2 * points);
-        }
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: SSE2 is part of the x86-64 baseline, so every x86-64 processor has it.
-        return unsafe { self.chaos_lanes_sse2(lanes, cands, points) };
-        #[cfg(not(target_arch = "x86_64"))]
-        return self.chaos_lanes_scalar(lanes, cands, points);
-    }
-
-    /// [`Self::chaos_lanes`] with each lane's point as one SSE2 pair (x, y): `(x, x) * (a, c) +
-    /// (y, y) * (b, d) + (e, f)` is the original's `x*a + y*b + e` and `x*c + y*d + f`, operation
-    /// for operation; the bounds are a min and a max of pairs and a point is one 16-byte store,
-    /// so the state of four lanes fits in the registers.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "sse2")]
-    fn chaos_lanes_sse2(
-        &mut self,
-        lanes: [&Lane; 4],
-        cands: [&Candidate; 4],
-        points: usize,
-    ) -> [Bounds; 4] {
-        use std::arch::x86_64::*;
-        let mut coef = [[[_mm_setzero_pd(); 3]; 9]; 4];
-        for (cl, lane) in coef.iter_mut().zip(lanes) {
-            for (cj, &[a, b, c, d, e, f]) in cl.iter_mut().zip(&lane.maps) {
-                *cj = [_mm_set_pd(c, a), _mm_set_pd(d, b), _mm_set_pd(f, e)];
-            }
-        }
         let mut streams = cands.map(|c| c.stream.clone());
-        let mut u = [[0.0f64; CHUNK]; 4];
-        // (x, y) of each lane, and the bounds so far (the origin included).
-        let mut p = [_mm_setzero_pd(); 4];
-        let mut lo = p;
-        let mut hi = p;
-        let [o0, o1, o2, o3] = &mut self.pts;
-        o0[..2].fill(0.0);
-        o1[..2].fill(0.0);
-        o2[..2].fill(0.0);
-        o3[..2].fill(0.0);
-        let steps = points.saturating_sub(1);
-        let mut k = 0;
-        while k < steps {
-            let m = CHUNK.min(steps - k);
-            for l in 0..4 {
-                streams[l].fill_random(&mut u[l][..m]);
-            }
-            let r = 2 * (k + 1)..2 * (k + 1 + m);
-            let out = [
-                &mut o0[r.clone()],
-                &mut o1[r.clone()],
-                &mut o2[r.clone()],
-                &mut o3[r],
-            ];
-            for t in 0..m {
-                for l in 0..4 {
-                    let lane = lanes[l];
-                    let j = lane.choose(u[l][t]);
-                    // j == len: no map chosen, the point repeats.
-                    if j < lane.len {
-                        let c = &coef[l][j];
-                        let xx = _mm_unpacklo_pd(p[l], p[l]);
-                        let yy = _mm_unpackhi_pd(p[l], p[l]);
-                        p[l] = _mm_add_pd(
-                            _mm_add_pd(_mm_mul_pd(xx, c[0]), _mm_mul_pd(yy, c[1])),
-                            c[2],
-                        );
-                    }
-                    // minpd/maxpd: the bounds are used only for finite orbits.
-                    lo[l] = _mm_min_pd(lo[l], p[l]);
-                    hi[l] = _mm_max_pd(hi[l], p[l]);
-                    let dst = &mut out[l][2 * t..2 * t + 2];
-                    // SAFETY: `dst` is two f64s, what the unaligned store writes.
-                    unsafe { _mm_storeu_pd(dst.as_mut_ptr(), p[l]) };
-                }
-            }
-            k += m;
-        }
-        let mut bounds = [[0.0; 4]; 4];
-        for l in 0..4 {
-            bounds[l] = [
-                _mm_cvtsd_f64(lo[l]),
-                _mm_cvtsd_f64(hi[l]),
-                _mm_cvtsd_f64(_mm_unpackhi_pd(lo[l], lo[l])),
-                _mm_cvtsd_f64(_mm_unpackhi_pd(hi[l], hi[l])),
-            ];
-        }
-        bounds
-    }
-
-    /// [`Self::chaos_lanes`] in plain f64 (processors other than x86-64).
-    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
-    fn chaos_lanes_scalar(
-        &mut self,
-        lanes: [&Lane; 4],
-        cands: [&Candidate; 4],
-        points: usize,
-    ) -> [Bounds; 4] {
-        let mut streams = cands.map(|c| c.stream.clone());
-        let mut u = [0.0f64; CHUNK];
-        let mut bounds = [[0.0f64; 4]; 4];
-        let steps = points.saturating_sub(1);
-        for l in 0..4 {
-            let (lane, out, b) = (lanes[l], &mut self.pts[l], &mut bounds[l]);
-            let (mut x, mut y) = (0.0f64, 0.0f64);
-            out[..2].fill(0.0);
-            let mut k = 0;
-            while k < steps {
-                let m = CHUNK.min(steps - k);
-                streams[l].fill_random(&mut u[..m]);
-                for (t, &ut) in u[..m].iter().enumerate() {
-                    let j = lane.choose(ut);
-                    if j < lane.len {
-                        let c = &lane.maps[j];
-                        (x, y) = (x * c[0] + y * c[1] + c[4], x * c[2] + y * c[3] + c[5]);
-                    }
-                    out[2 * (k + t + 1)] = x;
-                    out[2 * (k + t + 1) + 1] = y;
-                    *b = [b[0].min(x), b[1].max(x), b[2].min(y), b[3].max(y)];
-                }
-                k += m;
-            }
-        }
-        bounds
+        ifs::chaos_lanes(lanes, points, &mut self.pts, |l, _, buf| {
+            streams[l].fill_random(buf)
+        })
     }
 
     /// Whether lane `l`'s candidate fills at least `needed` preview pixels (as [`fill`] counts
@@ -666,10 +471,7 @@ impl Evaluator {
         self.bits.resize(PREVIEW_PIXELS / 64, 0);
         let pts = &self.pts[l];
         let n = pts.len() / 2;
-        // A non-finite coordinate stays non-finite (inf times a coefficient, plus anything, is
-        // inf or NaN; a step that chooses no map repeats it), so the orbit is finite exactly when
-        // its last point is, and then the bounds are the numpy min/max of the finite points.
-        let finite = pts.iter().rev().take(2).all(|v| v.is_finite());
+        let finite = ifs::pairs_finite(pts);
         let mut count = 0usize;
         let bits = &mut self.bits;
         // 1 when pixel (x, y) was not lit before.
@@ -1020,8 +822,10 @@ mod tests {
                 std::array::from_fn(|i| &group[i.min(group.len() - 1)]);
             for scalar in [false, true] {
                 let bounds = if scalar {
-                    ev.chaos_lanes(lane_refs, cand_refs, points);
-                    ev.chaos_lanes_scalar(lane_refs, cand_refs, points)
+                    let mut streams = cand_refs.map(|c| c.stream.clone());
+                    ifs::chaos_lanes_scalar(lane_refs, points, &mut ev.pts, |l, _, buf| {
+                        streams[l].fill_random(buf)
+                    })
                 } else {
                     ev.chaos_lanes(lane_refs, cand_refs, points)
                 };

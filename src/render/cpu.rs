@@ -7,11 +7,16 @@ use crate::rng::MaskKey;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-/// The CPU engine as a render stage: one unit at a time, its canvases as soon as they are drawn.
+/// Units a CPU stage claims at once: their chaos games run as the four lanes of
+/// [`ifs::chaos_lanes`], so their latencies overlap.
+pub const UNITS_PER_CLAIM: usize = 4;
+
+/// The CPU engine as a render stage: four units at a time (their clouds computed together), each
+/// unit's canvases as soon as they are drawn.
 pub struct CpuStage<'a> {
     ctx: StageContext<'a>,
     scratch: Scratch,
-    cloud: Cloud,
+    clouds: Vec<Cloud>,
     cover: Cover,
 }
 
@@ -20,7 +25,7 @@ impl<'a> CpuStage<'a> {
         CpuStage {
             ctx,
             scratch: Scratch::default(),
-            cloud: Cloud::default(),
+            clouds: Vec::new(),
             cover: Cover::default(),
         }
     }
@@ -29,20 +34,26 @@ impl<'a> CpuStage<'a> {
 impl Stage for CpuStage<'_> {
     fn run(&mut self, feed: &mut dyn Feed) -> Result<()> {
         let ctx = self.ctx;
-        while let Some(units) = feed.claim(1) {
-            for (id, unit) in units {
+        while let Some(units) = feed.claim(UNITS_PER_CLAIM) {
+            let t0 = Instant::now();
+            let sources: Vec<(&Ifs, &WeightRow)> = units
+                .iter()
+                .map(|(_, u)| {
+                    let class = &ctx.plan.classes[u.class as usize];
+                    (&class.ifs, &ctx.plan.weights[u.row as usize])
+                })
+                .collect();
+            let made = compute_clouds(
+                &sources,
+                ctx.u,
+                ctx.cfg,
+                &mut self.scratch,
+                &mut self.clouds,
+            );
+            StageStats::add(&ctx.stats.chaos_ns, t0);
+            for (((id, unit), made), cloud) in units.into_iter().zip(made).zip(&self.clouds) {
                 let class = &ctx.plan.classes[unit.class as usize];
-                let t0 = Instant::now();
-                compute_cloud(
-                    &class.ifs,
-                    &ctx.plan.weights[unit.row as usize],
-                    ctx.u,
-                    ctx.cfg,
-                    &mut self.scratch,
-                    &mut self.cloud,
-                )
-                .map_err(|axis| degenerate_error(&class.path, unit.row as usize, axis))?;
-                StageStats::add(&ctx.stats.chaos_ns, t0);
+                made.map_err(|axis| degenerate_error(&class.path, unit.row as usize, axis))?;
                 ctx.stats.clouds.fetch_add(1, Ordering::Relaxed);
                 let epoch_cfg;
                 let cfg = if unit.epoch == 0 {
@@ -55,13 +66,13 @@ impl Stage for CpuStage<'_> {
                     &epoch_cfg
                 };
                 let t0 = Instant::now();
-                self.cover.build(&self.cloud, cfg);
+                self.cover.build(cloud, cfg);
                 StageStats::add(&ctx.stats.raster_ns, t0);
                 for (slot, &instance) in unit.instances.iter().enumerate() {
                     let t0 = Instant::now();
                     let mut pixels = Vec::new();
                     raster(
-                        &self.cloud,
+                        cloud,
                         &self.cover,
                         cfg,
                         class.key,
@@ -89,6 +100,9 @@ impl Stage for CpuStage<'_> {
 pub struct Scratch {
     xs: Vec<f64>,
     ys: Vec<f64>,
+    /// Four lanes' (x, y) points, and one lane's rescaled pairs.
+    pairs: [Vec<f64>; 4],
+    px: Vec<u16>,
 }
 
 /// Computes the rescaled point cloud of `ifs` with weight row `w` (the original's `calculate` +
@@ -108,6 +122,85 @@ pub fn compute_cloud(
     }
     weighted.chaos_game(&u[..cfg.iterations], &mut scratch.xs, &mut scratch.ys);
     cloud_from_points(&mut scratch.xs, &mut scratch.ys, cfg, out)
+}
+
+/// [`compute_cloud`] of several (IFS, weight row) sources into `out[i]` (resized to fit), the same
+/// clouds and errors: up to four at a time as the lanes of [`ifs::chaos_lanes`] (every source a
+/// [`ifs::Lane`]; a missing lane is filled with a copy), else one by one.
+pub fn compute_clouds(
+    sources: &[(&Ifs, &WeightRow)],
+    u: &[f64],
+    cfg: &RenderConfig,
+    scratch: &mut Scratch,
+    out: &mut Vec<Cloud>,
+) -> Vec<Result<(), &'static str>> {
+    out.resize_with(out.len().max(sources.len()), Cloud::default);
+    let mut made = Vec::with_capacity(sources.len());
+    for (group, outs) in sources.chunks(4).zip(out.chunks_mut(4)) {
+        let weighted: Vec<Ifs> = group.iter().map(|(ifs, w)| ifs.weighted(w)).collect();
+        let lanes: Vec<Option<ifs::Lane>> = weighted.iter().map(ifs::Lane::new).collect();
+        let first_ok = |w: &Ifs| cfg.iterations <= 1 || w.first_step_chooses_a_map(u[0]);
+        if group.len() < 2 || lanes.iter().any(|l| l.is_none()) {
+            for ((ifs, w), cloud) in group.iter().zip(outs.iter_mut()) {
+                made.push(compute_cloud(ifs, w, u, cfg, scratch, cloud));
+            }
+            continue;
+        }
+        let pick = |i: usize| lanes[i.min(group.len() - 1)].as_ref().unwrap();
+        let bounds = ifs::chaos_lanes(
+            std::array::from_fn(pick),
+            cfg.iterations,
+            &mut scratch.pairs,
+            |_, k, buf| buf.copy_from_slice(&u[k..k + buf.len()]),
+        );
+        for (l, (w, cloud)) in weighted.iter().zip(outs.iter_mut()).enumerate() {
+            made.push(if !first_ok(w) {
+                Err(NO_FIRST_MAP)
+            } else {
+                let pairs = std::mem::take(&mut scratch.pairs[l]);
+                let r = cloud_from_pairs(&pairs, bounds[l], cfg, scratch, cloud);
+                scratch.pairs[l] = pairs;
+                r
+            });
+        }
+    }
+    made
+}
+
+/// The rescale of a chaos game's (x, y) pairs with its lane bounds: for a finite orbit straight
+/// from the bounds (the arithmetic of [`ifs::rescale`], vectorised); otherwise through
+/// [`cloud_from_points`] (NaN truncation, inf).
+fn cloud_from_pairs(
+    pairs: &[f64],
+    bounds: ifs::Bounds,
+    cfg: &RenderConfig,
+    scratch: &mut Scratch,
+    out: &mut Cloud,
+) -> Result<(), &'static str> {
+    if !ifs::pairs_finite(pairs) {
+        scratch.xs.clear();
+        scratch.ys.clear();
+        scratch.xs.extend(pairs.iter().step_by(2));
+        scratch.ys.extend(pairs.iter().skip(1).step_by(2));
+        return cloud_from_points(&mut scratch.xs, &mut scratch.ys, cfg, out);
+    }
+    let sx = ifs::AxisScale::new(bounds[0], bounds[1], cfg.width, cfg.pad_x);
+    let sy = ifs::AxisScale::new(bounds[2], bounds[3], cfg.height, cfg.pad_y);
+    // degenerate_axis on the shifted points: max - min is the scale's range.
+    if sx.range() == 0.0 {
+        return Err("x");
+    }
+    if sy.range() == 0.0 {
+        return Err("y");
+    }
+    scratch.px.resize(pairs.len(), 0);
+    ifs::AxisScale::apply_pairs([&sx, &sy], pairs, &mut scratch.px);
+    out.xs.clear();
+    out.ys.clear();
+    out.xs.extend(scratch.px.iter().step_by(2));
+    out.ys.extend(scratch.px.iter().skip(1).step_by(2));
+    out.truncated = 0;
+    Ok(())
 }
 
 /// The rescale step alone, for engines that compute the points elsewhere.
