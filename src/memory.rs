@@ -116,8 +116,9 @@ pub struct RenderShape {
     pub shards: bool,
 }
 
-/// Estimates a render (see design.md, "Memory"): the shared chaos sequence; per render thread its
-/// fp64 points and cloud (20 bytes a point, plus CPython masks), a canvas in flight and two in the
+/// Estimates a render (see design.md, "Memory"): the shared chaos sequence; per render thread the
+/// fp64 points and clouds of its four lanes and their rescaled pairs (84 bytes a point, plus
+/// CPython masks), its patch cover (4 bytes a pixel), a canvas in flight and two in the
 /// channel, an RGB image and the PNGs of its encoder and channels, the targets of a job (images of a
 /// cloud); and, writing shards, two chunks of clouds' PNGs waiting at the writers.
 pub fn render_estimate(r: RenderShape) -> Estimate {
@@ -133,10 +134,10 @@ pub fn render_estimate(r: RenderShape) -> Estimate {
     } = r;
     let px = width.saturating_mul(height);
     let png = px.saturating_mul(channels) / if png_level == 0 { 1 } else { 4 };
-    let per_point = 20 + if python_masks { 4 } else { 0 };
+    let per_point = 84 + if python_masks { 4 } else { 0 };
     let per_thread = iterations
         .saturating_mul(per_point)
-        .saturating_add(px.saturating_mul(3))
+        .saturating_add(px.saturating_mul(3 + 4))
         .saturating_add(px.saturating_mul(channels).saturating_mul(2))
         .saturating_add(png.saturating_mul(4))
         .saturating_add(images_per_cloud.saturating_mul(64));
