@@ -5,6 +5,7 @@
 use crate::cluster::Rank;
 use crate::error::{Error, Result};
 use crate::generate::{self, RenderOptions, Summary};
+use crate::ifs::Cloud;
 use crate::pipeline::Threads;
 use crate::progress;
 use crate::render::{DrawMode, MaskRng, PngConfig, RenderConfig};
@@ -72,6 +73,11 @@ pub struct BenchArgs {
     /// works in a new `fractaldb-bench-*` directory there and removes only that.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// Instead of the backends: time PNG encoders (the one in use at levels 1 and 3, and zlib-rs
+    /// levels and strategies on the same filtered rows) on one instance of every cloud of the
+    /// workload, every flip, RGB and gray: ms per image and average bytes (docs/benchmarks.md)
+    #[arg(long)]
+    pub png_candidates: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -124,6 +130,8 @@ pub struct BackendResult {
     pub per_core: Rate,
     pub clouds_per_image: f64,
     pub readback_bytes_per_image: f64,
+    /// Average size of the PNG files (without tar headers).
+    pub png_bytes_per_image: f64,
     pub peak_rss_bytes: u64,
 }
 
@@ -149,6 +157,9 @@ fn cpu_name() -> String {
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
+    if a.png_candidates {
+        return crate::cli::write_stdout(&png_candidates(a)?);
+    }
     let report = measure(a)?;
     if let Some(p) = &a.plot {
         crate::fsutil::write_atomic(p, svg(&report).as_bytes(), false)?;
@@ -222,28 +233,7 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
     let load_root = match &a.load_root {
         Some(p) => p.clone(),
         None if rcdb.is_some() || mvfdb => PathBuf::new(),
-        None => {
-            let cfg = SearchConfig {
-                rate: 0.2,
-                categories: a.classes,
-                points: 100_000,
-                seed: 1,
-                out: work.join("search"),
-                threads: std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1),
-                write_previews: false,
-                png_level: 6,
-                gl: None,
-                rank: 0,
-                world: 1,
-                wait_timeout: std::time::Duration::from_secs(3600),
-                progress: false,
-                class_digits: 5,
-            };
-            search::run(&cfg, |_, _| {})?;
-            search::csv_dir(&cfg.out, cfg.rate, cfg.categories)
-        }
+        None => search_classes(a.classes, &work)?,
     };
     let all = a.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -475,6 +465,7 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
             per_core: stage(&|s| s.images as f64 / s.cpu_s.max(1e-9)),
             clouds_per_image: r0.clouds as f64 / r0.images.max(1) as f64,
             readback_bytes_per_image: r0.readback_bytes as f64 / r0.images.max(1) as f64,
+            png_bytes_per_image: r0.png_bytes as f64 / r0.images.max(1) as f64,
             peak_rss_bytes: peak,
         });
     }
@@ -516,6 +507,182 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
     })
 }
 
+/// The first `classes` classes of the seed-1 search (the published ones), in `work/search`.
+fn search_classes(classes: usize, work: &std::path::Path) -> Result<PathBuf> {
+    let cfg = SearchConfig {
+        rate: 0.2,
+        categories: classes,
+        points: 100_000,
+        seed: 1,
+        out: work.join("search"),
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        write_previews: false,
+        png_level: 6,
+        gl: None,
+        rank: 0,
+        world: 1,
+        wait_timeout: std::time::Duration::from_secs(3600),
+        progress: false,
+        class_digits: 5,
+    };
+    search::run(&cfg, |_, _| {})?;
+    Ok(search::csv_dir(&cfg.out, cfg.rate, cfg.categories))
+}
+
+/// `bench --png-candidates`: the table of PNG encoders on the workload's canvases.
+fn png_candidates(a: &BenchArgs) -> Result<String> {
+    use crate::render::{self, cpu};
+    use zlib_rs::{Deflate, DeflateConfig, DeflateFlush, Method, Strategy};
+    let parent = a.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let tmp = TempDir::new_in(&parent)?;
+    let load_root = match &a.load_root {
+        Some(p) => p.clone(),
+        None => search_classes(a.classes, &tmp.0)?,
+    };
+    let cfg = RenderConfig {
+        width: a.image_size,
+        height: a.image_size,
+        pad_x: 6,
+        pad_y: 6,
+        iterations: a.iteration,
+        mode: a.draw_type,
+        masks: MaskRng::Counter { seed: 0 },
+    };
+    cfg.validate()?;
+    let plan = crate::plan::Plan::new(crate::plan::load_classes(&load_root)?, &a.weight_csv, 1)?;
+    let u = crate::rng::NumpyRandom::seed(100).random_vec(cfg.iterations);
+    let (mut scratch, mut cloud, mut cover) = (
+        cpu::Scratch::default(),
+        Cloud::default(),
+        cpu::Cover::default(),
+    );
+    let mut canvases = Vec::new();
+    for class in &plan.classes {
+        for (row, w) in plan.weights.iter().enumerate() {
+            cpu::compute_cloud(&class.ifs, w, &u, &cfg, &mut scratch, &mut cloud)
+                .map_err(|why| cpu::degenerate_error(&class.path, row, why))?;
+            cover.build(&cloud, &cfg);
+            let mut c = Vec::new();
+            cpu::raster(&cloud, &cover, &cfg, class.key, row as u32, 0, &mut c);
+            canvases.push(c);
+        }
+    }
+    let (w, h) = (cfg.width as usize, cfg.height as usize);
+    let pal = render::palette(cfg.mode);
+    let n = (canvases.len() * 4) as f64;
+    let mut out = format!(
+        "PNG encoders on {} canvases x 4 flips ({w}x{h}, {}, {}), best of 3 passes\n{:<72} {:>10} {:>10}\n",
+        canvases.len(),
+        cfg.mode,
+        load_root.display(),
+        "encoder",
+        "ms/image",
+        "KB/image"
+    );
+    let best_of_3 = |f: &mut dyn FnMut() -> usize| {
+        let mut best = (f64::MAX, 0);
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            let bytes = f();
+            best = (best.0.min(t.elapsed().as_secs_f64()), bytes);
+        }
+        (best.0 * 1e3 / n, best.1 as f64 / n / 1e3)
+    };
+    for gray in [false, true] {
+        if gray && cfg.mode.is_color() {
+            continue;
+        }
+        let ch = if gray { 1 } else { 3 };
+        let kind = if gray { "gray" } else { "RGB" };
+        let mut line = |name: String, (ms, kb): (f64, f64)| {
+            out.push_str(&format!(
+                "{:<72} {ms:>10.3} {kb:>10.2}\n",
+                format!("{kind}: {name}")
+            ));
+        };
+        for level in [1u8, 3] {
+            let png = PngConfig { level, gray };
+            let (mut sc, mut file) = (render::PngScratch::default(), Vec::new());
+            let r = best_of_3(&mut || {
+                let mut bytes = 0;
+                for c in &canvases {
+                    for flip in 0..4 {
+                        render::encode_canvas(c, w, h, flip, &pal, png, &mut sc, &mut file)
+                            .expect("encode");
+                        bytes += file.len();
+                    }
+                }
+                bytes
+            });
+            line(
+                format!(
+                    "{} --png-level {level} (flip + rows + deflate)",
+                    render::ENCODER
+                ),
+                r,
+            );
+        }
+        // The same filtered rows for every deflate setting (filter 0; "sub" = PNG filter 1).
+        let raws = |filter: u8| -> Vec<Vec<u8>> {
+            let mut v = Vec::new();
+            for c in &canvases {
+                for flip in 0..4 {
+                    let mut px = Vec::new();
+                    render::write_flip(c, w, h, flip, &pal, ch, &mut px);
+                    let mut raw = Vec::with_capacity((w * ch + 1) * h);
+                    for row in px.chunks(w * ch) {
+                        raw.push(filter);
+                        raw.extend(row.iter().enumerate().map(|(i, &b)| {
+                            if filter == 1 && i >= ch {
+                                b.wrapping_sub(row[i - ch])
+                            } else {
+                                b
+                            }
+                        }));
+                    }
+                    v.push(raw);
+                }
+            }
+            v
+        };
+        let (plain, sub) = (raws(0), raws(1));
+        let settings: [(&str, i32, Strategy, bool); 8] = [
+            ("level 1", 1, Strategy::Default, false),
+            ("level 2", 2, Strategy::Default, false),
+            ("level 3", 3, Strategy::Default, false),
+            ("level 4", 4, Strategy::Default, false),
+            ("level 6", 6, Strategy::Default, false),
+            ("RLE strategy", 1, Strategy::Rle, false),
+            ("Huffman only", 1, Strategy::HuffmanOnly, false),
+            ("level 3, Sub filter", 3, Strategy::Default, true),
+        ];
+        for (name, level, strategy, use_sub) in settings {
+            let mut d = Deflate::new_with_config(DeflateConfig {
+                level,
+                method: Method::Deflated,
+                window_bits: 15,
+                mem_level: 8,
+                strategy,
+            });
+            let input = if use_sub { &sub } else { &plain };
+            let mut z = vec![0u8; zlib_rs::compress_bound(input[0].len())];
+            let r = best_of_3(&mut || {
+                let mut bytes = 0;
+                for raw in input {
+                    d.reset();
+                    let _ = d.compress(raw, &mut z, DeflateFlush::Finish);
+                    bytes += d.total_out() as usize + 57; // + signature, IHDR, IDAT and IEND framing
+                }
+                bytes
+            });
+            line(format!("zlib-rs one call: {name} (deflate only)"), r);
+        }
+    }
+    Ok(out)
+}
+
 /// The readable table.
 pub fn table(r: &Report) -> String {
     let mut s = format!(
@@ -541,13 +708,14 @@ pub fn table(r: &Report) -> String {
         s.push_str(&format!(" {:>16}", format!("{st}/thread")));
     }
     s.push_str(&format!(
-        " {:>22} {:>14} {:>10} {:>14} {:>10} {:>12} {:>9}\n",
+        " {:>22} {:>14} {:>10} {:>20} {:>10} {:>14} {:>10} {:>9}\n",
         "wds end-to-end img/s",
         "folder img/s",
         "wds/folder",
-        "img/CPU-s",
+        "img/CPU-s [best]",
         "clouds/img",
         "readback B/img",
+        "PNG KB/img",
         "peak RSS"
     ));
     for b in &r.backends {
@@ -559,15 +727,17 @@ pub fn table(r: &Report) -> String {
             }
         }
         s.push_str(&format!(
-            " {:>10.1} [{:.1}-{:.1}] {:>14.1} {:>10.2} {:>14.1} {:>10.4} {:>12.0} {:>6} MB\n",
+            " {:>10.1} [{:.1}-{:.1}] {:>14.1} {:>10.2} {:>12.1} [{:.1}] {:>10.4} {:>14.0} {:>10.2} {:>6} MB\n",
             b.end_to_end.median,
             b.end_to_end.min,
             b.end_to_end.max,
             b.end_to_end_folder.median,
             b.wds_over_folder,
             b.per_core.median,
+            b.per_core.max,
             b.clouds_per_image,
             b.readback_bytes_per_image,
+            b.png_bytes_per_image / 1000.0,
             b.peak_rss_bytes >> 20,
         ));
     }

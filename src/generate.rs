@@ -60,6 +60,8 @@ pub struct Summary {
     pub readback_bytes: u64,
     /// CPU-seconds of the process during the run (filled in by the benchmark).
     pub cpu_s: f64,
+    /// Bytes of the PNGs encoded (the files' size without tar headers).
+    pub png_bytes: u64,
 }
 
 impl Summary {
@@ -75,8 +77,9 @@ impl Summary {
         self.write_s = secs(&stats.write_ns);
         self.readback_s = secs(&stats.render.readback_ns);
         self.readback_bytes = stats.render.readback_bytes.load(Ordering::Relaxed);
+        self.png_bytes = stats.png_bytes.load(Ordering::Relaxed);
         if self.bytes == 0 {
-            self.bytes = stats.png_bytes.load(Ordering::Relaxed);
+            self.bytes = self.png_bytes;
         }
     }
 

@@ -89,6 +89,42 @@ fn bench_reports_every_backend_and_stage_with_positive_rates() {
         );
     }
     assert!(v["cores"].as_u64().unwrap() > 0);
+    // The PNG-encoder table's row for the encoder in use (level 1, one instance of every cloud,
+    // every flip: the same 100 images) gives the average size the runs wrote.
+    let png = backends[0]["png_bytes_per_image"].as_f64().unwrap();
+    let table = run_ok(bin().args([
+        "bench",
+        "--png-candidates",
+        "--classes",
+        "1",
+        "--iteration",
+        "3000",
+        "--image-size",
+        "64",
+    ]));
+    let table = String::from_utf8(table.stdout).unwrap();
+    let kb = |prefix: &str| -> f64 {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} row in\n{table}"));
+        line.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    let in_use = format!("RGB: {} --png-level 1", fractaldb::render::ENCODER);
+    assert!(
+        (kb(&in_use) - png / 1000.0).abs() < 0.006,
+        "{png} B vs\n{table}"
+    );
+    for row in [
+        "RGB: zlib-rs one call: level 3",
+        "gray: zlib-rs one call: RLE strategy",
+    ] {
+        assert!(kb(row) > 0.0, "{table}");
+    }
+    assert!(
+        kb("RGB: zlib-rs one call: level 6") < kb("RGB: zlib-rs one call: level 1"),
+        "{table}"
+    );
     // The SVG parses as XML and has one bar per backend and stage.
     let check = std::process::Command::new("python3")
         .args(["-c", "import sys, xml.etree.ElementTree as E; r = E.parse(sys.argv[1]).getroot(); \
