@@ -516,33 +516,53 @@ pub(crate) fn chaos_lanes_scalar(
     pts: &mut [Vec<f64>; 4],
     mut fill_u: impl FnMut(usize, usize, &mut [f64]),
 ) -> [Bounds; 4] {
-    let mut u = [0.0f64; LANE_CHUNK];
     let mut bounds = [[0.0f64; 4]; 4];
-    let steps = points.saturating_sub(1);
     for l in 0..4 {
-        let (lane, out, b) = (lanes[l], &mut pts[l], &mut bounds[l]);
-        out.resize(2 * points, 0.0);
-        out.truncate(2 * points);
-        let (mut x, mut y) = (0.0f64, 0.0f64);
-        out[..2.min(2 * points)].fill(0.0);
-        let mut k = 0;
-        while k < steps {
-            let m = LANE_CHUNK.min(steps - k);
-            fill_u(l, k, &mut u[..m]);
-            for (t, &ut) in u[..m].iter().enumerate() {
-                let j = lane.choose(ut);
-                if j < lane.len {
-                    let c = &lane.maps[j];
-                    (x, y) = (x * c[0] + y * c[1] + c[4], x * c[2] + y * c[3] + c[5]);
-                }
-                out[2 * (k + t + 1)] = x;
-                out[2 * (k + t + 1) + 1] = y;
-                *b = [b[0].min(x), b[1].max(x), b[2].min(y), b[3].max(y)];
-            }
-            k += m;
-        }
+        bounds[l] = chaos_lane(lanes[l], points, &mut pts[l], |k, buf| fill_u(l, k, buf));
     }
     bounds
+}
+
+/// One chaos game as a lane: exactly [`Ifs::chaos_game`], with the bucket map choice, the points
+/// as (x, y) pairs in `out` and the bounds on the way; `fill_u(k, buf)` gives draws `k..`.
+pub fn chaos_lane(
+    lane: &Lane,
+    points: usize,
+    out: &mut Vec<f64>,
+    mut fill_u: impl FnMut(usize, &mut [f64]),
+) -> Bounds {
+    let mut u = [0.0f64; LANE_CHUNK];
+    let mut b = [0.0f64; 4];
+    let steps = points.saturating_sub(1);
+    out.resize(2 * points, 0.0);
+    out.truncate(2 * points);
+    let origin = 2.min(out.len());
+    out[..origin].fill(0.0);
+    let (mut x, mut y) = (0.0f64, 0.0f64);
+    let mut k = 0;
+    while k < steps {
+        let m = LANE_CHUNK.min(steps - k);
+        fill_u(k, &mut u[..m]);
+        let dst = &mut out[2 * (k + 1)..2 * (k + 1 + m)];
+        for (&ut, d) in u[..m].iter().zip(dst.chunks_exact_mut(2)) {
+            let j = lane.choose(ut);
+            if j < lane.len {
+                let c = &lane.maps[j];
+                (x, y) = (x * c[0] + y * c[1] + c[4], x * c[2] + y * c[3] + c[5]);
+            }
+            d[0] = x;
+            d[1] = y;
+            // Plain comparisons: the bounds are used only for finite orbits.
+            b = [
+                if x < b[0] { x } else { b[0] },
+                if x > b[1] { x } else { b[1] },
+                if y < b[2] { y } else { b[2] },
+                if y > b[3] { y } else { b[3] },
+            ];
+        }
+        k += m;
+    }
+    b
 }
 
 /// numpy's `uint16(v)` for a float on x86-64: truncation, NaN/inf to 0, wrap-around past the range.

@@ -120,6 +120,16 @@ pub fn compute_cloud(
     if cfg.iterations > 1 && !weighted.first_step_chooses_a_map(u[0]) {
         return Err(NO_FIRST_MAP);
     }
+    if let Some(lane) = ifs::Lane::new(&weighted) {
+        // As a lane: the bucket map choice and the rescale straight from the bounds.
+        let mut pairs = std::mem::take(&mut scratch.pairs[0]);
+        let bounds = ifs::chaos_lane(&lane, cfg.iterations, &mut pairs, |k, buf| {
+            buf.copy_from_slice(&u[k..k + buf.len()])
+        });
+        let r = cloud_from_pairs(&pairs, bounds, cfg, scratch, out);
+        scratch.pairs[0] = pairs;
+        return r;
+    }
     weighted.chaos_game(&u[..cfg.iterations], &mut scratch.xs, &mut scratch.ys);
     cloud_from_points(&mut scratch.xs, &mut scratch.ys, cfg, out)
 }
@@ -484,6 +494,92 @@ mod tests {
             c.ys.push(y);
         }
         c
+    }
+
+    /// The original's order of work for one cloud: `Ifs::chaos_game`, then the full rescale.
+    fn reference_cloud(
+        ifs: &Ifs,
+        w: &WeightRow,
+        u: &[f64],
+        cfg: &RenderConfig,
+    ) -> Result<Cloud, &'static str> {
+        let weighted = ifs.weighted(w);
+        if cfg.iterations > 1 && !weighted.first_step_chooses_a_map(u[0]) {
+            return Err(NO_FIRST_MAP);
+        }
+        let (mut xs, mut ys, mut c) = (Vec::new(), Vec::new(), Cloud::default());
+        weighted.chaos_game(&u[..cfg.iterations], &mut xs, &mut ys);
+        cloud_from_points(&mut xs, &mut ys, cfg, &mut c).map(|_| c)
+    }
+
+    #[test]
+    fn lanes_and_the_single_lane_give_the_reference_clouds_and_errors() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/categories");
+        let mut ifss: Vec<Ifs> = (0..6)
+            .map(|k| Ifs::read_csv(&dir.join(format!("{k:05}.csv"))).unwrap())
+            .collect();
+        // A constant orbit (zero extent), and one that overflows to inf and NaN.
+        let mut flat = ifss[0].clone();
+        for m in &mut flat.maps {
+            (m.a, m.b, m.c, m.d) = (0.0, 0.0, 0.0, 0.0);
+        }
+        let mut wild = ifss[1].clone();
+        for m in &mut wild.maps {
+            (m.a, m.d) = (m.a * 1e100, m.d * 1e100);
+        }
+        ifss.extend([flat, wild]);
+        let weights = ifs::load_weights("builtin:0.4").unwrap();
+        let cfg = RenderConfig {
+            width: 362,
+            height: 300,
+            pad_x: 6,
+            pad_y: 9,
+            iterations: 20_000,
+            mode: DrawMode::PatchGray,
+            masks: MaskRng::Counter { seed: 0 },
+        };
+        let u = crate::rng::NumpyRandom::seed(100).random_vec(cfg.iterations);
+        let sources: Vec<(&Ifs, &WeightRow)> = ifss
+            .iter()
+            .flat_map(|f| [(f, &weights[0]), (f, &weights[4]), (f, &weights[24])])
+            .collect();
+        let want: Vec<_> = sources
+            .iter()
+            .map(|(f, w)| reference_cloud(f, w, &u, &cfg))
+            .collect();
+        assert!(
+            want.iter().any(|r| r.is_err())
+                && want
+                    .iter()
+                    .any(|r| r.as_ref().is_ok_and(|c| c.truncated > 0))
+        );
+        let (mut scratch, mut clouds) = (Scratch::default(), Vec::new());
+        let made = compute_clouds(&sources, &u, &cfg, &mut scratch, &mut clouds);
+        for (i, (want, made)) in want.iter().zip(&made).enumerate() {
+            let mut single = Cloud::default();
+            let one = compute_cloud(
+                sources[i].0,
+                sources[i].1,
+                &u,
+                &cfg,
+                &mut scratch,
+                &mut single,
+            );
+            match want {
+                Ok(c) => {
+                    assert!(made.is_ok() && one.is_ok(), "source {i}");
+                    for got in [&clouds[i], &single] {
+                        assert_eq!(
+                            (&got.xs, &got.ys, got.truncated),
+                            (&c.xs, &c.ys, c.truncated),
+                            "source {i}"
+                        );
+                    }
+                }
+                Err(e) => assert!(made == &Err(*e) && one == Err(*e), "source {i}: {e}"),
+            }
+        }
     }
 
     #[test]
