@@ -240,16 +240,7 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    let cfg = RenderConfig {
-        width: a.image_size,
-        height: a.image_size,
-        pad_x: 6,
-        pad_y: 6,
-        iterations: a.iteration,
-        mode: a.draw_type,
-        masks: MaskRng::Counter { seed: 0 },
-    };
-    cfg.validate()?;
+    let cfg = render_config(a)?;
     let mut backends = Vec::new();
     use crate::render::Backend;
     use crate::render::gl::GlOptions;
@@ -507,6 +498,21 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
     })
 }
 
+/// The FractalDB geometry and drawing of the bench workload (pad 6, the default masks).
+fn render_config(a: &BenchArgs) -> Result<RenderConfig> {
+    let cfg = RenderConfig {
+        width: a.image_size,
+        height: a.image_size,
+        pad_x: 6,
+        pad_y: 6,
+        iterations: a.iteration,
+        mode: a.draw_type,
+        masks: MaskRng::Counter { seed: 0 },
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
 /// The first `classes` classes of the seed-1 search (the published ones), in `work/search`.
 fn search_classes(classes: usize, work: &std::path::Path) -> Result<PathBuf> {
     let cfg = SearchConfig {
@@ -541,16 +547,7 @@ fn png_candidates(a: &BenchArgs) -> Result<String> {
         Some(p) => p.clone(),
         None => search_classes(a.classes, &tmp.0)?,
     };
-    let cfg = RenderConfig {
-        width: a.image_size,
-        height: a.image_size,
-        pad_x: 6,
-        pad_y: 6,
-        iterations: a.iteration,
-        mode: a.draw_type,
-        masks: MaskRng::Counter { seed: 0 },
-    };
-    cfg.validate()?;
+    let cfg = render_config(a)?;
     let plan = crate::plan::Plan::new(crate::plan::load_classes(&load_root)?, &a.weight_csv, 1)?;
     let u = crate::rng::NumpyRandom::seed(100).random_vec(cfg.iterations);
     let (mut scratch, mut cloud, mut cover) = (

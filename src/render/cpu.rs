@@ -325,30 +325,29 @@ pub fn raster(
     canvas: &mut Vec<u8>,
 ) {
     let (w, h) = (cfg.width as usize, cfg.height as usize);
+    if !cfg.mode.is_patch() || cover.built != Some((w, h)) {
+        return raster_points(cloud, cfg, class_key, row, instance, canvas);
+    }
     canvas.clear();
     canvas.resize(w * h, 0);
     let color = cfg.mode.is_color();
-    if cfg.mode.is_patch() && cover.built == Some((w, h)) {
-        match cfg.masks {
-            MaskRng::Counter { seed } => {
-                let key = MaskKey::new(seed, class_key, row, instance);
-                resolve_counter(&cover.cells, key, color, canvas);
-            }
-            MaskRng::Python { seed } => {
-                let masks = super::python_masks(seed, instance, cloud.xs.len());
-                for (o, &c) in canvas.iter_mut().zip(&cover.cells) {
-                    if c != 0 {
-                        let i = (c >> 4) as usize - 1;
-                        if (masks[i] >> (c & 15)) & 1 == 1 {
-                            *o = label(color, i as u32);
-                        }
+    match cfg.masks {
+        MaskRng::Counter { seed } => {
+            let key = MaskKey::new(seed, class_key, row, instance);
+            resolve_counter(&cover.cells, key, color, canvas);
+        }
+        MaskRng::Python { seed } => {
+            let masks = super::python_masks(seed, instance, cloud.xs.len());
+            for (o, &c) in canvas.iter_mut().zip(&cover.cells) {
+                if c != 0 {
+                    let i = (c >> 4) as usize - 1;
+                    if (masks[i] >> (c & 15)) & 1 == 1 {
+                        *o = label(color, i as u32);
                     }
                 }
             }
         }
-        return;
     }
-    raster_points(cloud, cfg, class_key, row, instance, canvas);
 }
 
 /// The label of point `i`: 127 in gray modes, `1 + i % 128` in colour modes.
