@@ -65,38 +65,7 @@ bool keep1(uint i, uint kx) {
     return !isnan(x) && !in_cut(i, kx, n_points);
 }
 
-// The next double above / below a positive finite one.
-double next_up(double v) {
-    uvec2 b = unpackDouble2x32(v);
-    b.x += 1u;
-    if (b.x == 0u) b.y += 1u;
-    return packDouble2x32(b);
-}
-double next_down(double v) {
-    uvec2 b = unpackDouble2x32(v);
-    if (b.x == 0u) b.y -= 1u;
-    b.x -= 1u;
-    return packDouble2x32(b);
-}
-
-// a / b correctly rounded for a >= 0 and b > 0 (the only case the rescale meets besides the
-// specials handled first): the residual a - q*b is exact in one fma, and q moves towards a/b while
-// that shrinks the residual.
-double div_rn(double a, double b) {
-    if (isnan(a) || isnan(b)) return a + b;
-    if (isinf(b)) return isinf(a) ? (a - a) : 0.0;
-    if (isinf(a) || b == 0.0) return a / b;
-    precise double q = a / b;
-    if (q <= 0.0 || isinf(q)) return q;
-    for (int it = 0; it < 4; it++) {
-        precise double r = fma(-q, b, a);
-        if (r == 0.0) break;
-        double q2 = r > 0.0 ? next_up(q) : next_down(q);
-        precise double r2 = fma(-q2, b, a);
-        if (abs(r2) < abs(r)) q = q2; else break;
-    }
-    return q;
-}
+#include "fp64.glsl"
 
 uint np_u16(double v) {
     if (isnan(v) || isinf(v)) return 0u;

@@ -164,6 +164,10 @@ fn random_views_are_keyed_and_independent_of_threads_and_ranks() {
         ]));
     }
     same_tree(&one, &ranks);
+    // The GL engine draws the same random views (many per instanced draw).
+    let gl = tmp.path().join("gl");
+    run_ok(mvfdb(&gl, &base).args(["--views", "random:4", "--backend", "gl"]));
+    same_tree(&one, &gl);
     let ring = tmp.path().join("ring");
     run_ok(mvfdb(&ring, &base).args(["--views", "4"]));
     let reseeded = tmp.path().join("reseeded");
@@ -219,6 +223,18 @@ fn shards_hold_the_folder_views_whatever_the_ranks() {
         ],
     );
     assert!(out.contains("of 3 classes, each once"), "{out}");
+    // The GL engine's shards (models computed on the device in batches of claimed units, views
+    // through the readback ring) are the same bytes.
+    let gl = tmp.path().join("gl");
+    run_ok(mvfdb(&gl, &base).args(wds_args).args(["--backend", "gl"]));
+    assert_eq!(tars(&one), tars(&gl));
+    for t in tars(&one) {
+        assert!(
+            std::fs::read(one.join(&t)).unwrap() == std::fs::read(gl.join(&t)).unwrap(),
+            "{} differs on the GL engine",
+            t.display()
+        );
+    }
     assert_ranks_and_resume_keep_the_shards(
         &one,
         &tmp.path().join("ranks"),

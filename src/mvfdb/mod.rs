@@ -282,6 +282,15 @@ pub fn instance(maps: &[Map3], mult: &[f64; 12], u: &[f64]) -> Option<[Vec<f64>;
     (!pts[1].iter().any(|v| v.is_nan())).then_some(pts)
 }
 
+/// The maps [`instance`] runs, as the GL engine takes them: a..l times the row's multipliers, and
+/// the running sum of the weights (as read, not multiplied) in column 12.
+pub fn weighted_maps(maps: &[Map3], mult: &[f64; 12]) -> Vec<[f64; 13]> {
+    maps.iter()
+        .zip(cumulative(maps))
+        .map(|(p, c)| std::array::from_fn(|k| if k < 12 { p[k] * mult[k] } else { c }))
+        .collect()
+}
+
 /// The PLY file open3d writes for a model: its 147-byte header, then little-endian (x, y, z) doubles.
 pub fn ply(pts: &[Vec<f64>; 3]) -> Vec<u8> {
     let n = pts[0].len();

@@ -215,6 +215,7 @@ fn class_starts(o: &MvfdbOptions, f: &Front, range: std::ops::Range<u32>) -> Vec
         if c >= range.start {
             out.push(ClassStart {
                 maps: f.maps[c as usize].clone(),
+                valid: f.valid[c as usize].clone(),
                 models: f.starts[c as usize].clone(),
                 views: view_rng.clone(),
             });

@@ -1,12 +1,15 @@
-//! MV-FractalDB's render stage on the CPU engine: a unit is one class; the stage replays its model
-//! stream from the class's start (10,000 draws a model), computes each model once and draws every
-//! wanted view of it, taking one view draw (`random.uniform(-pi, pi)`) per view of every valid model
-//! in file order, as the original does.
+//! MV-FractalDB's render stages: a unit is one class (folders) or one model (shards); the stage
+//! replays the model stream from the class's start or checkpoint (10,000 draws a model), computes each
+//! model once and draws every wanted view of it, taking one view draw (`random.uniform(-pi, pi)`) per
+//! view of every valid model in file order, as the original does. The CPU stage computes and draws a
+//! model at a time; the GL stage computes batches of models on the device and draws each model's views
+//! in one instanced draw ([`super::gl`]).
 
-use super::view::{IDENTITY, draw_points, mul, perspective, view_matrix};
-use super::{Map3, instance};
-use crate::error::Result;
-use crate::render::{Canvas, Feed, Stage, StageStats, Stages};
+use super::gl::{Done, ModelIn, MvGl};
+use super::view::{IDENTITY, Mat4, draw_points, mul, perspective, view_matrix};
+use super::{Map3, instance, weighted_maps};
+use crate::error::{Error, Result};
+use crate::render::{Canvas, Feed, Stage, StageStats, Stages, Unit};
 use crate::rng::{NumpyRandom, PyRandom};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -14,6 +17,8 @@ use std::time::Instant;
 /// What the stages of a render need, per class.
 pub struct ClassStart {
     pub maps: Vec<Map3>,
+    /// Which of the rows drawn give a valid model (the model pass's finding).
+    pub valid: Vec<bool>,
     /// numpy's model stream at the class's first model.
     pub models: NumpyRandom,
     /// CPython's view stream at the class's first view.
@@ -76,10 +81,10 @@ impl Stages for MvStages<'_> {
         }
     }
     fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>> {
-        let engine = match &self.backend {
-            MvBackend::Cpu => None,
+        match &self.backend {
+            MvBackend::Cpu => Ok(Box::new(CpuStage { s: self, stats })),
             MvBackend::Gl(d) => {
-                let gl = super::gl::MvGl::new(d.get(worker).copied().unwrap_or_default())?;
+                let gl = MvGl::new(d.get(worker).copied().unwrap_or_default())?;
                 if !self.quiet {
                     let c = &gl.ctx;
                     crate::say!(
@@ -89,113 +94,153 @@ impl Stages for MvStages<'_> {
                         c.version
                     );
                 }
-                Some(gl)
+                Ok(Box::new(GlStage { s: self, stats, gl }))
             }
-        };
-        Ok(Box::new(CpuStage {
-            s: self,
-            stats,
-            gl: engine,
-        }))
+        }
     }
 }
 
-/// The render stage: the CPU twin of the original's draw, or the GL engine when `gl` is set.
+/// A model a unit needs: where it is, its draws, and its wanted views (view k, the unit's slot, the
+/// view's draw r).
+struct Visit<'a> {
+    class: u32,
+    /// The model's file index (valid models before it in its class).
+    file: u32,
+    maps: &'a [Map3],
+    mult: &'a [f64; 12],
+    u: Vec<f64>,
+    views: Vec<(u32, usize, f64)>,
+}
+
+impl MvStages<'_> {
+    /// The models of `unit` with a wanted view, in order, each with its draws (the stream replayed
+    /// from the class's start or the nearest checkpoint; models without a wanted view skip theirs).
+    fn visits(&self, unit: &Unit) -> Result<Vec<Visit<'_>>> {
+        let st = self.settings;
+        let pi = std::f64::consts::PI;
+        let mut out = Vec::new();
+        if let Some(mu) = &self.units {
+            // One model: its stream from the class's nearest checkpoint, its view draws after
+            // those of the class's earlier valid models.
+            let m = mu.models[unit.class as usize];
+            let start = &self.starts[(m.class - self.first) as usize];
+            if !start.valid.get(m.pos as usize).copied().unwrap_or(false) {
+                return Err(Error::Other(format!(
+                    "internal: model {} of class {} is not valid",
+                    m.pos, m.class
+                )));
+            }
+            let mut rng = mu.checkpoints[m.class as usize][(m.pos / CHECKPOINT) as usize].clone();
+            rng.skip_doubles((m.pos % CHECKPOINT) as usize * super::POINTS);
+            let mut views = start.views.clone();
+            views.skip_doubles(m.file as u64 * st.views as u64);
+            let slots: std::collections::HashMap<u32, usize> = unit
+                .instances
+                .iter()
+                .enumerate()
+                .map(|(slot, &k)| (k, slot))
+                .collect();
+            let wanted = (0..st.views)
+                .map(|k| (k, views.uniform(-pi, pi)))
+                .filter_map(|(k, r)| slots.get(&k).map(|&slot| (k, slot, r)))
+                .collect();
+            out.push(Visit {
+                class: m.class,
+                file: m.file,
+                maps: &start.maps,
+                mult: &st.mults[m.pos as usize],
+                u: rng.random_vec(super::POINTS),
+                views: wanted,
+            });
+            return Ok(out);
+        }
+        let start = &self.starts[(unit.class - self.first) as usize];
+        // Wanted images (file index i, view k) by slot: instance = i * views + k.
+        let mut slots: std::collections::HashMap<u32, usize> = unit
+            .instances
+            .iter()
+            .enumerate()
+            .map(|(slot, &j)| (j, slot))
+            .collect();
+        let (mut models, mut views) = (start.models.clone(), start.views.clone());
+        let mut i = 0u32;
+        for (pos, mult) in st.mults.iter().enumerate() {
+            if slots.is_empty() {
+                break;
+            }
+            if !start.valid[pos] {
+                models.skip_doubles(super::POINTS);
+                continue;
+            }
+            let wanted: Vec<(u32, usize, f64)> = (0..st.views)
+                .map(|k| (k, views.uniform(-pi, pi)))
+                .filter_map(|(k, r)| slots.remove(&(i * st.views + k)).map(|slot| (k, slot, r)))
+                .collect();
+            if wanted.is_empty() {
+                models.skip_doubles(super::POINTS);
+            } else {
+                out.push(Visit {
+                    class: unit.class,
+                    file: i,
+                    maps: &start.maps,
+                    mult,
+                    u: models.random_vec(super::POINTS),
+                    views: wanted,
+                });
+            }
+            i += 1;
+        }
+        Ok(out)
+    }
+
+    /// The view matrix of view `k` of model `i` of `class` (its draw `r` for the original's ring).
+    fn view(&self, class: u32, i: u32, k: u32, r: f64) -> Mat4 {
+        match self.settings.random {
+            Some(seed) => super::view::random_view(seed, class, i, k),
+            None => view_matrix(k, self.settings.views, r),
+        }
+    }
+}
+
+/// The original's projection.
+fn projection() -> Mat4 {
+    perspective(45f64.to_radians() as f32, 1.0, 1.0, 100.0)
+}
+
+fn invalid_model(v: &Visit) -> Error {
+    Error::Other(format!(
+        "internal: model {} of class {} has a NaN, but the model pass found it valid",
+        v.file, v.class
+    ))
+}
+
+/// The CPU twin of the original's draw: a model at a time, its views one by one.
 struct CpuStage<'a> {
     s: &'a MvStages<'a>,
     stats: &'a StageStats,
-    gl: Option<super::gl::MvGl>,
-}
-
-impl CpuStage<'_> {
-    /// Draws view `k` of a model (its points already in `pts` and, for GL, uploaded).
-    fn view(&mut self, pts: &[[f32; 3]], class: u32, i: u32, k: u32, r: f64) -> Result<Vec<u8>> {
-        let st = self.s.settings;
-        let proj = perspective(45f64.to_radians() as f32, 1.0, 1.0, 100.0);
-        let t1 = Instant::now();
-        let view = match st.random {
-            Some(seed) => super::view::random_view(seed, class, i, k),
-            None => view_matrix(k, st.views, r),
-        };
-        let pixels = match self.gl.as_mut() {
-            // The original's three uniforms; the shader multiplies them.
-            Some(gl) => {
-                let (px, ns) = gl.draw(&proj, &view, &IDENTITY, st.size)?;
-                self.stats.readback_ns.fetch_add(ns, Ordering::Relaxed);
-                self.stats
-                    .readback_bytes
-                    .fetch_add(px.len() as u64, Ordering::Relaxed);
-                px
-            }
-            None => {
-                // proj * view * model (the identity), multiplied as glm does.
-                let mvp = mul(&mul(&proj, &view), &IDENTITY);
-                let mut pixels = vec![0u8; st.size * st.size];
-                draw_points(pts, &mvp, st.size, &mut pixels);
-                pixels
-            }
-        };
-        StageStats::add(&self.stats.raster_ns, t1);
-        Ok(pixels)
-    }
-
-    /// A model's points as f32 (uploaded for GL), or `None` for a NaN model.
-    fn model(
-        &mut self,
-        maps: &[Map3],
-        mult: &[f64; 12],
-        rng: &mut NumpyRandom,
-    ) -> Option<Vec<[f32; 3]>> {
-        let t0 = Instant::now();
-        let u = rng.random_vec(super::POINTS);
-        let pts = instance(maps, mult, &u)?;
-        let pts: Vec<[f32; 3]> = (0..pts[0].len())
-            .map(|n| [pts[0][n] as f32, pts[1][n] as f32, pts[2][n] as f32])
-            .collect();
-        if let Some(gl) = self.gl.as_mut() {
-            gl.set_points(&pts);
-        }
-        StageStats::add(&self.stats.chaos_ns, t0);
-        self.stats.clouds.fetch_add(1, Ordering::Relaxed);
-        Some(pts)
-    }
 }
 
 impl Stage for CpuStage<'_> {
     fn run(&mut self, feed: &mut dyn Feed) -> Result<()> {
-        let st = self.s.settings;
-        let pi = std::f64::consts::PI;
+        let size = self.s.settings.size;
+        let proj = projection();
         while let Some(units) = feed.claim(1) {
             for (id, unit) in units {
-                if let Some(mu) = &self.s.units {
-                    // One model: its stream from the class's nearest checkpoint, its view draws
-                    // after those of the class's earlier valid models.
-                    let m = mu.models[unit.class as usize];
-                    let start = &self.s.starts[(m.class - self.s.first) as usize];
-                    let mut rng =
-                        mu.checkpoints[m.class as usize][(m.pos / CHECKPOINT) as usize].clone();
-                    rng.skip_doubles((m.pos % CHECKPOINT) as usize * super::POINTS);
-                    let Some(pts) = self.model(&start.maps, &st.mults[m.pos as usize], &mut rng)
-                    else {
-                        return Err(crate::Error::Other(format!(
-                            "internal: model {} of class {} is not valid",
-                            m.pos, m.class
-                        )));
-                    };
-                    let mut views = start.views.clone();
-                    views.skip_doubles(m.file as u64 * st.views as u64);
-                    let wanted: std::collections::HashMap<u32, usize> = unit
-                        .instances
-                        .iter()
-                        .enumerate()
-                        .map(|(slot, &k)| (k, slot))
+                for v in self.s.visits(&unit)? {
+                    let t0 = Instant::now();
+                    let pts = instance(v.maps, v.mult, &v.u).ok_or_else(|| invalid_model(&v))?;
+                    let pts: Vec<[f32; 3]> = (0..pts[0].len())
+                        .map(|n| [pts[0][n] as f32, pts[1][n] as f32, pts[2][n] as f32])
                         .collect();
-                    for k in 0..st.views {
-                        let r = views.uniform(-pi, pi);
-                        let Some(&slot) = wanted.get(&k) else {
-                            continue;
-                        };
-                        let pixels = self.view(&pts, m.class, m.file, k, r)?;
+                    StageStats::add(&self.stats.chaos_ns, t0);
+                    self.stats.clouds.fetch_add(1, Ordering::Relaxed);
+                    for &(k, slot, r) in &v.views {
+                        let t1 = Instant::now();
+                        // proj * view * model (the identity), multiplied as glm does.
+                        let mvp = mul(&mul(&proj, &self.s.view(v.class, v.file, k, r)), &IDENTITY);
+                        let mut pixels = vec![0u8; size * size];
+                        draw_points(&pts, &mvp, size, &mut pixels);
+                        StageStats::add(&self.stats.raster_ns, t1);
                         if !feed.emit(Canvas {
                             unit: id,
                             slot,
@@ -204,43 +249,123 @@ impl Stage for CpuStage<'_> {
                             return Ok(());
                         }
                     }
-                    continue;
-                }
-                let start = &self.s.starts[(unit.class - self.s.first) as usize];
-                // Wanted images (file index i, view k) by slot: instance = i * views + k.
-                let mut wanted: std::collections::HashMap<u32, usize> = unit
-                    .instances
-                    .iter()
-                    .enumerate()
-                    .map(|(slot, &j)| (j, slot))
-                    .collect();
-                let (mut models, mut views) = (start.models.clone(), start.views.clone());
-                let mut i = 0u32;
-                for mult in &st.mults {
-                    if wanted.is_empty() {
-                        break;
-                    }
-                    let Some(pts) = self.model(&start.maps, mult, &mut models) else {
-                        continue;
-                    };
-                    for k in 0..st.views {
-                        let r = views.uniform(-pi, pi);
-                        let Some(slot) = wanted.remove(&(i * st.views + k)) else {
-                            continue;
-                        };
-                        let pixels = self.view(&pts, unit.class, i, k, r)?;
-                        if !feed.emit(Canvas {
-                            unit: id,
-                            slot,
-                            pixels,
-                        }) {
-                            return Ok(());
-                        }
-                    }
-                    i += 1;
                 }
             }
         }
+        Ok(())
+    }
+}
+
+/// Models per device batch at most (a class's 145 rows fit in one).
+const GL_BATCH: usize = 160;
+
+/// The GL engine's stage: each claim's models computed on the device in batches, each model's views
+/// drawn in one instanced draw, canvases handed on as their readbacks finish.
+struct GlStage<'a> {
+    s: &'a MvStages<'a>,
+    stats: &'a StageStats,
+    gl: MvGl<(u64, usize)>,
+}
+
+impl GlStage<'_> {
+    /// Hands finished readbacks on; false when the run is stopping.
+    fn forward(&mut self, wait: bool, feed: &mut dyn Feed) -> Result<bool> {
+        for (done, data) in self.gl.collect(wait)? {
+            match done {
+                Done::View((unit, slot)) => {
+                    if !feed.emit(Canvas {
+                        unit,
+                        slot,
+                        pixels: data,
+                    }) {
+                        return Ok(false);
+                    }
+                }
+                // Only models the model pass found valid are computed: a NaN here is the device's
+                // fp64 arithmetic differing from the CPU's.
+                Done::Flags(batch) => {
+                    if data.iter().any(|&b| b != 0) {
+                        return Err(Error::Other(format!(
+                            "GL: the device's fp64 models of batch {batch} differ from the CPU's                              (a NaN where the model pass found none); use --backend cpu"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl Stage for GlStage<'_> {
+    fn run(&mut self, feed: &mut dyn Feed) -> Result<()> {
+        let size = self.s.settings.size;
+        let proj = projection();
+        // Folders: a class (its rows) per claim; shards: single models, so several.
+        let claim = if self.s.units.is_some() { 32 } else { 1 };
+        loop {
+            // Claim without waiting while readbacks are in flight; hand them all on before waiting.
+            let units = match feed.try_claim(claim) {
+                Some(u) => u,
+                None => {
+                    if !self.forward(true, feed)? {
+                        return Ok(());
+                    }
+                    match feed.claim(claim) {
+                        Some(u) => u,
+                        None => break,
+                    }
+                }
+            };
+            let mut visits = Vec::new();
+            for (id, unit) in &units {
+                visits.extend(self.s.visits(unit)?.into_iter().map(|v| (*id, v)));
+            }
+            for batch in visits.chunks(GL_BATCH) {
+                let t0 = Instant::now();
+                let maps: Vec<Vec<[f64; 13]>> = batch
+                    .iter()
+                    .map(|(_, v)| weighted_maps(v.maps, v.mult))
+                    .collect();
+                let models: Vec<ModelIn> = batch
+                    .iter()
+                    .zip(&maps)
+                    .map(|((_, v), maps)| ModelIn { maps, u: &v.u })
+                    .collect();
+                let views: Vec<Mat4> = batch
+                    .iter()
+                    .flat_map(|(_, v)| {
+                        v.views
+                            .iter()
+                            .map(|&(k, _, r)| self.s.view(v.class, v.file, k, r))
+                    })
+                    .collect();
+                self.gl.models(&models, &views)?;
+                StageStats::add(&self.stats.chaos_ns, t0);
+                self.stats
+                    .clouds
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                let t1 = Instant::now();
+                let mut first = 0;
+                for (m, (id, v)) in batch.iter().enumerate() {
+                    let tags: Vec<(u64, usize)> =
+                        v.views.iter().map(|&(_, slot, _)| (*id, slot)).collect();
+                    self.gl.draw(m, first, &proj, size, &tags)?;
+                    first += tags.len();
+                    if !self.forward(false, feed)? {
+                        return Ok(());
+                    }
+                }
+                StageStats::add(&self.stats.raster_ns, t1);
+            }
+        }
+        let t1 = Instant::now();
+        self.forward(true, feed)?;
+        StageStats::add(&self.stats.raster_ns, t1);
+        let (ns, bytes) = self.gl.take_readback();
+        self.stats.readback_ns.fetch_add(ns, Ordering::Relaxed);
+        self.stats
+            .readback_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
         Ok(())
     }
 }

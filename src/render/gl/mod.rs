@@ -16,6 +16,7 @@ use glow::HasContext;
 
 const CHAOS: &str = include_str!("../../../glsl/chaos.comp");
 const COMMON: &str = include_str!("../../../glsl/common.glsl");
+const FP64: &str = include_str!("../../../glsl/fp64.glsl");
 const RESCALE: &str = include_str!("../../../glsl/rescale.comp");
 pub(crate) const CLEAR: &str = include_str!("../../../glsl/clear.comp");
 const SPLAT: &str = include_str!("../../../glsl/splat.comp");
@@ -66,7 +67,9 @@ impl Program {
             let program = gl.create_program().map_err(Error::Other)?;
             let mut shaders = Vec::new();
             for &(kind, src) in stages {
-                let src = src.replace("#include \"common.glsl\"", COMMON);
+                let src = src
+                    .replace("#include \"common.glsl\"", COMMON)
+                    .replace("#include \"fp64.glsl\"", FP64);
                 let shader = gl.create_shader(kind).map_err(Error::Other)?;
                 gl.shader_source(shader, &src);
                 gl.compile_shader(shader);
@@ -139,6 +142,9 @@ impl Ssbo {
             gl.buffer_sub_data_u8_slice(glow::SHADER_STORAGE_BUFFER, 0, data);
         }
     }
+    pub(crate) fn buffer(&self) -> glow::Buffer {
+        self.buf
+    }
     pub(crate) unsafe fn bind(&self, gl: &glow::Context, binding: u32) {
         unsafe { gl.bind_buffer_base(glow::SHADER_STORAGE_BUFFER, binding, Some(self.buf)) };
     }
@@ -151,11 +157,11 @@ impl Ssbo {
 }
 
 /// Readback slots in flight: the GL thread queues up to this many readbacks before it waits for one.
-const RING: usize = 8;
+pub(crate) const RING: usize = 8;
 
 /// How a finished readback splits into canvases.
 #[derive(Clone, Copy)]
-enum Layout {
+pub(crate) enum Layout {
     /// Canvases of w*h bytes, canvas k at byte k*stride.
     Packed { w: usize, h: usize, stride: usize },
     /// An atlas row-major `aw` wide: canvas k starts at column k*region_w.
@@ -177,18 +183,18 @@ struct Pending {
 
 /// A ring of buffer objects that readbacks land in (PIXEL_PACK for GL_POINTS, SSBO for the compute
 /// resolve), each guarded by a fence, so the GL thread keeps queueing work while earlier results travel.
-struct Ring {
-    slots: Vec<(glow::Buffer, usize)>,
+pub(crate) struct Ring {
+    pub(crate) slots: Vec<(glow::Buffer, usize)>,
     next: usize,
     pending: std::collections::VecDeque<Pending>,
     done: Vec<(usize, Vec<u8>)>,
     /// Time spent copying finished results to the host (after their fences signalled), and bytes.
-    readback_ns: u64,
-    readback_bytes: u64,
+    pub(crate) readback_ns: u64,
+    pub(crate) readback_bytes: u64,
 }
 
 impl Ring {
-    unsafe fn new(gl: &glow::Context) -> Result<Ring> {
+    pub(crate) unsafe fn new(gl: &glow::Context) -> Result<Ring> {
         let mut slots = Vec::new();
         for _ in 0..RING {
             slots.push((unsafe { gl.create_buffer() }.map_err(Error::Other)?, 0));
@@ -204,7 +210,7 @@ impl Ring {
     }
 
     /// A free slot of at least `bytes`, waiting for the oldest readback when all are in flight.
-    unsafe fn acquire(&mut self, gl: &glow::Context, bytes: usize) -> Result<usize> {
+    pub(crate) unsafe fn acquire(&mut self, gl: &glow::Context, bytes: usize) -> Result<usize> {
         if self.pending.len() >= self.slots.len() {
             unsafe { self.finish_oldest(gl)? };
         }
@@ -222,7 +228,7 @@ impl Ring {
         Ok(i)
     }
 
-    unsafe fn push(
+    pub(crate) unsafe fn push(
         &mut self,
         gl: &glow::Context,
         slot: usize,
@@ -295,7 +301,11 @@ impl Ring {
     }
 
     /// Finished readbacks: those already signalled, or all of them with `wait`.
-    unsafe fn collect(&mut self, gl: &glow::Context, wait: bool) -> Result<Vec<(usize, Vec<u8>)>> {
+    pub(crate) unsafe fn collect(
+        &mut self,
+        gl: &glow::Context,
+        wait: bool,
+    ) -> Result<Vec<(usize, Vec<u8>)>> {
         while let Some(p) = self.pending.front() {
             let ready = wait || {
                 let r = unsafe { gl.client_wait_sync(p.fence, 0, 0) };
