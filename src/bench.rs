@@ -364,6 +364,7 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                             shards: None,
                             view_seed: 0,
                             size: 224,
+                            point_size: 1,
                             png: opts.png,
                             resume: false,
                             threads: opts.threads,

@@ -544,7 +544,8 @@ pub struct MvfdbArgs {
     /// Image side [original: --img_size, 224]
     #[arg(long = "img_size", alias = "img-size", default_value_t = 224)]
     pub img_size: u32,
-    /// Point size [original: --point_size, 1]; only 1 so far
+    /// Point size in pixels [original: --point_size, 1]: each point a square of this side (GL's
+    /// non-antialiased points), 1..=64
     #[arg(long = "point_size", alias = "point-size", default_value_t = 1)]
     pub point_size: u32,
     /// zlib level of the PNGs
@@ -1099,12 +1100,6 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Mvfdb(a) => {
-            if a.point_size != 1 {
-                return Err(Error::flag(
-                    "--point_size",
-                    "only 1 (the original's default) is rendered so far",
-                ));
-            }
             let rank = a.ranks.resolve()?;
             let choice = gl_choice(None, a.egl_device, &rank);
             use crate::mvfdb::stage::MvBackend;
@@ -1141,6 +1136,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 }),
                 view_seed: a.view_seed,
                 size: a.img_size,
+                point_size: a.point_size,
                 png: PngConfig {
                     level: a.png_level,
                     gray: false,

@@ -70,6 +70,8 @@ pub struct MvGl<T> {
     /// What each ring tag stands for (tags are indices into it; freed when taken).
     tags: Vec<Option<Done<T>>>,
     free: Vec<usize>,
+    /// glPointSize (glow does not wrap it).
+    point_size: extern "system" fn(f32),
 }
 
 impl<T: Copy> MvGl<T> {
@@ -77,6 +79,11 @@ impl<T: Copy> MvGl<T> {
         // A compatibility context, as PyOpenGL's default: its points are rasterised as points
         // (sub-pixel snapped), not as point sprites (core profile), and the pixels differ.
         let ctx = egl::open_profile(choice, true)?;
+        let Some(f) = ctx.proc_address("glPointSize") else {
+            return Err(Error::Other("GL: the driver has no glPointSize".into()));
+        };
+        // SAFETY: glPointSize's C signature is `void glPointSize(GLfloat)`, the system ABI.
+        let point_size: extern "system" fn(f32) = unsafe { std::mem::transmute(f) };
         // SAFETY: the context is current on this thread; these calls only create GL objects.
         unsafe {
             let gl = &ctx.gl;
@@ -111,6 +118,7 @@ impl<T: Copy> MvGl<T> {
                 ring: Ring::new(gl)?,
                 tags: vec![],
                 free: vec![],
+                point_size,
                 ctx,
             })
         }
@@ -257,6 +265,7 @@ impl<T: Copy> MvGl<T> {
         first: usize,
         proj: &Mat4,
         size: usize,
+        point: u32,
         tags: &[T],
     ) -> Result<()> {
         let n = super::POINTS - 1;
@@ -286,8 +295,9 @@ impl<T: Copy> MvGl<T> {
                 gl.viewport(0, 0, size as i32, size as i32);
                 gl.disable(glow::BLEND);
                 gl.disable(glow::DEPTH_TEST);
-                // Point size: GL's default, 1 (the original's --point_size).
+                // The point size as the original sets it: glPointSize (state, not the shader).
                 gl.disable(glow::PROGRAM_POINT_SIZE);
+                (self.point_size)(point as f32);
                 // Clears every layer of the layered attachment.
                 gl.clear_buffer_u32_slice(glow::COLOR, 0, &[0, 0, 0, 0]);
                 let p = &self.points;

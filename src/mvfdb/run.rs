@@ -34,6 +34,8 @@ pub struct MvfdbOptions {
     pub shards: Option<ShardOptions>,
     pub view_seed: i64,
     pub size: u32,
+    /// `--point_size`: each point a square of this many pixels a side (GL's legacy points).
+    pub point_size: u32,
     pub png: PngConfig,
     pub resume: bool,
     pub threads: pipeline::Threads,
@@ -105,6 +107,16 @@ fn validate(o: &MvfdbOptions) -> Result<()> {
     }
     if !(o.variance.is_finite() && o.variance >= 0.0) {
         return Err(Error::flag("--variance", "must be a finite number >= 0"));
+    }
+    if !(1..=super::view::MAX_POINT_SIZE).contains(&o.point_size) {
+        return Err(Error::flag(
+            "--point_size",
+            format!(
+                "must be 1..={} pixels (got {})",
+                super::view::MAX_POINT_SIZE,
+                o.point_size
+            ),
+        ));
     }
     if o.views > 0 && o.size == 0 {
         return Err(Error::flag("--img_size", "must be at least 1"));
@@ -229,6 +241,7 @@ fn class_starts(o: &MvfdbOptions, f: &Front, range: std::ops::Range<u32>) -> Vec
 fn render_settings(o: &MvfdbOptions, f: &Front) -> RenderSettings {
     RenderSettings {
         size: o.size as usize,
+        point: o.point_size,
         views: o.views,
         random: o.random_views.then_some(o.view_seed as u64),
         mults: f.mults.clone(),

@@ -6,7 +6,7 @@
 //! in one instanced draw ([`super::gl`]).
 
 use super::gl::{Done, ModelIn, MvGl};
-use super::view::{IDENTITY, Mat4, draw_points, mul, perspective, view_matrix};
+use super::view::{Mat4, draw_points, perspective, view_matrix};
 use super::{Map3, instance, weighted_maps};
 use crate::error::{Error, Result};
 use crate::render::{Canvas, Feed, Stage, StageStats, Stages, Unit};
@@ -28,6 +28,8 @@ pub struct ClassStart {
 /// Render settings shared by every unit.
 pub struct RenderSettings {
     pub size: usize,
+    /// Point side in pixels (`--point_size`).
+    pub point: u32,
     pub views: u32,
     /// `Some(seed)`: random views ([`super::view::random_view`]) instead of the original's ring.
     pub random: Option<u64>,
@@ -236,10 +238,9 @@ impl Stage for CpuStage<'_> {
                     self.stats.clouds.fetch_add(1, Ordering::Relaxed);
                     for &(k, slot, r) in &v.views {
                         let t1 = Instant::now();
-                        // proj * view * model (the identity), multiplied as glm does.
-                        let mvp = mul(&mul(&proj, &self.s.view(v.class, v.file, k, r)), &IDENTITY);
+                        let view = self.s.view(v.class, v.file, k, r);
                         let mut pixels = vec![0u8; size * size];
-                        draw_points(&pts, &mvp, size, &mut pixels);
+                        draw_points(&pts, &proj, &view, size, self.s.settings.point, &mut pixels);
                         StageStats::add(&self.stats.raster_ns, t1);
                         if !feed.emit(Canvas {
                             unit: id,
@@ -349,7 +350,8 @@ impl Stage for GlStage<'_> {
                 for (m, (id, v)) in batch.iter().enumerate() {
                     let tags: Vec<(u64, usize)> =
                         v.views.iter().map(|&(_, slot, _)| (*id, slot)).collect();
-                    self.gl.draw(m, first, &proj, size, &tags)?;
+                    self.gl
+                        .draw(m, first, &proj, size, self.s.settings.point, &tags)?;
                     first += tags.len();
                     if !self.forward(false, feed)? {
                         return Ok(());

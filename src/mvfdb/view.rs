@@ -1,10 +1,15 @@
 //! The multi-view renderer's transform, as the original computes it: PyGLM's single-precision
-//! `perspective`, `rotate` and `lookAt`, and the point rule of its GL driver (llvmpipe): the
-//! vertex transform as fused multiply-adds, clipping, the viewport as a fused multiply-add, window
-//! coordinates snapped to 1/256 pixel, the pixel the floor of each (SPEC-MVFDB.md, section 3).
+//! `perspective`, `rotate` and `lookAt`, and the point rule of its GL driver (llvmpipe, the goldens'):
+//! the shader's product right to left without fusion, clipping, `1 / w` and the viewport as a fused
+//! multiply-add, window coordinates snapped to 1/256 pixel, GL's legacy square points
+//! ([`draw_points`]).
 
 /// A column-major 4x4 matrix, `m[c][r]`, as glm stores it.
 pub type Mat4 = [[f32; 4]; 4];
+
+/// The largest `--point_size` (GL promises aliased points up to 1 pixel; llvmpipe draws up to 255,
+/// and the square stays cheap to fill at this size).
+pub const MAX_POINT_SIZE: u32 = 64;
 
 /// The identity (the original's model matrix).
 pub const IDENTITY: Mat4 = [
@@ -107,19 +112,6 @@ pub fn look_at(eye: [f32; 3], center: [f32; 3], up: [f32; 3]) -> Mat4 {
     m
 }
 
-/// glm `m1 * m2`: each column of the result a left-to-right sum of m1's columns times m2's entries.
-pub fn mul(a: &Mat4, b: &Mat4) -> Mat4 {
-    std::array::from_fn(|i| {
-        add4(
-            add4(
-                add4(scale4(a[0], b[i][0]), scale4(a[1], b[i][1])),
-                scale4(a[2], b[i][2]),
-            ),
-            scale4(a[3], b[i][3]),
-        )
-    })
-}
-
 /// glm `m * v`: (m0*v0 + m1*v1) + (m2*v2 + m3*v3).
 pub fn mul_vec(m: &Mat4, v: [f32; 4]) -> [f32; 4] {
     add4(
@@ -172,29 +164,68 @@ pub fn random_angles(seed: u64, class: u32, i: u32, k: u32) -> (f64, f64) {
     (az, el)
 }
 
+/// `m * v` as llvmpipe's vertex shader computes it: per row, the column products added left to
+/// right, each operation rounded (no fusion).
+#[inline(always)]
+fn shader_mul_vec(m: &Mat4, v: [f32; 4]) -> [f32; 4] {
+    std::array::from_fn(|r| ((m[0][r] * v[0] + m[1][r] * v[1]) + m[2][r] * v[2]) + m[3][r] * v[3])
+}
+
 /// Draws the points (f32) white into a `size`^2 canvas (row 0 = the framebuffer's bottom row, as
-/// the original saves it) through `mvp`.
-pub fn draw_points(pts: &[[f32; 3]], mvp: &Mat4, size: usize, canvas: &mut [u8]) {
+/// the original saves it) through the original's `proj * view * model` (model: the identity), each
+/// a GL point of `point` pixels (`glPointSize`, legacy non-sprite points), with llvmpipe's
+/// arithmetic, which reproduces every golden and every view of the GL engine on llvmpipe
+/// (SPEC-MVFDB.md section 3 gives a variant of it that reproduces the goldens alone):
+/// - the product evaluated right to left, `proj * (view * (model * p))`, each matrix-vector product
+///   as plain rounded multiplies and adds, left to right (the identity's product is exact and
+///   skipped);
+/// - kept when the clip position is inside -w..w on every axis;
+/// - `1 / w`, then `x * (1 / w)` and the viewport as one fused multiply-add (llvmpipe's draw module);
+/// - window coordinates snapped to 1/256 pixel (round to nearest even);
+/// - the `point` x `point` pixels GL 2.1 (section 3.3.1) gives a non-antialiased point: for an odd
+///   size those around the pixel the snapped position is in, for an even size those around the
+///   pixel corner nearest to it; pixels off the canvas are dropped.
+pub fn draw_points(
+    pts: &[[f32; 3]],
+    proj: &Mat4,
+    view: &Mat4,
+    size: usize,
+    point: u32,
+    canvas: &mut [u8],
+) {
     let half = size as f32 / 2.0;
+    let w = point.max(1) as i64;
+    // The first covered pixel of a snapped coordinate (in 1/256 pixel).
+    let first = |s: i64| {
+        if w == 1 {
+            s >> 8
+        } else if w % 2 == 1 {
+            (s >> 8) - (w - 1) / 2
+        } else {
+            ((s + 128) >> 8) - w / 2
+        }
+    };
+    let n = size as i64;
     for p in pts {
-        // The vertex transform as a chain of fused multiply-adds.
-        let c: [f32; 4] = std::array::from_fn(|r| {
-            mvp[3][r].mul_add(
-                1.0,
-                mvp[2][r].mul_add(p[2], mvp[1][r].mul_add(p[1], mvp[0][r] * p[0])),
-            )
-        });
-        let w = c[3];
-        if !(c[0] >= -w && c[0] <= w && c[1] >= -w && c[1] <= w && c[2] >= -w && c[2] <= w) {
+        let c = shader_mul_vec(proj, shader_mul_vec(view, [p[0], p[1], p[2], 1.0]));
+        let cw = c[3];
+        if !(c[0] >= -cw && c[0] <= cw && c[1] >= -cw && c[1] <= cw && c[2] >= -cw && c[2] <= cw) {
             continue;
         }
-        let win = |v: f32| {
-            let x = (v / w).mul_add(half, half);
-            ((x * 256.0).round_ties_even() / 256.0).floor()
-        };
-        let (x, y) = (win(c[0]), win(c[1]));
-        if x >= 0.0 && y >= 0.0 && (x as usize) < size && (y as usize) < size {
-            canvas[y as usize * size + x as usize] = 255;
+        let inv = 1.0 / cw;
+        let snap = |v: f32| ((v * inv).mul_add(half, half) * 256.0).round_ties_even() as i64;
+        let (x0, y0) = (first(snap(c[0])), first(snap(c[1])));
+        if w == 1 {
+            if (0..n).contains(&x0) && (0..n).contains(&y0) {
+                canvas[(y0 * n + x0) as usize] = 255;
+            }
+            continue;
+        }
+        for y in y0.max(0)..(y0 + w).min(n) {
+            let row = &mut canvas[(y * n) as usize..((y + 1) * n) as usize];
+            for px in &mut row[x0.clamp(0, n) as usize..(x0 + w).clamp(0, n) as usize] {
+                *px = 255;
+            }
         }
     }
 }

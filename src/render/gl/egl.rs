@@ -139,6 +139,13 @@ pub struct Gl {
     pub software: bool,
 }
 
+impl Gl {
+    /// A GL entry point glow does not wrap (`None` when the driver lacks it).
+    pub fn proc_address(&self, name: &str) -> Option<extern "system" fn()> {
+        self.egl.get_proc_address(name)
+    }
+}
+
 impl Drop for Gl {
     fn drop(&mut self) {
         let _ = self.egl.make_current(self.display, None, None, None);
