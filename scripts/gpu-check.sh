@@ -7,7 +7,9 @@
 #      GL shards == CPU shards at 100 shards; byte for byte;
 #   4. throughput: `fractaldb bench --backend cpu,gl` at FractalDB-1k settings (100 shards, folder beside),
 #      then the GL rows alone on more classes (the steady state: several device-sized batches);
-#   5. RCDB: GL == CPU (folders and shards), then `bench --family rcdb --backend cpu,gl`.
+#   5. RCDB: GL == CPU (folders and shards), then `bench --family rcdb --backend cpu,gl`;
+#   6. MV-FractalDB: how many GL views differ from the CPU engine (llvmpipe's arithmetic, equal to every
+#      golden), then `bench --family mvfdb --backend cpu,gl` at the defaults (224x224, 10,000 points, 12 views).
 # Results go to $OUT (or ./gpu-check-out), each step's as soon as it ends. Works on Mesa too (then the GL
 # figures are llvmpipe's). Sizes: GPU_CHECK_CLASSES (parity and the first bench), GPU_CHECK_GL_CLASSES,
 # GPU_CHECK_ITER, GPU_CHECK_SIZE, GPU_CHECK_REPEAT.
@@ -82,4 +84,6 @@ margs=(mvfdb --classes 4 --weight-csv "${MVFDB_WEIGHTS:-builtin}" --weight-rows 
 /usr/bin/time -f "gl: %e s wall" "$bin" "${margs[@]}" --backend gl --save_root "$work/mv-gl" 2>&1 | tail -3 | tee -a "$out/mvfdb.txt"
 # A GPU's point rasteriser may differ from llvmpipe's: count the differing images.
 echo "mvfdb views: $(diff -rq "$work/mv-cpu/images" "$work/mv-gl/images" | wc -l) of $(find "$work/mv-cpu/images" -name '*.png' | wc -l) images differ (GPU vs CPU emulation of llvmpipe)" | tee -a "$out/mvfdb.txt"
+"$bin" bench --family mvfdb --backend cpu,gl --classes 4 --repeat "$repeat" --json > "$out/bench-mvfdb.json" 2> "$out/bench-mvfdb.txt"
+cat "$out/bench-mvfdb.txt"
 echo "results in $out"
