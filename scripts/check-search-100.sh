@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs the category search for 100 classes and compares every CSV, byte for byte, with the published
-# FractalDB-1k classes 00000..00099 in ../shared/reference/categories/ (about a minute on 2 cores).
+# FractalDB-1k classes 00000..00099 in tests/fixtures/reference/categories/ (about a minute on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ref=${REFERENCE:-../shared/reference}
+ref=${REFERENCE:-tests/fixtures/reference}
 cargo build --release --quiet
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 ./target/release/fractaldb search --categories 100 --no-previews --out "$tmp" -q

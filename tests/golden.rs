@@ -1,4 +1,4 @@
-//! Pixel equality with every golden image the original produced (../shared/reference/golden).
+//! Pixel equality with every golden image the original produced (tests/fixtures/reference/golden).
 
 mod common;
 use common::*;

@@ -1,4 +1,4 @@
-//! MV-FractalDB: the goldens of ../shared/reference/mvfdb (parameter files and PLY models byte for
+//! MV-FractalDB: the goldens of tests/fixtures/reference/mvfdb (parameter files and PLY models byte for
 //! byte, every view pixel for pixel on the CPU engine), and the bytes not depending on threads,
 //! ranks or resume.
 

@@ -314,10 +314,10 @@ mod tests {
     fn builtin_multipliers_are_the_originals_file_byte_for_byte() {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../shared/reference/mvfdb/weights_ins145.csv"
+            "/tests/fixtures/reference/mvfdb/weights_ins145.csv"
         );
         let want =
-            std::fs::read_to_string(path).expect("weights_ins145.csv in ../shared/reference/mvfdb");
+            std::fs::read_to_string(path).expect("weights_ins145.csv in tests/fixtures/reference/mvfdb");
         assert_eq!(super::builtin_multipliers_csv(), want);
     }
 

@@ -513,8 +513,8 @@ mod tests {
 
     #[test]
     fn lanes_and_the_single_lane_give_the_reference_clouds_and_errors() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/categories");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/reference/categories");
         let mut ifss: Vec<Ifs> = (0..6)
             .map(|k| Ifs::read_csv(&dir.join(format!("{k:05}.csv"))).unwrap())
             .collect();

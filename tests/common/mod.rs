@@ -8,12 +8,13 @@ pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fractaldb"))
 }
 
-/// `../shared/reference` beside the checkout (CI has it too).
+/// The reference data the tests read: `tests/fixtures/reference`, byte-identical copies of the data
+/// files of `../shared/reference` (tests/fixtures.rs checks their digests).
 pub fn reference() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference");
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference");
     assert!(
-        p.join("SPEC.md").exists(),
-        "reference data not found at {}",
+        p.join("categories/00000.csv").exists(),
+        "reference fixtures not found at {}",
         p.display()
     );
     p

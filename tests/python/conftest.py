@@ -5,13 +5,13 @@ import subprocess
 
 import pytest
 
-REF = os.environ.get("FRACTALDB_REFERENCE", os.path.join(os.path.dirname(__file__), "../../../shared/reference"))
+REF = os.environ.get("FRACTALDB_REFERENCE", os.path.join(os.path.dirname(__file__), "../fixtures/reference"))
 BIN = os.environ.get("FRACTALDB_BIN", os.path.join(os.path.dirname(__file__), "../../target/release/fractaldb"))
 
 
 @pytest.fixture(scope="session")
 def reference():
-    assert os.path.exists(os.path.join(REF, "SPEC.md")), f"reference data not found at {REF}"
+    assert os.path.exists(os.path.join(REF, "categories", "00000.csv")), f"reference fixtures not found at {REF}"
     return REF
 
 
