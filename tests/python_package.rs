@@ -1,9 +1,11 @@
 //! The Python package: the wheel is built with maturin from this repository, installed into a fresh
-//! virtual environment (with the test requirements' numpy, Pillow, pytest and torch visible), and
+//! virtual environment (with the test requirements' numpy, Pillow, pytest and torch of the `python3`
+//! that runs it visible: CI's virtual environment), and
 //! tests/python/ runs there with pytest against this build's binary and the reference data.
 
 mod common;
 use common::*;
+use std::path::Path;
 use std::process::Command;
 
 #[test]
@@ -40,10 +42,24 @@ fn the_wheel_passes_its_python_tests() {
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
-    ok(Command::new("python3")
-        .args(["-m", "venv", "--system-site-packages"])
-        .arg(&venv));
+    ok(Command::new("python3").args(["-m", "venv"]).arg(&venv));
     let py = venv.join("bin/python");
+    // The test requirements (numpy, Pillow, pytest, torch) come from the `python3` that runs this
+    // test: CI's virtual environment, or the system's. A venv's `--system-site-packages` would see the
+    // base interpreter's packages, not an enclosing venv's, so its site directories are added here.
+    let outer = ok(Command::new("python3").args([
+        "-c",
+        "import site; print('\\n'.join(site.getsitepackages()))",
+    ]));
+    let purelib = ok(Command::new(&py).args([
+        "-c",
+        "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+    ]));
+    let pth: String = outer
+        .lines()
+        .map(|d| format!("import site; site.addsitedir({d:?})\n"))
+        .collect();
+    std::fs::write(Path::new(purelib.trim()).join("_outer_site.pth"), pth).unwrap();
     ok(Command::new(&py)
         .args(["-m", "pip", "install", "-q", "--no-deps", "--no-index"])
         .arg(&wheel));
