@@ -96,14 +96,15 @@ pub fn job_of(class: u32, row: u32, images: impl IntoIterator<Item = (u32, u8, T
         instances: vec![],
     };
     let mut wanted: Vec<Flips> = vec![];
+    // Instance -> its slot: linear in the images, also for a unit of 100,000 instances.
+    let mut slot: HashMap<u32, usize> = HashMap::new();
     for (instance, flip, t) in images {
-        match unit.instances.iter().position(|&i| i == instance) {
-            Some(k) => wanted[k].push((flip, t)),
-            None => {
-                unit.instances.push(instance);
-                wanted.push(vec![(flip, t)]);
-            }
-        }
+        let k = *slot.entry(instance).or_insert_with(|| {
+            unit.instances.push(instance);
+            wanted.push(vec![]);
+            wanted.len() - 1
+        });
+        wanted[k].push((flip, t));
     }
     Job {
         unit,
