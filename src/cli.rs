@@ -25,6 +25,19 @@ pub struct Cli {
     pub cmd: Command,
 }
 
+impl Cli {
+    /// Whether this runs the HTTP service, which handles SIGTERM/SIGINT itself (it drains its
+    /// responses); every other command stops its work on them ([`crate::stop_on_signals`]).
+    pub fn is_service(&self) -> bool {
+        match &self.cmd {
+            Command::Serve(_) => true,
+            Command::Rcdb(a) => a.serve,
+            Command::Mvfdb(a) => a.serve,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Category search (the original `param_search/ifs_search.py`): writes class CSVs and previews.

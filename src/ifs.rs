@@ -413,6 +413,9 @@ pub fn pairs_finite(pts: &[f64]) -> bool {
 /// points; `u(l, k, buf)` fills `buf` with lane `l`'s draws `k..k + buf.len()`. The four
 /// dependent chains interleave (their latencies overlap) and lane `l`'s points go to `pts[l]` as
 /// (x, y) pairs; returns each lane's bounds.
+///
+/// Once [`crate::interrupted`], it stops at the next chunk of draws and the points and bounds are
+/// incomplete: callers look at it (e.g. [`crate::check_interrupt`]) before using them.
 pub fn chaos_lanes(
     lanes: [&Lane; 4],
     points: usize,
@@ -462,7 +465,7 @@ fn chaos_lanes_sse2(
     }
     let steps = points.saturating_sub(1);
     let mut k = 0;
-    while k < steps {
+    while k < steps && !crate::interrupted() {
         let m = LANE_CHUNK.min(steps - k);
         for (l, ul) in u.iter_mut().enumerate() {
             fill_u(l, k, &mut ul[..m]);
@@ -525,6 +528,7 @@ pub(crate) fn chaos_lanes_scalar(
 
 /// One chaos game as a lane: exactly [`Ifs::chaos_game`], with the bucket map choice, the points
 /// as (x, y) pairs in `out` and the bounds on the way; `fill_u(k, buf)` gives draws `k..`.
+/// Stops early once [`crate::interrupted`], as [`chaos_lanes`] does.
 pub fn chaos_lane(
     lane: &Lane,
     points: usize,
@@ -540,7 +544,7 @@ pub fn chaos_lane(
     out[..origin].fill(0.0);
     let (mut x, mut y) = (0.0f64, 0.0f64);
     let mut k = 0;
-    while k < steps {
+    while k < steps && !crate::interrupted() {
         let m = LANE_CHUNK.min(steps - k);
         fill_u(k, &mut u[..m]);
         let dst = &mut out[2 * (k + 1)..2 * (k + 1 + m)];

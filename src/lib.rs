@@ -22,17 +22,58 @@ macro_rules! say_raw {
     }};
 }
 
-static INTERRUPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The process-wide stop request: an `Arc` so that signal handlers ([`stop_on_signals`]) can set it.
+static INTERRUPT: std::sync::LazyLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::LazyLock::new(Default::default);
+/// The signal that set [`INTERRUPT`], if one did (0: none).
+static SIGNAL: std::sync::LazyLock<std::sync::Arc<std::sync::atomic::AtomicUsize>> =
+    std::sync::LazyLock::new(Default::default);
 
-/// Asks every running search and pipeline of this process to stop (the Python package sets it on
-/// Ctrl-C); they return [`Error::Interrupted`]. `false` clears it for the next call.
+/// Asks every running search, model pass and pipeline of this process to stop (Ctrl-C in Python,
+/// SIGINT/SIGTERM on the command line); they return [`Error::Interrupted`] within about a second
+/// of work, also in the middle of a unit (its instance loop and chaos games look at it).
+/// `false` clears it for the next call.
 pub fn interrupt(on: bool) {
     INTERRUPT.store(on, std::sync::atomic::Ordering::SeqCst);
+    if !on {
+        SIGNAL.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Whether [`interrupt`] asked the work to stop.
 pub fn interrupted() -> bool {
     INTERRUPT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `Err(Interrupted)` once [`interrupt`] asked the work to stop.
+pub fn check_interrupt() -> Result<()> {
+    if interrupted() {
+        Err(Error::Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
+/// Makes SIGINT and SIGTERM [`interrupt`] the work (the command line's runs, not the service's,
+/// which drains its responses instead); a second one has the signal's default action, so a run
+/// that does not stop can still be killed from the keyboard.
+pub fn stop_on_signals() -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    for sig in [SIGINT, SIGTERM] {
+        // Registered first, so it sees the flag as the previous signal left it.
+        signal_hook::flag::register_conditional_default(sig, INTERRUPT.clone())?;
+        signal_hook::flag::register_usize(sig, SIGNAL.clone(), sig as usize)?;
+        signal_hook::flag::register(sig, INTERRUPT.clone())?;
+    }
+    Ok(())
+}
+
+/// The signal that interrupted the work ([`stop_on_signals`]), if one did.
+pub fn stop_signal() -> Option<i32> {
+    match SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        s => Some(s as i32),
+    }
 }
 
 pub mod bench;

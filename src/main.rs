@@ -20,8 +20,25 @@ fn main() {
             std::process::exit(code);
         }
     };
-    if let Err(e) = fractaldb::cli::run(cli) {
-        fractaldb::say!("fractaldb: error: {e}");
+    if !cli.is_service()
+        && let Err(e) = fractaldb::stop_on_signals()
+    {
+        fractaldb::say!("fractaldb: error: cannot catch SIGINT/SIGTERM: {e}");
         std::process::exit(1);
+    }
+    match fractaldb::cli::run(cli) {
+        Ok(()) => {}
+        Err(fractaldb::Error::Interrupted) => {
+            // The shell's convention for a run ended by a signal: 128 + its number (130 for Ctrl-C).
+            let sig = fractaldb::stop_signal().unwrap_or(2);
+            fractaldb::say!(
+                "fractaldb: interrupted by signal {sig}: stopped; the files it finished are kept (render, rcdb and mvfdb go on from them with --resume)"
+            );
+            std::process::exit(128 + sig);
+        }
+        Err(e) => {
+            fractaldb::say!("fractaldb: error: {e}");
+            std::process::exit(1);
+        }
     }
 }

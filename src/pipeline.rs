@@ -316,6 +316,10 @@ pub fn run(
             });
         }
     });
+    // A stage that saw the interrupt inside a unit may have stopped without asking the feed again.
+    if crate::interrupted() {
+        abort.set(Error::Interrupted);
+    }
     match abort.take() {
         Some(e) => Err(e),
         None => Ok(()),

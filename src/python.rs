@@ -3,8 +3,9 @@
 //! samples of a render plan in memory, pixel-identical to the PNGs `render` writes.
 //!
 //! Long calls release the GIL and run on a worker thread while the calling thread checks Python's
-//! signals every 50 ms: Ctrl-C sets [`crate::interrupt`], the work stops at its next claim, and
-//! `KeyboardInterrupt` is raised.
+//! signals every 50 ms: Ctrl-C sets [`crate::interrupt`], the work stops within about a second of
+//! work (inside a unit too: between instances, inside a chaos game), and `KeyboardInterrupt` is
+//! raised. A sample that needs a new cloud runs that way too.
 
 use crate::error::Error;
 use crate::plan::Plan;
@@ -163,7 +164,7 @@ impl Dataset {
                 "sample_into needs {h}x{w}x{c} bytes, got {len} at {address:#x}"
             )));
         }
-        py.detach(|| self.draw_canvas(s, epoch)).map_err(to_py)?;
+        self.run_draw(py, s, || self.draw_canvas(s, epoch))?;
         let guard = self.cache.lock().unwrap();
         let last = guard.as_ref().expect("drawn");
         // SAFETY: the Python wrapper passes the data pointer of a writable, C-contiguous uint8
@@ -204,7 +205,7 @@ impl Dataset {
     ) -> PyResult<(Bound<'py, PyByteArray>, u32)> {
         let s = self.sample_of(i)?;
         self.check_epoch(epoch)?;
-        py.detach(|| self.draw(s, epoch)).map_err(to_py)?;
+        self.run_draw(py, s, || self.draw(s, epoch))?;
         // Another thread may draw in between: the sample is drawn again if the cache moved on.
         let guard = self.cache.lock().unwrap();
         match guard.as_ref() {
@@ -222,6 +223,28 @@ impl Dataset {
 }
 
 impl Dataset {
+    /// Runs a draw of sample `s` with the GIL released. One that computes a new cloud (the long
+    /// part, as long as `--iteration` makes it) runs where Ctrl-C can stop it in the middle
+    /// ([`interruptible`]); one from the cached cloud is a single raster and runs here.
+    fn run_draw(
+        &self,
+        py: Python<'_>,
+        s: crate::plan::Sample,
+        draw: impl FnOnce() -> crate::Result<()> + Send,
+    ) -> PyResult<()> {
+        let cached = self
+            .cache
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|c| c.cloud_key == (s.class, s.row));
+        if cached {
+            py.detach(draw).map_err(to_py)
+        } else {
+            interruptible(py, draw)
+        }
+    }
+
     fn check_epoch(&self, epoch: u64) -> PyResult<()> {
         if epoch > 0
             && (!self.cfg.mode.is_patch() || self.cfg.masks.for_epoch(epoch) == self.cfg.masks)
@@ -284,15 +307,17 @@ impl Dataset {
                 out: Vec::new(),
                 out_key: None,
             };
-            render::cpu::compute_cloud(
+            let made = render::cpu::compute_cloud(
                 &class.ifs,
                 &self.plan.weights[s.row as usize],
                 &self.u,
                 &self.cfg,
                 &mut last.scratch,
                 &mut last.cloud,
-            )
-            .map_err(|why| render::cpu::degenerate_error(&class.path, s.row as usize, why))?;
+            );
+            // Interrupted, the cloud is incomplete: it is not kept (the buffers are dropped too).
+            crate::check_interrupt()?;
+            made.map_err(|why| render::cpu::degenerate_error(&class.path, s.row as usize, why))?;
             last.cover.build(&last.cloud, &self.cfg);
             *guard = Some(last);
         }

@@ -214,6 +214,8 @@ pub fn run(cfg: &SearchConfig, mut on_accept: impl FnMut(usize, usize)) -> Resul
                 100.0 * stats.accepted as f64 / stats.candidates.max(1) as f64
             );
         }
+        // An interrupted evaluation stops its chaos games early: its verdicts are not used.
+        crate::check_interrupt()?;
         for (cand, accepted) in cands.iter().zip(results) {
             stats.candidates += 1;
             if accepted {

@@ -16,7 +16,7 @@ fn device_models_equal_the_cpu_models_bit_for_bit() {
             v.try_into().unwrap()
         })
         .collect();
-    let classes = search(5, 3, 0.05);
+    let classes = search(5, 3, 0.05).unwrap();
     // (maps, row) pairs: three classes under spread-out rows, and the first class blown up by
     // growing factors (contractive, then diverging to inf/NaN).
     let mut cases: Vec<(Vec<[f64; 13]>, [f64; 12])> = Vec::new();

@@ -180,11 +180,12 @@ fn cumulative(maps: &[Map3]) -> Vec<f64> {
 }
 
 /// The category search (`category_search.py`): classes accepted from the seeded candidate stream
-/// until `classes` are found.
-pub fn search(seed: u32, classes: usize, threshold: f64) -> Vec<Vec<Map3>> {
+/// until `classes` are found; `Err(Interrupted)` once [`crate::interrupt`] asks it to stop.
+pub fn search(seed: u32, classes: usize, threshold: f64) -> crate::Result<Vec<Vec<Map3>>> {
     let mut rng = NumpyRandom::seed(seed);
     let mut found = Vec::new();
     while found.len() < classes {
+        crate::check_interrupt()?;
         let m = rng.randint(2, 8) as usize;
         let mut maps: Vec<Map3> = Vec::with_capacity(m);
         for _ in 0..m {
@@ -206,7 +207,7 @@ pub fn search(seed: u32, classes: usize, threshold: f64) -> Vec<Vec<Map3>> {
             found.push(maps);
         }
     }
-    found
+    Ok(found)
 }
 
 /// `params/%06d.csv`: `np.savetxt(params, delimiter=",")`.
@@ -316,8 +317,8 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/reference/mvfdb/weights_ins145.csv"
         );
-        let want =
-            std::fs::read_to_string(path).expect("weights_ins145.csv in tests/fixtures/reference/mvfdb");
+        let want = std::fs::read_to_string(path)
+            .expect("weights_ins145.csv in tests/fixtures/reference/mvfdb");
         assert_eq!(super::builtin_multipliers_csv(), want);
     }
 

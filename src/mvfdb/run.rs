@@ -136,7 +136,7 @@ fn validate(o: &MvfdbOptions) -> Result<()> {
 fn front(o: &MvfdbOptions, write: bool, weights: Option<Weights>) -> Result<Front> {
     let pdir = o.out.join("params");
     // 1. The search (its CSVs are what the model step reads back).
-    let found = search(o.seed, o.classes, o.variance);
+    let found = search(o.seed, o.classes, o.variance)?;
     if write {
         fsutil::create_dir(&pdir)?;
         fsutil::remove_stale_tmp(&pdir);
@@ -360,6 +360,7 @@ fn model_class(
         if (pos as u32).is_multiple_of(super::stage::CHECKPOINT) {
             checkpoints.push(rng.clone());
         }
+        crate::check_interrupt()?;
         let u = rng.random_vec(super::POINTS);
         let m = instance(maps, mult, &u);
         if let (Some(pts), true) = (&m, write_models) {

@@ -229,6 +229,7 @@ impl Stage for CpuStage<'_> {
         while let Some(units) = feed.claim(1) {
             for (id, unit) in units {
                 for v in self.s.visits(&unit)? {
+                    crate::check_interrupt()?;
                     let t0 = Instant::now();
                     let pts = instance(v.maps, v.mult, &v.u).ok_or_else(|| invalid_model(&v))?;
                     let pts: Vec<[f32; 3]> = (0..pts[0].len())
@@ -353,6 +354,8 @@ impl Stage for GlStage<'_> {
                     self.gl
                         .draw(m, first, &proj, size, self.s.settings.point, &tags)?;
                     first += tags.len();
+                    // No readback may have finished yet: the interrupt is looked at here too.
+                    crate::check_interrupt()?;
                     if !self.forward(false, feed)? {
                         return Ok(());
                     }

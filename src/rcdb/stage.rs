@@ -125,11 +125,17 @@ pub fn walk_unit(
     for (k, slot) in order {
         let t1 = Instant::now();
         while next < k {
+            // A long replay (a resume deep into a large unit) stops on an interrupt too.
+            if next.is_multiple_of(1024) {
+                crate::check_interrupt()?;
+            }
             s.skip_instance(&mut rng, &p);
             shape = s.draw_next_shape(&mut rng);
             next += 1;
         }
         replay_ns += t1.elapsed().as_nanos() as u64;
+        // Between instances: the GL stage hands canvases over only per batch.
+        crate::check_interrupt()?;
         let go = draw(Instance {
             rng: &mut rng,
             params: &p,

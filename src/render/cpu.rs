@@ -51,6 +51,8 @@ impl Stage for CpuStage<'_> {
                 &mut self.clouds,
             );
             StageStats::add(&ctx.stats.chaos_ns, t0);
+            // An interrupted chaos game leaves its clouds incomplete: never drawn.
+            crate::check_interrupt()?;
             for (((id, unit), made), cloud) in units.into_iter().zip(made).zip(&self.clouds) {
                 let class = &ctx.plan.classes[unit.class as usize];
                 made.map_err(|axis| degenerate_error(&class.path, unit.row as usize, axis))?;
@@ -108,6 +110,7 @@ pub struct Scratch {
 /// Computes the rescaled point cloud of `ifs` with weight row `w` (the original's `calculate` +
 /// `__rescale`). `u` is the shared `np.random.seed(100)` sequence, `cfg.iterations` long.
 /// A zero-width bounding box is an error (the original divides by zero and draws garbage).
+/// Once [`crate::interrupted`], the cloud may be incomplete: look at it before using the cloud.
 pub fn compute_cloud(
     ifs: &Ifs,
     w: &WeightRow,

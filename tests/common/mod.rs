@@ -2,7 +2,69 @@
 //! Helpers shared by the end-to-end tests: the real binary, the reference data, PNG decoding.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for an event (a line, a file, an exit) before it calls it a hang. Generous:
+/// CI shares a 2-core machine with other work, so this bounds a hang and is never a speed check.
+pub const PATIENCE: Duration = Duration::from_secs(600);
+
+/// Polls `cond` until it holds; panics naming `what` after [`PATIENCE`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < PATIENCE,
+            "still waiting for {what} after {PATIENCE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits for `child` to exit; a child still running after [`PATIENCE`] is killed and the test fails.
+pub fn wait_exit(child: &mut Child, what: &str) -> ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if t0.elapsed() > PATIENCE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command to its end with captured output; a hang (past [`PATIENCE`]) fails the test.
+pub fn output_bounded(c: &mut Command) -> Output {
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Pipes are drained on threads, so a chatty child never blocks on a full pipe meanwhile.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let o = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut v).unwrap();
+        v
+    });
+    let e = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut err, &mut v).unwrap();
+        v
+    });
+    let status = wait_exit(&mut child, &format!("{c:?}"));
+    Output {
+        status,
+        stdout: o.join().unwrap(),
+        stderr: e.join().unwrap(),
+    }
+}
 
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fractaldb"))

@@ -1,6 +1,6 @@
 """The installed wheel: samples equal the PNGs the Rust binary writes, the DataLoader dataset yields
-each sample once over workers and ranks, errors are Python exceptions, Ctrl-C stops a long call, and
-the console script is the binary's command line."""
+each sample once over workers and ranks, errors are Python exceptions, Ctrl-C stops a render and
+on-the-fly sampling inside one large unit, and the console script is the binary's command line."""
 import csv
 import hashlib
 import os
@@ -168,22 +168,80 @@ def test_bad_input_raises_with_file_and_line(tmp_path, classes):
         fractaldb.FractalDB(classes, **SMALL).sample(10**9)
 
 
-def test_ctrl_c_stops_a_long_render_within_a_second(tmp_path, classes):
-    code = (
+PATIENCE = 600  # seconds: how long a test waits for an event before calling it a hang (never a speed check)
+
+
+def _wait_for(what, cond, p):
+    """Polls ``cond`` until it holds; fails if the child ``p`` exits first or after PATIENCE."""
+    t0 = time.monotonic()
+    while not cond():
+        assert p.poll() is None, (what, p.communicate())
+        assert time.monotonic() - t0 < PATIENCE, f"still waiting for {what}"
+        time.sleep(0.02)
+
+
+def _stop(p):
+    """Sends SIGINT to ``p`` and returns its (stdout, stderr) once it has exited."""
+    p.send_signal(signal.SIGINT)
+    return p.communicate(timeout=PATIENCE)
+
+
+def _child(code):
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# One unit: class 00000, weight row 0, 100,000 instances x 4 flips.
+LARGE_UNIT = dict(weight_rows="0", iteration=5000)
+
+
+def test_ctrl_c_stops_a_render_inside_its_one_large_unit(tmp_path, classes):
+    out = tmp_path / "o"
+    p = _child(
         "import fractaldb, sys\n"
         "try:\n"
-        f"    fractaldb.render({str(classes)!r}, {str(tmp_path / 'o')!r}, instance=1000, quiet=True, threads=1)\n"
+        f"    fractaldb.render({str(classes)!r}, {str(out)!r}, instance=100000, image_size_x=48, image_size_y=48,\n"
+        f"                     quiet=True, threads=1, **{LARGE_UNIT!r})\n"
         "except KeyboardInterrupt:\n"
         "    print('interrupted'); sys.exit(3)\n"
     )
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2)
-    assert p.poll() is None, p.communicate()
-    t0 = time.time()
+    # The event: the first finished image, so the signal comes inside the unit.
+    _wait_for("a first image", lambda: any(out.rglob("*.png")), p)
+    stdout, stderr = _stop(p)
+    assert p.returncode == 3 and "interrupted" in stdout, (stdout, stderr)
+    written = list(out.rglob("*.png"))
+    assert len(written) < 400_000 // 2, f"{len(written)} of the unit's 400,000 images"
+    assert not list(out.rglob("*.fdbtmp"))
+    for f in written[:50]:
+        Image.open(f).load()
+
+
+def test_ctrl_c_stops_on_the_fly_sampling_inside_one_large_unit(classes):
+    p = _child(
+        "import fractaldb, sys\n"
+        f"ds = fractaldb.FractalDB({str(classes)!r}, instances=100000, image_size=48, **{LARGE_UNIT!r})\n"
+        "n = 0\n"
+        "try:\n"
+        "    for i in range(len(ds)):\n"
+        "        ds.sample(i)\n"
+        "        n += 1\n"
+        "        if n == 1:\n"
+        "            print('ready', flush=True)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted after', n, flush=True); sys.exit(3)\n"
+    )
+    lines = []
+    import threading
+
+    reader = threading.Thread(target=lambda: lines.append(p.stdout.readline()), daemon=True)
+    reader.start()
+    _wait_for("the first sample", lambda: lines, p)
+    assert lines == ["ready\n"], lines
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=30)
-    assert time.time() - t0 < 1.5, f"took {time.time() - t0:.1f}s"
-    assert p.returncode == 3 and "interrupted" in out, (out, err)
+    rest, stderr = p.communicate(timeout=PATIENCE)
+    assert p.returncode == 3, (rest, stderr)
+    n = int(rest.split("interrupted after")[1])
+    # The unit (one cloud) has 400,000 samples; the dataset 800,000.
+    assert 1 <= n < 400_000 // 2, n
 
 
 def test_console_script_is_the_binarys_command_line(tmp_path, binary):

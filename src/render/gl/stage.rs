@@ -60,6 +60,40 @@ impl<'a> GlStage<'a> {
     }
 }
 
+/// Each unit's instances cut into ranges of at most `max` (a unit without instances has none).
+fn pieces(units: &[(u64, Unit)], max: usize) -> Vec<(usize, std::ops::Range<usize>)> {
+    let mut out = Vec::new();
+    for (i, (_, u)) in units.iter().enumerate() {
+        let n = u.instances.len();
+        let mut a = 0;
+        while a < n {
+            let b = (a + max.max(1)).min(n);
+            out.push((i, a..b));
+            a = b;
+        }
+    }
+    out
+}
+
+/// Consecutive pieces grouped into raster groups: at most [`MAX_GROUP`] pieces and `max`
+/// canvases each (a piece holds at most `max`, so no cloud is twice in a group).
+fn groups(pieces: &[(usize, std::ops::Range<usize>)], max: usize) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let (mut start, mut canvases) = (0, 0);
+    for (p, (_, r)) in pieces.iter().enumerate() {
+        if p > start && (p - start >= MAX_GROUP || canvases + r.len() > max) {
+            groups.push(start..p);
+            start = p;
+            canvases = 0;
+        }
+        canvases += r.len();
+    }
+    if !pieces.is_empty() {
+        groups.push(start..pieces.len());
+    }
+    groups
+}
+
 /// Hands finished canvases to the feed; false when the run is stopping.
 fn forward(done: Vec<(usize, Vec<u8>)>, tags: &[(u64, usize)], feed: &mut dyn Feed) -> bool {
     for (tag, pixels) in done {
@@ -115,38 +149,29 @@ impl Stage for GlStage<'_> {
                 self.begin(n)?;
             }
             let t0 = Instant::now();
-            // Groups: up to MAX_GROUP clouds and max_canvases canvases (a larger cloud alone).
-            let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
-            let mut start = 0;
-            let mut canvases = 0;
-            for (i, (_, u)) in units.iter().enumerate() {
-                let k = u.instances.len();
-                if i > start && (i - start >= MAX_GROUP || canvases + k > max_canvases) {
-                    groups.push(start..i);
-                    start = i;
-                    canvases = 0;
-                }
-                canvases += k;
-            }
-            groups.push(start..units.len());
+            // Pieces: a unit's instances, at most max_canvases at a time (a unit of 1,000
+            // instances is 16 pieces, so an interrupt is seen between them); groups: up to
+            // MAX_GROUP pieces and max_canvases canvases.
+            let pieces = pieces(&units, max_canvases);
+            let groups = groups(&pieces, max_canvases);
             let steps = ctx.cfg.iterations.saturating_sub(1) as u32;
-            let slice = steps.div_ceil(groups.len() as u32).max(1);
+            let slice = steps.div_ceil(groups.len().max(1) as u32).max(1);
             let mut tags: Vec<(u64, usize)> = Vec::new();
             for range in groups {
                 let mut group = Vec::with_capacity(range.len());
                 let mut gtags = Vec::new();
-                for i in range {
-                    let (id, unit) = &units[i];
+                for (i, r) in &pieces[range] {
+                    let (id, unit) = &units[*i];
                     let class = &ctx.plan.classes[unit.class as usize];
                     group.push(GroupCloud {
-                        index: i,
-                        count: *counts[i].as_ref().unwrap(),
+                        index: *i,
+                        count: *counts[*i].as_ref().unwrap(),
                         class_key: class.key,
                         row: unit.row,
-                        instances: &unit.instances,
+                        instances: &unit.instances[r.clone()],
                         masks: ctx.cfg.masks.for_epoch(unit.epoch),
                     });
-                    for s in 0..unit.instances.len() {
+                    for s in r.clone() {
                         gtags.push(tags.len());
                         tags.push((*id, s));
                     }
@@ -156,7 +181,8 @@ impl Stage for GlStage<'_> {
                     self.engine.advance_clouds(slice);
                 }
                 let done = self.engine.collect(false)?;
-                if !forward(done, &tags, feed) {
+                // No canvas may have come back yet, so the interrupt is looked at here too.
+                if !forward(done, &tags, feed) || crate::interrupted() {
                     stopped = true;
                     break;
                 }
@@ -182,5 +208,50 @@ impl Stage for GlStage<'_> {
         ctx.stats.readback_ns.fetch_add(ns, Ordering::Relaxed);
         ctx.stats.readback_bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(n: u32) -> (u64, Unit) {
+        let u = Unit {
+            class: 0,
+            row: 0,
+            epoch: 0,
+            instances: (0..n).collect(),
+        };
+        (0, u)
+    }
+
+    #[test]
+    fn large_units_are_cut_and_groups_hold_each_cloud_once() {
+        let units = [unit(1000), unit(10), unit(0), unit(3), unit(64), unit(65)];
+        for max in [8, 64] {
+            let pieces = pieces(&units, max);
+            let groups = groups(&pieces, max);
+            // Every instance of every unit once, in order.
+            for (i, (_, u)) in units.iter().enumerate() {
+                let got: Vec<usize> = pieces
+                    .iter()
+                    .filter(|(k, _)| *k == i)
+                    .flat_map(|(_, r)| r.clone())
+                    .collect();
+                assert_eq!(got, (0..u.instances.len()).collect::<Vec<_>>());
+            }
+            assert_eq!(groups.first().unwrap().start, 0);
+            assert_eq!(groups.last().unwrap().end, pieces.len());
+            for g in &groups {
+                let ps = &pieces[g.clone()];
+                assert!(!ps.is_empty() && ps.len() <= MAX_GROUP);
+                assert!(ps.iter().map(|(_, r)| r.len()).sum::<usize>() <= max);
+                let mut clouds: Vec<usize> = ps.iter().map(|(i, _)| *i).collect();
+                clouds.dedup();
+                assert_eq!(clouds.len(), ps.len(), "a cloud twice in a group");
+            }
+            assert!(pieces.iter().filter(|(i, _)| *i == 0).count() >= 1000 / max);
+        }
+        assert!(groups(&pieces(&[unit(0)], 64), 64).is_empty());
     }
 }
