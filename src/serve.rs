@@ -712,18 +712,30 @@ async fn handle(st: Arc<State>, req: Request<Body>) -> Response<Body> {
     }
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGTERM and SIGINT, caught from the moment this is made: made before the service says it is
+/// listening, so a signal sent as soon as the address is known stops it gracefully (exit 0), never
+/// by the default action.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers; needs the runtime's context (`rt.enter()`).
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let err = |e| Error::Other(format!("serve: cannot catch SIGTERM/SIGINT: {e}"));
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).map_err(err)?,
+            int: signal(SignalKind::interrupt()).map_err(err)?,
+        })
+    }
+
+    async fn recv(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }
 
@@ -869,6 +881,15 @@ pub fn run(opts: &ServeOptions) -> Result<()> {
         family,
         layout,
     });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Other(format!("serve: cannot start the runtime: {e}")))?;
+    let signals = {
+        let _in_runtime = rt.enter();
+        StopSignals::install()?
+    };
     crate::say!(
         "serve: listening on http://{addr} ({} shards of at most {} samples, {} per shard group; \
          no authentication: bind to a private interface or put it behind a proxy)",
@@ -924,11 +945,6 @@ pub fn run(opts: &ServeOptions) -> Result<()> {
             }
         })
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Other(format!("serve: cannot start the runtime: {e}")))?;
     let drain = opts.drain;
     let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)
@@ -939,7 +955,7 @@ pub fn run(opts: &ServeOptions) -> Result<()> {
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            shutdown_signal().await;
+            signals.recv().await;
             crate::say!("serve: stopping: finishing the responses in flight");
             let _ = stop_tx.send(());
         });

@@ -95,19 +95,8 @@ fn a_fifo_among_the_class_csvs_is_refused_not_waited_for() {
     );
     let out2 = tmp.path().join("out2");
     let mut c2 = render(&classes, &out2);
-    let mut child = c2.stderr(Stdio::piped()).spawn().unwrap();
-    let t0 = std::time::Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if t0.elapsed() > std::time::Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("render waits on a FIFO");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let o = child.wait_with_output().unwrap();
+    // Nobody ever writes to the FIFO: a render that opened it would hang until PATIENCE.
+    let o = output_bounded(&mut c2);
     assert_eq!(o.status.code(), Some(1));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -480,18 +469,18 @@ fn runs_that_cannot_fit_in_memory_are_refused_up_front_with_the_figures() {
         vec!["--iteration", "1000000000000"],
         vec!["--instance", "4294967295", "--format", "wds"],
     ] {
-        let t0 = std::time::Instant::now();
         let mut c = bin();
         c.args(["render", "--backend", "cpu", "--load-root"])
             .arg(&classes)
             .arg("--out")
             .arg(&out)
             .args(&extra);
-        let o = c.output().unwrap();
+        // Refused up front: the message has the estimate and nothing was written (the run itself
+        // would take days, so output_bounded's limit also catches a run that started).
+        let o = output_bounded(&mut c);
         assert_eq!(o.status.code(), Some(1), "{extra:?}: {o:?}");
         let e = String::from_utf8_lossy(&o.stderr);
         assert!(e.contains("needs about") && e.contains("available"), "{e}");
-        assert!(t0.elapsed() < std::time::Duration::from_secs(10));
         assert!(!out.exists(), "{extra:?} wrote output");
     }
     let e = run_err(
@@ -541,24 +530,6 @@ fn search_rank(out: &Path, rank: u64, world: u64, extra: &[&str]) -> Command {
     c
 }
 
-/// Runs a command with a deadline: a hang fails the test instead of blocking it.
-fn output_within(c: &mut Command, secs: u64) -> std::process::Output {
-    let mut child = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t0.elapsed() > std::time::Duration::from_secs(secs) {
-            let _ = child.kill();
-            panic!("{c:?} still running after {secs} s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
 #[test]
 fn a_multi_rank_search_never_waits_forever() {
     let tmp = tempfile::tempdir().unwrap();
@@ -573,7 +544,7 @@ fn a_multi_rank_search_never_waits_forever() {
     let before = snapshot(&parts);
     // Rerun with another seed: both ranks refuse at once, whichever starts first; nothing changes.
     for rank in [1, 0] {
-        let o = output_within(&mut search_rank(&out, rank, 2, &["--seed", "5"]), 60);
+        let o = output_bounded(&mut search_rank(&out, rank, 2, &["--seed", "5"]));
         assert_eq!(o.status.code(), Some(1));
         let e = String::from_utf8_lossy(&o.stderr);
         assert!(e.contains("other settings"), "{e}");
@@ -581,10 +552,12 @@ fn a_multi_rank_search_never_waits_forever() {
     assert!(snapshot(&parts) == before);
     // A rank whose partner never comes stops after --wait-timeout with a message.
     let lone = tmp.path().join("lone");
-    let o = output_within(
-        &mut search_rank(&lone, 0, 2, &["--categories", "400", "--wait-timeout", "2"]),
-        120,
-    );
+    let o = output_bounded(&mut search_rank(
+        &lone,
+        0,
+        2,
+        &["--categories", "400", "--wait-timeout", "2"],
+    ));
     assert_eq!(o.status.code(), Some(1));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("is that rank running"), "{e}");
@@ -597,27 +570,28 @@ fn a_multi_rank_search_never_waits_forever() {
         .spawn()
         .unwrap();
     let part = failed.join(".fractaldb-search/rank-00000-of-00002.jsonl");
-    let t0 = std::time::Instant::now();
-    while !part.exists() {
-        assert!(t0.elapsed() < std::time::Duration::from_secs(60));
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let header = std::fs::read_to_string(&part)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .to_string();
+    // The event: rank 0's part file has its whole header line.
+    let mut header = String::new();
+    wait_until("rank 0's header line", || {
+        let text = std::fs::read_to_string(&part).unwrap_or_default();
+        match text.split_once('\n') {
+            Some((h, _)) => {
+                header = h.to_string();
+                true
+            }
+            None => false,
+        }
+    });
     std::fs::write(
         failed.join(".fractaldb-search/failed-rank-00001-of-00002"),
         format!("{header}\ndisk on fire\n"),
     )
     .unwrap();
-    let t0 = std::time::Instant::now();
+    // It stops on the marker, not after its hour-long --wait-timeout: the message says which.
+    let mut child = child;
+    let status = wait_exit(&mut child, "the waiting rank");
     let o = child.wait_with_output().unwrap();
-    assert!(t0.elapsed() < std::time::Duration::from_secs(60));
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(status.code(), Some(1));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(
         e.contains("rank 1 failed") && e.contains("disk on fire"),
@@ -641,12 +615,10 @@ fn a_second_run_into_the_same_place_fails_at_once_and_the_first_completes() {
         .unwrap();
     held.try_lock().unwrap();
     std::fs::write(&lock, "gpu-node-3 pid 777\n").unwrap();
-    let t0 = std::time::Instant::now();
-    let e = run_err(&mut wds_render(&classes, &out));
-    assert!(
-        t0.elapsed() < std::time::Duration::from_secs(10),
-        "it waited"
-    );
+    // The lock stays held until this test releases it: a run that waited for it would hang here.
+    let o = output_bounded(&mut wds_render(&classes, &out));
+    assert!(!o.status.success(), "it ran while the lock was held");
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(
         e.contains("another fractaldb run") && e.contains("gpu-node-3 pid 777"),
         "{e}"
