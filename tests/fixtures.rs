@@ -65,15 +65,29 @@ fn every_fixture_matches_its_digest_and_none_is_unlisted() {
     );
     for (path, digest) in &want {
         let got = sha256_hex(&std::fs::read(root.join(path)).unwrap());
-        assert_eq!(&got, digest, "{path}: changed (line ends? .gitattributes keeps them)");
+        assert_eq!(
+            &got, digest,
+            "{path}: changed (line ends? .gitattributes keeps them)"
+        );
     }
     // The weights' published line ends survive the checkout: CRLF in all but weights_0.1.csv.
     let w04 = std::fs::read(root.join("weights/weights_0.4.csv")).unwrap();
     assert!(w04.windows(2).any(|w| w == b"\r\n"));
     assert!(!w04.ends_with(b"\n"));
     // The listed set is the whole reference: each family's goldens are here.
-    for dir in ["categories", "golden", "weights", "search", "rcdb/d1", "rcdb/d2", "mvfdb/m1"] {
-        assert!(want.keys().any(|p| p.starts_with(&format!("{dir}/"))), "{dir}");
+    for dir in [
+        "categories",
+        "golden",
+        "weights",
+        "search",
+        "rcdb/d1",
+        "rcdb/d2",
+        "mvfdb/m1",
+    ] {
+        assert!(
+            want.keys().any(|p| p.starts_with(&format!("{dir}/"))),
+            "{dir}"
+        );
     }
 }
 

@@ -60,7 +60,8 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/reference/rcdb/pnoise1.csv"
         );
-        let text = std::fs::read_to_string(path).expect("pnoise1.csv in tests/fixtures/reference/rcdb");
+        let text =
+            std::fs::read_to_string(path).expect("pnoise1.csv in tests/fixtures/reference/rcdb");
         let mut n = 0;
         for (i, line) in text.lines().enumerate().skip(1) {
             let (x, want) = line.split_once(',').unwrap();
