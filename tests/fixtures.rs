@@ -12,23 +12,12 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// Every file under `dir`, as a path relative to it with `/` separators.
+/// Every file under `dir`, as a path relative to it with `/` separators, sorted.
 fn files(dir: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                let rel = p.strip_prefix(root).unwrap();
-                out.push(rel.to_str().unwrap().replace('\\', "/"));
-            }
-        }
-    }
-    let mut out = vec![];
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
+    common::files(dir)
+        .iter()
+        .map(|p| p.to_str().unwrap().replace('\\', "/"))
+        .collect()
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
