@@ -94,27 +94,28 @@ fn render(classes: &Path, out: &Path, backend: &str) -> Command {
     c
 }
 
-#[test]
-fn sigint_stops_a_cpu_render_inside_its_one_unit() {
+/// A render of one unit (class `name`, weight row 0, 100,000 instances x 4 flips) stopped by `sig`.
+fn render_stops_inside_its_one_unit(backend: &str, name: &str, sig: i32) {
     let tmp = tempfile::tempdir().unwrap();
-    let classes = class_dir(tmp.path(), &["00000"]);
+    let classes = class_dir(tmp.path(), &[name]);
     let out = tmp.path().join("o");
-    interrupt_once_started(&mut render(&classes, &out, "cpu"), &out, ".png", SIGINT);
-    // One unit: class 00000, weight row 0, 100,000 instances x 4 flips.
+    interrupt_once_started(&mut render(&classes, &out, backend), &out, ".png", sig);
     let n = count(&out, ".png");
-    assert!(n < 400_000 / 2, "{n} of the unit's 400,000 images");
+    assert!(
+        n < 400_000 / 2,
+        "{backend}: {n} of the unit's 400,000 images"
+    );
     all_pngs_whole(&out);
 }
 
 #[test]
+fn sigint_stops_a_cpu_render_inside_its_one_unit() {
+    render_stops_inside_its_one_unit("cpu", "00000", SIGINT);
+}
+
+#[test]
 fn sigterm_stops_a_gl_render_inside_its_one_unit() {
-    let tmp = tempfile::tempdir().unwrap();
-    let classes = class_dir(tmp.path(), &["00001"]);
-    let out = tmp.path().join("o");
-    interrupt_once_started(&mut render(&classes, &out, "gl"), &out, ".png", SIGTERM);
-    let n = count(&out, ".png");
-    assert!(n < 400_000 / 2, "{n} of the unit's 400,000 images");
-    all_pngs_whole(&out);
+    render_stops_inside_its_one_unit("gl", "00001", SIGTERM);
 }
 
 #[test]
