@@ -365,3 +365,132 @@ fn served_shards_equal_written_shards() {
         served_root.display()
     );
 }
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    files(dir)
+        .into_iter()
+        .map(|p| {
+            let b = std::fs::read(dir.join(&p)).unwrap();
+            (p, b)
+        })
+        .collect()
+}
+
+/// `--resume` with any one setting changed, or the multipliers file edited in place, is refused
+/// with the setting's name, in folders and shards, and leaves every file as it was; the same
+/// settings resume. (It used to keep the old images: the MV-FractalDB record lacked point size,
+/// held the weights file's path, and folders had no record at all.)
+#[test]
+fn a_resume_with_any_other_setting_is_refused_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = tmp.path().join("w.csv");
+    std::fs::copy(reference().join("mvfdb/weights_ins145.csv"), &weights).unwrap();
+    let base = [
+        "--classes",
+        "1",
+        "--weight-rows",
+        "0-3",
+        "--views",
+        "2",
+        "--img_size",
+        "32",
+        "--view-seed",
+        "11",
+    ];
+    let run = |out: &Path, fmt: &[&str], extra: &[&str]| {
+        let mut c = bin();
+        c.arg("mvfdb")
+            .arg("--save_root")
+            .arg(out)
+            .arg("-q")
+            .arg("--weight-csv")
+            .arg(&weights)
+            .args(base)
+            .args(fmt)
+            .args(extra);
+        c
+    };
+    let changes: [(&[&str], &str); 7] = [
+        (&["--point_size", "3"], "point_size"),
+        (&["--view-seed", "7"], "view_seed"),
+        (&["--model-seed", "9"], "model_seed"),
+        (&["--views", "3"], "views"),
+        (&["--img_size", "48"], "img_size"),
+        (&["--weight-rows", "0-2"], "weight_rows"),
+        (&["--variance", "0.06"], "variance"),
+    ];
+    for fmt in [
+        &[][..],
+        &["--format", "wds", "--samples-per-shard", "3"][..],
+    ] {
+        let out = tmp
+            .path()
+            .join(if fmt.is_empty() { "folder" } else { "wds" });
+        run_ok(&mut run(&out, fmt, &[]));
+        let before = snapshot(&out);
+        assert!(before.iter().any(|(p, _)| {
+            let s = p.to_str().unwrap();
+            s.ends_with(".png") || s.ends_with(".tar")
+        }));
+        for (extra, field) in changes {
+            let e = run_err(run(&out, fmt, extra).arg("--resume"));
+            assert!(
+                e.contains(field) && e.contains("other settings"),
+                "{fmt:?} {extra:?}: {e}"
+            );
+            assert!(snapshot(&out) == before, "{fmt:?} {extra:?} changed files");
+        }
+        // The multipliers file edited in place (a row that is drawn): another dataset.
+        let text = std::fs::read_to_string(&weights).unwrap();
+        let first = text.lines().next().unwrap();
+        let edited = first.replacen(first.split(',').next().unwrap(), "0.5", 1);
+        std::fs::write(&weights, text.replacen(first, &edited, 1)).unwrap();
+        let e = run_err(run(&out, fmt, &[]).arg("--resume"));
+        assert!(e.contains("multipliers_sha256"), "{fmt:?}: {e}");
+        assert!(
+            snapshot(&out) == before,
+            "{fmt:?}: an edited file changed files"
+        );
+        std::fs::write(&weights, &text).unwrap();
+        // The same settings resume, keeping everything.
+        run_ok(run(&out, fmt, &[]).arg("--resume"));
+        assert!(snapshot(&out) == before);
+    }
+}
+
+/// The bytes of a tiny dataset (parameter files, models, views) pinned beside the version of
+/// MV-FractalDB's bytes: a rule that changes them cannot land without bumping
+/// `fractaldb::mvfdb::run::VERSION` (so that resumes refuse the older output) and this digest.
+#[test]
+fn a_tiny_datasets_bytes_are_pinned_to_the_version() {
+    use sha2::{Digest, Sha256};
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m");
+    run_ok(
+        mvfdb(
+            &out,
+            &["--classes", "2", "--weight-rows", "0-2", "--views", "3"],
+        )
+        .args(["--img_size", "40", "--write-models"]),
+    );
+    let mut h = Sha256::new();
+    for p in files(&out) {
+        let name = p.to_str().unwrap().to_string();
+        if name.starts_with('.') || name == "mvfdb.json" {
+            continue; // locks and the settings record: not the dataset's bytes
+        }
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(std::fs::read(out.join(&p)).unwrap());
+    }
+    let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        (fractaldb::mvfdb::run::VERSION, digest.as_str()),
+        (
+            2,
+            "56cf2e275c52b5b1b6d3c13445f291c9334461b0da527a6fd29ab9a44fca9322"
+        ),
+        "MV-FractalDB's bytes changed: bump VERSION and pin the new digest"
+    );
+}

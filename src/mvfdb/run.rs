@@ -44,6 +44,60 @@ pub struct MvfdbOptions {
     pub backend: super::stage::MvBackend,
 }
 
+/// The version of MV-FractalDB's bytes, in every settings record and shard fingerprint: 2 since
+/// the CPU engine follows llvmpipe's vertex and point arithmetic (1, unrecorded: the spec's rule).
+/// A change of the views', models' or parameter files' bytes bumps it (the guard test pins a tiny
+/// dataset's digest beside it).
+pub const VERSION: u32 = 2;
+
+/// Every setting that decides the bytes (parameter files, models, views), as recorded: derived
+/// from [`MvfdbOptions`] by an exhaustive destructuring, so a new option does not compile until it
+/// is placed here or named as one that only changes how a run goes. The multipliers count by the
+/// values drawn, not the file's path: an edited file is another dataset, the builtin table and the
+/// original's file are one.
+pub(crate) fn spec(o: &MvfdbOptions, rows: &[u32], mults: &[[f64; 12]]) -> serde_json::Value {
+    let MvfdbOptions {
+        out: _,
+        classes,
+        seed,
+        variance,
+        weights: _,
+        rows: _,
+        model_seed,
+        write_models: _,
+        views,
+        random_views,
+        shards: _,
+        view_seed,
+        size,
+        point_size,
+        png,
+        resume: _,
+        threads: _,
+        rank: _,
+        progress: _,
+        backend: _,
+    } = o;
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for v in mults.iter().flatten() {
+        h.update(v.to_le_bytes());
+    }
+    let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    serde_json::json!({
+        "version": VERSION,
+        "encoder": crate::generate::ENCODER,
+        "classes": classes, "seed": seed, "variance": variance,
+        "weight_rows": rows, "multipliers_sha256": digest,
+        "model_seed": model_seed, "views": views, "random_views": random_views,
+        "view_seed": view_seed, "img_size": size, "point_size": point_size,
+        "png_level": png.level, "png_gray": png.gray,
+    })
+}
+
+/// A folder dataset's settings record (`{save_root}/mvfdb.json`).
+pub const RECORD: &str = "mvfdb.json";
+
 /// Shard settings of `mvfdb --format wds`.
 #[derive(Clone, Debug)]
 pub struct ShardOptions {
@@ -253,7 +307,28 @@ pub fn run(o: &MvfdbOptions) -> Result<Summary> {
     // Bad multipliers or rows are refused before the output directory exists.
     let weights = load_weights(o)?;
     fsutil::create_dir(&o.out)?;
-    let _lock = fsutil::OutputLock::acquire(&o.out, "mvfdb")?;
+    // Ranks run at once into one --save_root: the lock is this rank's (two runs of one rank are not).
+    let _lock = fsutil::OutputLock::acquire(
+        &o.out,
+        &format!(
+            "mvfdb-run-rank-{:05}-of-{:05}",
+            o.rank.rank,
+            o.rank.world.max(1)
+        ),
+    )?;
+    if o.shards.is_none()
+        && o.views > 0
+        && let Some((rows, mults)) = &weights
+    {
+        // A folder dataset made with other settings is refused before anything is written.
+        crate::sink::folder::check_or_write_settings(
+            &o.out.join(RECORD),
+            "MV-FractalDB folder",
+            "--save_root",
+            &spec(o, rows, mults),
+            o.rank.rank == 0,
+        )?;
+    }
     let f = front(o, true, weights)?;
     let mut s = Summary {
         classes: f.s.classes,
@@ -456,6 +531,7 @@ fn shard_plan(
     sh: &ShardOptions,
     valid: &[Vec<bool>],
     rows: &[u32],
+    mults: &[[f64; 12]],
 ) -> (
     Vec<ModelRef>,
     crate::plan::Layout,
@@ -485,16 +561,19 @@ fn shard_plan(
         sh.seed,
     );
     let names: Vec<String> = (0..valid.len()).map(|c| format!("{c:06}")).collect();
-    let fingerprint = serde_json::json!({
-        "kind": "mvfdb-wds-v1",
-        "order": crate::plan::ORDER_VERSION,
-        "encoder": crate::generate::ENCODER,
-        "classes": o.classes, "seed": o.seed, "variance": o.variance,
-        "weights": o.weights.as_ref().map(|p| p.display().to_string()),
-        "rows": rows, "model_seed": o.model_seed, "views": o.views, "random_views": o.random_views,
-        "view_seed": o.view_seed, "size": o.size, "png_level": o.png.level,
-        "shard_seed": sh.seed, "prefix": sh.prefix,
-    });
+    let mut fingerprint = spec(o, rows, mults);
+    let ShardOptions {
+        samples_per_shard: _,
+        prefix,
+        seed,
+        dali_index: _,
+        writers: _,
+    } = sh;
+    let m = fingerprint.as_object_mut().expect("an object");
+    m.insert("kind".into(), "mvfdb-wds-v1".into());
+    m.insert("order".into(), crate::plan::ORDER_VERSION.into());
+    m.insert("shard_seed".into(), (*seed).into());
+    m.insert("prefix".into(), prefix.clone().into());
     (models, layout, names, fingerprint)
 }
 
@@ -533,7 +612,7 @@ pub fn prepare_service(o: &MvfdbOptions, sh: &ShardOptions) -> Result<Prepared> 
         ));
     }
     let f = front(o, false, load_weights(o)?)?;
-    let (models, layout, names, fingerprint) = shard_plan(o, sh, &f.valid, &f.rows);
+    let (models, layout, names, fingerprint) = shard_plan(o, sh, &f.valid, &f.rows, &f.mults);
     Ok(Prepared {
         settings: render_settings(o, &f),
         class_starts: class_starts(o, &f, 0..f.maps.len() as u32),
@@ -564,7 +643,7 @@ fn run_wds(
     if sh.samples_per_shard == 0 {
         return Err(Error::flag("--samples-per-shard", "must be at least 1"));
     }
-    let (models, layout, names, fingerprint) = shard_plan(o, sh, valid, rows);
+    let (models, layout, names, fingerprint) = shard_plan(o, sh, valid, rows, &settings.mults);
     let (rank, world) = (o.rank.rank, o.rank.world.max(1));
     let (sink, todo) = WdsSink::open(
         WdsOptions {

@@ -179,38 +179,6 @@ pub(crate) fn shard_fingerprint(opts: &RcdbOptions, layout: &Layout) -> serde_js
 
 pub const RECORD: &str = "rcdb.json";
 
-fn check_or_write_record(out: &Path, rec: &serde_json::Value, writer: bool) -> Result<()> {
-    let path = out.join(RECORD);
-    match std::fs::read_to_string(&path) {
-        Ok(t) => {
-            let old: serde_json::Value = serde_json::from_str(&t).map_err(|e| {
-                Error::input(&path, Some(e.line()), format!("not an RCDB record: {e}"))
-            })?;
-            if &old != rec {
-                return Err(Error::input(
-                    &path,
-                    None,
-                    format!(
-                        "this RCDB folder was made with other settings ({}); nothing was written: use the \
-                         same flags, or another --save_root",
-                        crate::sink::wds::config_difference(&old, rec)
-                    ),
-                ));
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if writer {
-                fsutil::remove_stale_tmp_of(out, |n| n == RECORD);
-                let text = serde_json::to_string_pretty(rec).unwrap() + "\n";
-                fsutil::write_atomic(&path, text.as_bytes(), true)?;
-            }
-            Ok(())
-        }
-        Err(e) => Err(Error::io(&path, "cannot read", e)),
-    }
-}
-
 /// One job per (class, group of `group` instances): the instances still to draw, in stream order.
 struct FolderJobs<'a> {
     s: &'a Settings,
@@ -352,7 +320,13 @@ fn run_folder(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
         out,
         &format!("rcdb-rank-{:05}-of-{:05}", opts.rank.rank, opts.rank.world),
     )?;
-    check_or_write_record(out, &fingerprint(s, opts.png), opts.rank.rank == 0)?;
+    crate::sink::folder::check_or_write_settings(
+        &out.join(RECORD),
+        "RCDB folder",
+        "--save_root",
+        &fingerprint(s, opts.png),
+        opts.rank.rank == 0,
+    )?;
     fsutil::create_dir(&out.join("param"))?;
     fsutil::create_dir(&out.join("image"))?;
     fsutil::check_writable(out)?;

@@ -127,6 +127,48 @@ pub fn check_or_write_record(out: &Path, rec: &Record, writer: bool) -> Result<(
     fsutil::write_atomic(&out.join(RECORD), text.as_bytes(), true)
 }
 
+/// The settings record `path` of a folder dataset of another family (RCDB's `rcdb.json`,
+/// MV-FractalDB's `mvfdb.json`): written by the `writer` rank when absent; when present it must equal
+/// `rec`, else the run is refused, naming the settings that differ, before anything is written.
+pub fn check_or_write_settings(
+    path: &Path,
+    what: &str,
+    out_flag: &str,
+    rec: &serde_json::Value,
+    writer: bool,
+) -> Result<()> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => {
+            let old: serde_json::Value = serde_json::from_str(&t).map_err(|e| {
+                Error::input(path, Some(e.line()), format!("not a {what} record: {e}"))
+            })?;
+            if &old != rec {
+                return Err(Error::input(
+                    path,
+                    None,
+                    format!(
+                        "this {what} was made with other settings ({}); nothing was written: use the \
+                         same flags, or another {out_flag}",
+                        crate::sink::wds::config_difference(&old, rec)
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if writer {
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let dir = path.parent().unwrap_or(Path::new("."));
+                fsutil::remove_stale_tmp_of(dir, |n| n == name);
+                let text = serde_json::to_string_pretty(rec).unwrap() + "\n";
+                fsutil::write_atomic(path, text.as_bytes(), true)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(Error::io(path, "cannot read", e)),
+    }
+}
+
 /// A cheap structural check of a finished image (two small reads, no decoding): the PNG signature,
 /// an IHDR of the expected size, 8-bit depth and colour type, and the IEND chunk at the very end.
 /// Catches truncated, emptied and other-settings images; a file rewritten with valid PNG bytes of

@@ -734,6 +734,13 @@ pub fn config_difference(old: &serde_json::Value, new: &serde_json::Value) -> St
         .collect();
     if diff.is_empty() {
         "the sample count or shard size".into()
+    } else if a.get("version").is_none() && b.get("version").is_some() {
+        // Records of releases before the family's version key: the bytes may differ in ways no
+        // recorded setting shows.
+        format!(
+            "made by an older fractaldb, before this dataset's bytes had a version; {}",
+            diff.join("; ")
+        )
     } else {
         diff.join("; ")
     }
