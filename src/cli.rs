@@ -62,9 +62,9 @@ pub enum Command {
     /// layout): pixel-identical images, byte-identical parameter files.
     #[command(args_override_self = true)]
     Rcdb(RcdbArgs),
-    /// MV-FractalDB / ExFractalDB, so far its category search and 3D models (params/%06d.csv and
-    /// models/{class}/{class}_{row:04d}.ply, byte-identical to the original's); rendering the views
-    /// is not built yet.
+    /// MV-FractalDB / ExFractalDB: the category search, 3D models and views (params/%06d.csv and
+    /// models/{class}/{class}_{row:04d}.ply byte-identical to the original's, views pixel-identical),
+    /// as folders, WebDataset shards or served shards.
     #[command(args_override_self = true)]
     Mvfdb(MvfdbArgs),
     /// Serve shards over HTTP, rendered on demand: byte-identical to `render --format wds` with the

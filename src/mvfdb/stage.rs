@@ -288,7 +288,8 @@ impl GlStage<'_> {
                 Done::Flags(batch) => {
                     if data.iter().any(|&b| b != 0) {
                         return Err(Error::Other(format!(
-                            "GL: the device's fp64 models of batch {batch} differ from the CPU's                              (a NaN where the model pass found none); use --backend cpu"
+                            "GL: the device's fp64 models of batch {batch} differ from the CPU's \
+                             (a NaN where the model pass found none); use --backend cpu"
                         )));
                     }
                 }
