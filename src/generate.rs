@@ -292,6 +292,12 @@ fn run_folder(
 pub use crate::render::ENCODER;
 
 /// Everything that determines the shard bytes (`shards`), or a folder dataset's images.
+/// The version of FractalDB's bytes (its images; tar members with the order version). 1, and then
+/// not recorded, so that the records of releases before it still resume; a rule that changes the
+/// bytes bumps it, and from 2 on it is recorded (`tests/render.rs` pins a tiny dataset's digest
+/// beside it).
+pub const VERSION: u32 = 1;
+
 pub(crate) fn fingerprint(opts: &RenderOptions, plan: &Plan, shards: bool) -> serde_json::Value {
     let mut h = Sha256::new();
     for c in &plan.classes {
@@ -318,6 +324,10 @@ pub(crate) fn fingerprint(opts: &RenderOptions, plan: &Plan, shards: bool) -> se
         "prefix": opts.prefix,
     });
     let m = v.as_object_mut().unwrap();
+    #[allow(clippy::absurd_extreme_comparisons)]
+    if VERSION > 1 {
+        m.insert("version".into(), VERSION.into());
+    }
     // Selections and splits only when not the default, so default runs keep their fingerprint.
     if plan.rows.len() != plan.weights.len() {
         m.insert("weight_rows".into(), serde_json::json!(plan.rows));

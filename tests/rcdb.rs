@@ -340,3 +340,38 @@ fn served_shards_equal_written_shards() {
     assert!(String::from_utf8_lossy(&body).contains("RCDB"));
     stop_service(child);
 }
+
+/// The bytes of a tiny dataset (images and parameter files) pinned beside the version of RCDB's
+/// bytes: a rule that changes them cannot land without bumping `fractaldb::rcdb::run::VERSION` (so
+/// that resumes refuse the older output) and this digest.
+#[test]
+fn a_tiny_datasets_bytes_are_pinned_to_the_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("r");
+    run_ok(&mut rcdb(
+        &out,
+        &[
+            "--numof_classes",
+            "3",
+            "--numof_instances",
+            "4",
+            "--image_size",
+            "64",
+            "--numof_thread",
+            "2",
+            "--backend",
+            "cpu",
+        ],
+    ));
+    assert_eq!(
+        (
+            fractaldb::rcdb::run::VERSION,
+            tree_digest(&out, &["rcdb.json"])
+        ),
+        (
+            1,
+            "f2d4c551dccaa565aaa0e0c6997912c0a75500ecb2d270b20704f9db9c00f847".to_string()
+        ),
+        "RCDB's bytes changed: bump VERSION and pin the new digest"
+    );
+}

@@ -355,3 +355,40 @@ fn original_flag_names_are_accepted() {
         std::fs::read(reference().join("categories/00000.csv")).unwrap()
     );
 }
+
+/// The bytes of a tiny dataset (every draw mode, flips, one weight file) pinned beside the version of
+/// FractalDB's bytes: a rule that changes them cannot land without bumping
+/// `fractaldb::generate::VERSION` (so that resumes refuse the older output) and this digest.
+#[test]
+fn a_tiny_datasets_bytes_are_pinned_to_the_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00000", "00001"]);
+    let mut digests = vec![];
+    for mode in ["patch_gray", "patch_color", "point_gray", "point_color"] {
+        let out = tmp.path().join(mode);
+        run_ok(small(&mut bin(), &classes, &out).args([
+            "--draw-type",
+            mode,
+            "--weight-rows",
+            "0-2",
+            "--backend",
+            "cpu",
+        ]));
+        digests.push(tree_digest(&out, &["fractaldb-folder.json"]));
+    }
+    assert_eq!(
+        (fractaldb::generate::VERSION, digests),
+        (
+            1,
+            [
+                "03b8f7e8678fedc165db239e26713fa267cccb97eaa14e28655178858e49836c",
+                "8d1b1a68ff97f8bb753026c7d1f85f50aa61a6595154f32be985320e784a5cef",
+                "5810955a1e5427c35286ecc47334646f341c09932a85a6848ba11cbfefed2e60",
+                "e2df4c191b26c546484f0f9c9c2b293f96e0504b271c1daee260a54cd07da7a4",
+            ]
+            .map(String::from)
+            .to_vec()
+        ),
+        "FractalDB's bytes changed: bump VERSION and pin the new digest"
+    );
+}

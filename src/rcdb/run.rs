@@ -149,9 +149,25 @@ fn write_if_changed(path: &Path, text: &str) -> Result<()> {
     }
 }
 
+/// The version of RCDB's bytes (images and parameter files). 1, and then not recorded, so that the
+/// records of releases before it still resume; a rule that changes the bytes bumps it, and from 2 on
+/// it is recorded (`tests/rcdb.rs` pins a tiny dataset's digest beside it).
+pub const VERSION: u32 = 1;
+
 /// The settings that determine the images, recorded in `{save_root}/rcdb.json` and compared on
 /// every later run into the same folder.
 pub fn fingerprint(s: &Settings, png: PngConfig) -> serde_json::Value {
+    let mut v = fingerprint_v1(s, png);
+    #[allow(clippy::absurd_extreme_comparisons)]
+    if VERSION > 1 {
+        v.as_object_mut()
+            .unwrap()
+            .insert("version".into(), VERSION.into());
+    }
+    v
+}
+
+fn fingerprint_v1(s: &Settings, png: PngConfig) -> serde_json::Value {
     serde_json::json!({
         "kind": "rcdb-folder-v1",
         "image_size": s.image_size, "vertex_num": s.vertex_num,

@@ -305,3 +305,21 @@ pub fn assert_matches_golden(golden: &Path, out: &Path, dirs: &[&str]) {
         }
     }
 }
+
+/// SHA-256 (hex) over the files under `dir` (relative name, a NUL, the bytes; in name order),
+/// leaving out locks and settings records (names starting with `.`, or in `skip`): the dataset's
+/// bytes, which a family's guard test pins beside its version constant.
+pub fn tree_digest(dir: &Path, skip: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in files(dir) {
+        let name = p.to_str().unwrap().to_string();
+        if name.starts_with('.') || skip.contains(&name.as_str()) {
+            continue;
+        }
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(std::fs::read(dir.join(&p)).unwrap());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
