@@ -375,3 +375,79 @@ fn a_tiny_datasets_bytes_are_pinned_to_the_version() {
         "RCDB's bytes changed: bump VERSION and pin the new digest"
     );
 }
+
+/// The original's way: all `--numof_thread` processes started at once into one `--save_root` (each
+/// its `--thread_num`), and ranks started at once, succeed and give the one-run bytes; a second run
+/// of a slice that is running is refused.
+#[test]
+fn slices_and_ranks_started_together_succeed_and_a_slice_twice_does_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "--numof_classes",
+        "8",
+        "--numof_instances",
+        "2",
+        "--numof_thread",
+        "4",
+        "-j",
+        "1",
+    ];
+    let one = tmp.path().join("one");
+    run_ok(&mut rcdb(&one, &args));
+    for (name, splits) in [
+        (
+            "slices",
+            (0..4)
+                .map(|t| vec!["--thread_num".to_string(), t.to_string()])
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "ranks",
+            (0..3)
+                .map(|r| {
+                    ["--rank", &r.to_string(), "--world-size", "3"]
+                        .map(String::from)
+                        .to_vec()
+                })
+                .collect(),
+        ),
+    ] {
+        let out = tmp.path().join(name);
+        let children: Vec<_> = splits
+            .iter()
+            .map(|extra| {
+                rcdb(&out, &args)
+                    .args(extra)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let o = c.wait_with_output().unwrap();
+            assert!(
+                o.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        same_tree(&one, &out);
+    }
+    // A slice that is running holds its lock: this test process plays the running one.
+    let busy = tmp.path().join("busy");
+    std::fs::create_dir_all(&busy).unwrap();
+    let held = std::fs::File::create(
+        busy.join(".fractaldb-rcdb-thread-00002-of-00004-rank-00000-of-00001.lock"),
+    )
+    .unwrap();
+    held.try_lock().unwrap();
+    let o = output_bounded(rcdb(&busy, &args).args(["--thread_num", "2"]));
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("another fractaldb run"),
+        "{o:?}"
+    );
+    // Another slice is not held up by it.
+    run_ok(rcdb(&busy, &args).args(["--thread_num", "1"]));
+}

@@ -332,9 +332,18 @@ fn run_folder(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
     let mine = rank_classes(all.clone(), opts.rank.rank, opts.rank.world);
     let out = &opts.out;
     fsutil::create_dir(out)?;
+    // The slice of work that must not run twice: the original starts its --numof_thread processes
+    // at once into one --save_root, each with its --thread_num; ranks split further.
+    let slice = match opts.thread_num {
+        Some(t) => format!("thread-{t:05}-of-{:05}-", s.processes),
+        None => String::new(),
+    };
     let _lock = fsutil::OutputLock::acquire(
         out,
-        &format!("rcdb-rank-{:05}-of-{:05}", opts.rank.rank, opts.rank.world),
+        &format!(
+            "rcdb-{slice}rank-{:05}-of-{:05}",
+            opts.rank.rank, opts.rank.world
+        ),
     )?;
     crate::sink::folder::check_or_write_settings(
         &out.join(RECORD),

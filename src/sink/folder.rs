@@ -137,6 +137,16 @@ pub fn check_or_write_settings(
     rec: &serde_json::Value,
     writer: bool,
 ) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    // Runs started together (ranks, RCDB's --thread_num slices) may each write the record: a short
+    // lock around reading and writing it (where the filesystem has no flock, none).
+    let _record_lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".fractaldb-record.lock"))
+        .ok()
+        .filter(|f| f.lock().is_ok());
     match std::fs::read_to_string(path) {
         Ok(t) => {
             let old: serde_json::Value = serde_json::from_str(&t).map_err(|e| {
@@ -158,7 +168,6 @@ pub fn check_or_write_settings(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if writer {
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                let dir = path.parent().unwrap_or(Path::new("."));
                 fsutil::remove_stale_tmp_of(dir, |n| n == name);
                 let text = serde_json::to_string_pretty(rec).unwrap() + "\n";
                 fsutil::write_atomic(path, text.as_bytes(), true)?;
