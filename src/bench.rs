@@ -4,8 +4,9 @@
 
 use crate::cluster::Rank;
 use crate::error::{Error, Result};
-use crate::generate::{self, RenderOptions, Summary};
+use crate::generate::{self, RenderOptions};
 use crate::ifs::Cloud;
+use crate::pipeline::Summary;
 use crate::pipeline::Threads;
 use crate::progress;
 use crate::render::{DrawMode, MaskRng, PngConfig, RenderConfig};
@@ -158,7 +159,7 @@ fn cpu_name() -> String {
 
 pub fn run(a: &BenchArgs) -> Result<()> {
     if a.png_candidates {
-        return crate::cli::write_stdout(&png_candidates(a)?);
+        return crate::fsutil::write_stdout(&png_candidates(a)?);
     }
     let report = measure(a)?;
     if let Some(p) = &a.plot {
@@ -170,9 +171,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         let mut json =
             serde_json::to_string_pretty(&report).map_err(|e| Error::Other(e.to_string()))?;
         json.push('\n');
-        crate::cli::write_stdout(&json)
+        crate::fsutil::write_stdout(&json)
     } else {
-        crate::cli::write_stdout(&table(&report))
+        crate::fsutil::write_stdout(&table(&report))
     }
 }
 

@@ -852,15 +852,6 @@ fn gl_choice(gpu: Option<i64>, egl_device: Option<usize>, rank: &cluster::Rank) 
     }
 }
 
-/// Writes to stdout, a write error (a closed pipe, a full disk) being an error, not a panic.
-pub fn write_stdout(text: &str) -> Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|_| out.flush())
-        .map_err(|e| Error::io("<stdout>", "cannot write", e))
-}
-
 pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Command::Search(a) => {
@@ -1283,7 +1274,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 };
                 let _ = writeln!(text, "  extensions  {}", d.extensions);
             }
-            write_stdout(&text)
+            crate::fsutil::write_stdout(&text)
         }
     }
 }

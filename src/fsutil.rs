@@ -179,3 +179,12 @@ impl Drop for OutputLock {
         let _ = fs::remove_file(&self.path);
     }
 }
+
+/// Writes to stdout, a write error (a closed pipe, a full disk) being an error, not a panic.
+pub fn write_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| Error::io("<stdout>", "cannot write", e))
+}

@@ -2,14 +2,16 @@
 
 use crate::cluster::Rank;
 use crate::error::{Error, Result};
-use crate::pipeline::{self, Abort, Context, InOrder, IndexedJobs, Job, Stats, Target, Threads};
+use crate::pipeline::{
+    self, Abort, Context, InOrder, IndexedJobs, Job, Stats, Summary, Target, Threads,
+};
 use crate::plan::{self, Layout, Plan};
 use crate::progress::{self, Reporter};
 use crate::render::{Backend, FractalStages, PngConfig, RenderConfig};
 use crate::rng::NumpyRandom;
 use crate::sink::Format;
 use crate::sink::folder::{self, FolderSink};
-use crate::sink::wds::{self, WdsOptions, WdsSink};
+use crate::sink::wds::{self, WdsJobs, WdsOptions, WdsSink};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,52 +44,6 @@ pub struct RenderOptions {
     pub backend: Backend,
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct Summary {
-    pub images: u64,
-    pub skipped: u64,
-    pub shards: u64,
-    pub bytes: u64,
-    pub seconds: f64,
-    pub clouds: u64,
-    /// Thread-seconds spent per stage (summed over the threads of that stage).
-    pub chaos_s: f64,
-    pub raster_s: f64,
-    pub encode_s: f64,
-    pub write_s: f64,
-    /// GL only: seconds of device-to-host copies, and their bytes.
-    pub readback_s: f64,
-    pub readback_bytes: u64,
-    /// CPU-seconds of the process during the run (filled in by the benchmark).
-    pub cpu_s: f64,
-    /// Bytes of the PNGs encoded (the files' size without tar headers).
-    pub png_bytes: u64,
-}
-
-impl Summary {
-    /// Takes the run's counters: images, clouds, stage seconds (added to any already counted, e.g.
-    /// a replay before the pipeline), readback, and the PNG bytes when no sink counted bytes.
-    pub fn add_stats(&mut self, stats: &Stats) {
-        let secs = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64 / 1e9;
-        self.images = stats.images.load(Ordering::Relaxed);
-        self.clouds = stats.render.clouds.load(Ordering::Relaxed);
-        self.chaos_s += secs(&stats.render.chaos_ns);
-        self.raster_s = secs(&stats.render.raster_ns);
-        self.encode_s = secs(&stats.encode_ns);
-        self.write_s = secs(&stats.write_ns);
-        self.readback_s = secs(&stats.render.readback_ns);
-        self.readback_bytes = stats.render.readback_bytes.load(Ordering::Relaxed);
-        self.png_bytes = stats.png_bytes.load(Ordering::Relaxed);
-        if self.bytes == 0 {
-            self.bytes = self.png_bytes;
-        }
-    }
-
-    pub fn images_per_second(&self) -> f64 {
-        self.images as f64 / self.seconds.max(1e-9)
-    }
-}
-
 /// The shared chaos-game sequence: `np.random.seed(100); np.random.random(iterations)`.
 pub fn chaos_sequence(iterations: usize) -> Vec<f64> {
     NumpyRandom::seed(100).random_vec(iterations)
@@ -103,36 +59,6 @@ pub fn load_plan(opts: &RenderOptions) -> Result<Plan> {
     let mut plan = Plan::new(classes, &opts.weights, opts.cfg.instances(opts.instances))?;
     plan.select(opts.weight_rows.as_deref(), opts.flips.as_deref())?;
     Ok(plan)
-}
-
-/// The job of cloud `q` of the shard order: its images in shards `keep` accepts, with `Target.shard`
-/// as `shard_key` makes it (the service folds the epoch into it).
-pub(crate) fn cloud_job(
-    layout: &Layout,
-    q: u64,
-    keep: impl Fn(u64) -> bool,
-    shard_key: impl Fn(u64) -> u64,
-) -> Job {
-    let (class, row) = layout.cloud(q);
-    pipeline::job_of(
-        class,
-        row,
-        layout
-            .place_cloud(q)
-            .into_iter()
-            .filter(|p| keep(p.shard))
-            .map(|p| {
-                (
-                    p.sample.instance,
-                    p.sample.flip,
-                    Target {
-                        sample: p.sample,
-                        pos: p.pos,
-                        shard: shard_key(p.shard),
-                    },
-                )
-            }),
-    )
 }
 
 pub fn run(opts: &RenderOptions) -> Result<Summary> {
@@ -344,43 +270,6 @@ pub(crate) fn fingerprint(opts: &RenderOptions, plan: &Plan, shards: bool) -> se
         m.insert("format".into(), "fractaldb-folder-v1".into());
     }
     v
-}
-
-/// Shard output: this rank's blocks, one job per cloud of each block, in the layout's cloud order
-/// (the order each shard lists its samples in), images only for shards still to write. Any family
-/// whose units are the layout's clouds uses it (RCDB: a cloud is a group of a class's instances).
-pub(crate) struct WdsJobs<'a> {
-    layout: &'a Layout,
-    todo: &'a wds::Todo,
-    /// Jobs before each block of `todo.blocks`, and the total after the last.
-    starts: Vec<u64>,
-}
-
-impl<'a> WdsJobs<'a> {
-    pub(crate) fn new(layout: &'a Layout, todo: &'a wds::Todo) -> Self {
-        let mut starts = vec![0u64];
-        for &g in &todo.blocks {
-            let c = layout.block_clouds(g);
-            starts.push(starts.last().unwrap() + (c.end - c.start));
-        }
-        WdsJobs {
-            layout,
-            todo,
-            starts,
-        }
-    }
-}
-
-impl IndexedJobs for WdsJobs<'_> {
-    fn count(&self) -> u64 {
-        *self.starts.last().unwrap()
-    }
-    fn job(&self, i: u64) -> Job {
-        let b = self.starts.partition_point(|&s| s <= i) - 1;
-        let g = self.todo.blocks[b];
-        let q = self.layout.block_clouds(g).start + (i - self.starts[b]);
-        cloud_job(self.layout, q, |s| self.todo.shards.contains(&s), |s| s)
-    }
 }
 
 fn run_wds(

@@ -365,3 +365,50 @@ fn encode_worker(
     }
     Ok(())
 }
+
+/// What a run did: its counts, times and bytes (every family's commands and the benchmark).
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub images: u64,
+    pub skipped: u64,
+    pub shards: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub clouds: u64,
+    /// Thread-seconds spent per stage (summed over the threads of that stage).
+    pub chaos_s: f64,
+    pub raster_s: f64,
+    pub encode_s: f64,
+    pub write_s: f64,
+    /// GL only: seconds of device-to-host copies, and their bytes.
+    pub readback_s: f64,
+    pub readback_bytes: u64,
+    /// CPU-seconds of the process during the run (filled in by the benchmark).
+    pub cpu_s: f64,
+    /// Bytes of the PNGs encoded (the files' size without tar headers).
+    pub png_bytes: u64,
+}
+
+impl Summary {
+    /// Takes the run's counters: images, clouds, stage seconds (added to any already counted, e.g.
+    /// a replay before the pipeline), readback, and the PNG bytes when no sink counted bytes.
+    pub fn add_stats(&mut self, stats: &Stats) {
+        let secs = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64 / 1e9;
+        self.images = stats.images.load(Ordering::Relaxed);
+        self.clouds = stats.render.clouds.load(Ordering::Relaxed);
+        self.chaos_s += secs(&stats.render.chaos_ns);
+        self.raster_s = secs(&stats.render.raster_ns);
+        self.encode_s = secs(&stats.encode_ns);
+        self.write_s = secs(&stats.write_ns);
+        self.readback_s = secs(&stats.render.readback_ns);
+        self.readback_bytes = stats.render.readback_bytes.load(Ordering::Relaxed);
+        self.png_bytes = stats.png_bytes.load(Ordering::Relaxed);
+        if self.bytes == 0 {
+            self.bytes = self.png_bytes;
+        }
+    }
+
+    pub fn images_per_second(&self) -> f64 {
+        self.images as f64 / self.seconds.max(1e-9)
+    }
+}

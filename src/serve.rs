@@ -122,7 +122,7 @@ enum Family {
     },
     Rcdb {
         settings: crate::rcdb::Settings,
-        starts: crate::rcdb::stage::ClassStarts,
+        starts: crate::rcdb::unit::ClassStarts,
         group: u32,
         backend: crate::rcdb::stage::RcdbBackend,
     },
@@ -324,7 +324,7 @@ impl ServeJobs<'_> {
                     .enumerate()
                     .map(|(k, cloud)| {
                         // The epoch travels in the shard id.
-                        let mut job = generate::cloud_job(
+                        let mut job = crate::sink::wds::cloud_job(
                             &st.layout,
                             cloud,
                             |_| true,

@@ -86,7 +86,7 @@ pub(crate) fn spec(o: &MvfdbOptions, rows: &[u32], mults: &[[f64; 12]]) -> serde
     let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     serde_json::json!({
         "version": VERSION,
-        "encoder": crate::generate::ENCODER,
+        "encoder": crate::render::ENCODER,
         "classes": classes, "seed": seed, "variance": variance,
         "weight_rows": rows, "multipliers_sha256": digest,
         "model_seed": model_seed, "views": views, "random_views": random_views,
@@ -116,7 +116,7 @@ pub struct Summary {
     pub images: u64,
     pub kept: u64,
     /// The views' pipeline counters and times (for `bench`).
-    pub render: crate::generate::Summary,
+    pub render: crate::pipeline::Summary,
 }
 
 pub fn image_path(out: &Path, s: Sample) -> PathBuf {
@@ -692,7 +692,7 @@ fn run_wds(
         &Arc::new(AtomicU64::new(0)),
         Box::new(String::new),
     );
-    let jobs = crate::generate::WdsJobs::new(&layout, &todo);
+    let jobs = crate::sink::wds::WdsJobs::new(&layout, &todo);
     let t0 = std::time::Instant::now();
     pipeline::run(
         &ctx,

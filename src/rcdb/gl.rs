@@ -4,7 +4,7 @@
 //! each pixel keeping the largest segment index that covers it (Pillow's "later segments overwrite
 //! earlier ones"), and `glsl/rcdb_resolve.comp` turns the winners into grays, 4 pixels a word.
 
-use super::stage::{ClassStarts, walk_unit};
+use super::unit::{ClassStarts, walk_unit};
 use super::{Scratch, Settings, line, trace_instance};
 use crate::error::{Error, Result};
 use crate::render::gl::egl;

@@ -16,6 +16,7 @@ pub mod line;
 pub mod noise;
 pub mod run;
 pub mod stage;
+pub mod unit;
 
 use crate::error::{Error, Result};
 use crate::rng::PyRandom;

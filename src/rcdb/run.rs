@@ -5,12 +5,13 @@
 //! first class this run makes, so a class never needs the images before it: ranks and
 //! `--thread_num` take any classes, and a resume draws only what is missing.
 
-use super::stage::{ClassStarts, RcdbStages};
+use super::stage::RcdbStages;
+use super::unit::ClassStarts;
 use super::{Settings, param_csv};
 use crate::cluster::Rank;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::generate::Summary;
+use crate::pipeline::Summary;
 use crate::pipeline::{self, Abort, Context, InOrder, IndexedJobs, Job, Sink, Stats, Target};
 use crate::plan::Layout;
 use crate::plan::Sample;
@@ -186,7 +187,7 @@ pub(crate) fn shard_fingerprint(opts: &RcdbOptions, layout: &Layout) -> serde_js
     let m = v.as_object_mut().unwrap();
     m.insert("kind".into(), "rcdb-wds-v1".into());
     m.insert("order".into(), crate::plan::ORDER_VERSION.into());
-    m.insert("encoder".into(), crate::generate::ENCODER.into());
+    m.insert("encoder".into(), crate::render::ENCODER.into());
     m.insert("group".into(), layout.instances.into());
     m.insert("seed".into(), opts.seed.into());
     m.insert("prefix".into(), opts.prefix.clone().into());
@@ -479,7 +480,7 @@ fn run_wds(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
         &Arc::new(AtomicU64::new(0)),
         Box::new(move || format!("shards {}/{ntodo}", written.load(Ordering::Relaxed))),
     );
-    let jobs = crate::generate::WdsJobs::new(&layout, &todo);
+    let jobs = crate::sink::wds::WdsJobs::new(&layout, &todo);
     render(opts, &starts, group, &jobs, &sink, stats)?;
     drop(rep);
     let m = sink.complete(&todo, world)?;

@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::pipeline::{Sink, Target};
+use crate::pipeline::{IndexedJobs, Job, Sink, Target};
 use crate::plan::{Layout, Sample};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -866,4 +866,71 @@ pub fn finalize(out: &Path, prefix: &str) -> Result<std::result::Result<Manifest
     write_json(&mpath, &m)?;
     write_json(&wpath, &wids_index(prefix, &m.shards))?;
     Ok(Ok(m))
+}
+
+/// The job of cloud `q` of the shard order: its images in shards `keep` accepts, with `Target.shard`
+/// as `shard_key` makes it (the service folds the epoch into it).
+pub(crate) fn cloud_job(
+    layout: &Layout,
+    q: u64,
+    keep: impl Fn(u64) -> bool,
+    shard_key: impl Fn(u64) -> u64,
+) -> Job {
+    let (class, row) = layout.cloud(q);
+    crate::pipeline::job_of(
+        class,
+        row,
+        layout
+            .place_cloud(q)
+            .into_iter()
+            .filter(|p| keep(p.shard))
+            .map(|p| {
+                (
+                    p.sample.instance,
+                    p.sample.flip,
+                    Target {
+                        sample: p.sample,
+                        pos: p.pos,
+                        shard: shard_key(p.shard),
+                    },
+                )
+            }),
+    )
+}
+
+/// Shard output: this rank's blocks, one job per cloud of each block, in the layout's cloud order
+/// (the order each shard lists its samples in), images only for shards still to write. Any family
+/// whose units are the layout's clouds uses it (RCDB: a cloud is a group of a class's instances).
+pub(crate) struct WdsJobs<'a> {
+    layout: &'a Layout,
+    todo: &'a Todo,
+    /// Jobs before each block of `todo.blocks`, and the total after the last.
+    starts: Vec<u64>,
+}
+
+impl<'a> WdsJobs<'a> {
+    pub(crate) fn new(layout: &'a Layout, todo: &'a Todo) -> Self {
+        let mut starts = vec![0u64];
+        for &g in &todo.blocks {
+            let c = layout.block_clouds(g);
+            starts.push(starts.last().unwrap() + (c.end - c.start));
+        }
+        WdsJobs {
+            layout,
+            todo,
+            starts,
+        }
+    }
+}
+
+impl IndexedJobs for WdsJobs<'_> {
+    fn count(&self) -> u64 {
+        *self.starts.last().unwrap()
+    }
+    fn job(&self, i: u64) -> Job {
+        let b = self.starts.partition_point(|&s| s <= i) - 1;
+        let g = self.todo.blocks[b];
+        let q = self.layout.block_clouds(g).start + (i - self.starts[b]);
+        cloud_job(self.layout, q, |s| self.todo.shards.contains(&s), |s| s)
+    }
 }
