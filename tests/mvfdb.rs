@@ -366,17 +366,6 @@ fn served_shards_equal_written_shards() {
     );
 }
 
-/// Every file under `dir` with its bytes.
-fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    files(dir)
-        .into_iter()
-        .map(|p| {
-            let b = std::fs::read(dir.join(&p)).unwrap();
-            (p, b)
-        })
-        .collect()
-}
-
 /// `--resume` with any one setting changed, or the multipliers file edited in place, is refused
 /// with the setting's name, in folders and shards, and leaves every file as it was; the same
 /// settings resume. (It used to keep the old images: the MV-FractalDB record lacked point size,

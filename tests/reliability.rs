@@ -262,16 +262,6 @@ fn wds_render(classes: &Path, out: &Path) -> Command {
     c
 }
 
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    tree(dir)
-        .into_iter()
-        .map(|p| {
-            let b = std::fs::read(dir.join(&p)).unwrap();
-            (p, b)
-        })
-        .collect()
-}
-
 #[test]
 fn resume_with_other_settings_is_refused_before_touching_another_world_sizes_shards() {
     let tmp = tempfile::tempdir().unwrap();

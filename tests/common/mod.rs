@@ -323,3 +323,15 @@ pub fn tree_digest(dir: &Path, skip: &[&str]) -> String {
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Every file under `dir` (relative paths, sorted) with its bytes: to check that a refused run
+/// changed nothing.
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    files(dir)
+        .into_iter()
+        .map(|p| {
+            let b = std::fs::read(dir.join(&p)).unwrap();
+            (p, b)
+        })
+        .collect()
+}
