@@ -371,10 +371,7 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                             threads: opts.threads,
                             rank: opts.rank.clone(),
                             progress: progress::Mode::Quiet,
-                            backend: match &backend {
-                                Backend::Cpu => crate::mvfdb::stage::MvBackend::Cpu,
-                                Backend::Gl(d, _) => crate::mvfdb::stage::MvBackend::Gl(d.clone()),
-                            },
+                            backend: backend.clone(),
                         })?;
                         m.render
                     }
@@ -394,12 +391,7 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                         writers: opts.writers,
                         rank: opts.rank.clone(),
                         progress: progress::Mode::Quiet,
-                        backend: match &backend {
-                            Backend::Cpu => crate::rcdb::stage::RcdbBackend::Cpu,
-                            Backend::Gl(devices, _) => {
-                                crate::rcdb::stage::RcdbBackend::Gl(devices.clone())
-                            }
-                        },
+                        backend: backend.clone(),
                     })?,
                 };
                 s.cpu_s = process_cpu_seconds() - cpu0;

@@ -466,19 +466,7 @@ impl RcdbArgs {
         let threads = self.common.threads();
         let rank = self.ranks.resolve()?;
         let choice = gl_choice(self.gpu, self.egl_device, &rank);
-        use crate::rcdb::stage::RcdbBackend;
-        let backend = match self.backend {
-            BackendArg::Cpu => RcdbBackend::Cpu,
-            BackendArg::Gl => RcdbBackend::Gl(vec![choice]),
-            BackendArg::Auto if crate::render::gl::egl::hardware_usable(&[choice]) => {
-                RcdbBackend::Gl(vec![choice])
-            }
-            BackendArg::Auto => RcdbBackend::Cpu,
-        };
-        if let RcdbBackend::Gl(_) = backend {
-            // Fail before any output when libEGL is missing.
-            crate::render::gl::egl::load()?;
-        }
+        let backend = resolve_backend(self.backend, vec![choice], GlOptions::default(), true)?;
         Ok(crate::rcdb::run::RcdbOptions {
             settings,
             out: self.save_root.clone(),
@@ -660,6 +648,33 @@ pub enum BackendArg {
     Auto,
 }
 
+/// The engine of `--backend` for any family: `auto` takes the GL engine where a hardware EGL device
+/// is usable; a GL engine fails here, before any output, when libEGL is missing.
+fn resolve_backend(
+    arg: BackendArg,
+    devices: Vec<crate::render::gl::egl::Choice>,
+    gl: GlOptions,
+    quiet: bool,
+) -> Result<Backend> {
+    let backend = match arg {
+        BackendArg::Cpu => Backend::Cpu,
+        BackendArg::Gl => Backend::Gl(devices, gl),
+        BackendArg::Auto if crate::render::gl::egl::hardware_usable(&devices) => {
+            Backend::Gl(devices, gl)
+        }
+        BackendArg::Auto => {
+            if !quiet {
+                crate::say!("backend auto: no usable hardware EGL device, using the CPU engine");
+            }
+            Backend::Cpu
+        }
+    };
+    if let Backend::Gl(..) = backend {
+        crate::render::gl::egl::load()?;
+    }
+    Ok(backend)
+}
+
 fn parse_gpus(v: &str) -> std::result::Result<String, String> {
     if v == "all" || (!v.is_empty() && v.split(',').all(|x| x.trim().parse::<usize>().is_ok())) {
         Ok(v.to_string())
@@ -678,28 +693,13 @@ impl RenderArgs {
         }
     }
 
-    fn backend(&self, rank: &cluster::Rank) -> Backend {
+    fn backend(&self, rank: &cluster::Rank) -> Result<Backend> {
         let choice = gl_choice(self.gpu, self.egl_device, rank);
         let devices = match self.gpus.as_deref() {
             None => vec![choice],
             Some(list) => gpu_list(list),
         };
-        match self.backend {
-            BackendArg::Cpu => Backend::Cpu,
-            BackendArg::Gl => Backend::Gl(devices, self.gl_options()),
-            BackendArg::Auto => {
-                if crate::render::gl::egl::hardware_usable(&devices) {
-                    Backend::Gl(devices, self.gl_options())
-                } else {
-                    if !self.common.quiet {
-                        crate::say!(
-                            "backend auto: no usable hardware EGL device, using the CPU engine"
-                        );
-                    }
-                    Backend::Cpu
-                }
-            }
-        }
+        resolve_backend(self.backend, devices, self.gl_options(), self.common.quiet)
     }
 
     pub fn to_options(&self) -> Result<RenderOptions> {
@@ -786,11 +786,8 @@ impl RenderArgs {
             })
             .max(1);
         let rank = self.ranks.resolve()?;
-        let backend = self.backend(&rank);
-        if let Backend::Gl(..) = backend {
-            // Fail before any output when libEGL is missing; the context itself is made in the render thread.
-            crate::render::gl::egl::load()?;
-        }
+        // Fails before any output when libEGL is missing; the context is made in the render thread.
+        let backend = self.backend(&rank)?;
         Ok(RenderOptions {
             load_root: self.load_root.clone(),
             out: self.out.clone(),
@@ -1106,18 +1103,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Mvfdb(a) => {
             let rank = a.ranks.resolve()?;
             let choice = gl_choice(None, a.egl_device, &rank);
-            use crate::mvfdb::stage::MvBackend;
-            let backend = match a.backend {
-                BackendArg::Cpu => MvBackend::Cpu,
-                BackendArg::Gl => MvBackend::Gl(vec![choice]),
-                BackendArg::Auto if crate::render::gl::egl::hardware_usable(&[choice]) => {
-                    MvBackend::Gl(vec![choice])
-                }
-                BackendArg::Auto => MvBackend::Cpu,
-            };
-            if let MvBackend::Gl(_) = backend {
-                crate::render::gl::egl::load()?;
-            }
+            let backend = resolve_backend(a.backend, vec![choice], GlOptions::default(), true)?;
             let opts = crate::mvfdb::run::MvfdbOptions {
                 out: a.save_root.clone(),
                 classes: a.classes,

@@ -124,12 +124,9 @@ enum Family {
         settings: crate::rcdb::Settings,
         starts: crate::rcdb::unit::ClassStarts,
         group: u32,
-        backend: crate::rcdb::stage::RcdbBackend,
+        backend: crate::render::Backend,
     },
-    Mvfdb(
-        Box<crate::mvfdb::run::Prepared>,
-        crate::mvfdb::stage::MvBackend,
-    ),
+    Mvfdb(Box<crate::mvfdb::run::Prepared>, crate::render::Backend),
 }
 
 struct State {

@@ -41,7 +41,7 @@ pub struct MvfdbOptions {
     pub threads: pipeline::Threads,
     pub rank: crate::cluster::Rank,
     pub progress: crate::progress::Mode,
-    pub backend: super::stage::MvBackend,
+    pub backend: crate::render::Backend,
 }
 
 /// The version of MV-FractalDB's bytes, in every settings record and shard fingerprint: 2 since

@@ -9,7 +9,7 @@ use super::gl::{Done, ModelIn, MvGl};
 use super::view::{Mat4, draw_points, perspective, view_matrix};
 use super::{Map3, instance, weighted_maps};
 use crate::error::{Error, Result};
-use crate::render::{Canvas, Feed, Stage, StageStats, Stages, Unit};
+use crate::render::{Backend, Canvas, Feed, Stage, StageStats, Stages, Unit};
 use crate::rng::{NumpyRandom, PyRandom};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -35,14 +35,6 @@ pub struct RenderSettings {
     pub random: Option<u64>,
     /// The multiplier rows drawn, in order.
     pub mults: Vec<[f64; 12]>,
-}
-
-/// Which engine draws the views.
-#[derive(Clone, Debug)]
-pub enum MvBackend {
-    Cpu,
-    /// GL_POINTS through EGL, one stage per listed device.
-    Gl(Vec<crate::render::gl::egl::Choice>),
 }
 
 /// A valid model as a unit of shard work: its class, its position among the multiplier rows drawn,
@@ -71,21 +63,18 @@ pub struct MvStages<'a> {
     pub first: u32,
     /// `Some`: units are single models (shards), else whole classes (folders).
     pub units: Option<ModelUnits<'a>>,
-    pub backend: MvBackend,
+    pub backend: Backend,
     pub quiet: bool,
 }
 
 impl Stages for MvStages<'_> {
     fn workers(&self, threads: usize) -> usize {
-        match &self.backend {
-            MvBackend::Cpu => threads.max(1),
-            MvBackend::Gl(d) => d.len().max(1),
-        }
+        self.backend.workers(threads)
     }
     fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>> {
         match &self.backend {
-            MvBackend::Cpu => Ok(Box::new(CpuStage { s: self, stats })),
-            MvBackend::Gl(d) => {
+            Backend::Cpu => Ok(Box::new(CpuStage { s: self, stats })),
+            Backend::Gl(d, _) => {
                 let gl = MvGl::new(d.get(worker).copied().unwrap_or_default())?;
                 if !self.quiet {
                     let c = &gl.ctx;

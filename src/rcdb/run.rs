@@ -45,7 +45,7 @@ pub struct RcdbOptions {
     pub writers: usize,
     pub rank: Rank,
     pub progress: progress::Mode,
-    pub backend: super::stage::RcdbBackend,
+    pub backend: crate::render::Backend,
 }
 
 impl RcdbOptions {

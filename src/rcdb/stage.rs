@@ -6,17 +6,9 @@
 use super::unit::{ClassStarts, walk_unit};
 use super::{Scratch, Settings, draw_instance};
 use crate::error::Result;
-use crate::render::{Canvas, Feed, Stage, StageStats, Stages};
+use crate::render::{Backend, Canvas, Feed, Stage, StageStats, Stages};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
-
-/// Which engine draws RCDB images.
-#[derive(Clone, Debug)]
-pub enum RcdbBackend {
-    Cpu,
-    /// The GL engine: one stage per listed EGL device.
-    Gl(Vec<crate::render::gl::egl::Choice>),
-}
 
 /// RCDB's stages for the shared pipeline: one CPU stage per thread, or one GL stage per GPU.
 pub struct RcdbStages<'a> {
@@ -25,28 +17,25 @@ pub struct RcdbStages<'a> {
     /// Instances per row of a unit: instance `i` of row `r` is the class's instance `r * group + i`
     /// (shards: a row is a group of instances; folders: one row of all instances).
     pub group: u32,
-    pub backend: RcdbBackend,
+    pub backend: Backend,
     /// No device line.
     pub quiet: bool,
 }
 
 impl Stages for RcdbStages<'_> {
     fn workers(&self, threads: usize) -> usize {
-        match &self.backend {
-            RcdbBackend::Cpu => threads.max(1),
-            RcdbBackend::Gl(devices) => devices.len().max(1),
-        }
+        self.backend.workers(threads)
     }
     fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>> {
         Ok(match &self.backend {
-            RcdbBackend::Cpu => Box::new(CpuStage {
+            Backend::Cpu => Box::new(CpuStage {
                 settings: self.settings,
                 starts: self.starts,
                 group: self.group,
                 stats,
                 scratch: Scratch::default(),
             }),
-            RcdbBackend::Gl(devices) => {
+            Backend::Gl(devices, _) => {
                 let gl = super::gl::RcdbGl::new(devices.get(worker).copied().unwrap_or_default())?;
                 if !self.quiet {
                     let c = &gl.ctx;
