@@ -1,6 +1,7 @@
 //! The command line: parse -> validate -> config -> run. The original's flag names are aliases.
 
 use crate::cluster;
+use crate::dataset::Run;
 use crate::error::{Error, Result};
 use crate::generate::{self, RenderOptions};
 use crate::pipeline::Threads;
@@ -105,16 +106,18 @@ pub struct ServiceArgs {
 }
 
 impl ServiceArgs {
-    pub fn options(&self, dataset: crate::serve::Served) -> crate::serve::ServeOptions {
-        crate::serve::ServeOptions {
+    /// The service of `dataset`: its shards as `job` would write them.
+    pub fn serve(&self, dataset: Box<dyn crate::dataset::Dataset + Send>, job: Run) -> Result<()> {
+        crate::serve::run(crate::serve::ServeOptions {
             dataset,
+            job,
             listen: self.listen.clone(),
             public_url: self.public_url.clone(),
             cache_bytes: self.cache_bytes,
             prefetch: self.prefetch,
             max_clients: self.max_clients,
             drain: std::time::Duration::from_secs(self.drain_seconds),
-        }
+        })
     }
 }
 
@@ -1033,7 +1036,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 ));
             }
             opts.format = Format::Wds;
-            crate::serve::run(&a.service.options(crate::serve::Served::Rcdb(opts)))
+            let (ds, job) = opts.split()?;
+            a.service.serve(Box::new(ds), job)
         }
         Command::Rcdb(a) => {
             let opts = a.to_options()?;
@@ -1142,10 +1146,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 backend,
             };
             if a.serve {
-                let sh = opts.shards.clone().expect("set with --serve");
-                return crate::serve::run(
-                    &a.service.options(crate::serve::Served::Mvfdb(opts, sh)),
-                );
+                let Some((ds, job)) = opts.split()? else {
+                    return Err(Error::flag(
+                        "--views",
+                        "the service serves views: at least 1",
+                    ));
+                };
+                return a.service.serve(Box::new(ds), job);
             }
             let s = crate::mvfdb::run::run(&opts)?;
             if !a.common.quiet {
@@ -1230,7 +1237,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => {
             let mut render = a.render.to_options()?;
             render.format = Format::Wds;
-            crate::serve::run(&a.service.options(crate::serve::Served::Fractal(render)))
+            let (ds, job) = render.split()?;
+            a.service.serve(Box::new(ds), job)
         }
         Command::Devices => {
             use std::fmt::Write as _;

@@ -1,22 +1,19 @@
 //! `render`: the whole job from class CSVs to folders or shards, for this rank's part of the plan.
 
 use crate::cluster::Rank;
+use crate::dataset::{self, Dataset, Env, FolderUnit, FolderWork, Run, ShardSettings, ShardWork};
 use crate::error::{Error, Result};
-use crate::pipeline::{
-    self, Abort, Context, InOrder, IndexedJobs, Job, Stats, Summary, Target, Threads,
-};
+use crate::pipeline::{Summary, Threads};
 use crate::plan::{self, Layout, Plan};
-use crate::progress::{self, Reporter};
-use crate::render::{Backend, FractalStages, PngConfig, RenderConfig};
+use crate::progress;
+use crate::render::{Backend, FractalStages, ImageFormat, PngConfig, RenderConfig, Stages};
 use crate::rng::NumpyRandom;
 use crate::sink::Format;
-use crate::sink::folder::{self, FolderSink};
-use crate::sink::wds::{self, WdsJobs, WdsOptions, WdsSink};
+use crate::sink::folder;
+use crate::sink::wds::{FractalMeta, SampleMeta};
 use sha2::{Digest, Sha256};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 #[derive(Clone, Debug)]
 pub struct RenderOptions {
@@ -61,280 +58,312 @@ pub fn load_plan(opts: &RenderOptions) -> Result<Plan> {
     Ok(plan)
 }
 
+/// FractalDB as a dataset: the plan (classes, weights, the rows and flips selected), geometry and
+/// draw settings, PNG settings; the shared chaos-game sequence is computed once, here.
+pub struct Fractal {
+    pub plan: Plan,
+    pub cfg: RenderConfig,
+    pub png: PngConfig,
+    u: Vec<f64>,
+}
+
+impl RenderOptions {
+    /// What the bytes are ([`Fractal`]) and how this run goes ([`Run`]): every option goes to
+    /// exactly one side (an exhaustive destructuring: a new option does not compile until placed).
+    pub fn split(&self) -> Result<(Fractal, Run)> {
+        let RenderOptions {
+            load_root: _,
+            out,
+            weights: _,
+            cfg,
+            instances: _,
+            png,
+            format,
+            seed,
+            samples_per_shard,
+            prefix,
+            dali_index,
+            resume,
+            threads,
+            writers,
+            weight_rows: _,
+            flips: _,
+            rank,
+            progress,
+            backend,
+        } = self;
+        // load_root, weights, instances and the selections make the plan.
+        let plan = load_plan(self)?;
+        let ds = Fractal {
+            u: chaos_sequence(cfg.iterations),
+            plan,
+            cfg: cfg.clone(),
+            png: *png,
+        };
+        let job = Run {
+            out: out.clone(),
+            format: *format,
+            shards: ShardSettings {
+                per_shard: *samples_per_shard,
+                seed: *seed,
+                prefix: prefix.clone(),
+                dali_index: *dali_index,
+            },
+            resume: *resume,
+            threads: *threads,
+            writers: *writers,
+            rank: rank.clone(),
+            progress: *progress,
+            backend: backend.clone(),
+        };
+        Ok((ds, job))
+    }
+}
+
 pub fn run(opts: &RenderOptions) -> Result<Summary> {
-    let plan = load_plan(opts)?;
-    let u = chaos_sequence(opts.cfg.iterations);
-    let stages = FractalStages {
-        backend: opts.backend.clone(),
-        quiet: opts.progress == progress::Mode::Quiet,
-        plan: &plan,
-        cfg: &opts.cfg,
-        u: &u,
-    };
-    let ctx = Context {
-        stages: &stages,
-        image: stages.image(),
-        png: opts.png,
-    };
-    let stats = Arc::new(Stats::default());
-    let t0 = Instant::now();
-    let mut summary = match opts.format {
-        Format::Folder => run_folder(opts, &plan, &ctx, &stats)?,
-        Format::Wds => run_wds(opts, &plan, &ctx, &stats)?,
-    };
-    summary.seconds = t0.elapsed().as_secs_f64();
-    summary.add_stats(&stats);
-    Ok(summary)
-}
-
-/// The progress display: `kept` counts images that were already there (resume) against the total.
-fn reporter(
-    opts: &RenderOptions,
-    total: u64,
-    stats: &Arc<Stats>,
-    kept: &Arc<AtomicU64>,
-    extra: Box<dyn Fn() -> String + Send>,
-) -> Reporter {
-    progress::images(opts.progress, total, stats, kept, extra)
-}
-
-/// Folder output: this rank's classes, one job per (class, row), skipping images already there
-/// on `--resume`.
-struct FolderJobs<'a> {
-    plan: &'a Plan,
-    classes: Vec<u32>,
-    /// With `--resume`, the root to look for existing images in; kept images must be whole PNGs of
-    /// this (width, height, gray) geometry, the others are drawn again.
-    resume: Option<&'a std::path::Path>,
-    geometry: (u32, u32, bool),
-    kept: &'a AtomicU64,
-}
-
-impl IndexedJobs for FolderJobs<'_> {
-    fn count(&self) -> u64 {
-        self.classes.len() as u64 * self.plan.rows.len() as u64
-    }
-    fn job(&self, i: u64) -> Job {
-        let rows = self.plan.rows.len() as u64;
-        let class = self.classes[(i / rows) as usize];
-        let (w, h, gray) = self.geometry;
-        let row = self.plan.rows[(i % rows) as usize];
-        let per_cloud = self.plan.per_cloud();
-        let first = self.plan.id(plan::Sample {
-            class,
-            row,
-            instance: 0,
-            flip: self.plan.flips[0],
-        });
-        let plan = self.plan;
-        pipeline::job_of(
-            class,
-            row,
-            (first..first + per_cloud).filter_map(|id| {
-                let sample = plan.sample(id);
-                if let Some(root) = self.resume
-                    && folder::image_is_whole(&folder::image_path(root, plan, sample), w, h, gray)
-                {
-                    self.kept.fetch_add(1, Ordering::Relaxed);
-                    return None;
-                }
-                Some((
-                    sample.instance,
-                    sample.flip,
-                    Target {
-                        sample,
-                        pos: id,
-                        shard: 0,
-                    },
-                ))
-            }),
-        )
-    }
-}
-
-fn run_folder(
-    opts: &RenderOptions,
-    plan: &Plan,
-    ctx: &Context,
-    stats: &Arc<Stats>,
-) -> Result<Summary> {
-    let mine: Vec<u32> = (0..plan.classes.len() as u32)
-        .filter(|c| *c as u64 % opts.rank.world == opts.rank.rank)
-        .collect();
-    let record = folder::Record {
-        kind: "fractaldb-folder-v1".into(),
-        config: fingerprint(opts, plan, false),
-        classes: plan.classes.iter().map(|c| c.name.clone()).collect(),
-        rows: plan.rows.clone(),
-        flips: plan.flips.clone(),
-        instances: plan.instances,
-        width: opts.cfg.width,
-        height: opts.cfg.height,
-        gray: opts.png.gray,
-    };
-    crate::fsutil::create_dir(&opts.out)?;
-    let _lock = crate::fsutil::OutputLock::acquire(
-        &opts.out,
-        &format!(
-            "folder-rank-{:05}-of-{:05}",
-            opts.rank.rank, opts.rank.world
-        ),
-    )?;
-    let writer = opts.rank.rank == 0;
-    folder::check_or_write_record(&opts.out, &record, writer)?;
-    crate::sink::write_class_list(&opts.out, plan, writer)?;
-    let sink = FolderSink::new(&opts.out, plan, &mine, opts.writers)?;
-    let per_class = plan.rows.len() as u64 * plan.per_cloud();
-    let kept = Arc::new(AtomicU64::new(0));
-    let _rep = reporter(
-        opts,
-        per_class * mine.len() as u64,
-        stats,
-        &kept,
-        Box::new(String::new),
-    );
-    let jobs = FolderJobs {
-        plan,
-        classes: mine,
-        resume: opts.resume.then_some(opts.out.as_path()),
-        geometry: (opts.cfg.width, opts.cfg.height, opts.png.gray),
-        kept: &kept,
-    };
-    pipeline::run(
-        ctx,
-        &InOrder::new(&jobs),
-        &sink,
-        opts.threads,
-        stats,
-        &Abort::default(),
-    )?;
-    Ok(Summary {
-        skipped: kept.load(Ordering::Relaxed),
-        ..Summary::default()
-    })
+    let (ds, job) = opts.split()?;
+    dataset::run(&ds, &job)
 }
 
 /// The identity of the PNG encoder: the shard bytes depend on it.
 pub use crate::render::ENCODER;
 
-/// Everything that determines the shard bytes (`shards`), or a folder dataset's images.
 /// The version of FractalDB's bytes (its images; tar members with the order version). 1, and then
 /// not recorded, so that the records of releases before it still resume; a rule that changes the
 /// bytes bumps it, and from 2 on it is recorded (`tests/render.rs` pins a tiny dataset's digest
 /// beside it).
 pub const VERSION: u32 = 1;
 
-pub(crate) fn fingerprint(opts: &RenderOptions, plan: &Plan, shards: bool) -> serde_json::Value {
-    let mut h = Sha256::new();
-    for c in &plan.classes {
-        h.update(c.name.as_bytes());
-        h.update([0]);
-        h.update(c.ifs.to_csv().as_bytes());
-    }
-    let classes: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    let mut v = serde_json::json!({
-        "format": "fractaldb-wds-v1",
-        "order": plan::ORDER_VERSION,
-        "encoder": ENCODER,
-        "classes": plan.classes.len(),
-        "classes_sha256": classes,
-        "weights": plan.weights.iter().map(|r| r.to_vec()).collect::<Vec<_>>(),
-        "width": opts.cfg.width, "height": opts.cfg.height,
-        "pad_x": opts.cfg.pad_x, "pad_y": opts.cfg.pad_y,
-        "iterations": opts.cfg.iterations,
-        "draw_type": opts.cfg.mode.name(),
-        "masks": opts.cfg.masks.to_string(),
-        "instances": plan.instances,
-        "seed": opts.seed,
-        "png_level": opts.png.level, "png_gray": opts.png.gray,
-        "prefix": opts.prefix,
-    });
-    let m = v.as_object_mut().unwrap();
-    #[allow(clippy::absurd_extreme_comparisons)]
-    if VERSION > 1 {
-        m.insert("version".into(), VERSION.into());
-    }
-    // Selections and splits only when not the default, so default runs keep their fingerprint.
-    if plan.rows.len() != plan.weights.len() {
-        m.insert("weight_rows".into(), serde_json::json!(plan.rows));
-    }
-    if plan.flips.len() as u64 != plan::FLIPS {
-        m.insert("flips".into(), serde_json::json!(plan.flips));
-    }
-    if !shards {
-        // Folder images do not depend on the shard order, the seed's order part or the prefix.
-        let m = v.as_object_mut().unwrap();
-        for k in ["format", "order", "prefix", "seed"] {
-            m.remove(k);
+impl Fractal {
+    /// Everything that determines the shard bytes (`shards`: the order's seed and the prefix), or a
+    /// folder dataset's images: every field of the dataset, the classes and weights by content.
+    fn fingerprint(&self, shards: Option<&ShardSettings>) -> serde_json::Value {
+        let Fractal {
+            plan,
+            cfg,
+            png,
+            u: _,
+        } = self;
+        let RenderConfig {
+            width,
+            height,
+            pad_x,
+            pad_y,
+            iterations,
+            mode,
+            masks,
+        } = cfg;
+        let PngConfig { level, gray } = png;
+        let mut h = Sha256::new();
+        for c in &plan.classes {
+            h.update(c.name.as_bytes());
+            h.update([0]);
+            h.update(c.ifs.to_csv().as_bytes());
         }
-        m.insert("format".into(), "fractaldb-folder-v1".into());
+        let classes: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let mut v = serde_json::json!({
+            "format": "fractaldb-folder-v1",
+            "encoder": ENCODER,
+            "classes": plan.classes.len(),
+            "classes_sha256": classes,
+            "weights": plan.weights.iter().map(|r| r.to_vec()).collect::<Vec<_>>(),
+            "width": width, "height": height,
+            "pad_x": pad_x, "pad_y": pad_y,
+            "iterations": iterations,
+            "draw_type": mode.name(),
+            "masks": masks.to_string(),
+            "instances": plan.instances,
+            "png_level": level, "png_gray": gray,
+        });
+        let m = v.as_object_mut().unwrap();
+        #[allow(clippy::absurd_extreme_comparisons)]
+        if VERSION > 1 {
+            m.insert("version".into(), VERSION.into());
+        }
+        // Selections only when not the default, so default runs keep their fingerprint.
+        if plan.rows.len() != plan.weights.len() {
+            m.insert("weight_rows".into(), serde_json::json!(plan.rows));
+        }
+        if plan.flips.len() as u64 != plan::FLIPS {
+            m.insert("flips".into(), serde_json::json!(plan.flips));
+        }
+        if let Some(sh) = shards {
+            // Folder images do not depend on the shard order, the seed's order part or the prefix.
+            let ShardSettings {
+                per_shard: _,
+                seed,
+                prefix,
+                dali_index: _,
+            } = sh;
+            m.insert("format".into(), "fractaldb-wds-v1".into());
+            m.insert("order".into(), plan::ORDER_VERSION.into());
+            m.insert("seed".into(), (*seed).into());
+            m.insert("prefix".into(), prefix.clone().into());
+        }
+        v
     }
-    v
+
+    fn stages(&self, env: &Env) -> FractalStages<'_> {
+        FractalStages {
+            backend: env.backend.clone(),
+            quiet: env.quiet,
+            plan: &self.plan,
+            cfg: &self.cfg,
+            u: &self.u,
+        }
+    }
 }
 
-fn run_wds(
-    opts: &RenderOptions,
-    plan: &Plan,
-    ctx: &Context,
-    stats: &Arc<Stats>,
-) -> Result<Summary> {
-    if opts.samples_per_shard == 0 {
-        return Err(Error::flag("--samples-per-shard", "must be at least 1"));
+impl Dataset for Fractal {
+    fn kind(&self) -> &'static str {
+        "fractaldb"
     }
-    let layout = Layout::new(plan, opts.samples_per_shard, opts.seed);
-    let (rank, world) = (opts.rank.rank, opts.rank.world);
-    let (sink, todo) = WdsSink::open(
-        WdsOptions {
-            out: opts.out.clone(),
-            prefix: opts.prefix.clone(),
-            dali_index: opts.dali_index,
-            writers: opts.writers,
-            resume: opts.resume,
-            meta: Arc::new(wds::FractalMeta {
-                draw_type: opts.cfg.mode.name().to_string(),
-                masks: opts.cfg.masks.to_string(),
-            }),
-        },
-        plan.classes.iter().map(|c| c.name.clone()).collect(),
-        &layout,
-        fingerprint(opts, plan, true),
-        (rank, world),
-    )?;
-    crate::sink::write_class_list(&opts.out, plan, rank == 0)?;
-    let todo_images: u64 = todo
-        .shards
-        .iter()
-        .map(|&s| layout.shard_range(s).count() as u64)
-        .sum();
-    let ntodo = todo.shards.len();
-    let written = sink.written.clone();
-    // The total counts only what is left, so nothing kept is added to the count.
-    let none_kept = Arc::new(AtomicU64::new(0));
-    let _rep = reporter(
-        opts,
-        todo_images,
-        stats,
-        &none_kept,
-        Box::new(move || format!("shards {}/{ntodo}", written.load(Ordering::Relaxed))),
-    );
-    let jobs = WdsJobs::new(&layout, &todo);
-    pipeline::run(
-        ctx,
-        &InOrder::new(&jobs),
-        &sink,
-        opts.threads,
-        stats,
-        &Abort::default(),
-    )?;
-    drop(_rep);
-    let m = sink.complete(&todo, world)?;
-    let bytes = m.shards.iter().map(|e| e.filesize).sum();
-    Ok(Summary {
-        skipped: todo.kept,
-        shards: m.shards.len() as u64,
-        bytes,
-        ..Summary::default()
-    })
+    fn title(&self) -> &'static str {
+        "FractalDB"
+    }
+    fn class_names(&self) -> Vec<String> {
+        self.plan.classes.iter().map(|c| c.name.clone()).collect()
+    }
+    fn image(&self) -> ImageFormat {
+        ImageFormat {
+            width: self.cfg.width,
+            height: self.cfg.height,
+            palette: crate::render::palette(self.cfg.mode),
+        }
+    }
+    fn png(&self) -> PngConfig {
+        self.png
+    }
+    fn folder_fingerprint(&self) -> serde_json::Value {
+        self.fingerprint(None)
+    }
+    fn shard_fingerprint(&self, sh: &ShardSettings) -> serde_json::Value {
+        self.fingerprint(Some(sh))
+    }
+    /// FractalDB's record (`fractaldb-folder.json`) also lists what the folder holds, for
+    /// `finalize`; the class list (`classes.txt`) goes beside it.
+    fn check_folder_record(&self, out: &Path, writer: bool) -> Result<()> {
+        let plan = &self.plan;
+        let record = folder::Record {
+            kind: "fractaldb-folder-v1".into(),
+            config: self.fingerprint(None),
+            classes: self.class_names(),
+            rows: plan.rows.clone(),
+            flips: plan.flips.clone(),
+            instances: plan.instances,
+            width: self.cfg.width,
+            height: self.cfg.height,
+            gray: self.png.gray,
+        };
+        folder::check_or_write_record(out, &record, writer)?;
+        crate::sink::write_class_list(out, plan, writer)
+    }
+    fn epoch_refusal(&self, epoch: u64) -> Option<String> {
+        let cfg = &self.cfg;
+        if epoch == 0 {
+            None
+        } else if cfg.masks.for_epoch(epoch) == cfg.masks {
+            Some(
+                "epochs > 0 need counter masks and a patch draw type: --mask-rng python:S and \
+                 point draw types have no per-instance randomness"
+                    .into(),
+            )
+        } else if !cfg.mode.is_patch() {
+            Some(format!(
+                "draw type {} has no per-instance randomness: no epochs",
+                cfg.mode
+            ))
+        } else {
+            None
+        }
+    }
+    fn folder<'a>(&'a self, rank: &Rank, env: &Env) -> Result<Box<dyn FolderWork + 'a>> {
+        let classes = (0..self.plan.classes.len() as u32)
+            .filter(|c| *c as u64 % rank.world.max(1) == rank.rank)
+            .collect();
+        Ok(Box::new(FractalFolder {
+            ds: self,
+            classes,
+            env: env.clone(),
+        }))
+    }
+    fn shards<'a>(&'a self, sh: &ShardSettings, env: &Env) -> Result<Box<dyn ShardWork + 'a>> {
+        Ok(Box::new(FractalShards {
+            ds: self,
+            layout: Layout::new(&self.plan, sh.per_shard, sh.seed),
+            env: env.clone(),
+        }))
+    }
+}
+
+/// This rank's classes (class c goes to rank c mod world), one unit per (class, row).
+struct FractalFolder<'a> {
+    ds: &'a Fractal,
+    classes: Vec<u32>,
+    env: Env,
+}
+
+impl FolderWork for FractalFolder<'_> {
+    fn dirs(&self) -> Vec<PathBuf> {
+        let plan = &self.ds.plan;
+        let name = |c: &u32| PathBuf::from(&plan.classes[*c as usize].name);
+        self.classes.iter().map(name).collect()
+    }
+    fn units(&self) -> u64 {
+        self.classes.len() as u64 * self.ds.plan.rows.len() as u64
+    }
+    fn unit(&self, i: u64) -> FolderUnit {
+        let plan = &self.ds.plan;
+        let rows = plan.rows.len() as u64;
+        let class = self.classes[(i / rows) as usize];
+        let row = plan.rows[(i % rows) as usize];
+        let first = plan.id(plan::Sample {
+            class,
+            row,
+            instance: 0,
+            flip: plan.flips[0],
+        });
+        let images = (first..first + plan.per_cloud())
+            .map(|id| {
+                let s = plan.sample(id);
+                (s.instance, s.flip, s, id)
+            })
+            .collect();
+        FolderUnit { class, row, images }
+    }
+    fn path(&self, s: plan::Sample) -> PathBuf {
+        folder::image_stem(&self.ds.plan, s)
+    }
+    fn images(&self) -> u64 {
+        let plan = &self.ds.plan;
+        self.classes.len() as u64 * plan.rows.len() as u64 * plan.per_cloud()
+    }
+    fn stages(&self) -> Result<Box<dyn Stages + Send + '_>> {
+        Ok(Box::new(self.ds.stages(&self.env)))
+    }
+}
+
+/// The shards: order v2 over the plan's clouds.
+struct FractalShards<'a> {
+    ds: &'a Fractal,
+    layout: Layout,
+    env: Env,
+}
+
+impl ShardWork for FractalShards<'_> {
+    fn layout(&self) -> &Layout {
+        &self.layout
+    }
+    fn meta(&self, epoch: u64) -> Arc<dyn SampleMeta> {
+        let cfg = &self.ds.cfg;
+        Arc::new(FractalMeta {
+            draw_type: cfg.mode.name().to_string(),
+            masks: cfg.masks.for_epoch(epoch).to_string(),
+        })
+    }
+    fn stages(&self, _clouds: Option<&[u64]>) -> Result<Box<dyn Stages + Send + '_>> {
+        Ok(Box::new(self.ds.stages(&self.env)))
+    }
 }
 
 #[cfg(test)]

@@ -79,6 +79,7 @@ pub fn stop_signal() -> Option<i32> {
 pub mod bench;
 pub mod cli;
 pub mod cluster;
+pub mod dataset;
 pub mod error;
 pub mod fsutil;
 pub mod generate;

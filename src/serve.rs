@@ -7,10 +7,10 @@
 //! order, so a response starts before the shard is finished; finished shards stay in a bounded cache
 //! (least recently used first out, never one a response still reads).
 
+use crate::dataset::{Dataset, Run, ShardWork};
 use crate::error::{Error, Result};
-use crate::generate::{self, RenderOptions};
 use crate::pipeline::{self, Abort, Context, Job, Jobs, Sink, Stats, Target};
-use crate::plan::{Layout, Plan, Sample};
+use crate::plan::{Layout, Sample};
 use crate::sink::wds::{self, InOrderShard, SampleInfo, ShardWriter};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -21,22 +21,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// What is served: a FractalDB render's shards (`serve`) or an RCDB run's (`rcdb --serve`), the
-/// same bytes as the family's `--format wds` output.
-#[derive(Clone, Debug)]
-pub enum Served {
-    Fractal(RenderOptions),
-    Rcdb(crate::rcdb::run::RcdbOptions),
-    Mvfdb(
-        crate::mvfdb::run::MvfdbOptions,
-        crate::mvfdb::run::ShardOptions,
-    ),
-}
-
-/// The service's own settings (the dataset's flags come with [`Served`]).
-#[derive(Clone, Debug)]
+/// What the service serves: any dataset's shards, byte-identical to its `--format wds` output with
+/// the same settings (its shard settings, threads, writers and backend come with the run).
 pub struct ServeOptions {
-    pub dataset: Served,
+    pub dataset: Box<dyn Dataset + Send>,
+    pub job: Run,
     pub listen: String,
     pub public_url: Option<String>,
     pub cache_bytes: u64,
@@ -113,24 +102,11 @@ struct QueueInner {
     closed: bool,
 }
 
-/// A family's part of the service: what its render stages need, its epochs and its metadata.
-enum Family {
-    Fractal {
-        plan: Plan,
-        cfg: crate::render::RenderConfig,
-        backend: crate::render::Backend,
-    },
-    Rcdb {
-        settings: crate::rcdb::Settings,
-        starts: crate::rcdb::unit::ClassStarts,
-        group: u32,
-        backend: crate::render::Backend,
-    },
-    Mvfdb(Box<crate::mvfdb::run::Prepared>, crate::render::Backend),
-}
-
 struct State {
-    family: Family,
+    /// The dataset and its prepared shards: the service lives as long as the process, so both are
+    /// leaked on purpose and every request handler may read them.
+    dataset: &'static dyn Dataset,
+    work: &'static dyn ShardWork,
     layout: Layout,
     fingerprint: serde_json::Value,
     prefix: String,
@@ -213,52 +189,6 @@ impl State {
             total -= len;
         }
         total
-    }
-
-    /// The samples' metadata in epoch `epoch` (FractalDB: its instance key shows in `seed`).
-    fn sample_meta(&self, epoch: u64) -> Box<dyn wds::SampleMeta> {
-        match &self.family {
-            Family::Fractal { cfg, .. } => Box::new(wds::FractalMeta {
-                draw_type: cfg.mode.name().to_string(),
-                masks: cfg.masks.for_epoch(epoch).to_string(),
-            }),
-            Family::Rcdb {
-                settings, group, ..
-            } => Box::new(crate::rcdb::run::RcdbMeta {
-                group: *group,
-                per_process: settings.per_process(),
-            }),
-            Family::Mvfdb(p, _) => p.meta(),
-        }
-    }
-
-    /// Why epoch `epoch` cannot be served, if it cannot.
-    fn epoch_refusal(&self, epoch: u64) -> Option<String> {
-        if epoch == 0 {
-            return None;
-        }
-        match &self.family {
-            Family::Fractal { cfg, .. } if cfg.masks.for_epoch(epoch) == cfg.masks => Some(
-                "epochs > 0 need counter masks and a patch draw type: --mask-rng python:S and \
-                 point draw types have no per-instance randomness"
-                    .into(),
-            ),
-            Family::Fractal { cfg, .. } if !cfg.mode.is_patch() => Some(format!(
-                "draw type {} has no per-instance randomness: no epochs",
-                cfg.mode
-            )),
-            Family::Fractal { .. } => None,
-            Family::Rcdb { .. } => Some(
-                "RCDB has no instance key: its images come from the original's fixed streams, so every \
-                 epoch would hold the same images; use epoch 0"
-                    .into(),
-            ),
-            Family::Mvfdb(..) => Some(
-                "MV-FractalDB's views come from fixed streams (or fixed random views): every epoch \
-                 would hold the same images; use epoch 0"
-                    .into(),
-            ),
-        }
     }
 
     fn etag(&self, epoch: u64, shard: u64) -> String {
@@ -364,7 +294,7 @@ impl Sink for ServeSink<'_> {
             writer: None,
         });
         w.order.push(shard, t.pos, (t.sample, png))?;
-        let meta = st.sample_meta(epoch);
+        let meta = st.work.meta(epoch);
         let info = SampleInfo {
             classes: &st.class_names,
             layout: &st.layout,
@@ -635,7 +565,7 @@ async fn handle(st: Arc<State>, req: Request<Body>) -> Response<Body> {
             }))
         }
         Target2::Shard { epoch, shard } => {
-            if let Some(why) = st.epoch_refusal(epoch) {
+            if let Some(why) = st.dataset.epoch_refusal(epoch) {
                 return text(StatusCode::BAD_REQUEST, why);
             }
             let permit = match st.clients.clone().try_acquire_owned() {
@@ -769,15 +699,13 @@ fn serve_render(
 }
 
 /// Runs the service until SIGTERM/SIGINT.
-pub fn run(opts: &ServeOptions) -> Result<()> {
-    let (prefix, per_shard) = match &opts.dataset {
-        Served::Fractal(ro) => (&ro.prefix, ro.samples_per_shard),
-        Served::Rcdb(o) => (&o.prefix, o.samples_per_shard),
-        Served::Mvfdb(_, sh) => (&sh.prefix, sh.samples_per_shard),
-    };
-    if per_shard == 0 {
+pub fn run(opts: ServeOptions) -> Result<()> {
+    let job = &opts.job;
+    let sh = &job.shards;
+    if sh.per_shard == 0 {
         return Err(Error::flag("--samples-per-shard", "must be at least 1"));
     }
+    let prefix = &sh.prefix;
     wds::check_prefix(prefix)?;
     if prefix.contains('%') {
         return Err(Error::flag(
@@ -785,71 +713,22 @@ pub fn run(opts: &ServeOptions) -> Result<()> {
             "must not contain '%' (it goes into URLs)",
         ));
     }
-    // The dataset: its layout, names, fingerprint and what its render stages need.
-    let (family, layout, class_names, fingerprint, threads, png, writers, quiet) = match &opts
-        .dataset
-    {
-        Served::Fractal(ro) => {
-            let plan = generate::load_plan(ro)?;
-            let layout = Layout::new(&plan, ro.samples_per_shard, ro.seed);
-            let names = plan.classes.iter().map(|c| c.name.clone()).collect();
-            let fp = generate::fingerprint(ro, &plan, true);
-            let family = Family::Fractal {
-                plan,
-                cfg: ro.cfg.clone(),
-                backend: ro.backend.clone(),
-            };
-            let quiet = ro.progress == crate::progress::Mode::Quiet;
-            (
-                family, layout, names, fp, ro.threads, ro.png, ro.writers, quiet,
-            )
-        }
-        Served::Rcdb(o) => {
-            let s = &o.settings;
-            s.validate()?;
-            let (layout, group) = crate::rcdb::run::shard_layout(o);
-            let names = crate::rcdb::run::class_names(s);
-            let fp = crate::rcdb::run::shard_fingerprint(o, &layout);
-            let t0 = Instant::now();
-            let all: Vec<u32> = (0..s.made_classes()).collect();
-            let starts = crate::rcdb::run::class_starts(s, &all, o.threads.render, &|_, _| Ok(()))?;
-            let quiet = o.progress == crate::progress::Mode::Quiet;
-            if !quiet {
-                crate::say!(
-                    "serve: the {} processes' streams replayed to every class start in {:.1}s",
-                    s.processes,
-                    t0.elapsed().as_secs_f64()
-                );
-            }
-            let family = Family::Rcdb {
-                settings: s.clone(),
-                starts,
-                group,
-                backend: o.backend.clone(),
-            };
-            (
-                family, layout, names, fp, o.threads, o.png, o.writers, quiet,
-            )
-        }
-        Served::Mvfdb(o, sh) => {
-            let t0 = Instant::now();
-            let p = crate::mvfdb::run::prepare_service(o, sh)?;
-            let quiet = o.progress == crate::progress::Mode::Quiet;
-            if !quiet {
-                crate::say!(
-                    "serve: {} classes searched and {} models computed in {:.1}s",
-                    p.names.len(),
-                    p.models.len(),
-                    t0.elapsed().as_secs_f64()
-                );
-            }
-            let (layout, names, fp) = (p.layout.clone(), p.names.clone(), p.fingerprint.clone());
-            let family = Family::Mvfdb(Box::new(p), o.backend.clone());
-            (
-                family, layout, names, fp, o.threads, o.png, sh.writers, quiet,
-            )
-        }
-    };
+    // The dataset, prepared once for every shard (nothing written); see `State::dataset`.
+    let t0 = Instant::now();
+    let dataset: &'static dyn Dataset = Box::leak(opts.dataset);
+    let work: &'static dyn ShardWork = Box::leak(dataset.shards(sh, &job.env(false))?);
+    let stages = work.stages(None)?;
+    let quiet = job.progress == crate::progress::Mode::Quiet;
+    if !quiet {
+        crate::say!(
+            "serve: {} prepared in {:.1}s",
+            dataset.title(),
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    let layout = work.layout().clone();
+    let fingerprint = dataset.shard_fingerprint(sh);
+    let class_names = dataset.class_names();
     let listener = std::net::TcpListener::bind(&opts.listen)
         .map_err(|e| Error::io(&opts.listen, "cannot listen", e))?;
     listener
@@ -875,7 +754,8 @@ pub fn run(opts: &ServeOptions) -> Result<()> {
         metrics: Metrics::default(),
         started: Instant::now(),
         clients: Arc::new(tokio::sync::Semaphore::new(opts.max_clients.max(1))),
-        family,
+        dataset,
+        work,
         layout,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -898,48 +778,10 @@ pub fn run(opts: &ServeOptions) -> Result<()> {
     let render = {
         let st = st.clone();
         let failed = render_failed.clone();
-        std::thread::spawn(move || match &st.family {
-            Family::Fractal { plan, cfg, backend } => {
-                let u = generate::chaos_sequence(cfg.iterations);
-                let f = crate::render::FractalStages {
-                    backend: backend.clone(),
-                    quiet,
-                    plan,
-                    cfg,
-                    u: &u,
-                };
-                serve_render(&st, &f, f.image(), threads, png, writers, &failed)
-            }
-            Family::Mvfdb(p, backend) => {
-                let m = crate::mvfdb::stage::MvStages {
-                    settings: &p.settings,
-                    starts: &p.class_starts,
-                    first: 0,
-                    units: Some(crate::mvfdb::stage::ModelUnits {
-                        models: &p.models,
-                        checkpoints: &p.checkpoints,
-                    }),
-                    backend: backend.clone(),
-                    quiet,
-                };
-                serve_render(&st, &m, p.image_format(), threads, png, writers, &failed)
-            }
-            Family::Rcdb {
-                settings,
-                starts,
-                group,
-                backend,
-            } => {
-                let r = crate::rcdb::stage::RcdbStages {
-                    settings,
-                    starts,
-                    group: *group,
-                    backend: backend.clone(),
-                    quiet,
-                };
-                let image = crate::rcdb::image_format(settings);
-                serve_render(&st, &r, image, threads, png, writers, &failed)
-            }
+        let (threads, writers) = (job.threads, job.writers);
+        std::thread::spawn(move || {
+            let (image, png) = (st.dataset.image(), st.dataset.png());
+            serve_render(&st, &*stages, image, threads, png, writers, &failed)
         })
     };
     let drain = opts.drain;

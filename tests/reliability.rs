@@ -633,7 +633,7 @@ fn without_flock_a_lock_file_names_its_owner_and_a_dead_owner_is_cleared() {
     let classes = class_dir(tmp.path(), &["00020"]);
     let out = tmp.path().join("o");
     std::fs::create_dir_all(&out).unwrap();
-    let owner = out.join(".fractaldb-folder-rank-00000-of-00001.lock.owner");
+    let owner = out.join(".fractaldb-fractaldb-rank-00000-of-00001.lock.owner");
     std::fs::write(&owner, "gpu-node-17 pid 4242").unwrap();
     let e = run_err(render(&classes, &out).env("FRACTALDB_LOCK", "file"));
     assert!(

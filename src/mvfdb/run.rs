@@ -4,14 +4,17 @@
 
 use super::stage::{ClassStart, ModelRef, MvStages, RenderSettings};
 use super::{Map3, instance, params_csv, ply, read_multipliers, search};
+use crate::cluster::Rank;
+use crate::dataset::{Dataset, Env, FolderUnit, FolderWork, Run, ShardSettings, ShardWork};
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::pipeline::{self, Abort, Context, InOrder, IndexedJobs, Job, Stats, Target};
-use crate::plan::Sample;
-use crate::render::PngConfig;
+use crate::plan::{Layout, Sample};
+use crate::render::{ImageFormat, PngConfig, Stages};
 use crate::rng::{NumpyRandom, PyRandom};
+use crate::sink::Format;
+use crate::sink::wds::SampleMeta;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug)]
@@ -38,7 +41,7 @@ pub struct MvfdbOptions {
     pub point_size: u32,
     pub png: PngConfig,
     pub resume: bool,
-    pub threads: pipeline::Threads,
+    pub threads: crate::pipeline::Threads,
     pub rank: crate::cluster::Rank,
     pub progress: crate::progress::Mode,
     pub backend: crate::render::Backend,
@@ -95,7 +98,7 @@ pub(crate) fn spec(o: &MvfdbOptions, rows: &[u32], mults: &[[f64; 12]]) -> serde
     })
 }
 
-/// A folder dataset's settings record (`{save_root}/mvfdb.json`).
+/// A folder dataset's settings record (`{save_root}/mvfdb.json`: `{kind}.json`).
 pub const RECORD: &str = "mvfdb.json";
 
 /// Shard settings of `mvfdb --format wds`.
@@ -119,11 +122,12 @@ pub struct Summary {
     pub render: crate::pipeline::Summary,
 }
 
-pub fn image_path(out: &Path, s: Sample) -> PathBuf {
+/// A view's file, relative to the output, without its extension.
+pub fn image_stem(s: Sample) -> PathBuf {
     let c = format!("{:06}", s.class);
-    out.join("images")
+    Path::new("images")
         .join(&c)
-        .join(format!("{c}_{:05}_{:03}.png", s.row, s.instance))
+        .join(format!("{c}_{:05}_{:03}", s.row, s.instance))
 }
 
 /// What the search and the model pass leave for the views.
@@ -302,117 +306,6 @@ fn render_settings(o: &MvfdbOptions, f: &Front) -> RenderSettings {
     }
 }
 
-pub fn run(o: &MvfdbOptions) -> Result<Summary> {
-    validate(o)?;
-    // Bad multipliers or rows are refused before the output directory exists.
-    let weights = load_weights(o)?;
-    fsutil::create_dir(&o.out)?;
-    // Ranks run at once into one --save_root: the lock is this rank's (two runs of one rank are not).
-    let _lock = fsutil::OutputLock::acquire(
-        &o.out,
-        &format!(
-            "mvfdb-run-rank-{:05}-of-{:05}",
-            o.rank.rank,
-            o.rank.world.max(1)
-        ),
-    )?;
-    if o.shards.is_none()
-        && o.views > 0
-        && let Some((rows, mults)) = &weights
-    {
-        // A folder dataset made with other settings is refused before anything is written.
-        crate::sink::folder::check_or_write_settings(
-            &o.out.join(RECORD),
-            "MV-FractalDB folder",
-            "--save_root",
-            &spec(o, rows, mults),
-            o.rank.rank == 0,
-        )?;
-    }
-    let f = front(o, true, weights)?;
-    let mut s = Summary {
-        classes: f.s.classes,
-        models: f.s.models,
-        skipped: f.s.skipped,
-        ..Summary::default()
-    };
-    if o.views == 0 || o.weights.is_none() {
-        return Ok(s);
-    }
-    let found_len = f.maps.len();
-    let valid = &f.valid;
-    let checkpoints = &f.checkpoints;
-    let rows = &f.rows;
-    // 3. The views: one draw per view of every valid model, in class, file and view order.
-    let counts: Vec<u32> = valid
-        .iter()
-        .map(|v| v.iter().filter(|x| **x).count() as u32)
-        .collect();
-    let world = o.rank.world.max(1);
-    let n = found_len as u64;
-    // Folders: a contiguous stretch of classes per rank; shards: every class (blocks mix them).
-    let mine = if o.shards.is_some() {
-        0..found_len as u32
-    } else {
-        (n * o.rank.rank / world) as u32..(n * (o.rank.rank + 1) / world) as u32
-    };
-    let class_starts = class_starts(o, &f, mine.clone());
-    let settings = render_settings(o, &f);
-    if let Some(sh) = &o.shards {
-        return run_wds(o, sh, s, valid, checkpoints, &class_starts, &settings, rows);
-    }
-    let stages = MvStages {
-        settings: &settings,
-        starts: &class_starts,
-        first: mine.start,
-        units: None,
-        backend: o.backend.clone(),
-        quiet: o.progress == crate::progress::Mode::Quiet,
-    };
-    let ctx = Context {
-        stages: &stages,
-        image: image_format(o.size),
-        png: o.png,
-    };
-    for c in mine.clone() {
-        let dir = o.out.join("images").join(format!("{c:06}"));
-        fsutil::create_dir(&dir)?;
-        fsutil::remove_stale_tmp(&dir);
-    }
-    let kept = Arc::new(AtomicU64::new(0));
-    let stats = Arc::new(Stats::default());
-    let total: u64 = mine
-        .clone()
-        .map(|c| counts[c as usize] as u64 * o.views as u64)
-        .sum();
-    let rep = crate::progress::images(o.progress, total, &stats, &kept, Box::new(String::new));
-    let jobs = ViewJobs {
-        o,
-        classes: mine,
-        counts: &counts,
-        kept: &kept,
-    };
-    let sink = crate::sink::folder::FileSink {
-        writers: 2,
-        path: |smp: Sample| image_path(&o.out, smp),
-    };
-    let t0 = std::time::Instant::now();
-    pipeline::run(
-        &ctx,
-        &InOrder::new(&jobs),
-        &sink,
-        o.threads,
-        &stats,
-        &Abort::default(),
-    )?;
-    drop(rep);
-    s.render.seconds = t0.elapsed().as_secs_f64();
-    s.render.add_stats(&stats);
-    s.images = stats.images.load(Ordering::Relaxed);
-    s.kept = kept.load(Ordering::Relaxed);
-    Ok(s)
-}
-
 /// One class's models: which are valid, and their PLY files with `--write-models`.
 fn model_class(
     o: &MvfdbOptions,
@@ -446,55 +339,6 @@ fn model_class(
     Ok((valid, checkpoints))
 }
 
-/// One job per class: its images still to draw (instance `i * views + k`).
-struct ViewJobs<'a> {
-    o: &'a MvfdbOptions,
-    classes: std::ops::Range<u32>,
-    counts: &'a [u32],
-    kept: &'a AtomicU64,
-}
-
-impl IndexedJobs for ViewJobs<'_> {
-    fn count(&self) -> u64 {
-        (self.classes.end - self.classes.start) as u64
-    }
-    fn job(&self, j: u64) -> Job {
-        let c = self.classes.start + j as u32;
-        let v = self.o.views;
-        let images = (0..self.counts[c as usize]).flat_map(|i| (0..v).map(move |k| (i, k)));
-        let images = images.filter_map(|(i, k)| {
-            let sample = Sample {
-                class: c,
-                row: i,
-                instance: k,
-                flip: 1,
-            };
-            if self.o.resume
-                && crate::sink::folder::image_is_whole(
-                    &image_path(&self.o.out, sample),
-                    self.o.size,
-                    self.o.size,
-                    false,
-                )
-            {
-                self.kept.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-            let pos = (c as u64) << 32 | (i * v + k) as u64;
-            Some((
-                i * v + k,
-                1u8,
-                Target {
-                    sample,
-                    pos,
-                    shard: 0,
-                },
-            ))
-        });
-        pipeline::job_of(c, 0, images)
-    }
-}
-
 /// Canvases hold 0 or 255; the PNGs are RGB.
 fn image_format(size: u32) -> crate::render::ImageFormat {
     crate::render::ImageFormat::gray(size, size)
@@ -506,7 +350,7 @@ struct MvMeta {
     rows: Arc<Vec<u32>>,
 }
 
-impl crate::sink::wds::SampleMeta for MvMeta {
+impl SampleMeta for MvMeta {
     fn json(&self, class: &str, s: Sample, id: u64) -> serde_json::Result<Vec<u8>> {
         let m = self.models[s.class as usize];
         serde_json::to_vec(&serde_json::json!({
@@ -524,20 +368,8 @@ impl crate::sink::wds::SampleMeta for MvMeta {
     }
 }
 
-/// The shard plan of a run: the valid models (the layout's "classes"), the layout, the class names
-/// and the settings fingerprint.
-fn shard_plan(
-    o: &MvfdbOptions,
-    sh: &ShardOptions,
-    valid: &[Vec<bool>],
-    rows: &[u32],
-    mults: &[[f64; 12]],
-) -> (
-    Vec<ModelRef>,
-    crate::plan::Layout,
-    Vec<String>,
-    serde_json::Value,
-) {
+/// The valid models of every class, in class and file order: the shard layout's "classes".
+fn model_refs(valid: &[Vec<bool>]) -> Vec<ModelRef> {
     let mut models = Vec::new();
     for (c, v) in valid.iter().enumerate() {
         let mut file = 0;
@@ -552,161 +384,278 @@ fn shard_plan(
             }
         }
     }
-    let layout = crate::plan::Layout::with_shape(
-        models.len() as u64,
-        vec![0],
-        o.views,
-        vec![1],
-        sh.samples_per_shard,
-        sh.seed,
-    );
-    let names: Vec<String> = (0..valid.len()).map(|c| format!("{c:06}")).collect();
-    let mut fingerprint = spec(o, rows, mults);
-    let ShardOptions {
-        samples_per_shard: _,
-        prefix,
-        seed,
-        dali_index: _,
-        writers: _,
-    } = sh;
-    let m = fingerprint.as_object_mut().expect("an object");
-    m.insert("kind".into(), "mvfdb-wds-v1".into());
-    m.insert("order".into(), crate::plan::ORDER_VERSION.into());
-    m.insert("shard_seed".into(), (*seed).into());
-    m.insert("prefix".into(), prefix.clone().into());
-    (models, layout, names, fingerprint)
+    models
 }
 
-/// Everything `mvfdb --serve` keeps for its life: the models, their views' streams, the layout.
-pub struct Prepared {
-    pub settings: RenderSettings,
-    pub class_starts: Vec<ClassStart>,
-    pub models: Arc<Vec<ModelRef>>,
-    pub checkpoints: Vec<Vec<NumpyRandom>>,
-    pub rows: Arc<Vec<u32>>,
-    pub layout: crate::plan::Layout,
-    pub names: Vec<String>,
-    pub fingerprint: serde_json::Value,
-    pub size: u32,
+/// MV-FractalDB as a dataset: its options (the run's own fields are not read), the multiplier rows
+/// drawn, and what its last preparation found (for the command's summary).
+pub struct Mvfdb {
+    o: MvfdbOptions,
+    rows: Vec<u32>,
+    mults: Vec<[f64; 12]>,
+    found: Mutex<Summary>,
 }
 
-impl Prepared {
-    pub fn meta(&self) -> Box<dyn crate::sink::wds::SampleMeta> {
-        Box::new(MvMeta {
-            models: self.models.clone(),
-            rows: self.rows.clone(),
-        })
-    }
-    pub fn image_format(&self) -> crate::render::ImageFormat {
-        image_format(self.size)
+impl MvfdbOptions {
+    /// What the bytes are ([`Mvfdb`]) and how this run goes ([`Run`]), with the weights read and
+    /// every setting checked; `None` when there are no views to make (the search alone).
+    pub fn split(&self) -> Result<Option<(Mvfdb, Run)>> {
+        validate(self)?;
+        let Some((rows, mults)) = load_weights(self)? else {
+            return Ok(None);
+        };
+        if self.views == 0 {
+            return Ok(None);
+        }
+        let sh = self.shards.clone();
+        let job = Run {
+            out: self.out.clone(),
+            format: if sh.is_some() {
+                Format::Wds
+            } else {
+                Format::Folder
+            },
+            shards: sh.as_ref().map_or(
+                ShardSettings {
+                    per_shard: 1,
+                    seed: 0,
+                    prefix: String::new(),
+                    dali_index: false,
+                },
+                |sh| ShardSettings {
+                    per_shard: sh.samples_per_shard,
+                    seed: sh.seed,
+                    prefix: sh.prefix.clone(),
+                    dali_index: sh.dali_index,
+                },
+            ),
+            resume: self.resume,
+            threads: self.threads,
+            writers: sh.map_or(2, |sh| sh.writers),
+            rank: self.rank.clone(),
+            progress: self.progress,
+            backend: self.backend.clone(),
+        };
+        let ds = Mvfdb {
+            o: self.clone(),
+            rows,
+            mults,
+            found: Mutex::default(),
+        };
+        Ok(Some((ds, job)))
     }
 }
 
-/// The search and the models in memory (nothing written), and the shard plan, for the service.
-pub fn prepare_service(o: &MvfdbOptions, sh: &ShardOptions) -> Result<Prepared> {
-    validate(o)?;
-    if o.views == 0 {
-        return Err(Error::flag(
-            "--views",
-            "the service serves views: at least 1",
-        ));
-    }
-    let f = front(o, false, load_weights(o)?)?;
-    let (models, layout, names, fingerprint) = shard_plan(o, sh, &f.valid, &f.rows, &f.mults);
-    Ok(Prepared {
-        settings: render_settings(o, &f),
-        class_starts: class_starts(o, &f, 0..f.maps.len() as u32),
-        models: Arc::new(models),
-        rows: Arc::new(f.rows.clone()),
-        checkpoints: f.checkpoints,
-        layout,
-        names,
-        fingerprint,
-        size: o.size,
+pub fn run(o: &MvfdbOptions) -> Result<Summary> {
+    let Some((ds, job)) = o.split()? else {
+        // The search alone (and the models with --write-models).
+        fsutil::create_dir(&o.out)?;
+        let lock = format!(
+            "mvfdb-rank-{:05}-of-{:05}",
+            o.rank.rank,
+            o.rank.world.max(1)
+        );
+        let _lock = fsutil::OutputLock::acquire(&o.out, &lock)?;
+        return Ok(front(o, true, load_weights(o)?)?.s);
+    };
+    let render = crate::dataset::run(&ds, &job)?;
+    let found = std::mem::take(&mut *ds.found.lock().unwrap());
+    Ok(Summary {
+        images: render.images,
+        kept: render.skipped,
+        render,
+        ..found
     })
 }
 
-/// `--format wds`: one layout "class" per valid model (its views the images), so shards mix models
-/// of every class; each unit replays its class's model stream from the nearest checkpoint.
-#[allow(clippy::too_many_arguments)]
-fn run_wds(
-    o: &MvfdbOptions,
-    sh: &ShardOptions,
-    mut s: Summary,
-    valid: &[Vec<bool>],
-    checkpoints: &[Vec<NumpyRandom>],
-    class_starts: &[ClassStart],
-    settings: &RenderSettings,
-    rows: &[u32],
-) -> Result<Summary> {
-    use crate::sink::wds::{WdsOptions, WdsSink};
-    if sh.samples_per_shard == 0 {
-        return Err(Error::flag("--samples-per-shard", "must be at least 1"));
+impl Mvfdb {
+    /// The search and the model pass (side files into `env.out`), remembered for the summary.
+    fn front(&self, env: &Env) -> Result<Front> {
+        let w = (self.rows.clone(), self.mults.clone());
+        let f = front(&self.o, env.out.is_some(), Some(w))?;
+        *self.found.lock().unwrap() = Summary {
+            classes: f.s.classes,
+            models: f.s.models,
+            skipped: f.s.skipped,
+            ..Summary::default()
+        };
+        Ok(f)
     }
-    let (models, layout, names, fingerprint) = shard_plan(o, sh, valid, rows, &settings.mults);
-    let (rank, world) = (o.rank.rank, o.rank.world.max(1));
-    let (sink, todo) = WdsSink::open(
-        WdsOptions {
-            out: o.out.clone(),
-            prefix: sh.prefix.clone(),
-            dali_index: sh.dali_index,
-            writers: sh.writers,
-            resume: o.resume,
-            meta: Arc::new(MvMeta {
-                models: Arc::new(models.clone()),
-                rows: Arc::new(rows.to_vec()),
+}
+
+impl Dataset for Mvfdb {
+    fn kind(&self) -> &'static str {
+        "mvfdb"
+    }
+    fn title(&self) -> &'static str {
+        "MV-FractalDB"
+    }
+    fn class_names(&self) -> Vec<String> {
+        (0..self.o.classes).map(|c| format!("{c:06}")).collect()
+    }
+    fn image(&self) -> ImageFormat {
+        image_format(self.o.size)
+    }
+    fn png(&self) -> PngConfig {
+        self.o.png
+    }
+    fn folder_fingerprint(&self) -> serde_json::Value {
+        spec(&self.o, &self.rows, &self.mults)
+    }
+    fn shard_fingerprint(&self, sh: &ShardSettings) -> serde_json::Value {
+        let ShardSettings {
+            per_shard: _,
+            seed,
+            prefix,
+            dali_index: _,
+        } = sh;
+        let mut v = spec(&self.o, &self.rows, &self.mults);
+        let m = v.as_object_mut().expect("an object");
+        m.insert("kind".into(), "mvfdb-wds-v1".into());
+        m.insert("order".into(), crate::plan::ORDER_VERSION.into());
+        m.insert("shard_seed".into(), (*seed).into());
+        m.insert("prefix".into(), prefix.clone().into());
+        v
+    }
+    fn epoch_refusal(&self, epoch: u64) -> Option<String> {
+        (epoch != 0).then(|| {
+            "MV-FractalDB's views come from fixed streams (or fixed random views): every epoch \
+             would hold the same images; use epoch 0"
+                .into()
+        })
+    }
+    /// A contiguous stretch of classes per rank, one unit per class.
+    fn folder<'a>(&'a self, rank: &Rank, env: &Env) -> Result<Box<dyn FolderWork + 'a>> {
+        let f = self.front(env)?;
+        let n = f.maps.len() as u64;
+        let world = rank.world.max(1);
+        let classes = (n * rank.rank / world) as u32..(n * (rank.rank + 1) / world) as u32;
+        let counts = f
+            .valid
+            .iter()
+            .map(|v| v.iter().filter(|x| **x).count() as u32)
+            .collect();
+        let stages = MvStages {
+            settings: render_settings(&self.o, &f),
+            starts: class_starts(&self.o, &f, classes.clone()),
+            first: classes.start,
+            units: None,
+            backend: env.backend.clone(),
+            quiet: env.quiet,
+        };
+        Ok(Box::new(MvFolder {
+            views: self.o.views,
+            classes,
+            counts,
+            stages,
+        }))
+    }
+    /// One layout "class" per valid model (its views the images), so shards mix models of every
+    /// class; each unit replays its class's model stream from the nearest checkpoint.
+    fn shards<'a>(&'a self, sh: &ShardSettings, env: &Env) -> Result<Box<dyn ShardWork + 'a>> {
+        let f = self.front(env)?;
+        let models = Arc::new(model_refs(&f.valid));
+        let layout = Layout::with_shape(
+            models.len() as u64,
+            vec![0],
+            self.o.views,
+            vec![1],
+            sh.per_shard,
+            sh.seed,
+        );
+        let stages = MvStages {
+            settings: render_settings(&self.o, &f),
+            starts: class_starts(&self.o, &f, 0..f.maps.len() as u32),
+            first: 0,
+            units: None,
+            backend: env.backend.clone(),
+            quiet: env.quiet,
+        };
+        let stages = MvStages {
+            units: Some(super::stage::ModelUnits {
+                models: models.clone(),
+                checkpoints: f.checkpoints,
             }),
-        },
-        names.clone(),
-        &layout,
-        fingerprint,
-        (rank, world),
-    )?;
-    crate::sink::write_names(&o.out, &names, rank == 0)?;
-    let stages = MvStages {
-        settings,
-        starts: class_starts,
-        first: 0,
-        units: Some(super::stage::ModelUnits {
-            models: &models,
-            checkpoints,
-        }),
-        backend: o.backend.clone(),
-        quiet: o.progress == crate::progress::Mode::Quiet,
-    };
-    let ctx = Context {
-        stages: &stages,
-        image: image_format(o.size),
-        png: o.png,
-    };
-    let stats = Arc::new(Stats::default());
-    let todo_images: u64 = todo
-        .shards
-        .iter()
-        .map(|&x| layout.shard_range(x).count() as u64)
-        .sum();
-    let rep = crate::progress::images(
-        o.progress,
-        todo_images,
-        &stats,
-        &Arc::new(AtomicU64::new(0)),
-        Box::new(String::new),
-    );
-    let jobs = crate::sink::wds::WdsJobs::new(&layout, &todo);
-    let t0 = std::time::Instant::now();
-    pipeline::run(
-        &ctx,
-        &InOrder::new(&jobs),
-        &sink,
-        o.threads,
-        &stats,
-        &Abort::default(),
-    )?;
-    drop(rep);
-    s.render.seconds = t0.elapsed().as_secs_f64();
-    s.render.add_stats(&stats);
-    s.images = stats.images.load(Ordering::Relaxed);
-    s.kept = todo.kept;
-    sink.complete(&todo, world)?;
-    Ok(s)
+            ..stages
+        };
+        Ok(Box::new(MvShards {
+            layout,
+            meta: Arc::new(MvMeta {
+                models,
+                rows: Arc::new(f.rows),
+            }),
+            stages,
+        }))
+    }
+}
+
+/// This rank's classes: a unit each, its images the views of its valid models.
+struct MvFolder {
+    views: u32,
+    classes: std::ops::Range<u32>,
+    /// Valid models per class (all classes).
+    counts: Vec<u32>,
+    stages: MvStages,
+}
+
+impl FolderWork for MvFolder {
+    fn dirs(&self) -> Vec<PathBuf> {
+        let dir = |c| Path::new("images").join(format!("{c:06}"));
+        self.classes.clone().map(dir).collect()
+    }
+    fn units(&self) -> u64 {
+        (self.classes.end - self.classes.start) as u64
+    }
+    /// Instance `i * views + k` of the class's unit is view k of its model file i.
+    fn unit(&self, j: u64) -> FolderUnit {
+        let c = self.classes.start + j as u32;
+        let v = self.views;
+        let images = (0..self.counts[c as usize])
+            .flat_map(|i| (0..v).map(move |k| (i, k)))
+            .map(|(i, k)| {
+                let sample = Sample {
+                    class: c,
+                    row: i,
+                    instance: k,
+                    flip: 1,
+                };
+                let pos = (c as u64) << 32 | (i * v + k) as u64;
+                (i * v + k, 1u8, sample, pos)
+            })
+            .collect();
+        FolderUnit {
+            class: c,
+            row: 0,
+            images,
+        }
+    }
+    fn path(&self, s: Sample) -> PathBuf {
+        image_stem(s)
+    }
+    fn images(&self) -> u64 {
+        let n = |c: u32| self.counts[c as usize] as u64 * self.views as u64;
+        self.classes.clone().map(n).sum()
+    }
+    fn stages(&self) -> Result<Box<dyn Stages + Send + '_>> {
+        Ok(Box::new(&self.stages))
+    }
+}
+
+/// The shards: the layout over valid models, their metadata and stages.
+pub struct MvShards {
+    layout: Layout,
+    meta: Arc<MvMeta>,
+    stages: MvStages,
+}
+
+impl ShardWork for MvShards {
+    fn layout(&self) -> &Layout {
+        &self.layout
+    }
+    fn meta(&self, _epoch: u64) -> Arc<dyn SampleMeta> {
+        self.meta.clone()
+    }
+    fn stages(&self, _clouds: Option<&[u64]>) -> Result<Box<dyn Stages + Send + '_>> {
+        Ok(Box::new(&self.stages))
+    }
 }

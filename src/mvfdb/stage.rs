@@ -51,23 +51,23 @@ pub const CHECKPOINT: u32 = 16;
 
 /// Shard units: one per valid model (the layout's "classes"), with the model stream's checkpoints
 /// per class (`checkpoints[c][r / CHECKPOINT]`: the stream before row position r's draws).
-pub struct ModelUnits<'a> {
-    pub models: &'a [ModelRef],
-    pub checkpoints: &'a [Vec<NumpyRandom>],
+pub struct ModelUnits {
+    pub models: std::sync::Arc<Vec<ModelRef>>,
+    pub checkpoints: Vec<Vec<NumpyRandom>>,
 }
 
-pub struct MvStages<'a> {
-    pub settings: &'a RenderSettings,
-    pub starts: &'a [ClassStart],
+pub struct MvStages {
+    pub settings: RenderSettings,
+    pub starts: Vec<ClassStart>,
     /// The first class of `starts`.
     pub first: u32,
     /// `Some`: units are single models (shards), else whole classes (folders).
-    pub units: Option<ModelUnits<'a>>,
+    pub units: Option<ModelUnits>,
     pub backend: Backend,
     pub quiet: bool,
 }
 
-impl Stages for MvStages<'_> {
+impl Stages for MvStages {
     fn workers(&self, threads: usize) -> usize {
         self.backend.workers(threads)
     }
@@ -103,11 +103,11 @@ struct Visit<'a> {
     views: Vec<(u32, usize, f64)>,
 }
 
-impl MvStages<'_> {
+impl MvStages {
     /// The models of `unit` with a wanted view, in order, each with its draws (the stream replayed
     /// from the class's start or the nearest checkpoint; models without a wanted view skip theirs).
     fn visits(&self, unit: &Unit) -> Result<Vec<Visit<'_>>> {
-        let st = self.settings;
+        let st = &self.settings;
         let pi = std::f64::consts::PI;
         let mut out = Vec::new();
         if let Some(mu) = &self.units {
@@ -207,7 +207,7 @@ fn invalid_model(v: &Visit) -> Error {
 
 /// The CPU twin of the original's draw: a model at a time, its views one by one.
 struct CpuStage<'a> {
-    s: &'a MvStages<'a>,
+    s: &'a MvStages,
     stats: &'a StageStats,
 }
 
@@ -253,7 +253,7 @@ const GL_BATCH: usize = 160;
 /// The GL engine's stage: each claim's models computed on the device in batches, each model's views
 /// drawn in one instanced draw, canvases handed on as their readbacks finish.
 struct GlStage<'a> {
-    s: &'a MvStages<'a>,
+    s: &'a MvStages,
     stats: &'a StageStats,
     gl: MvGl<(u64, usize)>,
 }

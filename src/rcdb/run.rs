@@ -9,21 +9,19 @@ use super::stage::RcdbStages;
 use super::unit::ClassStarts;
 use super::{Settings, param_csv};
 use crate::cluster::Rank;
+use crate::dataset::{self, Dataset, Env, FolderUnit, FolderWork, Run, ShardSettings, ShardWork};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::pipeline::Summary;
-use crate::pipeline::{self, Abort, Context, InOrder, IndexedJobs, Job, Sink, Stats, Target};
-use crate::plan::Layout;
-use crate::plan::Sample;
+use crate::plan::{Layout, Sample};
 use crate::progress;
-use crate::render::PngConfig;
+use crate::render::{ImageFormat, PngConfig, Stages};
 use crate::rng::PyRandom;
 use crate::sink::Format;
-use crate::sink::wds::{SampleMeta, WdsOptions, WdsSink};
+use crate::sink::wds::SampleMeta;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 #[derive(Clone, Debug)]
 pub struct RcdbOptions {
@@ -41,7 +39,7 @@ pub struct RcdbOptions {
     pub dali_index: bool,
     pub png: PngConfig,
     pub resume: bool,
-    pub threads: pipeline::Threads,
+    pub threads: crate::pipeline::Threads,
     pub writers: usize,
     pub rank: Rank,
     pub progress: progress::Mode,
@@ -79,10 +77,11 @@ pub fn rank_classes(all: std::ops::Range<u32>, rank: u64, world: u64) -> std::op
     at(rank)..at(rank + 1)
 }
 
-pub fn image_path(root: &Path, class: u32, instance: u32) -> PathBuf {
-    root.join("image")
+/// An image's file, relative to the output, without its extension.
+pub fn image_stem(class: u32, instance: u32) -> PathBuf {
+    Path::new("image")
         .join(format!("{class:05}"))
-        .join(format!("{class:05}_{instance:04}.png"))
+        .join(format!("{class:05}_{instance:04}"))
 }
 
 pub fn param_path(root: &Path, class: u32) -> PathBuf {
@@ -168,85 +167,36 @@ pub fn fingerprint(s: &Settings, png: PngConfig) -> serde_json::Value {
     v
 }
 
+/// Every setting, by an exhaustive destructuring (a new one does not compile until placed); RCDB's
+/// images are RGB whatever `gray` says, so only the level is recorded.
 fn fingerprint_v1(s: &Settings, png: PngConfig) -> serde_json::Value {
+    let Settings {
+        image_size,
+        vertex_num,
+        perlin_min,
+        line_width,
+        radius_min,
+        line_num_min,
+        oval_rate,
+        start_pos,
+        classes,
+        instances,
+        processes,
+    } = s;
+    let PngConfig { level, gray: _ } = png;
     serde_json::json!({
         "kind": "rcdb-folder-v1",
-        "image_size": s.image_size, "vertex_num": s.vertex_num,
-        "perlin_min": s.perlin_min, "line_width": s.line_width,
-        "radius_min": s.radius_min, "line_num_min": s.line_num_min,
-        "oval_rate": s.oval_rate, "start_pos": s.start_pos,
-        "numof_classes": s.classes, "numof_instances": s.instances,
-        "numof_thread": s.processes,
-        "png_level": png.level,
+        "image_size": image_size, "vertex_num": vertex_num,
+        "perlin_min": perlin_min, "line_width": line_width,
+        "radius_min": radius_min, "line_num_min": line_num_min,
+        "oval_rate": oval_rate, "start_pos": start_pos,
+        "numof_classes": classes, "numof_instances": instances,
+        "numof_thread": processes,
+        "png_level": level,
     })
 }
 
-/// Everything that determines the shard bytes of an RCDB run.
-pub(crate) fn shard_fingerprint(opts: &RcdbOptions, layout: &Layout) -> serde_json::Value {
-    let mut v = fingerprint(&opts.settings, opts.png);
-    let m = v.as_object_mut().unwrap();
-    m.insert("kind".into(), "rcdb-wds-v1".into());
-    m.insert("order".into(), crate::plan::ORDER_VERSION.into());
-    m.insert("encoder".into(), crate::render::ENCODER.into());
-    m.insert("group".into(), layout.instances.into());
-    m.insert("seed".into(), opts.seed.into());
-    m.insert("prefix".into(), opts.prefix.clone().into());
-    v
-}
-
 pub const RECORD: &str = "rcdb.json";
-
-/// One job per (class, group of `group` instances): the instances still to draw, in stream order.
-struct FolderJobs<'a> {
-    s: &'a Settings,
-    classes: std::ops::Range<u32>,
-    group: u32,
-    resume: Option<&'a Path>,
-    kept: &'a AtomicU64,
-}
-
-impl IndexedJobs for FolderJobs<'_> {
-    fn count(&self) -> u64 {
-        (self.classes.end - self.classes.start) as u64 * (self.s.instances / self.group) as u64
-    }
-    fn job(&self, i: u64) -> Job {
-        let groups = (self.s.instances / self.group) as u64;
-        let class = self.classes.start + (i / groups) as u32;
-        let row = (i % groups) as u32;
-        let size = self.s.image_size;
-        let images = (0..self.group).filter_map(|k| {
-            let instance = row * self.group + k;
-            if let Some(root) = self.resume
-                && crate::sink::folder::image_is_whole(
-                    &image_path(root, class, instance),
-                    size,
-                    size,
-                    false,
-                )
-            {
-                self.kept.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-            let sample = Sample {
-                class,
-                row,
-                instance,
-                flip: super::FLIP,
-            };
-            let pos = class as u64 * self.s.instances as u64 + instance as u64;
-            Some((
-                k,
-                super::FLIP,
-                Target {
-                    sample,
-                    pos,
-                    shard: 0,
-                },
-            ))
-        });
-        pipeline::job_of(class, row, images)
-    }
-}
 
 /// Instances per unit of shard work: the largest divisor of the instance count up to
 /// [`GROUP_MAX`]. A shard layout "cloud" is one such stretch of a class's stream (the layout's rows
@@ -281,134 +231,17 @@ impl SampleMeta for RcdbMeta {
     }
 }
 
-pub fn run(opts: &RcdbOptions) -> Result<Summary> {
-    let s = &opts.settings;
-    s.validate()?;
-    let t0 = Instant::now();
-    let stats = Arc::new(Stats::default());
-    let mut summary = match opts.format {
-        Format::Folder => run_folder(opts, &stats)?,
-        Format::Wds => run_wds(opts, &stats)?,
-    };
-    summary.seconds = t0.elapsed().as_secs_f64();
-    summary.add_stats(&stats);
-    Ok(summary)
-}
-
-/// Runs `jobs` through RCDB's stages (the run's backend) and the shared pipeline into `sink`.
-fn render(
-    opts: &RcdbOptions,
-    starts: &ClassStarts,
-    group: u32,
-    jobs: &dyn IndexedJobs,
-    sink: &dyn Sink,
-    stats: &Stats,
-) -> Result<()> {
-    let s = &opts.settings;
-    let stages = RcdbStages {
-        settings: s,
-        starts,
-        group,
-        backend: opts.backend.clone(),
-        quiet: opts.progress == progress::Mode::Quiet,
-    };
-    let ctx = Context {
-        stages: &stages,
-        image: super::image_format(s),
-        png: opts.png,
-    };
-    pipeline::run(
-        &ctx,
-        &InOrder::new(jobs),
-        sink,
-        opts.threads,
-        stats,
-        &Abort::default(),
-    )
-}
-
-fn run_folder(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
-    let s = &opts.settings;
-    let all = run_classes(s, opts.thread_num)?;
-    let mine = rank_classes(all.clone(), opts.rank.rank, opts.rank.world);
-    let out = &opts.out;
-    fsutil::create_dir(out)?;
-    // The slice of work that must not run twice: the original starts its --numof_thread processes
-    // at once into one --save_root, each with its --thread_num; ranks split further.
-    let slice = match opts.thread_num {
-        Some(t) => format!("thread-{t:05}-of-{:05}-", s.processes),
-        None => String::new(),
-    };
-    let _lock = fsutil::OutputLock::acquire(
-        out,
-        &format!(
-            "rcdb-{slice}rank-{:05}-of-{:05}",
-            opts.rank.rank, opts.rank.world
-        ),
-    )?;
-    crate::sink::folder::check_or_write_settings(
-        &out.join(RECORD),
-        "RCDB folder",
-        "--save_root",
-        &fingerprint(s, opts.png),
-        opts.rank.rank == 0,
-    )?;
-    fsutil::create_dir(&out.join("param"))?;
-    fsutil::create_dir(&out.join("image"))?;
-    fsutil::check_writable(out)?;
-    for c in mine.clone() {
-        let dir = out.join("image").join(format!("{c:05}"));
-        fsutil::create_dir(&dir)?;
-        fsutil::remove_stale_tmp(&dir);
-    }
-    let t0 = Instant::now();
-    let classes: Vec<u32> = mine.clone().collect();
-    let starts = class_starts(s, &classes, opts.threads.render, &|c, text| {
-        write_if_changed(&param_path(out, c), text)
-    })?;
-    let replay_s = t0.elapsed().as_secs_f64();
-    // Whole classes when there are enough to keep every thread busy (no replay inside a class);
-    // else groups of instances, each replayed from its class's start.
-    let group = if (mine.end - mine.start) as usize >= 4 * opts.threads.render {
-        s.instances
-    } else {
-        group_size(s.instances)
-    };
-    let kept = Arc::new(AtomicU64::new(0));
-    let total = (mine.end - mine.start) as u64 * s.instances as u64;
-    let rep = progress::images(opts.progress, total, stats, &kept, Box::new(String::new));
-    let jobs = FolderJobs {
-        s,
-        classes: mine,
-        group,
-        resume: opts.resume.then_some(out.as_path()),
-        kept: &kept,
-    };
-    let sink = crate::sink::folder::FileSink {
-        writers: opts.writers,
-        path: |s: Sample| image_path(out, s.class, s.instance),
-    };
-    render(opts, &starts, group, &jobs, &sink, stats)?;
-    drop(rep);
-    Ok(Summary {
-        skipped: kept.load(Ordering::Relaxed),
-        chaos_s: replay_s,
-        ..Summary::default()
-    })
-}
-
 /// The shard layout of an RCDB dataset (order v2 over (class, group of instances) units) and its
 /// group size.
-pub fn shard_layout(opts: &RcdbOptions) -> (Layout, u32) {
-    let s = &opts.settings;
+pub fn shard_layout(s: &Settings, sh: &ShardSettings) -> (Layout, u32) {
     let group = group_size(s.instances);
     let layout = Layout::with_shape(
         s.made_classes() as u64,
         (0..s.instances / group).collect(),
         group,
         vec![super::FLIP],
-        opts.samples_per_shard,
-        opts.seed,
+        sh.per_shard,
+        sh.seed,
     );
     (layout, group)
 }
@@ -418,82 +251,247 @@ pub fn class_names(s: &Settings) -> Vec<String> {
     (0..s.made_classes()).map(|c| format!("{c:05}")).collect()
 }
 
-fn run_wds(opts: &RcdbOptions, stats: &Arc<Stats>) -> Result<Summary> {
-    let s = &opts.settings;
-    if opts.thread_num.is_some() {
-        return Err(Error::flag(
-            "--thread_num",
-            "shards hold the whole dataset (every process's classes): split the work with ranks \
-             (--rank/--world-size or the launcher's environment), or use --format folder",
-        ));
-    }
-    if opts.samples_per_shard == 0 {
-        return Err(Error::flag("--samples-per-shard", "must be at least 1"));
-    }
-    let (layout, group) = shard_layout(opts);
-    let (rank, world) = (opts.rank.rank, opts.rank.world);
-    let names = class_names(s);
-    let (sink, todo) = WdsSink::open(
-        WdsOptions {
-            out: opts.out.clone(),
-            prefix: opts.prefix.clone(),
-            dali_index: opts.dali_index,
-            writers: opts.writers,
-            resume: opts.resume,
-            meta: Arc::new(RcdbMeta {
-                group,
-                per_process: s.per_process(),
-            }),
-        },
-        names.clone(),
-        &layout,
-        shard_fingerprint(opts, &layout),
-        (rank, world),
-    )?;
-    write_class_list(&opts.out, &names, rank == 0)?;
-    // The classes of this rank's blocks, and their streams' starts (with their parameter files).
-    let mut classes: Vec<u32> = todo
-        .blocks
-        .iter()
-        .flat_map(|&g| layout.block_clouds(g))
-        .map(|q| layout.cloud(q).0)
-        .collect();
-    classes.sort_unstable();
-    classes.dedup();
-    let t0 = Instant::now();
-    fsutil::create_dir(&opts.out.join("param"))?;
-    let starts = class_starts(s, &classes, opts.threads.render, &|c, text| {
-        write_if_changed(&param_path(&opts.out, c), text)
-    })?;
-    let replay_s = t0.elapsed().as_secs_f64();
-    let todo_images: u64 = todo
-        .shards
-        .iter()
-        .map(|&s| layout.shard_range(s).count() as u64)
-        .sum();
-    let ntodo = todo.shards.len();
-    let written = sink.written.clone();
-    let rep = progress::images(
-        opts.progress,
-        todo_images,
-        stats,
-        &Arc::new(AtomicU64::new(0)),
-        Box::new(move || format!("shards {}/{ntodo}", written.load(Ordering::Relaxed))),
-    );
-    let jobs = crate::sink::wds::WdsJobs::new(&layout, &todo);
-    render(opts, &starts, group, &jobs, &sink, stats)?;
-    drop(rep);
-    let m = sink.complete(&todo, world)?;
-    Ok(Summary {
-        skipped: todo.kept,
-        shards: m.shards.len() as u64,
-        bytes: m.shards.iter().map(|e| e.filesize).sum(),
-        chaos_s: replay_s,
-        ..Summary::default()
-    })
+/// RCDB as a dataset: its settings and PNG level; `thread_num` (`--thread_num`) is the slice of the
+/// original's processes this run makes (how a run goes, but it names the run's lock).
+pub struct Rcdb {
+    pub settings: Settings,
+    pub png: PngConfig,
+    pub thread_num: Option<u32>,
 }
 
-/// `{out}/classes.txt`: the label names (`00000`, ...), as a FractalDB dataset lists its classes.
-fn write_class_list(out: &Path, names: &[String], writer: bool) -> Result<()> {
-    crate::sink::write_names(out, names, writer)
+impl RcdbOptions {
+    /// What the bytes are ([`Rcdb`]) and how this run goes ([`Run`]), every option on one side;
+    /// settings and flag combinations are checked here, before anything is written.
+    pub fn split(&self) -> Result<(Rcdb, Run)> {
+        let RcdbOptions {
+            settings,
+            out,
+            thread_num,
+            format,
+            samples_per_shard,
+            prefix,
+            seed,
+            dali_index,
+            png,
+            resume,
+            threads,
+            writers,
+            rank,
+            progress,
+            backend,
+        } = self;
+        settings.validate()?;
+        run_classes(settings, *thread_num)?;
+        if thread_num.is_some() && *format == Format::Wds {
+            return Err(Error::flag(
+                "--thread_num",
+                "shards hold the whole dataset (every process's classes): split the work with ranks \
+                 (--rank/--world-size or the launcher's environment), or use --format folder",
+            ));
+        }
+        let ds = Rcdb {
+            settings: settings.clone(),
+            png: *png,
+            thread_num: *thread_num,
+        };
+        let job = Run {
+            out: out.clone(),
+            format: *format,
+            shards: ShardSettings {
+                per_shard: *samples_per_shard,
+                seed: *seed,
+                prefix: prefix.clone(),
+                dali_index: *dali_index,
+            },
+            resume: *resume,
+            threads: *threads,
+            writers: *writers,
+            rank: rank.clone(),
+            progress: *progress,
+            backend: backend.clone(),
+        };
+        Ok((ds, job))
+    }
+}
+
+pub fn run(opts: &RcdbOptions) -> Result<Summary> {
+    let (ds, job) = opts.split()?;
+    dataset::run(&ds, &job)
+}
+
+impl Rcdb {
+    /// The stages for `classes` (ascending): each class's stream start, found by replaying its
+    /// process's stream, its parameter file written into `env.out` on the way.
+    fn stages(&self, classes: &[u32], group: u32, env: &Env) -> Result<RcdbStages> {
+        let s = &self.settings;
+        if let Some(out) = &env.out {
+            fsutil::create_dir(&out.join("param"))?;
+        }
+        let starts = class_starts(s, classes, env.threads, &|c, text| match &env.out {
+            Some(out) => write_if_changed(&param_path(out, c), text),
+            None => Ok(()),
+        })?;
+        Ok(RcdbStages {
+            settings: s.clone(),
+            starts,
+            group,
+            backend: env.backend.clone(),
+            quiet: env.quiet,
+        })
+    }
+}
+
+impl Dataset for Rcdb {
+    fn kind(&self) -> &'static str {
+        "rcdb"
+    }
+    fn title(&self) -> &'static str {
+        "RCDB"
+    }
+    /// The original's class folder names (`00000`, ...).
+    fn class_names(&self) -> Vec<String> {
+        class_names(&self.settings)
+    }
+    fn image(&self) -> ImageFormat {
+        super::image_format(&self.settings)
+    }
+    fn png(&self) -> PngConfig {
+        self.png
+    }
+    fn folder_fingerprint(&self) -> serde_json::Value {
+        fingerprint(&self.settings, self.png)
+    }
+    fn shard_fingerprint(&self, sh: &ShardSettings) -> serde_json::Value {
+        let ShardSettings {
+            per_shard: _,
+            seed,
+            prefix,
+            dali_index: _,
+        } = sh;
+        let mut v = fingerprint(&self.settings, self.png);
+        let m = v.as_object_mut().unwrap();
+        m.insert("kind".into(), "rcdb-wds-v1".into());
+        m.insert("order".into(), crate::plan::ORDER_VERSION.into());
+        m.insert("encoder".into(), crate::render::ENCODER.into());
+        m.insert("group".into(), group_size(self.settings.instances).into());
+        m.insert("seed".into(), (*seed).into());
+        m.insert("prefix".into(), prefix.clone().into());
+        v
+    }
+    /// The original starts its --numof_thread processes at once into one --save_root, each with
+    /// its --thread_num: a slice each.
+    fn slice(&self) -> String {
+        match self.thread_num {
+            Some(t) => format!("thread-{t:05}-of-{:05}-", self.settings.processes),
+            None => String::new(),
+        }
+    }
+    fn folder<'a>(&'a self, rank: &Rank, env: &Env) -> Result<Box<dyn FolderWork + 'a>> {
+        let s = &self.settings;
+        let all = run_classes(s, self.thread_num)?;
+        let classes = rank_classes(all, rank.rank, rank.world.max(1));
+        // Whole classes when there are enough to keep every thread busy (no replay inside a
+        // class); else groups of instances, each replayed from its class's start.
+        let group = if (classes.end - classes.start) as usize >= 4 * env.threads {
+            s.instances
+        } else {
+            group_size(s.instances)
+        };
+        Ok(Box::new(RcdbFolder {
+            ds: self,
+            classes,
+            group,
+            env: env.clone(),
+        }))
+    }
+    fn shards<'a>(&'a self, sh: &ShardSettings, env: &Env) -> Result<Box<dyn ShardWork + 'a>> {
+        let (layout, group) = shard_layout(&self.settings, sh);
+        Ok(Box::new(RcdbShards {
+            ds: self,
+            layout,
+            group,
+            env: env.clone(),
+        }))
+    }
+}
+
+/// This rank's stretch of the run's classes, one unit per (class, group of instances).
+struct RcdbFolder<'a> {
+    ds: &'a Rcdb,
+    classes: std::ops::Range<u32>,
+    group: u32,
+    env: Env,
+}
+
+impl FolderWork for RcdbFolder<'_> {
+    fn dirs(&self) -> Vec<PathBuf> {
+        let class_dir = |c| Path::new("image").join(format!("{c:05}"));
+        [PathBuf::from("param"), PathBuf::from("image")]
+            .into_iter()
+            .chain(self.classes.clone().map(class_dir))
+            .collect()
+    }
+    fn units(&self) -> u64 {
+        let groups = self.ds.settings.instances / self.group;
+        (self.classes.end - self.classes.start) as u64 * groups as u64
+    }
+    fn unit(&self, i: u64) -> FolderUnit {
+        let instances = self.ds.settings.instances;
+        let groups = (instances / self.group) as u64;
+        let class = self.classes.start + (i / groups) as u32;
+        let row = (i % groups) as u32;
+        let images = (0..self.group)
+            .map(|k| {
+                let instance = row * self.group + k;
+                let sample = Sample {
+                    class,
+                    row,
+                    instance,
+                    flip: super::FLIP,
+                };
+                let pos = class as u64 * instances as u64 + instance as u64;
+                (k, super::FLIP, sample, pos)
+            })
+            .collect();
+        FolderUnit { class, row, images }
+    }
+    fn path(&self, s: Sample) -> PathBuf {
+        image_stem(s.class, s.instance)
+    }
+    fn images(&self) -> u64 {
+        (self.classes.end - self.classes.start) as u64 * self.ds.settings.instances as u64
+    }
+    fn stages(&self) -> Result<Box<dyn Stages + Send + '_>> {
+        let classes: Vec<u32> = self.classes.clone().collect();
+        Ok(Box::new(self.ds.stages(&classes, self.group, &self.env)?))
+    }
+}
+
+/// The shards: order v2 over (class, group of instances) units.
+struct RcdbShards<'a> {
+    ds: &'a Rcdb,
+    layout: Layout,
+    group: u32,
+    env: Env,
+}
+
+impl ShardWork for RcdbShards<'_> {
+    fn layout(&self) -> &Layout {
+        &self.layout
+    }
+    fn meta(&self, _epoch: u64) -> Arc<dyn SampleMeta> {
+        Arc::new(RcdbMeta {
+            group: self.group,
+            per_process: self.ds.settings.per_process(),
+        })
+    }
+    fn stages(&self, clouds: Option<&[u64]>) -> Result<Box<dyn Stages + Send + '_>> {
+        let mut classes: Vec<u32> = match clouds {
+            Some(q) => q.iter().map(|&q| self.layout.cloud(q).0).collect(),
+            None => (0..self.ds.settings.made_classes()).collect(),
+        };
+        classes.sort_unstable();
+        classes.dedup();
+        Ok(Box::new(self.ds.stages(&classes, self.group, &self.env)?))
+    }
 }

@@ -11,9 +11,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// RCDB's stages for the shared pipeline: one CPU stage per thread, or one GL stage per GPU.
-pub struct RcdbStages<'a> {
-    pub settings: &'a Settings,
-    pub starts: &'a ClassStarts,
+pub struct RcdbStages {
+    pub settings: Settings,
+    pub starts: ClassStarts,
     /// Instances per row of a unit: instance `i` of row `r` is the class's instance `r * group + i`
     /// (shards: a row is a group of instances; folders: one row of all instances).
     pub group: u32,
@@ -22,15 +22,15 @@ pub struct RcdbStages<'a> {
     pub quiet: bool,
 }
 
-impl Stages for RcdbStages<'_> {
+impl Stages for RcdbStages {
     fn workers(&self, threads: usize) -> usize {
         self.backend.workers(threads)
     }
     fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>> {
         Ok(match &self.backend {
             Backend::Cpu => Box::new(CpuStage {
-                settings: self.settings,
-                starts: self.starts,
+                settings: &self.settings,
+                starts: &self.starts,
                 group: self.group,
                 stats,
                 scratch: Scratch::default(),
@@ -53,8 +53,8 @@ impl Stages for RcdbStages<'_> {
                     }
                 }
                 Box::new(super::gl::GlStage {
-                    settings: self.settings,
-                    starts: self.starts,
+                    settings: &self.settings,
+                    starts: &self.starts,
                     group: self.group,
                     stats,
                     gl,

@@ -87,6 +87,16 @@ pub trait Stages: Sync {
     fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>>;
 }
 
+/// A borrowed family's stages are stages too (a prepared dataset lends its own).
+impl<T: Stages + ?Sized> Stages for &T {
+    fn workers(&self, threads: usize) -> usize {
+        (**self).workers(threads)
+    }
+    fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>> {
+        (**self).open(worker, stats)
+    }
+}
+
 /// How the pipeline turns a canvas into pixels: its size and the colour of each label.
 #[derive(Clone, Copy)]
 pub struct ImageFormat {

@@ -391,7 +391,8 @@ pub struct Todo {
 }
 
 impl<'a> WdsSink<'a> {
-    /// Prepares this rank's part of a sharded run in `opts.out`: checks the prefix and the directory,
+    /// Prepares this rank's part of a sharded run in `opts.out`, under `lock` (this rank's and
+    /// prefix's, taken by the caller before anything was read): checks the prefix and the directory,
     /// removes this rank's crash leftovers, reads the manifest part on `--resume` (refusing other
     /// settings) or refuses to overwrite, and records the part before the first shard.
     pub fn open(
@@ -400,14 +401,9 @@ impl<'a> WdsSink<'a> {
         layout: &'a Layout,
         config: serde_json::Value,
         (rank, world): (u64, u64),
+        lock: fsutil::OutputLock,
     ) -> Result<(Self, Todo)> {
         check_prefix(&opts.prefix)?;
-        fsutil::create_dir(&opts.out)?;
-        // One run per rank and place: taken before anything is read, removed or written.
-        let lock = fsutil::OutputLock::acquire(
-            &opts.out,
-            &format!("{}-rank-{rank:05}-of-{world:05}", opts.prefix),
-        )?;
         fsutil::check_writable(&opts.out)?;
         let part = part_path(&opts.out, &opts.prefix, rank, world);
         let mut manifest = Manifest {
@@ -436,15 +432,7 @@ impl<'a> WdsSink<'a> {
                 || old.total_samples != layout.total
                 || old.samples_per_shard != layout.per_shard
             {
-                return Err(Error::input(
-                    p,
-                    None,
-                    format!(
-                        "this dataset was started with other settings ({}); nothing was written: use the same \
-                         flags and fractaldb version, or another --out/--prefix",
-                        config_difference(&old.config, &manifest.config)
-                    ),
-                ));
+                return Err(other_settings(p, &old.config, &manifest.config));
             }
             others.push(old);
         }
@@ -688,6 +676,31 @@ impl Drop for WdsSink<'_> {
             }
         }
     }
+}
+
+/// A part made with other settings: the refusal, naming the settings that differ.
+fn other_settings(part: &Path, old: &serde_json::Value, new: &serde_json::Value) -> Error {
+    Error::input(
+        part,
+        None,
+        format!(
+            "this dataset was started with other settings ({}); nothing was written: use the same \
+             flags and fractaldb version, or another --out/--prefix",
+            config_difference(old, new)
+        ),
+    )
+}
+
+/// Refuses a run whose settings differ from those of a manifest part already in `out` (any rank,
+/// any world size), before anything is written (a family's side files included).
+pub fn check_parts_config(out: &Path, prefix: &str, config: &serde_json::Value) -> Result<()> {
+    for p in list_parts(out, prefix)? {
+        let old = read_manifest(&p)?;
+        if &old.config != config {
+            return Err(other_settings(&p, &old.config, config));
+        }
+    }
+    Ok(())
 }
 
 /// The manifest parts of `prefix` in `out` (any rank, any world size), sorted.
