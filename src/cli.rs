@@ -117,6 +117,7 @@ impl ServiceArgs {
             prefetch: self.prefetch,
             max_clients: self.max_clients,
             drain: std::time::Duration::from_secs(self.drain_seconds),
+            ready: None,
         })
     }
 }

@@ -33,6 +33,9 @@ pub struct ServeOptions {
     pub max_clients: usize,
     /// How long in-flight responses may take to finish after SIGTERM/SIGINT.
     pub drain: Duration,
+    /// Told the bound address once the service accepts requests (an embedding program, a test:
+    /// the command line prints it instead).
+    pub ready: Option<std::sync::mpsc::Sender<std::net::SocketAddr>>,
 }
 
 /// One shard's bytes as they are written, and whether it is complete.
@@ -774,6 +777,9 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         st.layout.per_shard,
         st.layout.block_shards
     );
+    if let Some(tx) = &opts.ready {
+        let _ = tx.send(addr);
+    }
     let render_failed = Arc::new(AtomicBool::new(false));
     let render = {
         let st = st.clone();

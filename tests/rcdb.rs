@@ -451,3 +451,71 @@ fn slices_and_ranks_started_together_succeed_and_a_slice_twice_does_not() {
     // Another slice is not held up by it.
     run_ok(rcdb(&busy, &args).args(["--thread_num", "1"]));
 }
+
+/// `--resume` after changing any one RCDB setting is refused, naming it, and changes no file, in
+/// folders and in shards.
+#[test]
+fn a_resume_with_any_other_setting_is_refused_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = [
+        "--image_size",
+        "32",
+        "--numof_classes",
+        "4",
+        "--numof_instances",
+        "2",
+        "--numof_thread",
+        "2",
+        "--backend",
+        "cpu",
+        "-q",
+    ];
+    let run = |out: &Path, fmt: &[&str], extra: &[&str]| {
+        let mut c = bin();
+        c.arg("rcdb")
+            .arg("--save_root")
+            .arg(out)
+            .args(base)
+            .args(fmt)
+            .args(extra);
+        c
+    };
+    let changes: [(&[&str], &str); 13] = [
+        (&["--image_size", "40"], "image_size"),
+        (&["--vertex_num", "300"], "vertex_num"),
+        (&["--perlin_min", "2"], "perlin_min"),
+        (&["--line_width", "0.2"], "line_width"),
+        (&["--radius_min", "1"], "radius_min"),
+        (&["--line_num_min", "3"], "line_num_min"),
+        (&["--oval_rate", "3"], "oval_rate"),
+        (&["--start_pos", "100"], "start_pos"),
+        (&["--numof_classes", "6"], "numof_classes"),
+        (&["--numof_instances", "3"], "numof_instances"),
+        (&["--numof_thread", "1"], "numof_thread"),
+        (&["--png-level", "6"], "png_level"),
+        (&["--seed", "3"], "seed"),
+    ];
+    for fmt in [
+        &[][..],
+        &["--format", "wds", "--samples-per-shard", "3"][..],
+    ] {
+        let out = tmp
+            .path()
+            .join(if fmt.is_empty() { "folder" } else { "wds" });
+        run_ok(&mut run(&out, fmt, &[]));
+        let before = snapshot(&out);
+        for (extra, field) in changes {
+            if fmt.is_empty() && field == "seed" {
+                continue; // the order's seed is a shard setting
+            }
+            let e = run_err(run(&out, fmt, extra).arg("--resume"));
+            assert!(
+                e.contains(field) && e.contains("other settings"),
+                "{fmt:?} {extra:?}: {e}"
+            );
+            assert!(snapshot(&out) == before, "{fmt:?} {extra:?} changed files");
+        }
+        run_ok(run(&out, fmt, &[]).arg("--resume"));
+        assert!(snapshot(&out) == before);
+    }
+}

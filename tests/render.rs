@@ -392,3 +392,97 @@ fn a_tiny_datasets_bytes_are_pinned_to_the_version() {
         "FractalDB's bytes changed: bump VERSION and pin the new digest"
     );
 }
+
+/// `--resume` after changing any one setting that decides the bytes is refused, naming it, and
+/// changes no file, in folders and in shards; so is a class or weights file edited in place.
+#[test]
+fn a_resume_with_any_other_setting_is_refused_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00020", "00041"]);
+    let weights = tmp.path().join("w.csv");
+    std::fs::copy(reference().join("weights/weights_0.2.csv"), &weights).unwrap();
+    let base = [
+        "--image-size-x",
+        "32",
+        "--image-size-y",
+        "32",
+        "--iteration",
+        "1500",
+        "--instance",
+        "2",
+        "--weight-rows",
+        "0-2",
+        "--backend",
+        "cpu",
+        "-q",
+    ];
+    let run = |out: &Path, fmt: &[&str], extra: &[&str]| {
+        let mut c = bin();
+        c.arg("render")
+            .arg("--load-root")
+            .arg(&classes)
+            .arg("--out")
+            .arg(out)
+            .arg("--weight-csv")
+            .arg(&weights)
+            .args(base)
+            .args(fmt)
+            .args(extra);
+        c
+    };
+    let mut changes: Vec<(&[&str], &str)> = vec![
+        (&["--image-size-x", "40"], "width"),
+        (&["--pad-size-y", "5"], "pad_y"),
+        (&["--iteration", "1400"], "iterations"),
+        (&["--draw-type", "patch_color"], "draw_type"),
+        (&["--weight-rows", "0-1"], "weight_rows"),
+        (&["--flips", "0,1"], "flips"),
+        (&["--instance", "3"], "instances"),
+        (&["--mask-rng", "python:3"], "masks"),
+        (&["--epoch", "2"], "masks"),
+        (&["--png-level", "6"], "png_level"),
+        (&["--png-gray"], "png_gray"),
+    ];
+    for fmt in [
+        &[][..],
+        &["--format", "wds", "--samples-per-shard", "5"][..],
+    ] {
+        if !fmt.is_empty() {
+            changes.push((&["--seed", "4"], "seed"));
+            changes.push((&["--prefix", "x"], "prefix"));
+        }
+        let out = tmp
+            .path()
+            .join(if fmt.is_empty() { "folder" } else { "wds" });
+        run_ok(&mut run(&out, fmt, &[]));
+        let before = snapshot(&out);
+        for (extra, field) in &changes {
+            if *extra == ["--prefix", "x"] {
+                // Another prefix is another dataset beside this one, not a resume of it.
+                continue;
+            }
+            let e = run_err(run(&out, fmt, extra).arg("--resume"));
+            assert!(
+                e.contains(field) && e.contains("other settings"),
+                "{fmt:?} {extra:?}: {e}"
+            );
+            assert!(snapshot(&out) == before, "{fmt:?} {extra:?} changed files");
+        }
+        // Input files edited in place: a weights row that is drawn, then a class's maps.
+        for (file, key) in [
+            (weights.clone(), "weights"),
+            (classes.join("00020.csv"), "classes_sha256"),
+        ] {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let first = text.lines().next().unwrap();
+            let edited = first.replacen(first.split(',').next().unwrap(), "0.5", 1);
+            std::fs::write(&file, text.replacen(first, &edited, 1)).unwrap();
+            let e = run_err(run(&out, fmt, &[]).arg("--resume"));
+            assert!(e.contains(key), "{fmt:?} {file:?}: {e}");
+            assert!(snapshot(&out) == before, "{fmt:?}: {file:?} changed files");
+            std::fs::write(&file, &text).unwrap();
+        }
+        run_ok(run(&out, fmt, &[]).arg("--resume"));
+        assert!(snapshot(&out) == before);
+    }
+}
