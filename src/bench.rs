@@ -347,6 +347,7 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                     },
                     progress: progress::Mode::Quiet,
                     backend: backend.clone(),
+                    encoding: crate::encode::Encoding::Png,
                 };
                 let cpu0 = process_cpu_seconds();
                 let mut s = match &rcdb {
@@ -372,6 +373,7 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                             rank: opts.rank.clone(),
                             progress: progress::Mode::Quiet,
                             backend: backend.clone(),
+                            encoding: crate::encode::Encoding::Png,
                         })?;
                         m.render
                     }
@@ -392,6 +394,7 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
                         rank: opts.rank.clone(),
                         progress: progress::Mode::Quiet,
                         backend: backend.clone(),
+                        encoding: crate::encode::Encoding::Png,
                     })?,
                 };
                 s.cpu_s = process_cpu_seconds() - cpu0;

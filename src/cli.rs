@@ -122,6 +122,14 @@ impl ServiceArgs {
     }
 }
 
+/// The images' encoding (a flag group of every command that writes or serves images).
+#[derive(Args, Debug, Clone)]
+pub struct EncodingArgs {
+    /// Image encoding of the files and tar members (png: the originals'; see docs/usage.md)
+    #[arg(long, value_enum, default_value = "png")]
+    pub encoding: crate::encode::Encoding,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct Common {
     /// Worker threads (default: all cores).
@@ -338,6 +346,8 @@ pub struct RenderArgs {
     #[command(flatten)]
     pub ranks: RankArgs,
     #[command(flatten)]
+    pub encoding: EncodingArgs,
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -447,6 +457,8 @@ pub struct RcdbArgs {
     #[command(flatten)]
     pub ranks: RankArgs,
     #[command(flatten)]
+    pub encoding: EncodingArgs,
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -501,6 +513,7 @@ impl RcdbArgs {
             rank,
             progress: self.common.progress(),
             backend,
+            encoding: self.encoding.encoding,
         })
     }
 }
@@ -589,6 +602,8 @@ pub struct MvfdbArgs {
     pub egl_device: Option<usize>,
     #[command(flatten)]
     pub ranks: RankArgs,
+    #[command(flatten)]
+    pub encoding: EncodingArgs,
     #[command(flatten)]
     pub common: Common,
 }
@@ -822,6 +837,7 @@ impl RenderArgs {
             rank,
             progress: self.common.progress(),
             backend,
+            encoding: self.encoding.encoding,
         })
     }
 }
@@ -1145,6 +1161,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 rank: rank.clone(),
                 progress: a.common.progress(),
                 backend,
+                encoding: a.encoding.encoding,
             };
             if a.serve {
                 let Some((ds, job)) = opts.split()? else {

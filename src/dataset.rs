@@ -10,6 +10,7 @@
 //! MV-FractalDB: `mvfdb::run`); `tests/toy.rs` shows the whole of a family outside the crate.
 
 use crate::cluster::Rank;
+use crate::encode::Encoding;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::pipeline::{
@@ -47,6 +48,9 @@ pub struct Run {
     pub rank: Rank,
     pub progress: progress::Mode,
     pub backend: Backend,
+    /// The images' encoding: the one setting here that changes bytes, so the drivers add it to
+    /// every fingerprint (see [`crate::encode`]).
+    pub encoding: Encoding,
 }
 
 impl Run {
@@ -55,6 +59,7 @@ impl Run {
     pub fn env(&self, write: bool) -> Env {
         Env {
             out: write.then(|| self.out.clone()),
+            writer: self.rank.rank == 0,
             threads: self.threads.render,
             backend: self.backend.clone(),
             quiet: self.progress == progress::Mode::Quiet,
@@ -68,6 +73,9 @@ pub struct Env {
     /// Where side files go (RCDB's and MV-FractalDB's parameter files, models); `None` writes
     /// nothing (the service).
     pub out: Option<PathBuf>,
+    /// This run writes the side files every rank shares (rank 0); the others leave them alone,
+    /// since ranks run at once into one output.
+    pub writer: bool,
     /// CPU threads for preparation and the CPU engine.
     pub threads: usize,
     pub backend: Backend,
@@ -101,14 +109,20 @@ pub trait Dataset: Sync {
     fn folder_fingerprint(&self) -> serde_json::Value;
     /// The same for shards, with the order, the encoder and the shard settings that decide bytes.
     fn shard_fingerprint(&self, sh: &ShardSettings) -> serde_json::Value;
-    /// Checks the folder's settings record against this dataset before anything is written (the
-    /// `writer` rank writes it when absent). Default: `{out}/{kind}.json` holds the fingerprint.
-    fn check_folder_record(&self, out: &Path, writer: bool) -> Result<()> {
+    /// Checks the folder's settings record against `config` (the folder fingerprint with the
+    /// run's encoding) before anything is written; the `writer` rank writes it when absent.
+    /// Default: `{out}/{kind}.json` holds `config`.
+    fn check_folder_record(
+        &self,
+        out: &Path,
+        config: &serde_json::Value,
+        writer: bool,
+    ) -> Result<()> {
         crate::sink::folder::check_or_write_settings(
             &out.join(format!("{}.json", self.kind())),
             &format!("{} folder", self.title()),
             "--save_root",
-            &self.folder_fingerprint(),
+            config,
             writer,
         )
     }
@@ -136,7 +150,8 @@ pub trait Dataset: Sync {
 /// A rank's part of a folder dataset.
 pub trait FolderWork: Sync {
     /// The folders its images go into, relative to the output (made, and cleared of a killed run's
-    /// temporary files, before drawing).
+    /// temporary files, before drawing): this run's alone, since other slices and ranks may be
+    /// writing beside it.
     fn dirs(&self) -> Vec<PathBuf>;
     /// Its units, by index in order.
     fn units(&self) -> u64;
@@ -185,9 +200,10 @@ fn slice_lock(ds: &dyn Dataset, out: &Path, rank: &Rank) -> Result<fsutil::Outpu
 }
 
 /// A file name with the encoding's extension.
-fn with_extension(rel: PathBuf) -> PathBuf {
+fn with_extension(rel: PathBuf, encoding: Encoding) -> PathBuf {
     let mut s = rel.into_os_string();
-    s.push(".png");
+    s.push(".");
+    s.push(encoding.extension());
     PathBuf::from(s)
 }
 
@@ -196,7 +212,9 @@ fn run_folder(ds: &dyn Dataset, job: &Run, stats: &Arc<Stats>) -> Result<Summary
     let out = job.out.as_path();
     fsutil::create_dir(out)?;
     let _lock = slice_lock(ds, out, &job.rank)?;
-    ds.check_folder_record(out, job.rank.rank == 0)?;
+    let mut config = ds.folder_fingerprint();
+    job.encoding.record(&mut config);
+    ds.check_folder_record(out, &config, job.rank.rank == 0)?;
     fsutil::remove_stale_tmp_of(out, |_| false); // a killed run's writability probe
     fsutil::check_writable(out)?;
     let work = ds.folder(&job.rank, &job.env(true))?;
@@ -221,17 +239,19 @@ fn run_folder(ds: &dyn Dataset, job: &Run, stats: &Arc<Stats>) -> Result<Summary
         out,
         resume: job.resume,
         image: ds.image(),
-        gray: ds.png().gray,
+        png: ds.png(),
+        encoding: job.encoding,
         kept: &kept,
     };
     let sink = crate::sink::folder::FileSink {
         writers: job.writers,
-        path: |s: Sample| out.join(with_extension(work.path(s))),
+        path: |s: Sample| out.join(with_extension(work.path(s), job.encoding)),
     };
     let ctx = Context {
         stages: &*stages,
         image: ds.image(),
         png: ds.png(),
+        encoding: job.encoding,
     };
     let jobs = InOrder::new(&jobs);
     pipeline::run(&ctx, &jobs, &sink, job.threads, stats, &Abort::default())?;
@@ -248,7 +268,8 @@ struct FolderJobs<'a> {
     out: &'a Path,
     resume: bool,
     image: ImageFormat,
-    gray: bool,
+    png: PngConfig,
+    encoding: Encoding,
     kept: &'a AtomicU64,
 }
 
@@ -258,14 +279,16 @@ impl IndexedJobs for FolderJobs<'_> {
     }
     fn job(&self, i: u64) -> Job {
         let u = self.work.unit(i);
-        let (w, h) = (self.image.width, self.image.height);
         let images = u
             .images
             .into_iter()
             .filter_map(|(instance, flip, sample, pos)| {
                 if self.resume {
-                    let path = self.out.join(with_extension(self.work.path(sample)));
-                    if crate::sink::folder::image_is_whole(&path, w, h, self.gray) {
+                    let rel = with_extension(self.work.path(sample), self.encoding);
+                    if self
+                        .encoding
+                        .is_whole(&self.out.join(rel), &self.image, self.png)
+                    {
                         self.kept.fetch_add(1, Ordering::Relaxed);
                         return None;
                     }
@@ -295,7 +318,8 @@ fn run_shards(ds: &dyn Dataset, job: &Run, stats: &Arc<Stats>) -> Result<Summary
     // of other parts are checked before any side file (parameter files, models) is written.
     let lock =
         fsutil::OutputLock::acquire(out, &format!("{}-rank-{rank:05}-of-{world:05}", sh.prefix))?;
-    let fingerprint = ds.shard_fingerprint(sh);
+    let mut fingerprint = ds.shard_fingerprint(sh);
+    job.encoding.record(&mut fingerprint);
     wds::check_parts_config(out, &sh.prefix, &fingerprint)?;
     let work = ds.shards(sh, &job.env(true))?;
     let layout = work.layout();
@@ -308,6 +332,7 @@ fn run_shards(ds: &dyn Dataset, job: &Run, stats: &Arc<Stats>) -> Result<Summary
             writers: job.writers,
             resume: job.resume,
             meta: work.meta(0),
+            encoding: job.encoding,
         },
         names.clone(),
         layout,
@@ -343,6 +368,7 @@ fn run_shards(ds: &dyn Dataset, job: &Run, stats: &Arc<Stats>) -> Result<Summary
         stages: &*stages,
         image: ds.image(),
         png: ds.png(),
+        encoding: job.encoding,
     };
     let jobs = WdsJobs::new(layout, &todo);
     let jobs = InOrder::new(&jobs);

@@ -39,6 +39,7 @@ pub struct RenderOptions {
     pub rank: Rank,
     pub progress: progress::Mode,
     pub backend: Backend,
+    pub encoding: crate::encode::Encoding,
 }
 
 /// The shared chaos-game sequence: `np.random.seed(100); np.random.random(iterations)`.
@@ -91,6 +92,7 @@ impl RenderOptions {
             rank,
             progress,
             backend,
+            encoding,
         } = self;
         // load_root, weights, instances and the selections make the plan.
         let plan = load_plan(self)?;
@@ -115,6 +117,7 @@ impl RenderOptions {
             rank: rank.clone(),
             progress: *progress,
             backend: backend.clone(),
+            encoding: *encoding,
         };
         Ok((ds, job))
     }
@@ -242,11 +245,16 @@ impl Dataset for Fractal {
     }
     /// FractalDB's record (`fractaldb-folder.json`) also lists what the folder holds, for
     /// `finalize`; the class list (`classes.txt`) goes beside it.
-    fn check_folder_record(&self, out: &Path, writer: bool) -> Result<()> {
+    fn check_folder_record(
+        &self,
+        out: &Path,
+        config: &serde_json::Value,
+        writer: bool,
+    ) -> Result<()> {
         let plan = &self.plan;
         let record = folder::Record {
             kind: "fractaldb-folder-v1".into(),
-            config: self.fingerprint(None),
+            config: config.clone(),
             classes: self.class_names(),
             rows: plan.rows.clone(),
             flips: plan.flips.clone(),

@@ -80,6 +80,7 @@ pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod dataset;
+pub mod encode;
 pub mod error;
 pub mod fsutil;
 pub mod generate;

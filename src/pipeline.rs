@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::plan::Sample;
-use crate::render::{self, Canvas, Feed, ImageFormat, PngConfig, StageStats, Stages, Unit};
+use crate::render::{Canvas, Feed, ImageFormat, PngConfig, StageStats, Stages, Unit};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -144,6 +144,7 @@ pub struct Context<'a> {
     pub stages: &'a dyn Stages,
     pub image: ImageFormat,
     pub png: PngConfig,
+    pub encoding: crate::encode::Encoding,
 }
 
 struct Raster {
@@ -334,9 +335,7 @@ fn encode_worker(
     stats: &Stats,
     abort: &Abort,
 ) -> Result<()> {
-    let pal = ctx.image.palette;
-    let (w, h) = (ctx.image.width as usize, ctx.image.height as usize);
-    let mut scratch = render::PngScratch::default();
+    let mut scratch = crate::encode::Scratch::default();
     for msg in rx.iter() {
         if abort.is_set() {
             return Ok(());
@@ -344,12 +343,10 @@ fn encode_worker(
         for &(flip, t) in &msg.flips {
             let t0 = Instant::now();
             let mut png = Vec::new();
-            render::encode_canvas(
+            ctx.encoding.encode(
                 &msg.canvas,
-                w,
-                h,
+                &ctx.image,
                 flip,
-                &pal,
                 ctx.png,
                 &mut scratch,
                 &mut png,

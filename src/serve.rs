@@ -106,6 +106,7 @@ struct QueueInner {
 }
 
 struct State {
+    encoding: crate::encode::Encoding,
     /// The dataset and its prepared shards: the service lives as long as the process, so both are
     /// leaked on purpose and every request handler may read them.
     dataset: &'static dyn Dataset,
@@ -303,6 +304,7 @@ impl Sink for ServeSink<'_> {
             layout: &st.layout,
             key_width: st.key_width,
             meta: &*meta,
+            encoding: st.encoding,
         };
         while let Some((pos, (s, png))) = w.order.pop() {
             if w.writer.is_none() {
@@ -680,7 +682,12 @@ fn serve_render(
     writers: usize,
     failed: &AtomicBool,
 ) {
-    let ctx = Context { stages, image, png };
+    let ctx = Context {
+        stages,
+        image,
+        png,
+        encoding: st.encoding,
+    };
     let sink = ServeSink {
         st,
         writers: (0..writers.max(1))
@@ -730,7 +737,8 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         );
     }
     let layout = work.layout().clone();
-    let fingerprint = dataset.shard_fingerprint(sh);
+    let mut fingerprint = dataset.shard_fingerprint(sh);
+    job.encoding.record(&mut fingerprint);
     let class_names = dataset.class_names();
     let listener = std::net::TcpListener::bind(&opts.listen)
         .map_err(|e| Error::io(&opts.listen, "cannot listen", e))?;
@@ -759,6 +767,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         clients: Arc::new(tokio::sync::Semaphore::new(opts.max_clients.max(1))),
         dataset,
         work,
+        encoding: job.encoding,
         layout,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()

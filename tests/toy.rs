@@ -217,6 +217,7 @@ fn job(out: &Path, format: fractaldb::sink::Format, resume: bool) -> Run {
         },
         progress: fractaldb::progress::Mode::Quiet,
         backend: Backend::Cpu,
+        encoding: fractaldb::encode::Encoding::Png,
     }
 }
 

@@ -45,6 +45,7 @@ pub struct MvfdbOptions {
     pub rank: crate::cluster::Rank,
     pub progress: crate::progress::Mode,
     pub backend: crate::render::Backend,
+    pub encoding: crate::encode::Encoding,
 }
 
 /// The version of MV-FractalDB's bytes, in every settings record and shard fingerprint: 2 since
@@ -80,6 +81,7 @@ pub(crate) fn spec(o: &MvfdbOptions, rows: &[u32], mults: &[[f64; 12]]) -> serde
         rank: _,
         progress: _,
         backend: _,
+        encoding: _,
     } = o;
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
@@ -435,6 +437,7 @@ impl MvfdbOptions {
             rank: self.rank.clone(),
             progress: self.progress,
             backend: self.backend.clone(),
+            encoding: self.encoding,
         };
         let ds = Mvfdb {
             o: self.clone(),
@@ -456,7 +459,8 @@ pub fn run(o: &MvfdbOptions) -> Result<Summary> {
             o.rank.world.max(1)
         );
         let _lock = fsutil::OutputLock::acquire(&o.out, &lock)?;
-        return Ok(front(o, true, load_weights(o)?)?.s);
+        // Every rank would write the same files: rank 0 writes them.
+        return Ok(front(o, o.rank.rank == 0, load_weights(o)?)?.s);
     };
     let render = crate::dataset::run(&ds, &job)?;
     let found = std::mem::take(&mut *ds.found.lock().unwrap());
@@ -469,10 +473,11 @@ pub fn run(o: &MvfdbOptions) -> Result<Summary> {
 }
 
 impl Mvfdb {
-    /// The search and the model pass (side files into `env.out`), remembered for the summary.
+    /// The search and the model pass (side files into `env.out`, by rank 0: every rank computes
+    /// them), remembered for the summary.
     fn front(&self, env: &Env) -> Result<Front> {
         let w = (self.rows.clone(), self.mults.clone());
-        let f = front(&self.o, env.out.is_some(), Some(w))?;
+        let f = front(&self.o, env.out.is_some() && env.writer, Some(w))?;
         *self.found.lock().unwrap() = Summary {
             classes: f.s.classes,
             models: f.s.models,

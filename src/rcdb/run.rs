@@ -44,6 +44,7 @@ pub struct RcdbOptions {
     pub rank: Rank,
     pub progress: progress::Mode,
     pub backend: crate::render::Backend,
+    pub encoding: crate::encode::Encoding,
 }
 
 impl RcdbOptions {
@@ -279,6 +280,7 @@ impl RcdbOptions {
             rank,
             progress,
             backend,
+            encoding,
         } = self;
         settings.validate()?;
         run_classes(settings, *thread_num)?;
@@ -309,6 +311,7 @@ impl RcdbOptions {
             rank: rank.clone(),
             progress: *progress,
             backend: backend.clone(),
+            encoding: *encoding,
         };
         Ok((ds, job))
     }
@@ -426,10 +429,7 @@ struct RcdbFolder<'a> {
 impl FolderWork for RcdbFolder<'_> {
     fn dirs(&self) -> Vec<PathBuf> {
         let class_dir = |c| Path::new("image").join(format!("{c:05}"));
-        [PathBuf::from("param"), PathBuf::from("image")]
-            .into_iter()
-            .chain(self.classes.clone().map(class_dir))
-            .collect()
+        self.classes.clone().map(class_dir).collect()
     }
     fn units(&self) -> u64 {
         let groups = self.ds.settings.instances / self.group;

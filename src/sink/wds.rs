@@ -190,6 +190,7 @@ pub struct SampleInfo<'a> {
     pub layout: &'a Layout,
     pub key_width: usize,
     pub meta: &'a dyn SampleMeta,
+    pub encoding: crate::encode::Encoding,
 }
 
 impl SampleInfo<'_> {
@@ -209,7 +210,11 @@ impl SampleInfo<'_> {
         let cls = label.to_string();
         w.write_sample(
             &key,
-            &[("cls", cls.as_bytes()), ("json", &json[..]), ("png", png)],
+            &[
+                ("cls", cls.as_bytes()),
+                ("json", &json[..]),
+                (self.encoding.extension(), png),
+            ],
         )
     }
 }
@@ -363,6 +368,8 @@ pub struct WdsOptions {
     pub resume: bool,
     /// The family's per-sample metadata.
     pub meta: Arc<dyn SampleMeta>,
+    /// The images' encoding (its extension names their members).
+    pub encoding: crate::encode::Encoding,
 }
 
 /// The shard files of one rank: images arrive in any order, each shard is written in its order
@@ -542,6 +549,7 @@ impl<'a> WdsSink<'a> {
             layout: self.layout,
             key_width: self.key_width,
             meta: &*self.opts.meta,
+            encoding: self.opts.encoding,
         };
         info.write(w, pos, s, png)
     }
