@@ -1204,7 +1204,7 @@ pub fn run(cli: Cli) -> Result<()> {
         {
             // A folder dataset: every image of its record present and whole.
             let rec = crate::sink::folder::read_record(&a.out)?.expect("checked");
-            let missing = crate::sink::folder::missing_images(&a.out, &rec);
+            let missing = crate::sink::folder::missing_images(&a.out, &rec)?;
             if missing.is_empty() {
                 crate::say!(
                     "complete: {} images of {} classes in {}",

@@ -12,10 +12,14 @@ pub enum Encoding {
     /// PNG, RGB or gray (`PngConfig`), the originals' files.
     #[default]
     Png,
+    /// NumPy `.npy` (format 1.0): uint8, H x W where every colour is a gray, else H x W x 3, C
+    /// order, the header padded to 64 bytes as `numpy.save` does; what `numpy.load` and
+    /// `webdataset`'s `.decode()` read.
+    Npy,
 }
 
 /// Every encoding (the `--encoding` values).
-pub const ALL: &[Encoding] = &[Encoding::Png];
+pub const ALL: &[Encoding] = &[Encoding::Png, Encoding::Npy];
 
 /// An encoder thread's reusable state.
 #[derive(Default)]
@@ -27,6 +31,7 @@ impl Encoding {
     pub fn name(self) -> &'static str {
         match self {
             Encoding::Png => "png",
+            Encoding::Npy => "npy",
         }
     }
 
@@ -57,6 +62,15 @@ impl Encoding {
                 &mut scratch.png,
                 out,
             ),
+            Encoding::Npy => {
+                let ch = npy_channels(image);
+                out.extend_from_slice(&npy_header(image, ch));
+                let start = out.len();
+                out.resize(start + w * h * ch, 0);
+                let pixels = &mut out[start..];
+                crate::render::write_flip_into(canvas, w, h, flip, &image.palette, ch, pixels);
+                Ok(())
+            }
         }
     }
 
@@ -66,6 +80,26 @@ impl Encoding {
             Encoding::Png => {
                 crate::sink::folder::image_is_whole(path, image.width, image.height, png.gray)
             }
+            Encoding::Npy => {
+                use std::io::Read;
+                let ch = npy_channels(image);
+                let head = npy_header(image, ch);
+                let size = head.len() + (image.width * image.height) as usize * ch;
+                let mut got = vec![0; head.len()];
+                std::fs::File::open(path).is_ok_and(|mut f| {
+                    f.metadata().is_ok_and(|m| m.len() == size as u64)
+                        && f.read_exact(&mut got).is_ok()
+                        && got == head
+                })
+            }
+        }
+    }
+
+    /// The encoding a settings fingerprint records (PNG when it names none).
+    pub fn recorded(fingerprint: &serde_json::Value) -> Option<Encoding> {
+        match fingerprint.get("encoding").and_then(|e| e.as_str()) {
+            None => Some(Encoding::Png),
+            Some(name) => ALL.iter().copied().find(|e| e.name() == name),
         }
     }
 
@@ -85,5 +119,49 @@ impl clap::ValueEnum for Encoding {
     }
     fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
         Some(clap::builder::PossibleValue::new(self.name()))
+    }
+}
+
+/// 1 where every colour of the palette is a gray (FractalDB's gray draw types, RCDB,
+/// MV-FractalDB), else 3.
+fn npy_channels(image: &ImageFormat) -> usize {
+    if image.palette.iter().all(|&[r, g, b]| r == g && g == b) {
+        1
+    } else {
+        3
+    }
+}
+
+/// The `.npy` header of an image: magic, version 1.0, the dict, spaces and a newline up to a
+/// multiple of 64 bytes.
+fn npy_header(image: &ImageFormat, channels: usize) -> Vec<u8> {
+    let (w, h) = (image.width, image.height);
+    let shape = match channels {
+        1 => format!("({h}, {w})"),
+        c => format!("({h}, {w}, {c})"),
+    };
+    let dict = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}");
+    let len = (10 + dict.len() + 1).div_ceil(64) * 64 - 10;
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(len as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out.resize(10 + len - 1, b' ');
+    out.push(b'\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_header_is_numpys() {
+        // numpy.save(f, numpy.zeros((32, 48), numpy.uint8)) writes these 128 bytes of header.
+        let head = npy_header(&ImageFormat::gray(48, 32), 1);
+        assert_eq!(head.len(), 128);
+        assert_eq!(&head[..10], b"\x93NUMPY\x01\x00\x76\x00");
+        let text = std::str::from_utf8(&head[10..]).unwrap();
+        assert!(text.starts_with("{'descr': '|u1', 'fortran_order': False, 'shape': (32, 48), }"));
+        assert!(text.ends_with(" \n"));
     }
 }

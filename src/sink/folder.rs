@@ -1,9 +1,11 @@
 //! The original layout: `{save_root}/{class}/{class}_{row:02}_count_{instance}_flip{t}.png`.
 
+use crate::encode::Encoding;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::pipeline::{Sink, Target};
 use crate::plan::{Plan, Sample};
+use crate::render::{DrawMode, ImageFormat, PngConfig};
 use std::path::{Path, PathBuf};
 
 pub fn image_path(root: &Path, plan: &Plan, s: Sample) -> PathBuf {
@@ -181,22 +183,45 @@ pub fn image_is_whole(path: &Path, width: u32, height: u32, gray: bool) -> bool 
 
 /// `finalize` for a folder dataset: every image of the record present and whole. Returns the
 /// missing or broken ones (relative paths), in order.
-pub fn missing_images(out: &Path, rec: &Record) -> Vec<PathBuf> {
+pub fn missing_images(out: &Path, rec: &Record) -> Result<Vec<PathBuf>> {
+    let encoding = Encoding::recorded(&rec.config).ok_or_else(|| {
+        Error::input(
+            &out.join(RECORD),
+            None,
+            "records an encoding this fractaldb does not know",
+        )
+    })?;
+    let mode = rec.config["draw_type"]
+        .as_str()
+        .and_then(|m| m.parse().ok());
+    let image = ImageFormat {
+        width: rec.width,
+        height: rec.height,
+        palette: crate::render::palette(mode.unwrap_or(DrawMode::PatchGray)),
+    };
+    let png = PngConfig {
+        level: 0,
+        gray: rec.gray,
+    };
     let mut missing = Vec::new();
     for name in &rec.classes {
         for &row in &rec.rows {
             for instance in 0..rec.instances {
                 for &flip in &rec.flips {
-                    let rel = PathBuf::from(name)
-                        .join(format!("{name}_{row:02}_count_{instance}_flip{flip}.png"));
-                    if !image_is_whole(&out.join(&rel), rec.width, rec.height, rec.gray) {
+                    let mut rel = PathBuf::from(name)
+                        .join(format!("{name}_{row:02}_count_{instance}_flip{flip}"))
+                        .into_os_string();
+                    rel.push(".");
+                    rel.push(encoding.extension());
+                    let rel = PathBuf::from(rel);
+                    if !encoding.is_whole(&out.join(&rel), &image, png) {
                         missing.push(rel);
                     }
                 }
             }
         }
     }
-    missing
+    Ok(missing)
 }
 
 /// A family's image files: each image written whole (atomically) where `path` puts its sample.
