@@ -186,7 +186,7 @@ pub fn image_is_whole(path: &Path, width: u32, height: u32, gray: bool) -> bool 
 pub fn missing_images(out: &Path, rec: &Record) -> Result<Vec<PathBuf>> {
     let encoding = Encoding::recorded(&rec.config).ok_or_else(|| {
         Error::input(
-            &out.join(RECORD),
+            out.join(RECORD),
             None,
             "records an encoding this fractaldb does not know",
         )
