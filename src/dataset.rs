@@ -297,6 +297,7 @@ impl IndexedJobs for FolderJobs<'_> {
                     sample,
                     pos,
                     shard: 0,
+                    epoch: 0,
                 };
                 Some((instance, flip, t))
             });

@@ -14,12 +14,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// Where one encoded image goes: its sample, its global position in the dataset order, and its shard.
+/// Where one encoded image goes: its sample, its global position in the dataset order, its shard,
+/// and the epoch of its instance key (the service's shards of several epochs are written at once).
 #[derive(Clone, Copy, Debug)]
 pub struct Target {
     pub sample: Sample,
     pub pos: u64,
     pub shard: u64,
+    pub epoch: u64,
 }
 
 /// The images wanted from one canvas: flip, and where each goes.

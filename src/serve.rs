@@ -249,19 +249,11 @@ impl ServeJobs<'_> {
             let first = q.next_id;
             q.next_id += end - a;
             drop(q);
-            let shards = st.layout.shards;
             return Some(
                 (a..end)
                     .enumerate()
                     .map(|(k, cloud)| {
-                        // The epoch travels in the shard id.
-                        let mut job = crate::sink::wds::cloud_job(
-                            &st.layout,
-                            cloud,
-                            |_| true,
-                            |s| epoch * shards + s,
-                        );
-                        job.unit.epoch = epoch;
+                        let job = crate::sink::wds::cloud_job(&st.layout, cloud, |_| true, epoch);
                         (first + k as u64, job)
                     })
                     .collect(),
@@ -270,8 +262,10 @@ impl ServeJobs<'_> {
     }
 }
 
-/// A shard being written by the pipeline's writers: images held until their turn.
+/// A shard being written by the pipeline's writers: images held until their turn, and its samples'
+/// metadata (one per shard, not per image).
 struct Writing {
+    meta: Arc<dyn wds::SampleMeta>,
     order: InOrderShard<(Sample, Vec<u8>)>,
     /// Buffered: readers are woken per 64 KiB, not per tar header.
     writer: Option<ShardWriter<std::io::BufWriter<Appender>>>,
@@ -279,7 +273,8 @@ struct Writing {
 
 struct ServeSink<'a> {
     st: &'a State,
-    writers: Vec<Mutex<HashMap<u64, Writing>>>,
+    /// Shards being written, by (epoch, shard), per writer thread.
+    writers: Vec<Mutex<HashMap<(u64, u64), Writing>>>,
 }
 
 impl Sink for ServeSink<'_> {
@@ -287,23 +282,23 @@ impl Sink for ServeSink<'_> {
         self.writers.len()
     }
     fn route(&self, t: &Target) -> usize {
-        (t.shard % self.writers.len() as u64) as usize
+        ((t.shard + t.epoch) % self.writers.len() as u64) as usize
     }
     fn accept(&self, writer: usize, t: Target, png: Vec<u8>) -> Result<()> {
         let st = self.st;
-        let (epoch, shard) = (t.shard / st.layout.shards, t.shard % st.layout.shards);
+        let (epoch, shard) = (t.epoch, t.shard);
         let mut map = self.writers[writer].lock().unwrap();
-        let w = map.entry(t.shard).or_insert_with(|| Writing {
+        let w = map.entry((epoch, shard)).or_insert_with(|| Writing {
+            meta: st.work.meta(epoch),
             order: InOrderShard::new(st.layout.shard_range(shard)),
             writer: None,
         });
         w.order.push(shard, t.pos, (t.sample, png))?;
-        let meta = st.work.meta(epoch);
         let info = SampleInfo {
             classes: &st.class_names,
             layout: &st.layout,
             key_width: st.key_width,
-            meta: &*meta,
+            meta: &*w.meta,
             encoding: st.encoding,
         };
         while let Some((pos, (s, png))) = w.order.pop() {
@@ -327,7 +322,7 @@ impl Sink for ServeSink<'_> {
         }
         if w.order.complete() {
             let sw = w.writer.take().expect("a complete shard has a writer");
-            map.remove(&t.shard);
+            map.remove(&(epoch, shard));
             let io = |e: std::io::Error| Error::Other(format!("serve: shard {shard}: {e}"));
             let (buf, _) = sw.finish().map_err(io)?;
             let Appender(stream) = buf.into_inner().map_err(|e| io(e.into_error()))?;
@@ -341,7 +336,7 @@ impl Sink for ServeSink<'_> {
 
 /// What a request path names.
 #[derive(Debug, PartialEq, Eq)]
-enum Target2 {
+enum Resource {
     Shard { epoch: u64, shard: u64 },
     Wids,
     Manifest,
@@ -355,7 +350,7 @@ fn parse_path(
     path: &str,
     prefix: &str,
     shards: u64,
-) -> std::result::Result<Target2, (StatusCode, String)> {
+) -> std::result::Result<Resource, (StatusCode, String)> {
     if path.len() > 256 {
         return Err((StatusCode::BAD_REQUEST, "path too long".into()));
     }
@@ -380,13 +375,13 @@ fn parse_path(
         _ => return Err((StatusCode::NOT_FOUND, format!("no such path {path:?}"))),
     };
     match file {
-        "healthz" if epoch == 0 && parts.len() == 1 => return Ok(Target2::Health),
-        "metrics" if parts.len() == 1 => return Ok(Target2::Metrics),
-        "manifest.json" if parts.len() == 1 => return Ok(Target2::Manifest),
+        "healthz" if epoch == 0 && parts.len() == 1 => return Ok(Resource::Health),
+        "metrics" if parts.len() == 1 => return Ok(Resource::Metrics),
+        "manifest.json" if parts.len() == 1 => return Ok(Resource::Manifest),
         _ => {}
     }
     if parts.len() == 1 && file == format!("{prefix}-wids.json") {
-        return Ok(Target2::Wids);
+        return Ok(Resource::Wids);
     }
     let n = file
         .strip_prefix(prefix)
@@ -395,7 +390,7 @@ fn parse_path(
         .filter(|d| d.len() >= 6 && d.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|d| d.parse::<u64>().ok());
     match n {
-        Some(s) if s < shards => Ok(Target2::Shard { epoch, shard: s }),
+        Some(s) if s < shards => Ok(Resource::Shard { epoch, shard: s }),
         Some(s) => Err((
             StatusCode::NOT_FOUND,
             format!(
@@ -540,8 +535,8 @@ async fn handle(st: Arc<State>, req: Request<Body>) -> Response<Body> {
         Err((code, why)) => return text(code, why),
     };
     match target {
-        Target2::Health => text(StatusCode::OK, "ok".into()),
-        Target2::Metrics => {
+        Resource::Health => text(StatusCode::OK, "ok".into()),
+        Resource::Metrics => {
             let mut r = Response::new(Body::from(metrics_text(&st)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -549,7 +544,7 @@ async fn handle(st: Arc<State>, req: Request<Body>) -> Response<Body> {
             );
             r
         }
-        Target2::Manifest => json(&serde_json::json!({
+        Resource::Manifest => json(&serde_json::json!({
             "kind": "fractaldb-serve-manifest-v1",
             "config": st.fingerprint,
             "total_samples": st.layout.total,
@@ -557,19 +552,16 @@ async fn handle(st: Arc<State>, req: Request<Body>) -> Response<Body> {
             "shard_count": st.layout.shards,
             "classes": st.class_names,
         })),
-        Target2::Wids => {
+        Resource::Wids => {
             let base = base_url(&st, req.headers());
-            json(&serde_json::json!({
-                "__kind__": "wids-shard-index-v1",
-                "wids_version": 1,
-                "name": st.prefix,
-                "shardlist": (0..st.layout.shards).map(|s| serde_json::json!({
-                    "url": format!("{base}/{}", wds::shard_name(&st.prefix, s)),
-                    "nsamples": st.layout.shard_range(s).count(),
-                })).collect::<Vec<_>>(),
-            }))
+            let list = (0..st.layout.shards).map(|s| wds::WidsShard {
+                url: format!("{base}/{}", wds::shard_name(&st.prefix, s)),
+                nsamples: st.layout.shard_range(s).count() as u64,
+                filesize: None,
+            });
+            json(&wds::wids_index(&st.prefix, list))
         }
-        Target2::Shard { epoch, shard } => {
+        Resource::Shard { epoch, shard } => {
             if let Some(why) = st.dataset.epoch_refusal(epoch) {
                 return text(StatusCode::BAD_REQUEST, why);
             }
@@ -852,16 +844,16 @@ mod tests {
         let p = |s| parse_path(s, "fractaldb", 10);
         assert_eq!(
             p("/fractaldb-000003.tar"),
-            Ok(Target2::Shard { epoch: 0, shard: 3 })
+            Ok(Resource::Shard { epoch: 0, shard: 3 })
         );
         assert_eq!(
             p("/epoch/2/fractaldb-000009.tar"),
-            Ok(Target2::Shard { epoch: 2, shard: 9 })
+            Ok(Resource::Shard { epoch: 2, shard: 9 })
         );
-        assert_eq!(p("/fractaldb-wids.json"), Ok(Target2::Wids));
-        assert_eq!(p("/manifest.json"), Ok(Target2::Manifest));
-        assert_eq!(p("/healthz"), Ok(Target2::Health));
-        assert_eq!(p("/metrics"), Ok(Target2::Metrics));
+        assert_eq!(p("/fractaldb-wids.json"), Ok(Resource::Wids));
+        assert_eq!(p("/manifest.json"), Ok(Resource::Manifest));
+        assert_eq!(p("/healthz"), Ok(Resource::Health));
+        assert_eq!(p("/metrics"), Ok(Resource::Metrics));
         assert_eq!(
             p("/fractaldb-000010.tar").unwrap_err().0,
             StatusCode::NOT_FOUND

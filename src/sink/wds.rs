@@ -107,15 +107,24 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// The wids index (`wids-shard-index-v1`) of a list of shards.
-pub fn wids_index(name: &str, shards: &[ShardEntry]) -> serde_json::Value {
+/// One shard of a wids index: its URL, samples, and size when it is known (a service lists
+/// shards before they are made).
+#[derive(Serialize)]
+pub struct WidsShard {
+    pub url: String,
+    pub nsamples: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filesize: Option<u64>,
+}
+
+/// The wids index (`wids-shard-index-v1`) of a list of shards: the finalized manifest's and the
+/// service's.
+pub fn wids_index(name: &str, shards: impl IntoIterator<Item = WidsShard>) -> serde_json::Value {
     serde_json::json!({
         "__kind__": "wids-shard-index-v1",
         "wids_version": 1,
         "name": name,
-        "shardlist": shards.iter().map(|s| serde_json::json!({
-            "url": s.url, "nsamples": s.nsamples, "filesize": s.filesize,
-        })).collect::<Vec<_>>(),
+        "shardlist": shards.into_iter().collect::<Vec<_>>(),
     })
 }
 
@@ -885,20 +894,19 @@ pub fn finalize(out: &Path, prefix: &str) -> Result<std::result::Result<Manifest
     m.world_size = 1;
     m.kind = "fractaldb-manifest-v1".into();
     write_json(&mpath, &m)?;
-    write_json(&wpath, &wids_index(prefix, &m.shards))?;
+    let list = m.shards.iter().map(|s| WidsShard {
+        url: s.url.clone(),
+        nsamples: s.nsamples,
+        filesize: Some(s.filesize),
+    });
+    write_json(&wpath, &wids_index(prefix, list))?;
     Ok(Ok(m))
 }
 
-/// The job of cloud `q` of the shard order: its images in shards `keep` accepts, with `Target.shard`
-/// as `shard_key` makes it (the service folds the epoch into it).
-pub(crate) fn cloud_job(
-    layout: &Layout,
-    q: u64,
-    keep: impl Fn(u64) -> bool,
-    shard_key: impl Fn(u64) -> u64,
-) -> Job {
+/// The job of cloud `q` of the shard order in epoch `epoch`: its images in shards `keep` accepts.
+pub(crate) fn cloud_job(layout: &Layout, q: u64, keep: impl Fn(u64) -> bool, epoch: u64) -> Job {
     let (class, row) = layout.cloud(q);
-    crate::pipeline::job_of(
+    let mut job = crate::pipeline::job_of(
         class,
         row,
         layout
@@ -912,11 +920,14 @@ pub(crate) fn cloud_job(
                     Target {
                         sample: p.sample,
                         pos: p.pos,
-                        shard: shard_key(p.shard),
+                        shard: p.shard,
+                        epoch,
                     },
                 )
             }),
-    )
+    );
+    job.unit.epoch = epoch;
+    job
 }
 
 /// Shard output: this rank's blocks, one job per cloud of each block, in the layout's cloud order
@@ -952,6 +963,6 @@ impl IndexedJobs for WdsJobs<'_> {
         let b = self.starts.partition_point(|&s| s <= i) - 1;
         let g = self.todo.blocks[b];
         let q = self.layout.block_clouds(g).start + (i - self.starts[b]);
-        cloud_job(self.layout, q, |s| self.todo.shards.contains(&s), |s| s)
+        cloud_job(self.layout, q, |s| self.todo.shards.contains(&s), 0)
     }
 }

@@ -1,7 +1,8 @@
 //! The GL backend: the chaos game in fp64 compute shaders (many clouds per dispatch, one invocation per
 //! cloud) and a compute raster (atomicMax of the point index per pixel, then a resolve pass per instance),
 //! on a headless EGL context. Its pixels equal the CPU engine's: the chaos game is exact in fp64, the
-//! rescale runs on the CPU with the same code, and "last point wins" is what atomicMax computes.
+//! rescale (`glsl/rescale.comp`, or the CPU engine's own code with `--rescale cpu`) follows the
+//! original's operations and NaN truncation, and "last point wins" is what atomicMax computes.
 
 pub mod egl;
 mod stage;
@@ -897,10 +898,13 @@ impl GlEngine {
         let gl = &self.ctx.gl;
         unsafe {
             if !matches!(self.atlas, Some((_, tw, th)) if tw >= aw && th >= ah) {
+                // A new atlas keeps at least the old one's width (it was read before the take:
+                // after it, the old size is gone).
+                let old_w = self.atlas.map_or(0, |a| a.1);
                 if let Some((t, _, _)) = self.atlas.take() {
                     gl.delete_texture(t);
                 }
-                let (tw, th) = (aw.max(self.atlas.map_or(0, |a| a.1)), ah);
+                let (tw, th) = (aw.max(old_w), ah);
                 let tex = r8ui_target(gl, self.fbo, tw, th)?;
                 self.atlas = Some((tex, tw, th));
             }
