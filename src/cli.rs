@@ -871,422 +871,444 @@ fn gl_choice(gpu: Option<i64>, egl_device: Option<usize>, rank: &cluster::Rank) 
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Command::Search(a) => {
-            if !(a.rate.is_finite() && (0.0..1.0).contains(&a.rate)) {
-                return Err(Error::flag(
-                    "--rate",
-                    format!(
-                        "{} is not a fraction in [0, 1): a rate of 1 needs every pixel of the preview lit, \
-                         which no IFS does, so the search would never end",
-                        a.rate
-                    ),
-                ));
-            }
-            if a.points < 2 {
-                return Err(Error::flag("--points", "need at least 2 points"));
-            }
-            let needed = (a.rate * (search::PREVIEW * search::PREVIEW) as f64).ceil();
-            if (a.points as f64) < needed {
-                return Err(Error::flag(
-                    "--points",
-                    format!(
-                        "{} points can light at most {} of the 512x512 preview's pixels, below the fill rate {} \
-                         ({needed} pixels): no candidate could ever be accepted",
-                        a.points, a.points, a.rate
-                    ),
-                ));
-            }
-            if (a.categories as u128) > 10u128.pow(a.class_digits) {
-                return Err(Error::flag(
-                    "--class-digits",
-                    format!(
-                        "{} classes do not fit in {} digits (00..0 to {}): use --class-digits {}",
-                        a.categories,
-                        a.class_digits,
-                        "9".repeat(a.class_digits as usize),
-                        (a.categories.saturating_sub(1)).to_string().len()
-                    ),
-                ));
-            }
-            let rank = a.ranks.resolve()?;
-            // Each search thread holds a candidate's points and its own u sequence (24 bytes a
-            // point) and a preview canvas; the GL form holds a batch of them.
-            let est = crate::memory::Estimate {
-                fixed: 64 << 20,
-                per_thread: (a.points as u64)
-                    .saturating_mul(24)
-                    .saturating_add((search::PREVIEW * search::PREVIEW * 4) as u64),
-            };
-            let avail = crate::memory::available();
-            let threads = crate::memory::fit_threads(est, a.common.threads(), &avail, "--points")?;
-            let cfg = SearchConfig {
-                rank: rank.rank,
-                wait_timeout: std::time::Duration::from_secs(a.wait_timeout),
-                progress: !a.common.quiet,
-                class_digits: a.class_digits as usize,
-                world: rank.world,
-                rate: a.rate,
-                categories: a.categories,
-                points: a.points,
-                seed: a.seed,
-                out: a.out.clone(),
-                threads,
-                write_previews: !a.no_previews,
-                png_level: 6,
-                gl: match a.backend {
-                    BackendArg::Cpu => None,
-                    BackendArg::Gl => {
-                        crate::render::gl::egl::load()?;
-                        Some(Choice {
-                            cuda_ordinal: None,
-                            egl_index: a.egl_device,
-                        })
-                    }
-                    BackendArg::Auto => {
-                        let c = Choice {
-                            cuda_ordinal: None,
-                            egl_index: a.egl_device,
-                        };
-                        crate::render::gl::egl::hardware_usable(&[c]).then_some(c)
-                    }
-                },
-            };
-            let quiet = a.common.quiet;
-            let t0 = std::time::Instant::now();
-            let stats = search::run(&cfg, |k, cands| {
-                if !quiet {
-                    crate::say!(
-                        "save: {k:05} (candidate {cands}, {:.1}s)",
-                        t0.elapsed().as_secs_f64()
-                    );
-                }
-            })?;
-            if !quiet {
-                crate::say!(
-                    "search: {} classes from {} candidates in {:.1}s -> {}",
-                    stats.accepted,
-                    stats.candidates,
-                    t0.elapsed().as_secs_f64(),
-                    search::csv_dir(&cfg.out, cfg.rate, cfg.categories).display()
-                );
-            }
-            Ok(())
-        }
-        Command::Render(a) => {
-            let opts = a.to_options()?;
-            if a.window.is_some() && !a.common.quiet {
-                crate::say!(
-                    "note: --window is no longer used: every point cloud is computed once whatever the shard count"
-                );
-            }
-            if !a.common.quiet {
-                let who = if opts.rank.world == 1 {
-                    "one process".to_string()
-                } else {
-                    format!(
-                        "rank {} of {} ({})",
-                        opts.rank.rank, opts.rank.world, opts.rank.source
-                    )
-                };
-                crate::say!(
-                    "render: {who}, {} threads, {} encoders, writing {} to {}",
-                    opts.threads.render,
-                    opts.threads.encode,
-                    match opts.format {
-                        Format::Folder => "the original's class folders",
-                        Format::Wds => "WebDataset shards",
-                    },
-                    opts.out.display()
-                );
-            }
-            if opts.rank.world > 1 {
-                // Not the whole dataset: say so, whatever --quiet says (an inherited launcher
-                // environment must not pass for a complete run).
-                crate::say!(
-                    "NOTE: rank {} of {} ({}): this run renders only its part of the dataset \
-                     ({}); run every rank, then `fractaldb finalize --out {}`",
-                    opts.rank.rank,
-                    opts.rank.world,
-                    opts.rank.source,
-                    match opts.format {
-                        Format::Folder => format!(
-                            "classes c with c % {} == {}",
-                            opts.rank.world, opts.rank.rank
-                        ),
-                        Format::Wds => format!(
-                            "shard blocks g with g % {} == {}",
-                            opts.rank.world, opts.rank.rank
-                        ),
-                    },
-                    opts.out.display()
-                );
-            }
-            let s = generate::run(&opts)?;
-            if !a.common.quiet {
-                let readback = if matches!(opts.backend, Backend::Gl(..)) {
-                    format!(
-                        ", {} bytes read back per image",
-                        s.readback_bytes / s.images.max(1)
-                    )
-                } else {
-                    String::new()
-                };
-                crate::say!(
-                    "done: {} images ({} kept from before), {} shards, {:.1} MB, {} clouds{readback}, {:.2}s, {:.1} images/s",
-                    s.images,
-                    s.skipped,
-                    s.shards,
-                    s.bytes as f64 / 1e6,
-                    s.clouds,
-                    s.seconds,
-                    s.images_per_second()
-                );
-            }
-            Ok(())
-        }
-        Command::Rcdb(a) if a.serve => {
-            let mut opts = a.to_options()?;
-            if opts.thread_num.is_some() {
-                return Err(Error::flag(
-                    "--thread_num",
-                    "the service serves the whole dataset's shards",
-                ));
-            }
-            opts.format = Format::Wds;
-            let (ds, job) = opts.split()?;
-            a.service.serve(Box::new(ds), job)
-        }
-        Command::Rcdb(a) => {
-            let opts = a.to_options()?;
-            let st = &opts.settings;
-            if !a.common.quiet {
-                let all = crate::rcdb::run::run_classes(st, opts.thread_num)?;
-                let mine = crate::rcdb::run::rank_classes(all, opts.rank.rank, opts.rank.world);
-                let what = match opts.format {
-                    Format::Folder => {
-                        format!("classes {}..{} of {}", mine.start, mine.end, st.classes)
-                    }
-                    Format::Wds => format!(
-                        "WebDataset shards of {} classes (this rank: blocks g with g % {} == {})",
-                        st.made_classes(),
-                        opts.rank.world,
-                        opts.rank.rank
-                    ),
-                };
-                crate::say!(
-                    "rcdb: {what} ({} processes T, {} classes each), {} images each, {} threads, writing {}",
-                    st.processes,
-                    st.per_process(),
-                    st.instances,
-                    opts.threads.render,
-                    opts.save_root_display()
-                );
-                if st.made_classes() < st.classes {
-                    crate::say!(
-                        "note: as in the original, classes {}..{} are never made ({} classes do not split into {} processes)",
-                        st.made_classes(),
-                        st.classes,
-                        st.classes,
-                        st.processes
-                    );
-                }
-            }
-            if opts.rank.world > 1 {
-                crate::say!(
-                    "NOTE: rank {} of {} ({}): this run makes only its part of the dataset; run every rank{}",
-                    opts.rank.rank,
-                    opts.rank.world,
-                    opts.rank.source,
-                    if opts.format == Format::Wds {
-                        format!(
-                            ", then `fractaldb finalize --prefix {} --out {}`",
-                            opts.prefix,
-                            opts.save_root_display()
-                        )
-                    } else {
-                        String::new()
-                    }
-                );
-            }
-            let s = crate::rcdb::run::run(&opts)?;
-            if !a.common.quiet {
-                crate::say!(
-                    "done: {} images ({} kept from before), {:.1} MB, {:.2}s, {:.1} images/s",
-                    s.images,
-                    s.skipped,
-                    s.bytes as f64 / 1e6,
-                    s.seconds,
-                    s.images_per_second()
-                );
-            }
-            Ok(())
-        }
-        Command::Mvfdb(a) => {
-            let rank = a.ranks.resolve()?;
-            let choice = gl_choice(None, a.egl_device, &rank);
-            let backend = resolve_backend(a.backend, vec![choice], GlOptions::default(), true)?;
-            let opts = crate::mvfdb::run::MvfdbOptions {
-                out: a.save_root.clone(),
-                classes: a.classes,
-                seed: a.seed,
-                variance: a.variance,
-                weights: Some(a.weight_csv.clone()),
-                rows: a.weight_rows.clone(),
-                model_seed: a.model_seed,
-                write_models: a.write_models,
-                views: a.views.0,
-                random_views: a.views.1,
-                shards: (a.format == Format::Wds || a.serve).then(|| {
-                    crate::mvfdb::run::ShardOptions {
-                        samples_per_shard: a.samples_per_shard,
-                        prefix: a.prefix.clone(),
-                        seed: a.shard_seed,
-                        dali_index: a.dali_index,
-                        writers: (a.common.threads() / 4).clamp(1, 4),
-                    }
-                }),
-                view_seed: a.view_seed,
-                size: a.img_size,
-                point_size: a.point_size,
-                png: PngConfig {
-                    level: a.png_level,
-                    gray: false,
-                },
-                resume: a.resume,
-                threads: Threads {
-                    render: a.common.threads(),
-                    encode: a.common.threads(),
-                    queue: 2 * a.common.threads(),
-                },
-                rank: rank.clone(),
-                progress: a.common.progress(),
-                backend,
-                encoding: a.encoding.encoding,
-            };
-            if a.serve {
-                let Some((ds, job)) = opts.split()? else {
-                    return Err(Error::flag(
-                        "--views",
-                        "the service serves views: at least 1",
-                    ));
-                };
-                return a.service.serve(Box::new(ds), job);
-            }
-            let s = crate::mvfdb::run::run(&opts)?;
-            if !a.common.quiet {
-                crate::say!(
-                    "done: {} classes, {} models ({} skipped: NaN), {} images ({} kept from before), in {}",
-                    s.classes,
-                    s.models,
-                    s.skipped,
-                    s.images,
-                    s.kept,
-                    a.save_root.display()
-                );
-            }
-            Ok(())
-        }
-        Command::Weights(a) => {
-            let text = crate::ifs::builtin_weights_csv(&a.step).ok_or_else(|| {
-                Error::flag(
-                    "--step",
-                    format!("expected one of {}", crate::ifs::WEIGHT_STEPS.join(", ")),
-                )
-            })?;
-            use std::io::Write;
-            std::io::stdout()
-                .write_all(text.as_bytes())
-                .map_err(|e| Error::io("<stdout>", "cannot write", e))
-        }
+        Command::Search(a) => run_search(a),
+        Command::Render(a) => run_render(a),
+        Command::Rcdb(a) if a.serve => run_rcdb_service(a),
+        Command::Rcdb(a) => run_rcdb(a),
+        Command::Mvfdb(a) => run_mvfdb(a),
+        Command::Weights(a) => run_weights(a),
         Command::Finalize(a)
             if crate::sink::wds::list_parts(&a.out, &a.prefix)?.is_empty()
                 && a.out.join(crate::sink::folder::RECORD).exists() =>
         {
-            // A folder dataset: every image of its record present and whole.
-            let rec = crate::sink::folder::read_record(&a.out)?.expect("checked");
-            let missing = crate::sink::folder::missing_images(&a.out, &rec)?;
-            if missing.is_empty() {
-                crate::say!(
-                    "complete: {} images of {} classes in {}",
-                    rec.total(),
-                    rec.classes.len(),
-                    a.out.display()
-                );
-                Ok(())
-            } else {
-                let shown: Vec<String> = missing
-                    .iter()
-                    .take(20)
-                    .map(|p| p.display().to_string())
-                    .collect();
-                Err(Error::Other(format!(
-                    "{}: {} of {} images missing or broken (rerun the render with --resume on every rank): {}{}",
-                    a.out.display(),
-                    missing.len(),
-                    rec.total(),
-                    shown.join(" "),
-                    if missing.len() > 20 { " ..." } else { "" }
-                )))
-            }
+            finalize_folder(a)
         }
-        Command::Finalize(a) => match crate::sink::wds::finalize(&a.out, &a.prefix)? {
-            Ok(m) => {
-                crate::say!(
-                    "finalized {} shards, {} samples",
-                    m.shards.len(),
-                    m.total_samples
-                );
-                Ok(())
+        Command::Finalize(a) => finalize_shards(a),
+        Command::Bench(a) => crate::bench::run(&a),
+        Command::Serve(a) => run_serve(a),
+        Command::Devices => run_devices(),
+    }
+}
+
+fn run_search(a: SearchArgs) -> Result<()> {
+    if !(a.rate.is_finite() && (0.0..1.0).contains(&a.rate)) {
+        return Err(Error::flag(
+            "--rate",
+            format!(
+                "{} is not a fraction in [0, 1): a rate of 1 needs every pixel of the preview lit, \
+                 which no IFS does, so the search would never end",
+                a.rate
+            ),
+        ));
+    }
+    if a.points < 2 {
+        return Err(Error::flag("--points", "need at least 2 points"));
+    }
+    let needed = (a.rate * (search::PREVIEW * search::PREVIEW) as f64).ceil();
+    if (a.points as f64) < needed {
+        return Err(Error::flag(
+            "--points",
+            format!(
+                "{} points can light at most {} of the 512x512 preview's pixels, below the fill rate {} \
+                 ({needed} pixels): no candidate could ever be accepted",
+                a.points, a.points, a.rate
+            ),
+        ));
+    }
+    if (a.categories as u128) > 10u128.pow(a.class_digits) {
+        return Err(Error::flag(
+            "--class-digits",
+            format!(
+                "{} classes do not fit in {} digits (00..0 to {}): use --class-digits {}",
+                a.categories,
+                a.class_digits,
+                "9".repeat(a.class_digits as usize),
+                (a.categories.saturating_sub(1)).to_string().len()
+            ),
+        ));
+    }
+    let rank = a.ranks.resolve()?;
+    // Each search thread holds a candidate's points and its own u sequence (24 bytes a
+    // point) and a preview canvas; the GL form holds a batch of them.
+    let est = crate::memory::Estimate {
+        fixed: 64 << 20,
+        per_thread: (a.points as u64)
+            .saturating_mul(24)
+            .saturating_add((search::PREVIEW * search::PREVIEW * 4) as u64),
+    };
+    let avail = crate::memory::available();
+    let threads = crate::memory::fit_threads(est, a.common.threads(), &avail, "--points")?;
+    let cfg = SearchConfig {
+        rank: rank.rank,
+        wait_timeout: std::time::Duration::from_secs(a.wait_timeout),
+        progress: !a.common.quiet,
+        class_digits: a.class_digits as usize,
+        world: rank.world,
+        rate: a.rate,
+        categories: a.categories,
+        points: a.points,
+        seed: a.seed,
+        out: a.out.clone(),
+        threads,
+        write_previews: !a.no_previews,
+        png_level: 6,
+        gl: match a.backend {
+            BackendArg::Cpu => None,
+            BackendArg::Gl => {
+                crate::render::gl::egl::load()?;
+                Some(Choice {
+                    cuda_ordinal: None,
+                    egl_index: a.egl_device,
+                })
             }
-            Err(missing) => {
-                let list: Vec<String> = missing
-                    .iter()
-                    .map(|s| crate::sink::wds::shard_name(&a.prefix, *s))
-                    .collect();
-                Err(Error::Other(format!(
-                    "{}: {} shard(s) missing or not matching their manifest: {}",
-                    a.out.display(),
-                    missing.len(),
-                    list.join(" ")
-                )))
+            BackendArg::Auto => {
+                let c = Choice {
+                    cuda_ordinal: None,
+                    egl_index: a.egl_device,
+                };
+                crate::render::gl::egl::hardware_usable(&[c]).then_some(c)
             }
         },
-        Command::Bench(a) => crate::bench::run(&a),
-        Command::Serve(a) => {
-            let mut render = a.render.to_options()?;
-            render.format = Format::Wds;
-            let (ds, job) = render.split()?;
-            a.service.serve(Box::new(ds), job)
+    };
+    let quiet = a.common.quiet;
+    let t0 = std::time::Instant::now();
+    let stats = search::run(&cfg, |k, cands| {
+        if !quiet {
+            crate::say!(
+                "save: {k:05} (candidate {cands}, {:.1}s)",
+                t0.elapsed().as_secs_f64()
+            );
         }
-        Command::Devices => {
-            use std::fmt::Write as _;
-            let all = crate::render::gl::egl::describe_all()?;
-            let mut text = String::new();
-            if all.is_empty() {
-                text.push_str(
-                    "no EGL devices listed (the driver lacks EGL_EXT_device_enumeration, or none is visible)\n",
-                );
+    })?;
+    if !quiet {
+        crate::say!(
+            "search: {} classes from {} candidates in {:.1}s -> {}",
+            stats.accepted,
+            stats.candidates,
+            t0.elapsed().as_secs_f64(),
+            search::csv_dir(&cfg.out, cfg.rate, cfg.categories).display()
+        );
+    }
+    Ok(())
+}
+
+fn run_render(a: RenderArgs) -> Result<()> {
+    let opts = a.to_options()?;
+    if a.window.is_some() && !a.common.quiet {
+        crate::say!(
+            "note: --window is no longer used: every point cloud is computed once whatever the shard count"
+        );
+    }
+    if !a.common.quiet {
+        let who = if opts.rank.world == 1 {
+            "one process".to_string()
+        } else {
+            format!(
+                "rank {} of {} ({})",
+                opts.rank.rank, opts.rank.world, opts.rank.source
+            )
+        };
+        crate::say!(
+            "render: {who}, {} threads, {} encoders, writing {} to {}",
+            opts.threads.render,
+            opts.threads.encode,
+            match opts.format {
+                Format::Folder => "the original's class folders",
+                Format::Wds => "WebDataset shards",
+            },
+            opts.out.display()
+        );
+    }
+    if opts.rank.world > 1 {
+        // Not the whole dataset: say so, whatever --quiet says (an inherited launcher
+        // environment must not pass for a complete run).
+        crate::say!(
+            "NOTE: rank {} of {} ({}): this run renders only its part of the dataset \
+             ({}); run every rank, then `fractaldb finalize --out {}`",
+            opts.rank.rank,
+            opts.rank.world,
+            opts.rank.source,
+            match opts.format {
+                Format::Folder => format!(
+                    "classes c with c % {} == {}",
+                    opts.rank.world, opts.rank.rank
+                ),
+                Format::Wds => format!(
+                    "shard blocks g with g % {} == {}",
+                    opts.rank.world, opts.rank.rank
+                ),
+            },
+            opts.out.display()
+        );
+    }
+    let s = generate::run(&opts)?;
+    if !a.common.quiet {
+        let readback = if matches!(opts.backend, Backend::Gl(..)) {
+            format!(
+                ", {} bytes read back per image",
+                s.readback_bytes / s.images.max(1)
+            )
+        } else {
+            String::new()
+        };
+        crate::say!(
+            "done: {} images ({} kept from before), {} shards, {:.1} MB, {} clouds{readback}, {:.2}s, {:.1} images/s",
+            s.images,
+            s.skipped,
+            s.shards,
+            s.bytes as f64 / 1e6,
+            s.clouds,
+            s.seconds,
+            s.images_per_second()
+        );
+    }
+    Ok(())
+}
+
+fn run_rcdb_service(a: RcdbArgs) -> Result<()> {
+    let mut opts = a.to_options()?;
+    if opts.thread_num.is_some() {
+        return Err(Error::flag(
+            "--thread_num",
+            "the service serves the whole dataset's shards",
+        ));
+    }
+    opts.format = Format::Wds;
+    let (ds, job) = opts.split()?;
+    a.service.serve(Box::new(ds), job)
+}
+
+fn run_rcdb(a: RcdbArgs) -> Result<()> {
+    let opts = a.to_options()?;
+    let st = &opts.settings;
+    if !a.common.quiet {
+        let all = crate::rcdb::run::run_classes(st, opts.thread_num)?;
+        let mine = crate::rcdb::run::rank_classes(all, opts.rank.rank, opts.rank.world);
+        let what = match opts.format {
+            Format::Folder => {
+                format!("classes {}..{} of {}", mine.start, mine.end, st.classes)
             }
-            for (d, r) in all {
-                let _ = writeln!(
-                    text,
-                    "EGL device {}: cuda={} software={} drm={}",
-                    d.index,
-                    d.cuda_ordinal.map(|c| c.to_string()).unwrap_or("-".into()),
-                    d.software,
-                    d.drm_file.as_deref().unwrap_or("-")
-                );
-                let _ = match r {
-                    Ok(i) => writeln!(
-                        text,
-                        "  GL_VENDOR   {}\n  GL_RENDERER {}\n  GL_VERSION  {}",
-                        i.vendor, i.renderer, i.version
-                    ),
-                    Err(e) => writeln!(text, "  cannot open: {e}"),
-                };
-                let _ = writeln!(text, "  extensions  {}", d.extensions);
-            }
-            crate::fsutil::write_stdout(&text)
+            Format::Wds => format!(
+                "WebDataset shards of {} classes (this rank: blocks g with g % {} == {})",
+                st.made_classes(),
+                opts.rank.world,
+                opts.rank.rank
+            ),
+        };
+        crate::say!(
+            "rcdb: {what} ({} processes T, {} classes each), {} images each, {} threads, writing {}",
+            st.processes,
+            st.per_process(),
+            st.instances,
+            opts.threads.render,
+            opts.save_root_display()
+        );
+        if st.made_classes() < st.classes {
+            crate::say!(
+                "note: as in the original, classes {}..{} are never made ({} classes do not split into {} processes)",
+                st.made_classes(),
+                st.classes,
+                st.classes,
+                st.processes
+            );
         }
     }
+    if opts.rank.world > 1 {
+        crate::say!(
+            "NOTE: rank {} of {} ({}): this run makes only its part of the dataset; run every rank{}",
+            opts.rank.rank,
+            opts.rank.world,
+            opts.rank.source,
+            if opts.format == Format::Wds {
+                format!(
+                    ", then `fractaldb finalize --prefix {} --out {}`",
+                    opts.prefix,
+                    opts.save_root_display()
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    let s = crate::rcdb::run::run(&opts)?;
+    if !a.common.quiet {
+        crate::say!(
+            "done: {} images ({} kept from before), {:.1} MB, {:.2}s, {:.1} images/s",
+            s.images,
+            s.skipped,
+            s.bytes as f64 / 1e6,
+            s.seconds,
+            s.images_per_second()
+        );
+    }
+    Ok(())
+}
+
+fn run_mvfdb(a: MvfdbArgs) -> Result<()> {
+    let rank = a.ranks.resolve()?;
+    let choice = gl_choice(None, a.egl_device, &rank);
+    let backend = resolve_backend(a.backend, vec![choice], GlOptions::default(), true)?;
+    let opts = crate::mvfdb::run::MvfdbOptions {
+        out: a.save_root.clone(),
+        classes: a.classes,
+        seed: a.seed,
+        variance: a.variance,
+        weights: Some(a.weight_csv.clone()),
+        rows: a.weight_rows.clone(),
+        model_seed: a.model_seed,
+        write_models: a.write_models,
+        views: a.views.0,
+        random_views: a.views.1,
+        shards: (a.format == Format::Wds || a.serve).then(|| crate::mvfdb::run::ShardOptions {
+            samples_per_shard: a.samples_per_shard,
+            prefix: a.prefix.clone(),
+            seed: a.shard_seed,
+            dali_index: a.dali_index,
+            writers: (a.common.threads() / 4).clamp(1, 4),
+        }),
+        view_seed: a.view_seed,
+        size: a.img_size,
+        point_size: a.point_size,
+        png: PngConfig {
+            level: a.png_level,
+            gray: false,
+        },
+        resume: a.resume,
+        threads: Threads {
+            render: a.common.threads(),
+            encode: a.common.threads(),
+            queue: 2 * a.common.threads(),
+        },
+        rank: rank.clone(),
+        progress: a.common.progress(),
+        backend,
+        encoding: a.encoding.encoding,
+    };
+    if a.serve {
+        let Some((ds, job)) = opts.split()? else {
+            return Err(Error::flag(
+                "--views",
+                "the service serves views: at least 1",
+            ));
+        };
+        return a.service.serve(Box::new(ds), job);
+    }
+    let s = crate::mvfdb::run::run(&opts)?;
+    if !a.common.quiet {
+        crate::say!(
+            "done: {} classes, {} models ({} skipped: NaN), {} images ({} kept from before), in {}",
+            s.classes,
+            s.models,
+            s.skipped,
+            s.images,
+            s.kept,
+            a.save_root.display()
+        );
+    }
+    Ok(())
+}
+
+fn run_weights(a: WeightsArgs) -> Result<()> {
+    let text = crate::ifs::builtin_weights_csv(&a.step).ok_or_else(|| {
+        Error::flag(
+            "--step",
+            format!("expected one of {}", crate::ifs::WEIGHT_STEPS.join(", ")),
+        )
+    })?;
+    use std::io::Write;
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .map_err(|e| Error::io("<stdout>", "cannot write", e))
+}
+
+fn finalize_folder(a: FinalizeArgs) -> Result<()> {
+    // A folder dataset: every image of its record present and whole.
+    let rec = crate::sink::folder::read_record(&a.out)?.expect("checked");
+    let missing = crate::sink::folder::missing_images(&a.out, &rec)?;
+    if missing.is_empty() {
+        crate::say!(
+            "complete: {} images of {} classes in {}",
+            rec.total(),
+            rec.classes.len(),
+            a.out.display()
+        );
+        Ok(())
+    } else {
+        let shown: Vec<String> = missing
+            .iter()
+            .take(20)
+            .map(|p| p.display().to_string())
+            .collect();
+        Err(Error::Other(format!(
+            "{}: {} of {} images missing or broken (rerun the render with --resume on every rank): {}{}",
+            a.out.display(),
+            missing.len(),
+            rec.total(),
+            shown.join(" "),
+            if missing.len() > 20 { " ..." } else { "" }
+        )))
+    }
+}
+
+fn finalize_shards(a: FinalizeArgs) -> Result<()> {
+    match crate::sink::wds::finalize(&a.out, &a.prefix)? {
+        Ok(m) => {
+            crate::say!(
+                "finalized {} shards, {} samples",
+                m.shards.len(),
+                m.total_samples
+            );
+            Ok(())
+        }
+        Err(missing) => {
+            let list: Vec<String> = missing
+                .iter()
+                .map(|s| crate::sink::wds::shard_name(&a.prefix, *s))
+                .collect();
+            Err(Error::Other(format!(
+                "{}: {} shard(s) missing or not matching their manifest: {}",
+                a.out.display(),
+                missing.len(),
+                list.join(" ")
+            )))
+        }
+    }
+}
+
+fn run_serve(a: ServeArgs) -> Result<()> {
+    let mut render = a.render.to_options()?;
+    render.format = Format::Wds;
+    let (ds, job) = render.split()?;
+    a.service.serve(Box::new(ds), job)
+}
+
+fn run_devices() -> Result<()> {
+    use std::fmt::Write as _;
+    let all = crate::render::gl::egl::describe_all()?;
+    let mut text = String::new();
+    if all.is_empty() {
+        text.push_str(
+            "no EGL devices listed (the driver lacks EGL_EXT_device_enumeration, or none is visible)\n",
+        );
+    }
+    for (d, r) in all {
+        let _ = writeln!(
+            text,
+            "EGL device {}: cuda={} software={} drm={}",
+            d.index,
+            d.cuda_ordinal.map(|c| c.to_string()).unwrap_or("-".into()),
+            d.software,
+            d.drm_file.as_deref().unwrap_or("-")
+        );
+        let _ = match r {
+            Ok(i) => writeln!(
+                text,
+                "  GL_VENDOR   {}\n  GL_RENDERER {}\n  GL_VERSION  {}",
+                i.vendor, i.renderer, i.version
+            ),
+            Err(e) => writeln!(text, "  cannot open: {e}"),
+        };
+        let _ = writeln!(text, "  extensions  {}", d.extensions);
+    }
+    crate::fsutil::write_stdout(&text)
 }
