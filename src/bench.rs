@@ -3,13 +3,15 @@
 //! backend with each raster path.
 
 use crate::cluster::Rank;
+use crate::dataset::{Dataset, Run, ShardSettings};
 use crate::error::{Error, Result};
-use crate::generate::{self, RenderOptions};
+use crate::generate::RenderOptions;
 use crate::ifs::Cloud;
 use crate::pipeline::Summary;
 use crate::pipeline::Threads;
 use crate::progress;
-use crate::render::{DrawMode, MaskRng, PngConfig, RenderConfig};
+use crate::render::gl::{GlOptions, RasterMethod};
+use crate::render::{Backend, DrawMode, MaskRng, PngConfig, RenderConfig};
 use crate::search::{self, SearchConfig};
 use crate::sink::Format;
 use serde::Serialize;
@@ -178,6 +180,67 @@ pub fn run(a: &BenchArgs) -> Result<()> {
 }
 
 pub fn measure(a: &BenchArgs) -> Result<Report> {
+    if a.repeat == 0 {
+        return Err(Error::flag("--repeat", "must be at least 1"));
+    }
+    let variants = variants(a)?;
+    // A fresh directory of our own, inside --work-dir or the system's temporary directory: the runs
+    // write and remove only there, never anything the user had.
+    let parent = match &a.work_dir {
+        Some(d) => {
+            crate::fsutil::create_dir(d)?;
+            d.clone()
+        }
+        None => std::env::temp_dir(),
+    };
+    let tmp_holder = TempDir::new_in(&parent)?;
+    let work = tmp_holder.0.clone();
+    let w = workload(a, &work)?;
+    let per_shard = match a.samples_per_shard {
+        Some(p) => p.max(1),
+        None => w.total.div_ceil(a.shards.max(1)).max(1),
+    };
+    let mut backends = Vec::new();
+    for v in variants {
+        backends.push(measure_variant(a, &w, &work, per_shard, v)?);
+    }
+    if backends.is_empty() {
+        return Err(Error::flag("--backend", "no backend to measure"));
+    }
+    let base = backends[0].end_to_end.median;
+    let ratio = backends
+        .iter()
+        .map(|b| (b.backend.clone(), b.end_to_end.median / base))
+        .collect();
+    let mut workload = w.json;
+    workload["images"] = w.total.into();
+    workload["png_level"] = a.png_level.into();
+    workload["repeat"] = a.repeat.into();
+    if a.family != Family::Mvfdb {
+        workload["samples_per_shard"] = per_shard.into();
+    }
+    Ok(Report {
+        workload,
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        cpu: cpu_name(),
+        backends,
+        ratio_to_cpu_1t: ratio,
+    })
+}
+
+/// One row of the report: a name, the engine, its threads and the device it runs on.
+struct Variant {
+    name: String,
+    backend: Backend,
+    threads: usize,
+    device: String,
+}
+
+/// The rows `--backend` and `--cpu-rows` ask for: the CPU engine with 1 thread and all threads,
+/// the GL engine with each raster path the family has.
+fn variants(a: &BenchArgs) -> Result<Vec<Variant>> {
     let (want_cpu, want_gl) = match a.backend.as_str() {
         "cpu" => (true, false),
         "gl" => (false, true),
@@ -193,305 +256,294 @@ pub fn measure(a: &BenchArgs) -> Result<Report> {
             ));
         }
     };
-    let gl_device = if want_gl {
-        let all = crate::render::gl::egl::describe_all()?;
-        all.into_iter()
-            .find_map(|(_, r)| r.ok())
-            .map(|i| format!("{} / {}", i.renderer, i.version))
-            .ok_or_else(|| {
-                Error::Other("bench: no EGL device could be opened for the GL backend".into())
-            })?
-    } else {
-        String::new()
-    };
-    if a.repeat == 0 {
-        return Err(Error::flag("--repeat", "must be at least 1"));
+    if !matches!(a.cpu_rows.as_str(), "all" | "threads") {
+        return Err(Error::flag("--cpu-rows", "expected all or threads"));
     }
-    // A fresh directory of our own, inside --work-dir or the system's temporary directory: the runs
-    // write and remove only there, never anything the user had.
-    let parent = match &a.work_dir {
-        Some(d) => {
-            crate::fsutil::create_dir(d)?;
-            d.clone()
-        }
-        None => std::env::temp_dir(),
-    };
-    let tmp_holder = TempDir::new_in(&parent)?;
-    let work = tmp_holder.0.clone();
-    let rcdb = (a.family == Family::Rcdb).then(|| crate::rcdb::Settings {
-        classes: a.classes as u32,
-        instances: a.rcdb_instances,
-        processes: 1,
-        ..crate::rcdb::Settings::default()
-    });
-    if let Some(st) = &rcdb {
-        st.validate()?;
-    }
-    let mvfdb = a.family == Family::Mvfdb;
-    if mvfdb && !(1..=145).contains(&a.mvfdb_models) {
-        return Err(Error::flag("--mvfdb-models", "must be 1 to 145"));
-    }
-    let load_root = match &a.load_root {
-        Some(p) => p.clone(),
-        None if rcdb.is_some() || mvfdb => PathBuf::new(),
-        None => search_classes(a.classes, &work)?,
-    };
     let all = a.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    let cfg = render_config(a)?;
-    let mut backends = Vec::new();
-    use crate::render::Backend;
-    use crate::render::gl::GlOptions;
-    use crate::render::gl::RasterMethod;
-    let mut variants: Vec<(String, Backend, usize, String)> = Vec::new();
-    if !matches!(a.cpu_rows.as_str(), "all" | "threads") {
-        return Err(Error::flag("--cpu-rows", "expected all or threads"));
-    }
-    if want_cpu {
-        if a.cpu_rows == "all" || all == 1 {
-            variants.push(("cpu-1t".into(), Backend::Cpu, 1, cpu_name()));
-        }
-        if all > 1 {
-            variants.push((format!("cpu-{all}t"), Backend::Cpu, all, cpu_name()));
-        }
-    }
-    if want_gl {
-        // RCDB has one GL raster (segments in a compute shader), MV-FractalDB one (GL_POINTS).
-        let rasters: &[(&str, RasterMethod)] = if mvfdb {
-            &[("gl-points", RasterMethod::Points)]
-        } else if rcdb.is_some() {
-            &[("gl-compute", RasterMethod::Compute)]
-        } else {
-            &[
-                ("gl-compute", RasterMethod::Compute),
-                ("gl-points", RasterMethod::Points),
-            ]
-        };
-        for &(name, m) in rasters {
-            variants.push((
-                name.into(),
-                Backend::Gl(
-                    vec![Default::default()],
-                    GlOptions {
-                        raster: m,
-                        cpu_rescale: false,
-                    },
-                ),
-                all,
-                gl_device.clone(),
-            ));
-        }
-    }
-    let total = if mvfdb {
-        a.classes as u64 * a.mvfdb_models as u64 * 12
-    } else if let Some(st) = &rcdb {
-        st.made_classes() as u64 * st.instances as u64
-    } else {
-        let classes = crate::plan::discover_classes(&load_root)?.len() as u64;
-        let rows = crate::ifs::load_weights(&a.weight_csv)?.len() as u64;
-        classes * rows * cfg.instances(a.instance) as u64 * crate::plan::FLIPS
+    let cpu = |name: String, threads| Variant {
+        name,
+        backend: Backend::Cpu,
+        threads,
+        device: cpu_name(),
     };
-    let per_shard = match a.samples_per_shard {
-        Some(p) => p.max(1),
-        None => total.div_ceil(a.shards.max(1)).max(1),
+    let mut out = Vec::new();
+    if want_cpu && (a.cpu_rows == "all" || all == 1) {
+        out.push(cpu("cpu-1t".into(), 1));
+    }
+    if want_cpu && all > 1 {
+        out.push(cpu(format!("cpu-{all}t"), all));
+    }
+    if !want_gl {
+        return Ok(out);
+    }
+    let device = crate::render::gl::egl::describe_all()?
+        .into_iter()
+        .find_map(|(_, r)| r.ok())
+        .map(|i| format!("{} / {}", i.renderer, i.version))
+        .ok_or_else(|| {
+            Error::Other("bench: no EGL device could be opened for the GL backend".into())
+        })?;
+    // RCDB has one GL raster (segments in a compute shader), MV-FractalDB one (GL_POINTS).
+    let rasters: &[(&str, RasterMethod)] = match a.family {
+        Family::Mvfdb => &[("gl-points", RasterMethod::Points)],
+        Family::Rcdb => &[("gl-compute", RasterMethod::Compute)],
+        Family::Fractaldb => &[
+            ("gl-compute", RasterMethod::Compute),
+            ("gl-points", RasterMethod::Points),
+        ],
     };
-    for (name, backend, t, device) in variants {
-        let mut runs: Vec<Summary> = Vec::new();
-        let mut folder_runs: Vec<Summary> = Vec::new();
-        reset_peak_rss();
-        // MV-FractalDB writes folders only so far: its rows are folder runs.
-        let formats: &[Format] = if mvfdb {
-            &[Format::Folder]
-        } else {
-            &[Format::Wds, Format::Folder]
+    for &(name, raster) in rasters {
+        let gl = GlOptions {
+            raster,
+            cpu_rescale: false,
         };
-        for rep in 0..=a.repeat {
-            for &format in formats {
-                let out = work.join(format!("{name}-{rep}-{format:?}"));
-                let opts = RenderOptions {
-                    load_root: load_root.clone(),
-                    out: out.clone(),
-                    weights: a.weight_csv.clone(),
-                    cfg: cfg.clone(),
-                    instances: a.instance,
-                    png: PngConfig {
-                        level: a.png_level,
-                        gray: false,
-                    },
-                    format,
+        out.push(Variant {
+            name: name.into(),
+            backend: Backend::Gl(vec![Default::default()], gl),
+            threads: all,
+            device: device.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// Runs the workload `--repeat` times (after a warm-up) with one variant, in each of its formats.
+fn measure_variant(
+    a: &BenchArgs,
+    w: &Workload,
+    work: &std::path::Path,
+    per_shard: u64,
+    v: Variant,
+) -> Result<BackendResult> {
+    let t = v.threads;
+    let mut runs: Vec<Summary> = Vec::new();
+    let mut folder_runs: Vec<Summary> = Vec::new();
+    reset_peak_rss();
+    for rep in 0..=a.repeat {
+        for &format in w.formats {
+            let out = work.join(format!("{}-{rep}-{format:?}", v.name));
+            let job = Run {
+                out: out.clone(),
+                format,
+                shards: ShardSettings {
+                    per_shard,
                     seed: 0,
-                    samples_per_shard: per_shard,
                     prefix: "bench".into(),
                     dali_index: false,
-                    resume: false,
-                    threads: Threads {
-                        render: t,
-                        encode: t,
-                        queue: 2 * t,
-                    },
-                    weight_rows: None,
-                    flips: None,
-                    writers: if format == Format::Wds {
-                        (t / 4).clamp(1, 4)
-                    } else {
-                        2
-                    },
-                    rank: Rank {
-                        rank: 0,
-                        world: 1,
-                        local_rank: 0,
-                        source: "bench".into(),
-                    },
-                    progress: progress::Mode::Quiet,
-                    backend: backend.clone(),
-                    encoding: crate::encode::Encoding::Png,
-                };
-                let cpu0 = process_cpu_seconds();
-                let mut s = match &rcdb {
-                    None if mvfdb => {
-                        let m = crate::mvfdb::run::run(&crate::mvfdb::run::MvfdbOptions {
-                            out: opts.out.clone(),
-                            classes: a.classes,
-                            seed: 1,
-                            variance: 0.05,
-                            weights: Some(PathBuf::from("builtin")),
-                            rows: Some(format!("0-{}", a.mvfdb_models - 1)),
-                            model_seed: 0,
-                            write_models: false,
-                            views: 12,
-                            random_views: false,
-                            shards: None,
-                            view_seed: 0,
-                            size: 224,
-                            point_size: 1,
-                            png: opts.png,
-                            resume: false,
-                            threads: opts.threads,
-                            rank: opts.rank.clone(),
-                            progress: progress::Mode::Quiet,
-                            backend: backend.clone(),
-                            encoding: crate::encode::Encoding::Png,
-                        })?;
-                        m.render
-                    }
-                    None => generate::run(&opts)?,
-                    Some(st) => crate::rcdb::run::run(&crate::rcdb::run::RcdbOptions {
-                        settings: st.clone(),
-                        out: opts.out.clone(),
-                        thread_num: None,
-                        format,
-                        samples_per_shard: per_shard,
-                        prefix: "bench".into(),
-                        seed: 0,
-                        dali_index: false,
-                        png: opts.png,
-                        resume: false,
-                        threads: opts.threads,
-                        writers: opts.writers,
-                        rank: opts.rank.clone(),
-                        progress: progress::Mode::Quiet,
-                        backend: backend.clone(),
-                        encoding: crate::encode::Encoding::Png,
-                    })?,
-                };
-                s.cpu_s = process_cpu_seconds() - cpu0;
-                let _ = std::fs::remove_dir_all(&out);
-                if rep > 0 {
-                    // rep 0 is the warm-up (and, for GL, the shader compile)
-                    match format {
-                        Format::Wds => runs.push(s),
-                        Format::Folder => folder_runs.push(s),
-                    }
+                },
+                resume: false,
+                threads: Threads {
+                    render: t,
+                    encode: t,
+                    queue: 2 * t,
+                },
+                writers: if format == Format::Wds {
+                    (t / 4).clamp(1, 4)
+                } else {
+                    2
+                },
+                rank: Rank::default(),
+                progress: progress::Mode::Quiet,
+                backend: v.backend.clone(),
+                encoding: crate::encode::Encoding::Png,
+            };
+            let cpu0 = process_cpu_seconds();
+            let mut s = crate::dataset::run(&*w.dataset, &job)?;
+            s.cpu_s = process_cpu_seconds() - cpu0;
+            let _ = std::fs::remove_dir_all(&out);
+            if rep > 0 {
+                // rep 0 is the warm-up (and, for GL, the shader compile)
+                match format {
+                    Format::Wds => runs.push(s),
+                    Format::Folder => folder_runs.push(s),
                 }
             }
         }
-        if runs.is_empty() {
-            runs = folder_runs.clone();
-        }
-        let peak = peak_rss_bytes();
-        let stage = |f: &dyn Fn(&Summary) -> f64| Rate::of(runs.iter().map(f).collect());
-        let mut stages = std::collections::BTreeMap::new();
-        let per_img = |secs: f64, s: &Summary| s.images as f64 / secs.max(1e-12);
-        // RCDB has no chaos game: its first stage is the replay of the random streams (draws only).
-        let first = if rcdb.is_some() {
-            "stream_replay"
-        } else if mvfdb {
-            "model"
-        } else {
-            "chaos_game"
-        };
-        stages.insert(first.to_string(), stage(&|s| per_img(s.chaos_s, s)));
-        stages.insert("raster".to_string(), stage(&|s| per_img(s.raster_s, s)));
-        // The render thread's whole rate: chaos game + raster (+ readback for GL), before PNG.
-        stages.insert(
-            "render_readback".to_string(),
-            stage(&|s| per_img(s.chaos_s + s.raster_s, s)),
-        );
-        stages.insert("png_encode".to_string(), stage(&|s| per_img(s.encode_s, s)));
-        if matches!(backend, Backend::Gl(..)) {
-            // Device-to-host copies alone (after each fence signalled); the CPU engine has none.
-            stages.insert("readback".to_string(), stage(&|s| per_img(s.readback_s, s)));
-        }
-        stages.insert("tar_write".to_string(), stage(&|s| per_img(s.write_s, s)));
-        let end_to_end = stage(&|s| s.images_per_second());
-        let end_to_end_folder =
-            Rate::of(folder_runs.iter().map(|s| s.images_per_second()).collect());
-        let r0 = &runs[0];
-        backends.push(BackendResult {
-            backend: name,
-            device,
-            threads: t,
-            images: r0.images,
-            shards: r0.shards,
-            stages,
-            wds_over_folder: end_to_end.median / end_to_end_folder.median.max(1e-9),
-            end_to_end,
-            end_to_end_folder,
-            per_core: stage(&|s| s.images as f64 / s.cpu_s.max(1e-9)),
-            clouds_per_image: r0.clouds as f64 / r0.images.max(1) as f64,
-            readback_bytes_per_image: r0.readback_bytes as f64 / r0.images.max(1) as f64,
-            png_bytes_per_image: r0.png_bytes as f64 / r0.images.max(1) as f64,
-            peak_rss_bytes: peak,
-        });
     }
-    if backends.is_empty() {
-        return Err(Error::flag("--backend", "no backend to measure"));
+    if runs.is_empty() {
+        runs = folder_runs.clone();
     }
-    let base = backends[0].end_to_end.median;
-    let ratio = backends
-        .iter()
-        .map(|b| (b.backend.clone(), b.end_to_end.median / base))
-        .collect();
-    let workload = match &rcdb {
-        None if mvfdb => serde_json::json!({
-            "family": "mvfdb", "classes": a.classes, "models_per_class": a.mvfdb_models, "views": 12,
-            "image_size": 224, "points": 10_000, "images": total, "png_level": a.png_level,
-            "repeat": a.repeat, "format": "folder",
-        }),
-        Some(st) => serde_json::json!({
-            "family": "rcdb", "classes": st.classes, "instances": st.instances,
-            "image_size": st.image_size, "numof_thread": st.processes,
-            "samples_per_shard": per_shard, "images": total, "png_level": a.png_level,
-            "repeat": a.repeat,
-        }),
-        None => serde_json::json!({
-            "load_root": load_root, "image_size": a.image_size, "iteration": a.iteration,
-            "draw_type": a.draw_type.name(), "instance": a.instance, "weights": a.weight_csv,
-            "samples_per_shard": per_shard, "images": total, "png_level": a.png_level,
-            "repeat": a.repeat,
-        }),
+    let peak = peak_rss_bytes();
+    let stage = |f: &dyn Fn(&Summary) -> f64| Rate::of(runs.iter().map(f).collect());
+    let mut stages = std::collections::BTreeMap::new();
+    let per_img = |secs: f64, s: &Summary| s.images as f64 / secs.max(1e-12);
+    // The first stage: the chaos game (RCDB: the replay of its random streams; MV: the models).
+    stages.insert(w.first_stage.to_string(), stage(&|s| per_img(s.chaos_s, s)));
+    stages.insert("raster".to_string(), stage(&|s| per_img(s.raster_s, s)));
+    // The render thread's whole rate: chaos game + raster (+ readback for GL), before PNG.
+    stages.insert(
+        "render_readback".to_string(),
+        stage(&|s| per_img(s.chaos_s + s.raster_s, s)),
+    );
+    stages.insert("png_encode".to_string(), stage(&|s| per_img(s.encode_s, s)));
+    if matches!(v.backend, Backend::Gl(..)) {
+        // Device-to-host copies alone (after each fence signalled); the CPU engine has none.
+        stages.insert("readback".to_string(), stage(&|s| per_img(s.readback_s, s)));
+    }
+    stages.insert("tar_write".to_string(), stage(&|s| per_img(s.write_s, s)));
+    let end_to_end = stage(&|s| s.images_per_second());
+    let end_to_end_folder = Rate::of(folder_runs.iter().map(|s| s.images_per_second()).collect());
+    let r0 = &runs[0];
+    let per_image = |x: f64| x / r0.images.max(1) as f64;
+    Ok(BackendResult {
+        backend: v.name,
+        device: v.device,
+        threads: t,
+        images: r0.images,
+        shards: r0.shards,
+        stages,
+        wds_over_folder: end_to_end.median / end_to_end_folder.median.max(1e-9),
+        end_to_end,
+        end_to_end_folder,
+        per_core: stage(&|s| s.images as f64 / s.cpu_s.max(1e-9)),
+        clouds_per_image: per_image(r0.clouds as f64),
+        readback_bytes_per_image: per_image(r0.readback_bytes as f64),
+        png_bytes_per_image: per_image(r0.png_bytes as f64),
+        peak_rss_bytes: peak,
+    })
+}
+
+/// What a benchmark measures: a dataset of `--family`, its image count, the name of its first
+/// stage (what `chaos_s` times for it), the formats it is run in and its description.
+struct Workload {
+    dataset: Box<dyn Dataset>,
+    total: u64,
+    first_stage: &'static str,
+    formats: &'static [Format],
+    json: serde_json::Value,
+}
+
+fn workload(a: &BenchArgs, work: &std::path::Path) -> Result<Workload> {
+    let png = PngConfig {
+        level: a.png_level,
+        gray: false,
     };
-    Ok(Report {
-        workload,
-        cores: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        cpu: cpu_name(),
-        backends,
-        ratio_to_cpu_1t: ratio,
+    let both = &[Format::Wds, Format::Folder];
+    match a.family {
+        Family::Rcdb => {
+            let settings = crate::rcdb::Settings {
+                classes: a.classes as u32,
+                instances: a.rcdb_instances,
+                processes: 1,
+                ..crate::rcdb::Settings::default()
+            };
+            settings.validate()?;
+            let json = serde_json::json!({
+                "family": "rcdb", "classes": settings.classes, "instances": settings.instances,
+                "image_size": settings.image_size, "numof_thread": settings.processes,
+            });
+            Ok(Workload {
+                total: settings.made_classes() as u64 * settings.instances as u64,
+                dataset: Box::new(crate::rcdb::run::Rcdb {
+                    settings,
+                    png,
+                    thread_num: None,
+                }),
+                // RCDB has no chaos game: its first stage replays the random streams.
+                first_stage: "stream_replay",
+                formats: both,
+                json,
+            })
+        }
+        Family::Mvfdb => mvfdb_workload(a, png),
+        Family::Fractaldb => {
+            let load_root = match &a.load_root {
+                Some(p) => p.clone(),
+                None => search_classes(a.classes, work)?,
+            };
+            let cfg = render_config(a)?;
+            let classes = crate::plan::discover_classes(&load_root)?.len() as u64;
+            let rows = crate::ifs::load_weights(&a.weight_csv)?.len() as u64;
+            let total = classes * rows * cfg.instances(a.instance) as u64 * crate::plan::FLIPS;
+            let json = serde_json::json!({
+                "load_root": load_root, "image_size": a.image_size, "iteration": a.iteration,
+                "draw_type": a.draw_type.name(), "instance": a.instance, "weights": a.weight_csv,
+            });
+            let (dataset, _) = RenderOptions {
+                load_root,
+                out: work.to_path_buf(),
+                weights: a.weight_csv.clone(),
+                cfg,
+                instances: a.instance,
+                png,
+                format: Format::Folder,
+                seed: 0,
+                samples_per_shard: 1,
+                prefix: "bench".into(),
+                dali_index: false,
+                resume: false,
+                threads: Threads {
+                    render: 1,
+                    encode: 1,
+                    queue: 1,
+                },
+                writers: 1,
+                weight_rows: None,
+                flips: None,
+                rank: Rank::default(),
+                progress: progress::Mode::Quiet,
+                backend: crate::render::Backend::Cpu,
+                encoding: crate::encode::Encoding::Png,
+            }
+            .split()?;
+            Ok(Workload {
+                dataset: Box::new(dataset),
+                total,
+                first_stage: "chaos_game",
+                formats: both,
+                json,
+            })
+        }
+    }
+}
+
+/// MV-FractalDB at its defaults (224x224, 10,000 points, 12 views), the first `--mvfdb-models`
+/// rows of the builtin multipliers; folder runs, comparable with the earlier tables.
+fn mvfdb_workload(a: &BenchArgs, png: PngConfig) -> Result<Workload> {
+    if !(1..=145).contains(&a.mvfdb_models) {
+        return Err(Error::flag("--mvfdb-models", "must be 1 to 145"));
+    }
+    let opts = crate::mvfdb::run::MvfdbOptions {
+        out: PathBuf::new(),
+        classes: a.classes,
+        seed: 1,
+        variance: 0.05,
+        weights: Some(PathBuf::from("builtin")),
+        rows: Some(format!("0-{}", a.mvfdb_models - 1)),
+        model_seed: 0,
+        write_models: false,
+        views: 12,
+        random_views: false,
+        shards: None,
+        view_seed: 0,
+        size: 224,
+        point_size: 1,
+        png,
+        resume: false,
+        threads: Threads {
+            render: 1,
+            encode: 1,
+            queue: 1,
+        },
+        rank: Rank::default(),
+        progress: progress::Mode::Quiet,
+        backend: crate::render::Backend::Cpu,
+        encoding: crate::encode::Encoding::Png,
+    };
+    let (dataset, _) = opts.split()?.expect("views > 0 and weights");
+    Ok(Workload {
+        dataset: Box::new(dataset),
+        total: a.classes as u64 * a.mvfdb_models as u64 * 12,
+        first_stage: "model",
+        formats: &[Format::Folder],
+        json: serde_json::json!({
+            "family": "mvfdb", "classes": a.classes, "models_per_class": a.mvfdb_models,
+            "views": 12, "image_size": 224, "points": 10_000, "format": "folder",
+        }),
     })
 }
 

@@ -12,6 +12,18 @@ pub struct Rank {
     pub source: String,
 }
 
+/// One process alone: rank 0 of 1.
+impl Default for Rank {
+    fn default() -> Self {
+        Rank {
+            rank: 0,
+            world: 1,
+            local_rank: 0,
+            source: "one process".into(),
+        }
+    }
+}
+
 /// (rank variable, size variable) in precedence order. PMIx has no size variable: its size comes
 /// from the next source that has one.
 const SOURCES: &[(&str, Option<&str>)] = &[

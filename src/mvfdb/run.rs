@@ -191,10 +191,12 @@ fn validate(o: &MvfdbOptions) -> Result<()> {
     Ok(())
 }
 
-/// The search and the model pass. With `write`, the parameter files are written, and the PLY files
-/// with `--write-models`; without (the service), nothing is written.
-fn front(o: &MvfdbOptions, write: bool, weights: Option<Weights>) -> Result<Front> {
-    let pdir = o.out.join("params");
+/// The search and the model pass. With `out`, the parameter files are written there, and the PLY
+/// files with `--write-models`; without (the service, ranks other than 0), nothing is written.
+fn front(o: &MvfdbOptions, out: Option<&Path>, weights: Option<Weights>) -> Result<Front> {
+    let write = out.is_some();
+    let out = out.unwrap_or(Path::new(""));
+    let pdir = out.join("params");
     // 1. The search (its CSVs are what the model step reads back).
     let found = search(o.seed, o.classes, o.variance)?;
     if write {
@@ -248,7 +250,15 @@ fn front(o: &MvfdbOptions, write: bool, weights: Option<Weights>) -> Result<Fron
                     if c >= maps.len() {
                         break;
                     }
-                    let r = model_class(o, write, c, &maps[c], &rows, &mults, starts[c].clone());
+                    let r = model_class(
+                        o,
+                        write.then_some(out),
+                        c,
+                        &maps[c],
+                        &rows,
+                        &mults,
+                        starts[c].clone(),
+                    );
                     match r {
                         Ok(v) => *slots[c].lock().unwrap() = v,
                         Err(e) => {
@@ -311,15 +321,18 @@ fn render_settings(o: &MvfdbOptions, f: &Front) -> RenderSettings {
 /// One class's models: which are valid, and their PLY files with `--write-models`.
 fn model_class(
     o: &MvfdbOptions,
-    write: bool,
+    out: Option<&Path>,
     c: usize,
     maps: &[Map3],
     rows: &[u32],
     mults: &[[f64; 12]],
     mut rng: NumpyRandom,
 ) -> Result<(Vec<bool>, Vec<NumpyRandom>)> {
-    let dir = o.out.join("models").join(format!("{c:06}"));
-    let write_models = write && o.write_models;
+    let dir = out
+        .unwrap_or(Path::new(""))
+        .join("models")
+        .join(format!("{c:06}"));
+    let write_models = out.is_some() && o.write_models;
     if write_models {
         fsutil::create_dir(&dir)?;
         fsutil::remove_stale_tmp(&dir);
@@ -460,7 +473,8 @@ pub fn run(o: &MvfdbOptions) -> Result<Summary> {
         );
         let _lock = fsutil::OutputLock::acquire(&o.out, &lock)?;
         // Every rank would write the same files: rank 0 writes them.
-        return Ok(front(o, o.rank.rank == 0, load_weights(o)?)?.s);
+        let out = (o.rank.rank == 0).then_some(o.out.as_path());
+        return Ok(front(o, out, load_weights(o)?)?.s);
     };
     let render = crate::dataset::run(&ds, &job)?;
     let found = std::mem::take(&mut *ds.found.lock().unwrap());
@@ -477,7 +491,8 @@ impl Mvfdb {
     /// them), remembered for the summary.
     fn front(&self, env: &Env) -> Result<Front> {
         let w = (self.rows.clone(), self.mults.clone());
-        let f = front(&self.o, env.out.is_some() && env.writer, Some(w))?;
+        let out = env.out.as_deref().filter(|_| env.writer);
+        let f = front(&self.o, out, Some(w))?;
         *self.found.lock().unwrap() = Summary {
             classes: f.s.classes,
             models: f.s.models,
