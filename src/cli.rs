@@ -764,38 +764,9 @@ impl RenderArgs {
                 format!("cannot be used with --draw-type {}", self.draw_type),
             ));
         }
-        let mut threads = self.common.threads();
-        {
-            // The memory the run needs, against what this process may use: fewer threads when
-            // that fits, a clear refusal when not even one does.
-            let est = crate::memory::render_estimate(crate::memory::RenderShape {
-                iterations: self.iteration as u64,
-                width: self.image_size_x as u64,
-                height: self.image_size_y as u64,
-                channels: if self.png_gray { 1 } else { 3 },
-                png_level: self.png_level,
-                images_per_cloud: (cfg.instances(self.instance) as u64)
-                    .saturating_mul(crate::plan::FLIPS),
-                python_masks: matches!(cfg.masks, MaskRng::Python { .. }),
-                shards: self.format == Format::Wds,
-            });
-            let avail = crate::memory::available();
-            let fit = crate::memory::fit_threads(
-                est,
-                threads,
-                &avail,
-                "--iteration/--image-size-x/--image-size-y/--instance",
-            )?;
-            if fit < threads {
-                crate::say!(
-                    "note: {threads} threads would need about {:.1} GiB, {:.1} GiB is available ({}): using {fit}",
-                    est.total(threads) as f64 / (1u64 << 30) as f64,
-                    avail.bytes as f64 / (1u64 << 30) as f64,
-                    avail.source
-                );
-                threads = fit;
-            }
-        }
+        // The memory the run needs is checked by the run (dataset::fit_memory), before anything
+        // is allocated or written.
+        let threads = self.common.threads();
         let writers = self
             .writers
             .unwrap_or(if self.format == Format::Wds {

@@ -13,6 +13,7 @@ use crate::cluster::Rank;
 use crate::encode::Encoding;
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::memory::Estimate;
 use crate::pipeline::{
     self, Abort, Context, InOrder, IndexedJobs, Job, Stats, Summary, Target, Threads,
 };
@@ -141,6 +142,12 @@ pub trait Dataset: Sync {
             )
         })
     }
+    /// What a run needs of memory (what every run holds, and what each render thread adds) and
+    /// the flags that drive it. Default: from the image size alone (canvases, pixels and encoded
+    /// images in flight per thread).
+    fn memory(&self, format: Format) -> (Estimate, &'static str) {
+        (image_memory(self, format), "the image size")
+    }
     /// This rank's part of a folder dataset, prepared (side files written into `env.out`).
     fn folder<'a>(&'a self, rank: &Rank, env: &Env) -> Result<Box<dyn FolderWork + 'a>>;
     /// The shard work of the whole dataset, prepared up to what every set of clouds shares.
@@ -174,8 +181,25 @@ pub trait ShardWork: Sync {
     fn stages(&self, clouds: Option<&[u64]>) -> Result<Box<dyn Stages + Send + '_>>;
 }
 
+/// The default estimate of [`Dataset::memory`]: canvases, pixels and encoded images in flight per
+/// render thread, from the image size alone.
+pub fn image_memory(ds: &(impl Dataset + ?Sized), format: Format) -> Estimate {
+    let image = ds.image();
+    crate::memory::render_estimate(crate::memory::RenderShape {
+        iterations: 0,
+        width: image.width as u64,
+        height: image.height as u64,
+        channels: 3,
+        png_level: ds.png().level,
+        images_per_cloud: 1,
+        python_masks: false,
+        shards: format == Format::Wds,
+    })
+}
+
 /// Makes this rank's part of `ds` as `job` says: folders or shards.
 pub fn run(ds: &dyn Dataset, job: &Run) -> Result<Summary> {
+    let job = &fit_memory(ds, job)?;
     let t0 = Instant::now();
     let stats = Arc::new(Stats::default());
     let mut summary = match job.format {
@@ -185,6 +209,31 @@ pub fn run(ds: &dyn Dataset, job: &Run) -> Result<Summary> {
     summary.seconds = t0.elapsed().as_secs_f64();
     summary.add_stats(&stats);
     Ok(summary)
+}
+
+/// The job with as many render threads as the memory this process may use holds (fewer when that
+/// fits, a refusal naming the flags when not even one does), before anything is written or
+/// allocated.
+pub fn fit_memory(ds: &dyn Dataset, job: &Run) -> Result<Run> {
+    let (est, flags) = ds.memory(job.format);
+    let avail = crate::memory::available();
+    let threads = job.threads.render;
+    let fit = crate::memory::fit_threads(est, threads, &avail, flags)?;
+    let mut job = job.clone();
+    if fit < threads {
+        crate::say!(
+            "note: {threads} threads would need about {:.1} GiB, {:.1} GiB is available ({}): using {fit}",
+            est.total(threads) as f64 / (1u64 << 30) as f64,
+            avail.bytes as f64 / (1u64 << 30) as f64,
+            avail.source
+        );
+        job.threads = Threads {
+            render: fit,
+            encode: fit.min(job.threads.encode),
+            queue: 2 * fit,
+        };
+    }
+    Ok(job)
 }
 
 /// The lock of this rank's slice of a dataset in `out`.

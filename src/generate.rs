@@ -65,7 +65,8 @@ pub struct Fractal {
     pub plan: Plan,
     pub cfg: RenderConfig,
     pub png: PngConfig,
-    u: Vec<f64>,
+    /// The chaos-game sequence, made when the first stages are (after the memory check).
+    u: std::sync::OnceLock<Vec<f64>>,
 }
 
 impl RenderOptions {
@@ -97,7 +98,7 @@ impl RenderOptions {
         // load_root, weights, instances and the selections make the plan.
         let plan = load_plan(self)?;
         let ds = Fractal {
-            u: chaos_sequence(cfg.iterations),
+            u: std::sync::OnceLock::new(),
             plan,
             cfg: cfg.clone(),
             png: *png,
@@ -212,7 +213,7 @@ impl Fractal {
             quiet: env.quiet,
             plan: &self.plan,
             cfg: &self.cfg,
-            u: &self.u,
+            u: self.u.get_or_init(|| chaos_sequence(self.cfg.iterations)),
         }
     }
 }
@@ -236,6 +237,22 @@ impl Dataset for Fractal {
     }
     fn png(&self) -> PngConfig {
         self.png
+    }
+    /// The chaos game's points and clouds per render thread dominate (see `memory`).
+    fn memory(&self, format: Format) -> (crate::memory::Estimate, &'static str) {
+        let cfg = &self.cfg;
+        let shape = crate::memory::RenderShape {
+            iterations: cfg.iterations as u64,
+            width: cfg.width as u64,
+            height: cfg.height as u64,
+            channels: self.png.channels() as u64,
+            png_level: self.png.level,
+            images_per_cloud: self.plan.per_cloud(),
+            python_masks: matches!(cfg.masks, crate::render::MaskRng::Python { .. }),
+            shards: format == Format::Wds,
+        };
+        let flags = "--iteration/--image-size-x/--image-size-y/--instance";
+        (crate::memory::render_estimate(shape), flags)
     }
     fn folder_fingerprint(&self) -> serde_json::Value {
         self.fingerprint(None)

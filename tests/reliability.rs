@@ -714,3 +714,49 @@ fn a_killed_runs_temporaries_of_the_shared_files_are_cleared_by_the_next_run() {
         }
     }
 }
+
+/// Every family's run is fitted to the memory it may use before anything is written: an image size
+/// no machine holds is refused with the figure and the flag, and no output directory appears.
+#[test]
+fn every_family_checks_its_memory_before_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    let weights = reference().join("mvfdb/weights_ins145.csv");
+    let huge = "300000";
+    let w = weights.to_str().unwrap();
+    let runs: [(Vec<&str>, &str); 2] = [
+        (
+            vec![
+                "rcdb",
+                "--numof_classes",
+                "1",
+                "--numof_instances",
+                "1",
+                "--numof_thread",
+                "1",
+            ],
+            "--image_size",
+        ),
+        (
+            vec![
+                "mvfdb",
+                "--classes",
+                "1",
+                "--weight-rows",
+                "0",
+                "--weight-csv",
+                w,
+            ],
+            "--img_size",
+        ),
+    ];
+    for (args, flag) in runs {
+        let mut c = bin();
+        c.args(&args)
+            .args([flag, huge, "--backend", "cpu", "--save_root"])
+            .arg(&out);
+        let e = run_err(&mut c);
+        assert!(e.contains(flag) && e.contains("needs about"), "{e}");
+        assert!(!out.exists(), "{args:?} wrote output");
+    }
+}

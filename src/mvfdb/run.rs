@@ -522,6 +522,9 @@ impl Dataset for Mvfdb {
     fn folder_fingerprint(&self) -> serde_json::Value {
         spec(&self.o, &self.rows, &self.mults)
     }
+    fn memory(&self, format: Format) -> (crate::memory::Estimate, &'static str) {
+        (crate::dataset::image_memory(self, format), "--img_size")
+    }
     fn shard_fingerprint(&self, sh: &ShardSettings) -> serde_json::Value {
         let ShardSettings {
             per_shard: _,

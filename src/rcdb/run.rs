@@ -364,6 +364,9 @@ impl Dataset for Rcdb {
     fn folder_fingerprint(&self) -> serde_json::Value {
         fingerprint(&self.settings, self.png)
     }
+    fn memory(&self, format: Format) -> (crate::memory::Estimate, &'static str) {
+        (dataset::image_memory(self, format), "--image_size")
+    }
     fn shard_fingerprint(&self, sh: &ShardSettings) -> serde_json::Value {
         let ShardSettings {
             per_shard: _,

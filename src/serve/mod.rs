@@ -81,6 +81,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
     } = opts;
     // See `State::dataset`: leaked on purpose, for the life of the process.
     let dataset: &'static dyn Dataset = Box::leak(dataset);
+    let job = crate::dataset::fit_memory(dataset, &job)?;
     let cache = (cache_bytes, prefetch, max_clients);
     let (st, stages) = prepare(dataset, &job, public_url, cache)?;
     let listener =
