@@ -128,6 +128,79 @@ pub struct EncodingArgs {
     /// Image encoding of the files and tar members (png: the originals'; see docs/usage.md)
     #[arg(long, value_enum, default_value = "png")]
     pub encoding: crate::encode::Encoding,
+    /// zlib level of the PNGs: 0 (stored) .. 9; 1 is the fastest (FractalDB's RGB files ~2x the
+    /// original's at 362x362), 3 makes them no larger than the original's at ~0.65x the images per
+    /// CPU-second (`bench --png-candidates` compares the levels)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=9))]
+    pub png_level: u8,
+}
+
+/// Where and how a dataset is written (a flag group of every dataset command): the output, folders
+/// or shards, resume, writers.
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Output directory [original: --save_root]
+    #[arg(long = "out", alias = "save_root", alias = "save-root")]
+    pub out: Option<PathBuf>,
+    /// folder (the original's layout) or wds (WebDataset shards, classes mixed in each)
+    #[arg(long, default_value = "folder")]
+    pub format: Format,
+    /// Most samples per shard (wds)
+    #[arg(long, default_value_t = 10_000)]
+    pub samples_per_shard: u64,
+    /// Shard name prefix: {prefix}-{%06d}.tar (wds; default: the family's name)
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Also write DALI wds2idx index files ({prefix}-{%06d}.idx) (wds)
+    #[arg(long)]
+    pub dali_index: bool,
+    /// Keep finished output (whole images, or verified shards) and make the rest; output made with
+    /// other settings is refused
+    #[arg(long)]
+    pub resume: bool,
+    /// Writer threads (default: one per 4 threads, 1 to 4, for wds; 2 for folder). A wds writer owns
+    /// the shards it writes
+    #[arg(long)]
+    pub writers: Option<usize>,
+}
+
+impl OutputArgs {
+    fn out(&self, default: &str) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| PathBuf::from(default))
+    }
+    fn prefix(&self, default: &str) -> String {
+        self.prefix.clone().unwrap_or_else(|| default.to_string())
+    }
+    fn writers(&self, threads: usize) -> usize {
+        let default = match self.format {
+            Format::Wds => (threads / 4).clamp(1, 4),
+            Format::Folder => 2,
+        };
+        self.writers.unwrap_or(default).max(1)
+    }
+}
+
+/// Which engine draws the images, on which GPU (a flag group of every dataset command).
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Engine: cpu, gl (headless EGL/OpenGL) or auto (gl on a hardware GPU, else cpu); the same
+    /// bytes either way
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendArg,
+    /// CUDA ordinal of the GPU for --backend gl (default: the local rank, respecting CUDA_VISIBLE_DEVICES)
+    #[arg(long)]
+    pub gpu: Option<i64>,
+    /// EGL device index (`fractaldb devices`) for --backend gl, overriding --gpu
+    #[arg(long)]
+    pub egl_device: Option<usize>,
+}
+
+impl DeviceArgs {
+    /// The engine on this rank's device (`quiet`: no note when auto falls back to the CPU).
+    fn backend(&self, rank: &cluster::Rank, gl: GlOptions, quiet: bool) -> Result<Backend> {
+        let choice = gl_choice(self.gpu, self.egl_device, rank);
+        resolve_backend(self.backend, vec![choice], gl, quiet)
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -231,14 +304,6 @@ pub struct RenderArgs {
         default_value = "./data/csv_rate0.2_category1000"
     )]
     pub load_root: PathBuf,
-    /// Output directory [original: --save_root, ./data/FractalDB]
-    #[arg(
-        long = "out",
-        alias = "save_root",
-        alias = "save-root",
-        default_value = "./data/FractalDB-1000"
-    )]
-    pub out: PathBuf,
     /// Image width [original: --image_size_x, 512; exe.sh 362]
     #[arg(long = "image-size-x", alias = "image_size_x", default_value_t = 362)]
     pub image_size_x: u32,
@@ -290,43 +355,16 @@ pub struct RenderArgs {
     /// (CPython random seeded with S+n before instance n, as a seeded original run)
     #[arg(long = "mask-rng")]
     pub mask_rng: Option<MaskRng>,
-    /// folder (the original layout) or wds (WebDataset shards)
-    #[arg(long, default_value = "folder")]
-    pub format: Format,
-    /// Samples per shard (wds)
-    #[arg(long, default_value_t = 10_000)]
-    pub samples_per_shard: u64,
-    /// Shard name prefix: {prefix}-{%06d}.tar (wds)
-    #[arg(long, default_value = "fractaldb")]
-    pub prefix: String,
-    /// Also write DALI wds2idx index files ({prefix}-{%06d}.idx) (wds)
-    #[arg(long)]
-    pub dali_index: bool,
-    /// Keep finished output (verified shards, or existing images) and render the rest.
-    #[arg(long)]
-    pub resume: bool,
-    /// zlib level of the PNGs: 0 (stored) .. 9; 1 is the fastest (RGB files ~2x the original's at
-    /// 362x362), 3 makes RGB files no larger than the original's (~14 KB) at ~0.65x the images per
-    /// CPU-second (`bench --png-candidates` compares the levels)
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=9))]
-    pub png_level: u8,
     /// 1-channel gray PNGs instead of the original's RGB (gray draw modes only)
     #[arg(long)]
     pub png_gray: bool,
     /// PNG encoder threads (default: --threads)
     #[arg(long)]
     pub encoders: Option<usize>,
-    /// Writer threads (default: one per 4 threads, 1 to 4, for wds; 2 for folder). A wds writer owns
-    /// the shards it writes, and one writes about 14,000 images/s here
-    #[arg(long)]
-    pub writers: Option<usize>,
     /// No longer used: every point cloud is computed once whatever the shard count (order v2), so there
     /// is no window of shards to size. Accepted for old scripts
     #[arg(long, hide = true)]
     pub window: Option<usize>,
-    /// Engine: cpu, gl (headless EGL/OpenGL compute shaders) or auto (gl on a hardware GPU, else cpu)
-    #[arg(long, default_value = "auto")]
-    pub backend: BackendArg,
     /// GL raster path: compute (atomicMax splat + resolve) or points (GL_POINTS into an integer FBO)
     #[arg(long, default_value = "compute")]
     pub raster: crate::render::gl::RasterMethod,
@@ -334,15 +372,13 @@ pub struct RenderArgs {
     /// back) or cpu (the fp64 points are read back and rescaled by the CPU engine's code)
     #[arg(long, default_value = "gpu")]
     pub rescale: RescaleArg,
-    /// CUDA ordinal of the GPU for --backend gl (default: the local rank, respecting CUDA_VISIBLE_DEVICES)
-    #[arg(long)]
-    pub gpu: Option<i64>,
-    /// EGL device index (`fractaldb devices`) for --backend gl, overriding --gpu
-    #[arg(long)]
-    pub egl_device: Option<usize>,
     /// Drive several GPUs from this process, one GL thread each: `all`, or EGL device indices `0,1,3`
     #[arg(long, value_parser = parse_gpus)]
     pub gpus: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     #[command(flatten)]
     pub ranks: RankArgs,
     #[command(flatten)]
@@ -354,14 +390,6 @@ pub struct RenderArgs {
 /// `fractaldb rcdb`: the original's flags (underscored names, hyphenated aliases) and ours.
 #[derive(Args, Debug)]
 pub struct RcdbArgs {
-    /// Output root: param/%05d.csv and image/%05d/%05d_%04d.png [original: --save_root]
-    #[arg(
-        long = "save_root",
-        alias = "save-root",
-        alias = "out",
-        default_value = "./rcdb"
-    )]
-    pub save_root: PathBuf,
     /// Classes C [original: --numof_classes, 1000]
     #[arg(
         long = "numof_classes",
@@ -413,47 +441,19 @@ pub struct RcdbArgs {
     /// Make only process t's classes (0-based); default: every process's [original: --thread_num]
     #[arg(long = "thread_num", alias = "thread-num")]
     pub thread_num: Option<u32>,
-    /// Output: folder (the original's layout) or wds (WebDataset shards, classes mixed in each,
-    /// plus the parameter files in param/)
-    #[arg(long, default_value = "folder")]
-    pub format: Format,
-    /// Most samples per shard (wds)
-    #[arg(long, default_value_t = 10_000)]
-    pub samples_per_shard: u64,
-    /// Shard name prefix: {prefix}-{%06d}.tar (wds)
-    #[arg(long, default_value = "rcdb")]
-    pub prefix: String,
     /// Seed of the sample order in the shards (wds)
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, alias = "shard-seed", default_value_t = 0)]
     pub seed: u64,
-    /// Also write DALI wds2idx index files (wds)
-    #[arg(long)]
-    pub dali_index: bool,
-    /// Keep finished output (existing whole images, or verified shards) and make the rest.
-    #[arg(long)]
-    pub resume: bool,
-    /// zlib level of the PNGs: 0 (stored) .. 9
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=9))]
-    pub png_level: u8,
-    /// Writer threads (default: 2 for folders; one per 4 threads, 1 to 4, for shards)
-    #[arg(long)]
-    pub writers: Option<usize>,
     /// Serve the shards over HTTP instead of writing them (the bytes of --format wds with the same
     /// flags; see `fractaldb serve` for the service's routes): --listen, --prefetch, ... apply
     #[arg(long)]
     pub serve: bool,
     #[command(flatten)]
     pub service: ServiceArgs,
-    /// Engine: cpu, gl (segments rasterised in a GL compute shader; the stream is drawn on the CPU)
-    /// or auto (gl on a hardware GPU, else cpu). Same bytes either way
-    #[arg(long, default_value = "auto")]
-    pub backend: BackendArg,
-    /// CUDA ordinal of the GPU for --backend gl (default: the local rank)
-    #[arg(long)]
-    pub gpu: Option<i64>,
-    /// EGL device index (`fractaldb devices`) for --backend gl, overriding --gpu
-    #[arg(long)]
-    pub egl_device: Option<usize>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     #[command(flatten)]
     pub ranks: RankArgs,
     #[command(flatten)]
@@ -481,35 +481,28 @@ impl RcdbArgs {
         crate::rcdb::run::run_classes(&settings, self.thread_num)?;
         let threads = self.common.threads();
         let rank = self.ranks.resolve()?;
-        let choice = gl_choice(self.gpu, self.egl_device, &rank);
-        let backend = resolve_backend(self.backend, vec![choice], GlOptions::default(), true)?;
+        let backend = self.device.backend(&rank, GlOptions::default(), true)?;
+        let o = &self.output;
         Ok(crate::rcdb::run::RcdbOptions {
             settings,
-            out: self.save_root.clone(),
+            out: o.out("./rcdb"),
             thread_num: self.thread_num,
-            format: self.format,
-            samples_per_shard: self.samples_per_shard,
-            prefix: self.prefix.clone(),
+            format: o.format,
+            samples_per_shard: o.samples_per_shard,
+            prefix: o.prefix("rcdb"),
             seed: self.seed,
-            dali_index: self.dali_index,
+            dali_index: o.dali_index,
             png: PngConfig {
-                level: self.png_level,
+                level: self.encoding.png_level,
                 gray: false,
             },
-            resume: self.resume,
+            resume: o.resume,
             threads: Threads {
                 render: threads,
                 encode: threads,
                 queue: 2 * threads,
             },
-            writers: self
-                .writers
-                .unwrap_or(if self.format == Format::Wds {
-                    (threads / 4).clamp(1, 4)
-                } else {
-                    2
-                })
-                .max(1),
+            writers: o.writers(threads),
             rank,
             progress: self.common.progress(),
             backend,
@@ -521,14 +514,6 @@ impl RcdbArgs {
 /// `fractaldb mvfdb`: the original's search and model settings, and the model stream's seed it leaves open.
 #[derive(Args, Debug)]
 pub struct MvfdbArgs {
-    /// Output root: params/ and models/
-    #[arg(
-        long = "save_root",
-        alias = "save-root",
-        alias = "out",
-        default_value = "./mvfdb"
-    )]
-    pub save_root: PathBuf,
     /// Classes to find [original: --classes, 1000]
     #[arg(long, default_value_t = 1000)]
     pub classes: usize,
@@ -566,40 +551,19 @@ pub struct MvfdbArgs {
     /// non-antialiased points), 1..=64
     #[arg(long = "point_size", alias = "point-size", default_value_t = 1)]
     pub point_size: u32,
-    /// zlib level of the PNGs
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=9))]
-    pub png_level: u8,
-    /// Keep existing whole images (or verified shards) and draw the rest
-    #[arg(long)]
-    pub resume: bool,
-    /// Output: folder (the original's layout) or wds (WebDataset shards of every class's views)
-    #[arg(long, default_value = "folder")]
-    pub format: Format,
-    /// Most samples per shard (wds)
-    #[arg(long, default_value_t = 10_000)]
-    pub samples_per_shard: u64,
-    /// Shard name prefix (wds)
-    #[arg(long, default_value = "mvfdb")]
-    pub prefix: String,
     /// Seed of the sample order in the shards (wds)
     #[arg(long = "shard-seed", default_value_t = 0)]
     pub shard_seed: u64,
-    /// Also write DALI wds2idx index files (wds)
-    #[arg(long)]
-    pub dali_index: bool,
     /// Serve the shards over HTTP instead of writing them (the bytes of --format wds with the same
     /// flags; the routes of `fractaldb serve`); nothing is written
     #[arg(long)]
     pub serve: bool,
     #[command(flatten)]
     pub service: ServiceArgs,
-    /// Engine for the views: cpu (the driver's point rule emulated), gl (GL_POINTS through EGL) or
-    /// auto (gl on a hardware GPU)
-    #[arg(long, default_value = "auto")]
-    pub backend: BackendArg,
-    /// EGL device index for --backend gl
-    #[arg(long)]
-    pub egl_device: Option<usize>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     #[command(flatten)]
     pub ranks: RankArgs,
     #[command(flatten)]
@@ -713,12 +677,12 @@ impl RenderArgs {
     }
 
     fn backend(&self, rank: &cluster::Rank) -> Result<Backend> {
-        let choice = gl_choice(self.gpu, self.egl_device, rank);
+        let d = &self.device;
         let devices = match self.gpus.as_deref() {
-            None => vec![choice],
+            None => vec![gl_choice(d.gpu, d.egl_device, rank)],
             Some(list) => gpu_list(list),
         };
-        resolve_backend(self.backend, devices, self.gl_options(), self.common.quiet)
+        resolve_backend(d.backend, devices, self.gl_options(), self.common.quiet)
     }
 
     pub fn to_options(&self) -> Result<RenderOptions> {
@@ -767,33 +731,27 @@ impl RenderArgs {
         // The memory the run needs is checked by the run (dataset::fit_memory), before anything
         // is allocated or written.
         let threads = self.common.threads();
-        let writers = self
-            .writers
-            .unwrap_or(if self.format == Format::Wds {
-                (threads / 4).clamp(1, 4)
-            } else {
-                2
-            })
-            .max(1);
+        let o = &self.output;
+        let writers = o.writers(threads);
         let rank = self.ranks.resolve()?;
         // Fails before any output when libEGL is missing; the context is made in the render thread.
         let backend = self.backend(&rank)?;
         Ok(RenderOptions {
             load_root: self.load_root.clone(),
-            out: self.out.clone(),
+            out: o.out("./data/FractalDB-1000"),
             weights: self.weight_csv.clone(),
             cfg,
             instances: self.instance,
             png: PngConfig {
-                level: self.png_level,
+                level: self.encoding.png_level,
                 gray: self.png_gray,
             },
-            format: self.format,
+            format: o.format,
             seed: self.seed,
-            samples_per_shard: self.samples_per_shard,
-            prefix: self.prefix.clone(),
-            dali_index: self.dali_index,
-            resume: self.resume,
+            samples_per_shard: o.samples_per_shard,
+            prefix: o.prefix("fractaldb"),
+            dali_index: o.dali_index,
+            resume: o.resume,
             threads: Threads {
                 render: threads,
                 encode: self
@@ -1117,10 +1075,11 @@ fn run_rcdb(a: RcdbArgs) -> Result<()> {
 
 fn run_mvfdb(a: MvfdbArgs) -> Result<()> {
     let rank = a.ranks.resolve()?;
-    let choice = gl_choice(None, a.egl_device, &rank);
-    let backend = resolve_backend(a.backend, vec![choice], GlOptions::default(), true)?;
+    let backend = a.device.backend(&rank, GlOptions::default(), true)?;
+    let o = &a.output;
+    let threads = a.common.threads();
     let opts = crate::mvfdb::run::MvfdbOptions {
-        out: a.save_root.clone(),
+        out: o.out("./mvfdb"),
         classes: a.classes,
         seed: a.seed,
         variance: a.variance,
@@ -1130,25 +1089,25 @@ fn run_mvfdb(a: MvfdbArgs) -> Result<()> {
         write_models: a.write_models,
         views: a.views.0,
         random_views: a.views.1,
-        shards: (a.format == Format::Wds || a.serve).then(|| crate::mvfdb::run::ShardOptions {
-            samples_per_shard: a.samples_per_shard,
-            prefix: a.prefix.clone(),
+        shards: (o.format == Format::Wds || a.serve).then(|| crate::mvfdb::run::ShardOptions {
+            samples_per_shard: o.samples_per_shard,
+            prefix: o.prefix("mvfdb"),
             seed: a.shard_seed,
-            dali_index: a.dali_index,
-            writers: (a.common.threads() / 4).clamp(1, 4),
+            dali_index: o.dali_index,
+            writers: o.writers.unwrap_or((threads / 4).clamp(1, 4)).max(1),
         }),
         view_seed: a.view_seed,
         size: a.img_size,
         point_size: a.point_size,
         png: PngConfig {
-            level: a.png_level,
+            level: a.encoding.png_level,
             gray: false,
         },
-        resume: a.resume,
+        resume: o.resume,
         threads: Threads {
-            render: a.common.threads(),
-            encode: a.common.threads(),
-            queue: 2 * a.common.threads(),
+            render: threads,
+            encode: threads,
+            queue: 2 * threads,
         },
         rank: rank.clone(),
         progress: a.common.progress(),
@@ -1173,7 +1132,7 @@ fn run_mvfdb(a: MvfdbArgs) -> Result<()> {
             s.skipped,
             s.images,
             s.kept,
-            a.save_root.display()
+            opts.out.display()
         );
     }
     Ok(())
@@ -1282,4 +1241,107 @@ fn run_devices() -> Result<()> {
         let _ = writeln!(text, "  extensions  {}", d.extensions);
     }
     crate::fsutil::write_stdout(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parses(args: &[&str]) -> Cli {
+        let argv = std::iter::once("fractaldb").chain(args.iter().copied());
+        Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    /// The shared flag groups take the same names in every dataset command (docs/usage.md, "One
+    /// name per idea"), and every spelling that worked before stays an alias.
+    #[test]
+    fn every_dataset_command_takes_the_shared_groups_and_the_old_spellings() {
+        let shared = [
+            "--format",
+            "wds",
+            "--samples-per-shard",
+            "5",
+            "--prefix",
+            "p",
+            "--dali-index",
+            "--resume",
+            "--writers",
+            "2",
+            "--backend",
+            "cpu",
+            "--gpu",
+            "0",
+            "--egl-device",
+            "0",
+            "--encoding",
+            "npy",
+            "--png-level",
+            "3",
+            "--rank",
+            "0",
+            "--world-size",
+            "1",
+            "-j",
+            "2",
+            "-q",
+        ];
+        for cmd in ["render", "rcdb", "mvfdb"] {
+            for out in ["--out", "--save_root", "--save-root"] {
+                let mut args = vec![cmd, out, "o"];
+                args.extend(shared);
+                let o = match parses(&args).cmd {
+                    Command::Render(a) => a.output,
+                    Command::Rcdb(a) => a.output,
+                    Command::Mvfdb(a) => a.output,
+                    _ => unreachable!(),
+                };
+                assert_eq!(o.out, Some(PathBuf::from("o")), "{cmd} {out}");
+                assert_eq!(o.prefix.as_deref(), Some("p"));
+            }
+        }
+        // Each family's own spellings, the originals' underscores and ours.
+        for args in [
+            &[
+                "render",
+                "--image_size_x",
+                "8",
+                "--draw_type",
+                "point_gray",
+                "--weight_csv",
+                "w",
+            ][..],
+            &[
+                "render",
+                "--load_root",
+                "x",
+                "--iterations",
+                "9",
+                "--seed",
+                "3",
+            ],
+            &[
+                "rcdb",
+                "--numof-classes",
+                "2",
+                "--image-size",
+                "8",
+                "--thread-num",
+                "0",
+            ],
+            &["rcdb", "--seed", "3"],
+            &["rcdb", "--shard-seed", "3"],
+            &[
+                "mvfdb",
+                "--img-size",
+                "8",
+                "--point-size",
+                "2",
+                "--view_point",
+                "3",
+            ],
+            &["mvfdb", "--weight_csv", "w", "--shard-seed", "3"],
+        ] {
+            parses(args);
+        }
+    }
 }
