@@ -465,29 +465,13 @@ fn workload(a: &BenchArgs, work: &std::path::Path) -> Result<Workload> {
             });
             let (dataset, _) = RenderOptions {
                 load_root,
-                out: work.to_path_buf(),
                 weights: a.weight_csv.clone(),
                 cfg,
                 instances: a.instance,
                 png,
-                format: Format::Folder,
-                seed: 0,
-                samples_per_shard: 1,
-                prefix: "bench".into(),
-                dali_index: false,
-                resume: false,
-                threads: Threads {
-                    render: 1,
-                    encode: 1,
-                    queue: 1,
-                },
-                writers: 1,
                 weight_rows: None,
                 flips: None,
-                rank: Rank::default(),
-                progress: progress::Mode::Quiet,
-                backend: crate::render::Backend::Cpu,
-                encoding: crate::encode::Encoding::Png,
+                job: Run::default(),
             }
             .split()?;
             Ok(Workload {
@@ -508,7 +492,6 @@ fn mvfdb_workload(a: &BenchArgs, png: PngConfig) -> Result<Workload> {
         return Err(Error::flag("--mvfdb-models", "must be 1 to 145"));
     }
     let opts = crate::mvfdb::run::MvfdbOptions {
-        out: PathBuf::new(),
         classes: a.classes,
         seed: 1,
         variance: 0.05,
@@ -518,21 +501,11 @@ fn mvfdb_workload(a: &BenchArgs, png: PngConfig) -> Result<Workload> {
         write_models: false,
         views: 12,
         random_views: false,
-        shards: None,
         view_seed: 0,
         size: 224,
         point_size: 1,
         png,
-        resume: false,
-        threads: Threads {
-            render: 1,
-            encode: 1,
-            queue: 1,
-        },
-        rank: Rank::default(),
-        progress: progress::Mode::Quiet,
-        backend: crate::render::Backend::Cpu,
-        encoding: crate::encode::Encoding::Png,
+        job: Run::default(),
     };
     let (dataset, _) = opts.split()?.expect("views > 0 and weights");
     Ok(Workload {

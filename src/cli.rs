@@ -180,6 +180,43 @@ impl OutputArgs {
     }
 }
 
+/// A dataset command's flag groups, resolved into how its run goes in one place; `defaults`: the
+/// family's output directory and shard prefix; `seed`: the shards' order seed.
+struct Job<'a> {
+    output: &'a OutputArgs,
+    encoding: &'a EncodingArgs,
+    common: &'a Common,
+    defaults: (&'a str, &'a str),
+    seed: u64,
+}
+
+impl Job<'_> {
+    fn resolve(&self, rank: cluster::Rank, backend: Backend) -> Run {
+        let (o, threads) = (self.output, self.common.threads());
+        Run {
+            out: o.out(self.defaults.0),
+            format: o.format,
+            shards: crate::dataset::ShardSettings {
+                per_shard: o.samples_per_shard,
+                seed: self.seed,
+                prefix: o.prefix(self.defaults.1),
+                dali_index: o.dali_index,
+            },
+            resume: o.resume,
+            threads: Threads {
+                render: threads,
+                encode: threads,
+                queue: 2 * threads,
+            },
+            writers: o.writers(threads),
+            rank,
+            progress: self.common.progress(),
+            backend,
+            encoding: self.encoding.encoding,
+        }
+    }
+}
+
 /// Which engine draws the images, on which GPU (a flag group of every dataset command).
 #[derive(Args, Debug, Clone)]
 pub struct DeviceArgs {
@@ -479,34 +516,23 @@ impl RcdbArgs {
         };
         settings.validate()?;
         crate::rcdb::run::run_classes(&settings, self.thread_num)?;
-        let threads = self.common.threads();
         let rank = self.ranks.resolve()?;
         let backend = self.device.backend(&rank, GlOptions::default(), true)?;
-        let o = &self.output;
+        let job = Job {
+            output: &self.output,
+            encoding: &self.encoding,
+            common: &self.common,
+            defaults: ("./rcdb", "rcdb"),
+            seed: self.seed,
+        };
         Ok(crate::rcdb::run::RcdbOptions {
             settings,
-            out: o.out("./rcdb"),
             thread_num: self.thread_num,
-            format: o.format,
-            samples_per_shard: o.samples_per_shard,
-            prefix: o.prefix("rcdb"),
-            seed: self.seed,
-            dali_index: o.dali_index,
             png: PngConfig {
                 level: self.encoding.png_level,
                 gray: false,
             },
-            resume: o.resume,
-            threads: Threads {
-                render: threads,
-                encode: threads,
-                queue: 2 * threads,
-            },
-            writers: o.writers(threads),
-            rank,
-            progress: self.common.progress(),
-            backend,
-            encoding: self.encoding.encoding,
+            job: job.resolve(rank, backend),
         })
     }
 }
@@ -730,15 +756,22 @@ impl RenderArgs {
         }
         // The memory the run needs is checked by the run (dataset::fit_memory), before anything
         // is allocated or written.
-        let threads = self.common.threads();
-        let o = &self.output;
-        let writers = o.writers(threads);
         let rank = self.ranks.resolve()?;
         // Fails before any output when libEGL is missing; the context is made in the render thread.
         let backend = self.backend(&rank)?;
+        let job = Job {
+            output: &self.output,
+            encoding: &self.encoding,
+            common: &self.common,
+            defaults: ("./data/FractalDB-1000", "fractaldb"),
+            seed: self.seed,
+        };
+        let mut job = job.resolve(rank, backend);
+        if let Some(e) = self.encoders {
+            job.threads.encode = e.clamp(1, job.threads.render * 4);
+        }
         Ok(RenderOptions {
             load_root: self.load_root.clone(),
-            out: o.out("./data/FractalDB-1000"),
             weights: self.weight_csv.clone(),
             cfg,
             instances: self.instance,
@@ -746,27 +779,9 @@ impl RenderArgs {
                 level: self.encoding.png_level,
                 gray: self.png_gray,
             },
-            format: o.format,
-            seed: self.seed,
-            samples_per_shard: o.samples_per_shard,
-            prefix: o.prefix("fractaldb"),
-            dali_index: o.dali_index,
-            resume: o.resume,
-            threads: Threads {
-                render: threads,
-                encode: self
-                    .encoders
-                    .unwrap_or(threads)
-                    .clamp(1, threads.max(1) * 4),
-                queue: 2 * threads,
-            },
-            writers,
             weight_rows: self.weight_rows.clone(),
             flips: self.flips.clone(),
-            rank,
-            progress: self.common.progress(),
-            backend,
-            encoding: self.encoding.encoding,
+            job,
         })
     }
 }
@@ -929,50 +944,50 @@ fn run_render(a: RenderArgs) -> Result<()> {
         );
     }
     if !a.common.quiet {
-        let who = if opts.rank.world == 1 {
+        let who = if opts.job.rank.world == 1 {
             "one process".to_string()
         } else {
             format!(
                 "rank {} of {} ({})",
-                opts.rank.rank, opts.rank.world, opts.rank.source
+                opts.job.rank.rank, opts.job.rank.world, opts.job.rank.source
             )
         };
         crate::say!(
             "render: {who}, {} threads, {} encoders, writing {} to {}",
-            opts.threads.render,
-            opts.threads.encode,
-            match opts.format {
+            opts.job.threads.render,
+            opts.job.threads.encode,
+            match opts.job.format {
                 Format::Folder => "the original's class folders",
                 Format::Wds => "WebDataset shards",
             },
-            opts.out.display()
+            opts.job.out.display()
         );
     }
-    if opts.rank.world > 1 {
+    if opts.job.rank.world > 1 {
         // Not the whole dataset: say so, whatever --quiet says (an inherited launcher
         // environment must not pass for a complete run).
         crate::say!(
             "NOTE: rank {} of {} ({}): this run renders only its part of the dataset \
              ({}); run every rank, then `fractaldb finalize --out {}`",
-            opts.rank.rank,
-            opts.rank.world,
-            opts.rank.source,
-            match opts.format {
+            opts.job.rank.rank,
+            opts.job.rank.world,
+            opts.job.rank.source,
+            match opts.job.format {
                 Format::Folder => format!(
                     "classes c with c % {} == {}",
-                    opts.rank.world, opts.rank.rank
+                    opts.job.rank.world, opts.job.rank.rank
                 ),
                 Format::Wds => format!(
                     "shard blocks g with g % {} == {}",
-                    opts.rank.world, opts.rank.rank
+                    opts.job.rank.world, opts.job.rank.rank
                 ),
             },
-            opts.out.display()
+            opts.job.out.display()
         );
     }
     let s = generate::run(&opts)?;
     if !a.common.quiet {
-        let readback = if matches!(opts.backend, Backend::Gl(..)) {
+        let readback = if matches!(opts.job.backend, Backend::Gl(..)) {
             format!(
                 ", {} bytes read back per image",
                 s.readback_bytes / s.images.max(1)
@@ -1002,7 +1017,7 @@ fn run_rcdb_service(a: RcdbArgs) -> Result<()> {
             "the service serves the whole dataset's shards",
         ));
     }
-    opts.format = Format::Wds;
+    opts.job.format = Format::Wds;
     let (ds, job) = opts.split()?;
     a.service.serve(Box::new(ds), job)
 }
@@ -1012,16 +1027,16 @@ fn run_rcdb(a: RcdbArgs) -> Result<()> {
     let st = &opts.settings;
     if !a.common.quiet {
         let all = crate::rcdb::run::run_classes(st, opts.thread_num)?;
-        let mine = crate::rcdb::run::rank_classes(all, opts.rank.rank, opts.rank.world);
-        let what = match opts.format {
+        let mine = crate::rcdb::run::rank_classes(all, opts.job.rank.rank, opts.job.rank.world);
+        let what = match opts.job.format {
             Format::Folder => {
                 format!("classes {}..{} of {}", mine.start, mine.end, st.classes)
             }
             Format::Wds => format!(
                 "WebDataset shards of {} classes (this rank: blocks g with g % {} == {})",
                 st.made_classes(),
-                opts.rank.world,
-                opts.rank.rank
+                opts.job.rank.world,
+                opts.job.rank.rank
             ),
         };
         crate::say!(
@@ -1029,8 +1044,8 @@ fn run_rcdb(a: RcdbArgs) -> Result<()> {
             st.processes,
             st.per_process(),
             st.instances,
-            opts.threads.render,
-            opts.save_root_display()
+            opts.job.threads.render,
+            opts.job.out.display()
         );
         if st.made_classes() < st.classes {
             crate::say!(
@@ -1042,17 +1057,17 @@ fn run_rcdb(a: RcdbArgs) -> Result<()> {
             );
         }
     }
-    if opts.rank.world > 1 {
+    if opts.job.rank.world > 1 {
         crate::say!(
             "NOTE: rank {} of {} ({}): this run makes only its part of the dataset; run every rank{}",
-            opts.rank.rank,
-            opts.rank.world,
-            opts.rank.source,
-            if opts.format == Format::Wds {
+            opts.job.rank.rank,
+            opts.job.rank.world,
+            opts.job.rank.source,
+            if opts.job.format == Format::Wds {
                 format!(
                     ", then `fractaldb finalize --prefix {} --out {}`",
-                    opts.prefix,
-                    opts.save_root_display()
+                    opts.job.shards.prefix,
+                    opts.job.out.display()
                 )
             } else {
                 String::new()
@@ -1076,10 +1091,18 @@ fn run_rcdb(a: RcdbArgs) -> Result<()> {
 fn run_mvfdb(a: MvfdbArgs) -> Result<()> {
     let rank = a.ranks.resolve()?;
     let backend = a.device.backend(&rank, GlOptions::default(), true)?;
-    let o = &a.output;
-    let threads = a.common.threads();
+    let job = Job {
+        output: &a.output,
+        encoding: &a.encoding,
+        common: &a.common,
+        defaults: ("./mvfdb", "mvfdb"),
+        seed: a.shard_seed,
+    };
+    let mut job = job.resolve(rank, backend);
+    if a.serve {
+        job.format = Format::Wds;
+    }
     let opts = crate::mvfdb::run::MvfdbOptions {
-        out: o.out("./mvfdb"),
         classes: a.classes,
         seed: a.seed,
         variance: a.variance,
@@ -1089,13 +1112,6 @@ fn run_mvfdb(a: MvfdbArgs) -> Result<()> {
         write_models: a.write_models,
         views: a.views.0,
         random_views: a.views.1,
-        shards: (o.format == Format::Wds || a.serve).then(|| crate::mvfdb::run::ShardOptions {
-            samples_per_shard: o.samples_per_shard,
-            prefix: o.prefix("mvfdb"),
-            seed: a.shard_seed,
-            dali_index: o.dali_index,
-            writers: o.writers.unwrap_or((threads / 4).clamp(1, 4)).max(1),
-        }),
         view_seed: a.view_seed,
         size: a.img_size,
         point_size: a.point_size,
@@ -1103,16 +1119,7 @@ fn run_mvfdb(a: MvfdbArgs) -> Result<()> {
             level: a.encoding.png_level,
             gray: false,
         },
-        resume: o.resume,
-        threads: Threads {
-            render: threads,
-            encode: threads,
-            queue: 2 * threads,
-        },
-        rank: rank.clone(),
-        progress: a.common.progress(),
-        backend,
-        encoding: a.encoding.encoding,
+        job,
     };
     if a.serve {
         let Some((ds, job)) = opts.split()? else {
@@ -1132,7 +1139,7 @@ fn run_mvfdb(a: MvfdbArgs) -> Result<()> {
             s.skipped,
             s.images,
             s.kept,
-            opts.out.display()
+            opts.job.out.display()
         );
     }
     Ok(())
@@ -1207,7 +1214,7 @@ fn finalize_shards(a: FinalizeArgs) -> Result<()> {
 
 fn run_serve(a: ServeArgs) -> Result<()> {
     let mut render = a.render.to_options()?;
-    render.format = Format::Wds;
+    render.job.format = Format::Wds;
     let (ds, job) = render.split()?;
     a.service.serve(Box::new(ds), job)
 }

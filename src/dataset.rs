@@ -54,6 +54,33 @@ pub struct Run {
     pub encoding: Encoding,
 }
 
+impl Default for Run {
+    /// Folders in the current directory, one thread, the CPU engine, PNG, one process, quiet.
+    fn default() -> Self {
+        Run {
+            out: PathBuf::from("."),
+            format: Format::Folder,
+            shards: ShardSettings {
+                per_shard: 10_000,
+                seed: 0,
+                prefix: "fractaldb".into(),
+                dali_index: false,
+            },
+            resume: false,
+            threads: Threads {
+                render: 1,
+                encode: 1,
+                queue: 2,
+            },
+            writers: 1,
+            rank: Rank::default(),
+            progress: progress::Mode::Quiet,
+            backend: Backend::Cpu,
+            encoding: Encoding::Png,
+        }
+    }
+}
+
 impl Run {
     /// What a dataset's preparation and stages get of this run; `write`: side files (parameter
     /// files, models) go into the output.

@@ -3,10 +3,9 @@
 use crate::cluster::Rank;
 use crate::dataset::{self, Dataset, Env, FolderUnit, FolderWork, Run, ShardSettings, ShardWork};
 use crate::error::{Error, Result};
-use crate::pipeline::{Summary, Threads};
+use crate::pipeline::Summary;
 use crate::plan::{self, Layout, Plan};
-use crate::progress;
-use crate::render::{Backend, FractalStages, ImageFormat, PngConfig, RenderConfig, Stages};
+use crate::render::{FractalStages, ImageFormat, PngConfig, RenderConfig, Stages};
 use crate::rng::NumpyRandom;
 use crate::sink::Format;
 use crate::sink::folder;
@@ -18,28 +17,16 @@ use std::sync::Arc;
 #[derive(Clone, Debug)]
 pub struct RenderOptions {
     pub load_root: PathBuf,
-    pub out: PathBuf,
     /// A weights CSV path, or `builtin:S`.
     pub weights: String,
     pub cfg: RenderConfig,
     pub instances: u32,
     pub png: PngConfig,
-    pub format: Format,
-    /// Seed of the sample order (WebDataset shards).
-    pub seed: u64,
-    pub samples_per_shard: u64,
-    pub prefix: String,
-    pub dali_index: bool,
-    pub resume: bool,
-    pub threads: Threads,
-    pub writers: usize,
     /// `--weight-rows` and `--flips` selections (all when `None`).
     pub weight_rows: Option<String>,
     pub flips: Option<String>,
-    pub rank: Rank,
-    pub progress: progress::Mode,
-    pub backend: Backend,
-    pub encoding: crate::encode::Encoding,
+    /// How the run goes (the order's seed is `job.shards.seed`).
+    pub job: Run,
 }
 
 /// The shared chaos-game sequence: `np.random.seed(100); np.random.random(iterations)`.
@@ -75,25 +62,13 @@ impl RenderOptions {
     pub fn split(&self) -> Result<(Fractal, Run)> {
         let RenderOptions {
             load_root: _,
-            out,
             weights: _,
             cfg,
             instances: _,
             png,
-            format,
-            seed,
-            samples_per_shard,
-            prefix,
-            dali_index,
-            resume,
-            threads,
-            writers,
             weight_rows: _,
             flips: _,
-            rank,
-            progress,
-            backend,
-            encoding,
+            job,
         } = self;
         // load_root, weights, instances and the selections make the plan.
         let plan = load_plan(self)?;
@@ -103,24 +78,7 @@ impl RenderOptions {
             cfg: cfg.clone(),
             png: *png,
         };
-        let job = Run {
-            out: out.clone(),
-            format: *format,
-            shards: ShardSettings {
-                per_shard: *samples_per_shard,
-                seed: *seed,
-                prefix: prefix.clone(),
-                dali_index: *dali_index,
-            },
-            resume: *resume,
-            threads: *threads,
-            writers: *writers,
-            rank: rank.clone(),
-            progress: *progress,
-            backend: backend.clone(),
-            encoding: *encoding,
-        };
-        Ok((ds, job))
+        Ok((ds, job.clone()))
     }
 }
 

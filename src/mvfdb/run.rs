@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug)]
 pub struct MvfdbOptions {
-    pub out: PathBuf,
     pub classes: usize,
     pub seed: u32,
     pub variance: f64,
@@ -33,19 +32,14 @@ pub struct MvfdbOptions {
     pub views: u32,
     /// Random (ExFractalDB-style) views instead of the original's ring, keyed by `view_seed`.
     pub random_views: bool,
-    /// `--format wds`: shards (same order v2, manifest and indexes as `render`) instead of folders.
-    pub shards: Option<ShardOptions>,
     pub view_seed: i64,
     pub size: u32,
     /// `--point_size`: each point a square of this many pixels a side (GL's legacy points).
     pub point_size: u32,
     pub png: PngConfig,
-    pub resume: bool,
-    pub threads: crate::pipeline::Threads,
-    pub rank: crate::cluster::Rank,
-    pub progress: crate::progress::Mode,
-    pub backend: crate::render::Backend,
-    pub encoding: crate::encode::Encoding,
+    /// How the run goes: output, folders or shards (same order v2, manifest and indexes as
+    /// `render`), threads, ranks, engine.
+    pub job: Run,
 }
 
 /// The version of MV-FractalDB's bytes, in every settings record and shard fingerprint: 2 since
@@ -61,7 +55,6 @@ pub const VERSION: u32 = 2;
 /// original's file are one.
 pub(crate) fn spec(o: &MvfdbOptions, rows: &[u32], mults: &[[f64; 12]]) -> serde_json::Value {
     let MvfdbOptions {
-        out: _,
         classes,
         seed,
         variance,
@@ -71,17 +64,11 @@ pub(crate) fn spec(o: &MvfdbOptions, rows: &[u32], mults: &[[f64; 12]]) -> serde
         write_models: _,
         views,
         random_views,
-        shards: _,
         view_seed,
         size,
         point_size,
         png,
-        resume: _,
-        threads: _,
-        rank: _,
-        progress: _,
-        backend: _,
-        encoding: _,
+        job: _,
     } = o;
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
@@ -102,16 +89,6 @@ pub(crate) fn spec(o: &MvfdbOptions, rows: &[u32], mults: &[[f64; 12]]) -> serde
 
 /// A folder dataset's settings record (`{save_root}/mvfdb.json`: `{kind}.json`).
 pub const RECORD: &str = "mvfdb.json";
-
-/// Shard settings of `mvfdb --format wds`.
-#[derive(Clone, Debug)]
-pub struct ShardOptions {
-    pub samples_per_shard: u64,
-    pub prefix: String,
-    pub seed: u64,
-    pub dali_index: bool,
-    pub writers: usize,
-}
 
 #[derive(Default)]
 pub struct Summary {
@@ -243,7 +220,7 @@ fn front(o: &MvfdbOptions, out: Option<&Path>, weights: Option<Weights>) -> Resu
     let next = AtomicUsize::new(0);
     let failed: Mutex<Option<Error>> = Mutex::new(None);
     std::thread::scope(|sc| {
-        for _ in 0..o.threads.render.clamp(1, maps.len()) {
+        for _ in 0..o.job.threads.render.clamp(1, maps.len()) {
             sc.spawn(|| {
                 loop {
                     let c = next.fetch_add(1, Ordering::Relaxed);
@@ -422,58 +399,28 @@ impl MvfdbOptions {
         if self.views == 0 {
             return Ok(None);
         }
-        let sh = self.shards.clone();
-        let job = Run {
-            out: self.out.clone(),
-            format: if sh.is_some() {
-                Format::Wds
-            } else {
-                Format::Folder
-            },
-            shards: sh.as_ref().map_or(
-                ShardSettings {
-                    per_shard: 1,
-                    seed: 0,
-                    prefix: String::new(),
-                    dali_index: false,
-                },
-                |sh| ShardSettings {
-                    per_shard: sh.samples_per_shard,
-                    seed: sh.seed,
-                    prefix: sh.prefix.clone(),
-                    dali_index: sh.dali_index,
-                },
-            ),
-            resume: self.resume,
-            threads: self.threads,
-            writers: sh.map_or(2, |sh| sh.writers),
-            rank: self.rank.clone(),
-            progress: self.progress,
-            backend: self.backend.clone(),
-            encoding: self.encoding,
-        };
         let ds = Mvfdb {
             o: self.clone(),
             rows,
             mults,
             found: Mutex::default(),
         };
-        Ok(Some((ds, job)))
+        Ok(Some((ds, self.job.clone())))
     }
 }
 
 pub fn run(o: &MvfdbOptions) -> Result<Summary> {
     let Some((ds, job)) = o.split()? else {
         // The search alone (and the models with --write-models).
-        fsutil::create_dir(&o.out)?;
+        fsutil::create_dir(&o.job.out)?;
         let lock = format!(
             "mvfdb-rank-{:05}-of-{:05}",
-            o.rank.rank,
-            o.rank.world.max(1)
+            o.job.rank.rank,
+            o.job.rank.world.max(1)
         );
-        let _lock = fsutil::OutputLock::acquire(&o.out, &lock)?;
+        let _lock = fsutil::OutputLock::acquire(&o.job.out, &lock)?;
         // Every rank would write the same files: rank 0 writes them.
-        let out = (o.rank.rank == 0).then_some(o.out.as_path());
+        let out = (o.job.rank.rank == 0).then_some(o.job.out.as_path());
         return Ok(front(o, out, load_weights(o)?)?.s);
     };
     let render = crate::dataset::run(&ds, &job)?;

@@ -14,7 +14,6 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::pipeline::Summary;
 use crate::plan::{Layout, Sample};
-use crate::progress;
 use crate::render::{ImageFormat, PngConfig, Stages};
 use crate::rng::PyRandom;
 use crate::sink::Format;
@@ -26,31 +25,10 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone, Debug)]
 pub struct RcdbOptions {
     pub settings: Settings,
-    /// `--save_root`.
-    pub out: PathBuf,
     /// `--thread_num t`: only process t's classes.
     pub thread_num: Option<u32>,
-    pub format: Format,
-    /// Shard settings (`--format wds`): the most samples per shard, name prefix, order seed, DALI
-    /// index files.
-    pub samples_per_shard: u64,
-    pub prefix: String,
-    pub seed: u64,
-    pub dali_index: bool,
     pub png: PngConfig,
-    pub resume: bool,
-    pub threads: crate::pipeline::Threads,
-    pub writers: usize,
-    pub rank: Rank,
-    pub progress: progress::Mode,
-    pub backend: crate::render::Backend,
-    pub encoding: crate::encode::Encoding,
-}
-
-impl RcdbOptions {
-    pub fn save_root_display(&self) -> String {
-        self.out.display().to_string()
-    }
+    pub job: Run,
 }
 
 /// The classes a run of these settings makes: process `thread_num`'s, or every process's.
@@ -266,25 +244,13 @@ impl RcdbOptions {
     pub fn split(&self) -> Result<(Rcdb, Run)> {
         let RcdbOptions {
             settings,
-            out,
             thread_num,
-            format,
-            samples_per_shard,
-            prefix,
-            seed,
-            dali_index,
             png,
-            resume,
-            threads,
-            writers,
-            rank,
-            progress,
-            backend,
-            encoding,
+            job,
         } = self;
         settings.validate()?;
         run_classes(settings, *thread_num)?;
-        if thread_num.is_some() && *format == Format::Wds {
+        if thread_num.is_some() && job.format == Format::Wds {
             return Err(Error::flag(
                 "--thread_num",
                 "shards hold the whole dataset (every process's classes): split the work with ranks \
@@ -296,24 +262,7 @@ impl RcdbOptions {
             png: *png,
             thread_num: *thread_num,
         };
-        let job = Run {
-            out: out.clone(),
-            format: *format,
-            shards: ShardSettings {
-                per_shard: *samples_per_shard,
-                seed: *seed,
-                prefix: prefix.clone(),
-                dali_index: *dali_index,
-            },
-            resume: *resume,
-            threads: *threads,
-            writers: *writers,
-            rank: rank.clone(),
-            progress: *progress,
-            backend: backend.clone(),
-            encoding: *encoding,
-        };
-        Ok((ds, job))
+        Ok((ds, job.clone()))
     }
 }
 

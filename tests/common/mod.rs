@@ -335,3 +335,25 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         })
         .collect()
 }
+
+/// Makes a dataset in `out` with `run(&[])`, then asks `run(change) --resume` for each change:
+/// each is refused naming its field (the settings record's or manifest's key), and no file
+/// changes. Returns the snapshot of the dataset.
+pub fn assert_each_change_is_refused(
+    out: &Path,
+    run: &dyn Fn(&[&str]) -> Command,
+    changes: &[(&[&str], &str)],
+) -> Vec<(PathBuf, Vec<u8>)> {
+    run_ok(&mut run(&[]));
+    let before = snapshot(out);
+    assert!(!before.is_empty(), "{} is empty", out.display());
+    for (extra, field) in changes {
+        let e = run_err(run(extra).arg("--resume"));
+        assert!(
+            e.contains(field) && e.contains("other settings"),
+            "{extra:?}: {e}"
+        );
+        assert!(snapshot(out) == before, "{extra:?} changed files");
+    }
+    before
+}
