@@ -176,6 +176,13 @@ impl Fractal {
     }
 }
 
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 impl Dataset for Fractal {
     fn kind(&self) -> &'static str {
         "fractaldb"
@@ -237,6 +244,11 @@ impl Dataset for Fractal {
             width: self.cfg.width,
             height: self.cfg.height,
             gray: self.png.gray,
+            class_sha256: plan
+                .classes
+                .iter()
+                .map(|c| hex_sha256(c.ifs.to_csv().as_bytes()))
+                .collect(),
         };
         folder::check_or_write_record(out, &record, writer)?;
         crate::sink::write_class_list(out, plan, writer)

@@ -475,3 +475,43 @@ fn a_resume_with_any_other_setting_is_refused_naming_it() {
         assert!(snapshot(&out) == before);
     }
 }
+
+/// A folder's record lists each class with the SHA-256 of its file (the maps as read), so a later run
+/// can tell a disjoint class subset from another dataset.
+#[test]
+fn the_folder_record_lists_each_class_with_its_digest() {
+    use sha2::Digest;
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00020", "00041"]);
+    let out = tmp.path().join("o");
+    run_ok(
+        bin()
+            .args(["render", "-q", "--backend", "cpu", "--iteration", "500"])
+            .args([
+                "--image-size-x",
+                "16",
+                "--image-size-y",
+                "16",
+                "--instance",
+                "1",
+            ])
+            .args(["--weight-rows", "0", "--flips", "0", "--load-root"])
+            .arg(&classes)
+            .arg("--out")
+            .arg(&out),
+    );
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("fractaldb-folder.json")).unwrap()).unwrap();
+    let want: Vec<String> = ["00020", "00041"]
+        .iter()
+        .map(|c| {
+            let bytes = std::fs::read(classes.join(format!("{c}.csv"))).unwrap();
+            sha2::Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
+        .collect();
+    assert_eq!(rec["classes"], serde_json::json!(["00020", "00041"]));
+    assert_eq!(rec["class_sha256"], serde_json::json!(want));
+}

@@ -41,6 +41,10 @@ pub struct Record {
     pub width: u32,
     pub height: u32,
     pub gray: bool,
+    /// Per class (as `classes`), the SHA-256 of its maps as the CSV the run read: what a later run
+    /// needs to take a disjoint subset of classes into the same folder (absent in older records).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_sha256: Vec<String>,
 }
 
 impl Record {
