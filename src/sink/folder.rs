@@ -154,37 +154,6 @@ pub fn check_or_write_settings(
     }
 }
 
-/// A cheap structural check of a finished image (two small reads, no decoding): the PNG signature,
-/// an IHDR of the expected size, 8-bit depth and colour type, and the IEND chunk at the very end.
-/// Catches truncated, emptied and other-settings images; a file rewritten with valid PNG bytes of
-/// the same geometry passes (files are only ever written whole, by rename).
-pub fn image_is_whole(path: &Path, width: u32, height: u32, gray: bool) -> bool {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let mut head = [0u8; 26];
-    if f.read_exact(&mut head).is_err() {
-        return false;
-    }
-    const SIG: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
-    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-    let ok_head = head[..8] == SIG
-        && be(&head[8..12]) == 13
-        && &head[12..16] == b"IHDR"
-        && be(&head[16..20]) == width
-        && be(&head[20..24]) == height
-        && head[24] == 8
-        && head[25] == if gray { 0 } else { 2 };
-    if !ok_head {
-        return false;
-    }
-    let mut tail = [0u8; 12];
-    f.seek(SeekFrom::End(-12)).is_ok()
-        && f.read_exact(&mut tail).is_ok()
-        && tail == [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xae, 0x42, 0x60, 0x82]
-}
-
 /// `finalize` for a folder dataset: every image of the record present and whole. Returns the
 /// missing or broken ones (relative paths), in order.
 pub fn missing_images(out: &Path, rec: &Record) -> Result<Vec<PathBuf>> {
