@@ -3,6 +3,9 @@
 //! Data flows one way: [`plan`] -> cloud ([`ifs`], [`render::cpu`]) -> raster -> encode -> [`sink`],
 //! driven by [`pipeline`] and [`generate`]; [`search`] finds the categories.
 
+// Every `unsafe` block says why it is sound (the GL calls' contract is in `render::gl`).
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 /// `eprintln!` that never fails: messages and progress go to stderr, and a full or closed stderr
 /// (`2>/dev/full`, `2>&1 | head`) must not stop the work, so write errors are ignored.
 #[macro_export]

@@ -405,6 +405,9 @@ unsafe fn r8ui_layers(
     size: usize,
     layers: usize,
 ) -> Result<glow::Texture> {
+    // SAFETY: the GL contract of `render::gl`: the context is current on this thread and the
+    // framebuffer is this context's; sizes are checked against GL_MAX_ARRAY_TEXTURE_LAYERS by the
+    // caller.
     unsafe {
         let tex = gl.create_texture().map_err(Error::Other)?;
         gl.bind_texture(glow::TEXTURE_2D_ARRAY, Some(tex));

@@ -37,6 +37,8 @@ impl GlEngine {
     /// Uploads the maps of a batch and zeroes the chain state; the dispatches follow.
     fn prepare_chaos(&mut self, ifss: &[Ifs], n: usize, own_u: Option<&[f64]>) -> Result<usize> {
         if let Some(u) = own_u {
+            // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects
+            // of it); glow passes the slice with its own length.
             unsafe { self.u.upload(&self.ctx.gl, bytes_of(u), 0) };
             self.n_u = 0; // the shared sequence is gone
         } else if n > self.n_u {
@@ -63,6 +65,8 @@ impl GlEngine {
             }
         }
         let gl = &self.ctx.gl;
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it); glow passes the slice with its own length.
         unsafe {
             self.u
                 .reserve(gl, own_u.map_or(self.n_u, |u| u.len()).max(1) * 8, 0);
@@ -104,6 +108,8 @@ impl GlEngine {
         while k < end || once {
             once = false;
             let e = end.min(k.saturating_add(chunk));
+            // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects
+            // of it).
             unsafe {
                 // The buffers of this chaos game (a raster may have rebound binding 0..5 since).
                 self.u.bind(gl, 0);
@@ -135,6 +141,8 @@ impl GlEngine {
             return Ok(vec![(vec![], vec![]); nc]);
         }
         let max_maps = self.prepare_chaos(ifss, n, own_u)?;
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it).
         unsafe {
             self.dispatch_steps(nc, max_maps, 0, (n - 1) as u32, true);
             let (xs, ys) = self.read_points(nc, n)?;
@@ -156,20 +164,16 @@ impl GlEngine {
         n: usize,
     ) -> Result<(Vec<f64>, Vec<f64>)> {
         let gl = &self.ctx.gl;
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it).
         unsafe {
             // Wait for the compute first, so that the copy below times the transfer alone.
             gl.finish();
             let t0 = std::time::Instant::now();
             let mut xs = vec![0f64; nc * n];
             let mut ys = vec![0f64; nc * n];
-            self.xs.read(
-                gl,
-                std::slice::from_raw_parts_mut(xs.as_mut_ptr() as *mut u8, nc * n * 8),
-            );
-            self.ys.read(
-                gl,
-                std::slice::from_raw_parts_mut(ys.as_mut_ptr() as *mut u8, nc * n * 8),
-            );
+            self.xs.read(gl, bytemuck::cast_slice_mut(&mut xs[..]));
+            self.ys.read(gl, bytemuck::cast_slice_mut(&mut ys[..]));
             self.readback_ns += t0.elapsed().as_nanos() as u64;
             self.readback_bytes += (nc * n * 16) as u64;
             check(gl, "chaos game")?;
@@ -191,6 +195,8 @@ impl GlEngine {
         let max_maps = self.prepare_chaos(ifss, n, None)?;
         let set = self.next_set;
         self.next_set ^= 1;
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it).
         unsafe { self.dispatch_steps(nc, max_maps, 0, 0, true) };
         self.run = Some(ChaosRun {
             nc,
@@ -213,6 +219,8 @@ impl GlEngine {
         {
             let (nc, mm, k) = (r.nc, r.max_maps, r.k);
             let end = r.steps.min(k.saturating_add(steps.max(1)));
+            // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects
+            // of it).
             unsafe { self.dispatch_steps(nc, mm, k, end, false) };
             self.run.as_mut().unwrap().k = end;
         }

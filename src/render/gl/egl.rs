@@ -24,6 +24,8 @@ type QueryDeviceAttrib =
 /// libEGL, loaded at run time: `libEGL.so.1`, or the file named by `FRACTALDB_EGL_LIBRARY`.
 pub fn load() -> Result<Egl> {
     let name = std::env::var("FRACTALDB_EGL_LIBRARY").unwrap_or_else(|_| "libEGL.so.1".into());
+    // SAFETY: loading libEGL runs its initialisers; the file is the system's EGL loader (or the one
+    // FRACTALDB_EGL_LIBRARY names), whose symbols khronos-egl binds by their EGL 1.5 signatures.
     unsafe { Egl::load_required_from_filename(&name) }.map_err(|e| {
         Error::Other(format!(
             "cannot load {name} ({e}): install the EGL loader `libegl1` plus a vendor driver \
@@ -52,6 +54,8 @@ struct DeviceFns {
 }
 
 fn device_fns(egl: &Egl) -> Option<DeviceFns> {
+    // SAFETY: each pointer is eglGetProcAddress's for that very name, an EGL_EXT_device_* entry
+    // point whose C signature the fn type it is transmuted to repeats (EGL_EXT_device_base).
     unsafe {
         Some(DeviceFns {
             query_devices: std::mem::transmute::<extern "system" fn(), QueryDevices>(
@@ -72,6 +76,9 @@ pub fn devices(egl: &Egl) -> Vec<DeviceInfo> {
     let Some(f) = device_fns(egl) else {
         return vec![];
     };
+    // SAFETY: the entry points are EGL_EXT_device_query's (device_fns); the device array is sized
+    // by the count the first call returned, and the strings the driver returns are NUL-terminated
+    // and live as long as the display.
     unsafe {
         let mut n: egl::Int = 0;
         if (f.query_devices)(0, std::ptr::null_mut(), &mut n) == 0 || n <= 0 {
@@ -213,8 +220,12 @@ pub fn open_profile(choice: Choice, compat: bool) -> Result<Gl> {
         ));
     }
     for (name, software, platform, native) in candidates {
+        // SAFETY: `native` is null or an EGLDeviceEXT the driver listed, as try_open requires (its
+        // note); the GL strings below are read with the context try_open made current on this
+        // thread.
         match unsafe { try_open(&egl, platform, native, compat) } {
             Ok((display, context, gl)) => {
+                // SAFETY: the context try_open made is current on this thread.
                 let (vendor, renderer, version) = unsafe {
                     use glow::HasContext;
                     (
@@ -250,12 +261,19 @@ pub fn open_profile(choice: Choice, compat: bool) -> Result<Gl> {
     )))
 }
 
+/// Opens a display of `platform` on `native` and a context on it, made current on this thread.
+///
+/// # Safety
+/// `native` must be null or an `EGLDeviceEXT` this EGL listed (what eglGetPlatformDisplay takes for
+/// `platform`).
 unsafe fn try_open(
     egl: &Egl,
     platform: egl::Enum,
     native: *mut c_void,
     compat: bool,
 ) -> std::result::Result<(egl::Display, egl::Context, glow::Context), String> {
+    // SAFETY: `native` is an EGLDeviceEXT from eglQueryDevicesEXT, or null for the default and
+    // surfaceless platforms, as eglGetPlatformDisplay requires for `platform`.
     let display = unsafe { egl.get_platform_display(platform, native, &[egl::ATTRIB_NONE]) }
         .map_err(|e| format!("eglGetPlatformDisplay: {e}"))?;
     egl.initialize(display)
@@ -301,6 +319,8 @@ unsafe fn try_open(
                 Ok(ctx) => {
                     egl.make_current(display, None, None, Some(ctx))
                         .map_err(|e| format!("eglMakeCurrent without a surface: {e}"))?;
+                    // SAFETY: the context was made current on this thread just above, and every
+                    // pointer glow is given comes from eglGetProcAddress for the name it asks for.
                     let gl = unsafe {
                         glow::Context::from_loader_function(|s| {
                             egl.get_proc_address(s)

@@ -3,6 +3,29 @@
 //! on a headless EGL context. Its pixels equal the CPU engine's: the chaos game is exact in fp64, the
 //! rescale (`glsl/rescale.comp`, or the CPU engine's own code with `--rescale cpu`) follows the
 //! original's operations and NaN truncation, and "last point wins" is what atomicMax computes.
+//!
+//! What runs where today: the chaos game (`chaos.rs`, `glsl/chaos.comp`), the rescale (`rescale.rs`,
+//! `glsl/rescale.comp`) and the raster (`raster.rs`: `glsl/splat.comp` + `glsl/resolve.comp`, or
+//! `glsl/points.vert` + `glsl/points.frag`) run on the device; the CPU prepares the maps, the masks
+//! of `--mask-rng python:S` and the readback order, and encodes. Each shader names its CPU twin and
+//! the test that compares them in its header. `toolkit.rs` (programs, buffers, fences, errors) and
+//! `ring.rs` (the readback ring) serve RCDB's and MV-FractalDB's GL engines too; `egl.rs` opens the
+//! headless context.
+//!
+//! # SAFETY contract of the GL calls
+//! Every `unsafe` block that calls GL through `glow`, here and in the families' GL engines, relies on
+//! three things the engines keep, and its `// SAFETY:` note says so or adds what else it needs:
+//! 1. **A current context on this thread.** An engine opens its context with `egl::open` on the
+//!    thread that uses it (a render stage opens it on its worker thread) and never hands it to
+//!    another (`glow::Context` is not `Send`).
+//! 2. **Live objects of that context.** Every program, buffer, texture, framebuffer and fence named
+//!    was made by the engine's own context and is deleted only with the engine (or, for a fence,
+//!    after its wait).
+//! 3. **Checked sizes.** Host memory is passed as whole slices whose lengths glow gives to GL (and
+//!    GL checks against the buffer); casts of numeric slices to bytes go through `bytemuck`; reads
+//!    into pixel-pack buffers stay inside the slot `Ring::acquire` sized.
+//!
+//! The toolkit's `unsafe fn`s carry the same contract to their callers.
 
 mod chaos;
 pub mod egl;
@@ -137,6 +160,8 @@ impl GlEngine {
     /// Opens a device and compiles the shaders; `u` is the shared chaos-game sequence (uploaded once).
     pub fn new(choice: egl::Choice, u: &[f64], opts: GlOptions) -> Result<GlEngine> {
         let ctx = egl::open(choice)?;
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it).
         unsafe {
             let gl = &ctx.gl;
             let mut e = GlEngine {
@@ -190,6 +215,8 @@ impl GlEngine {
         }
         let n = n.max(1);
         // NVX_gpu_memory_info's available video memory (KiB), when the driver has it: use a quarter.
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it).
         let avail = unsafe {
             let kib = self.ctx.gl.get_parameter_i32(0x9049);
             while self.ctx.gl.get_error() != glow::NO_ERROR {}
@@ -201,6 +228,8 @@ impl GlEngine {
         };
         let by_memory = avail / (n * (8 + 8 + 4 + 4));
         // The largest buffer glow sizes (i32) and the driver binds as one storage block.
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it).
         let max_block = unsafe {
             let v = self
                 .ctx

@@ -43,6 +43,8 @@ impl GlEngine {
 
     /// Canvases whose readback has finished (all queued ones with `wait`), with their tags.
     pub fn collect(&mut self, wait: bool) -> Result<Vec<(usize, Vec<u8>)>> {
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it).
         unsafe { self.ring.collect(&self.ctx.gl, wait) }
     }
 
@@ -74,6 +76,8 @@ impl GlEngine {
         let (aw, ah) = (region_w * instances.len(), h + GUARD);
         let masks = Self::python_masks(g.masks, g.count, instances);
         let gl = &self.ctx.gl;
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it).
         unsafe {
             if !matches!(self.atlas, Some((_, tw, th)) if tw >= aw && th >= ah) {
                 // A new atlas keeps at least the old one's width (it was read before the take:
@@ -201,6 +205,8 @@ impl GlEngine {
             }
         }
         let gl = &self.ctx.gl;
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it).
         unsafe {
             self.pts[set].bind(gl, 0);
             let cells = group.len() * w * h;

@@ -12,9 +12,13 @@ impl GlEngine {
             return Err(Error::Other("internal: no chaos game is running".into()));
         };
         let (nc, n, set, mm, k, steps) = (r.nc, r.n, r.set, r.max_maps, r.k, r.steps);
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it).
         unsafe { self.dispatch_steps(nc, mm, k, steps, false) };
         let gl = &self.ctx.gl;
         if self.opts.cpu_rescale {
+            // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects
+            // of it).
             let (mut xs, mut ys) = unsafe { self.read_points(nc, n)? };
             let counts = cpu_rescale(&mut xs, &mut ys, nc, n, cfg);
             let gl = &self.ctx.gl;
@@ -27,6 +31,8 @@ impl GlEngine {
                     p.len() as u32
                 }));
             }
+            // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects
+            // of it); glow passes the slice with its own length.
             unsafe {
                 self.pts[set].upload(gl, bytes_of(&packed), 6);
                 check(gl, "points upload")?;
@@ -36,6 +42,8 @@ impl GlEngine {
             r.k = steps;
             return Ok(());
         }
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it).
         unsafe {
             self.xs.bind(gl, 4);
             self.ys.bind(gl, 5);
@@ -74,6 +82,8 @@ impl GlEngine {
     ) -> Result<Vec<std::result::Result<Vec<u32>, &'static str>>> {
         let nc = xs.len() / n.max(1);
         let gl = &self.ctx.gl;
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it); glow passes the slice with its own length.
         unsafe {
             self.xs.upload(gl, bytes_of(xs), 4);
             self.ys.upload(gl, bytes_of(ys), 5);
@@ -92,11 +102,10 @@ impl GlEngine {
         let (set, counts) = self.wait_clouds()?;
         let gl = &self.ctx.gl;
         let mut pts = vec![0u32; nc * n];
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it); GL checks the host slice's length against the buffer it reads.
         unsafe {
-            self.pts[set].read(
-                gl,
-                std::slice::from_raw_parts_mut(pts.as_mut_ptr() as *mut u8, nc * n * 4),
-            );
+            self.pts[set].read(gl, bytemuck::cast_slice_mut(&mut pts[..]));
         }
         Ok(counts
             .into_iter()
@@ -117,14 +126,13 @@ impl GlEngine {
         let fence = r
             .fence
             .ok_or_else(|| Error::Other("internal: end_clouds first".into()))?;
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it); the fence is this context's and not yet deleted.
         unsafe {
             wait_fence(gl, fence)?;
             let t0 = std::time::Instant::now();
             let mut info = vec![0u32; r.nc * 4];
-            self.info[r.set].read(
-                gl,
-                std::slice::from_raw_parts_mut(info.as_mut_ptr() as *mut u8, r.nc * 16),
-            );
+            self.info[r.set].read(gl, bytemuck::cast_slice_mut(&mut info[..]));
             self.readback_ns += t0.elapsed().as_nanos() as u64;
             self.readback_bytes += (r.nc * 16) as u64;
             Ok((

@@ -44,6 +44,8 @@ impl Ring {
     pub(crate) unsafe fn new(gl: &glow::Context) -> Result<Ring> {
         let mut slots = Vec::new();
         for _ in 0..RING {
+            // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects
+            // of it).
             slots.push((unsafe { gl.create_buffer() }.map_err(Error::Other)?, 0));
         }
         Ok(Ring {
@@ -59,6 +61,8 @@ impl Ring {
     /// A free slot of at least `bytes`, waiting for the oldest readback when all are in flight.
     pub(crate) unsafe fn acquire(&mut self, gl: &glow::Context, bytes: usize) -> Result<usize> {
         if self.pending.len() >= self.slots.len() {
+            // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects
+            // of it), which the callee needs too.
             unsafe { self.finish_oldest(gl)? };
         }
         let i = self.next;
@@ -66,6 +70,8 @@ impl Ring {
         let (buf, cap) = &mut self.slots[i];
         if *cap < bytes {
             *cap = bytes.next_power_of_two();
+            // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects
+            // of it).
             unsafe {
                 gl.bind_buffer(glow::COPY_WRITE_BUFFER, Some(*buf));
                 gl.buffer_data_size(glow::COPY_WRITE_BUFFER, *cap as i32, glow::STREAM_READ);
@@ -84,7 +90,11 @@ impl Ring {
         tags: Vec<usize>,
     ) -> Result<()> {
         let fence =
+            // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects
+            // of it); the fence is this context's and not yet deleted.
             unsafe { gl.fence_sync(glow::SYNC_GPU_COMMANDS_COMPLETE, 0) }.map_err(Error::Other)?;
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it); the fence is this context's and not yet deleted.
         unsafe { gl.flush() };
         self.pending.push_back(Pending {
             fence,
@@ -100,6 +110,8 @@ impl Ring {
         let Some(p) = self.pending.pop_front() else {
             return Ok(());
         };
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it); the fence is this context's and not yet deleted.
         unsafe {
             loop {
                 let r = gl.client_wait_sync(p.fence, glow::SYNC_FLUSH_COMMANDS_BIT, 1_000_000_000);
@@ -155,12 +167,16 @@ impl Ring {
     ) -> Result<Vec<(usize, Vec<u8>)>> {
         while let Some(p) = self.pending.front() {
             let ready = wait || {
+                // SAFETY: the GL contract of `render::gl` (this thread's current context, live
+                // objects of it); the fence is this context's and not yet deleted.
                 let r = unsafe { gl.client_wait_sync(p.fence, 0, 0) };
                 r == glow::ALREADY_SIGNALED || r == glow::CONDITION_SATISFIED
             };
             if !ready {
                 break;
             }
+            // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects
+            // of it), which the callee needs too.
             unsafe { self.finish_oldest(gl)? };
         }
         Ok(std::mem::take(&mut self.done))

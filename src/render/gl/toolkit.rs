@@ -10,6 +10,8 @@ pub(crate) struct Program {
 
 impl Program {
     pub(crate) unsafe fn new(gl: &glow::Context, name: &str, src: &str) -> Result<Program> {
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it).
         unsafe { Self::link(gl, name, &[(glow::COMPUTE_SHADER, src)]) }
     }
 
@@ -18,6 +20,8 @@ impl Program {
         name: &str,
         stages: &[(u32, &str)],
     ) -> Result<Program> {
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it).
         unsafe {
             let program = gl.create_program().map_err(Error::Other)?;
             let mut shaders = Vec::new();
@@ -52,6 +56,8 @@ impl Program {
     }
 
     pub(crate) unsafe fn set_u32(&self, gl: &glow::Context, name: &str, v: u32) {
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it).
         unsafe {
             let loc = gl.get_uniform_location(self.program, name);
             gl.uniform_1_u32(loc.as_ref(), v);
@@ -68,12 +74,16 @@ pub(crate) struct Ssbo {
 impl Ssbo {
     pub(crate) unsafe fn new(gl: &glow::Context) -> Result<Ssbo> {
         Ok(Ssbo {
+            // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects
+            // of it).
             buf: unsafe { gl.create_buffer() }.map_err(Error::Other)?,
             cap: 0,
         })
     }
     /// Ensures `bytes` of storage (contents undefined after growth) and binds it at `binding`.
     pub(crate) unsafe fn reserve(&mut self, gl: &glow::Context, bytes: usize, binding: u32) {
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it).
         unsafe {
             gl.bind_buffer(glow::SHADER_STORAGE_BUFFER, Some(self.buf));
             if bytes > self.cap {
@@ -92,6 +102,8 @@ impl Ssbo {
         }
     }
     pub(crate) unsafe fn upload(&mut self, gl: &glow::Context, data: &[u8], binding: u32) {
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it).
         unsafe {
             self.reserve(gl, data.len().max(4), binding);
             gl.buffer_sub_data_u8_slice(glow::SHADER_STORAGE_BUFFER, 0, data);
@@ -101,9 +113,13 @@ impl Ssbo {
         self.buf
     }
     pub(crate) unsafe fn bind(&self, gl: &glow::Context, binding: u32) {
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it).
         unsafe { gl.bind_buffer_base(glow::SHADER_STORAGE_BUFFER, binding, Some(self.buf)) };
     }
     pub(crate) unsafe fn read(&self, gl: &glow::Context, out: &mut [u8]) {
+        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
+        // it); GL checks the host slice's length against the buffer it reads.
         unsafe {
             gl.bind_buffer(glow::SHADER_STORAGE_BUFFER, Some(self.buf));
             gl.get_buffer_sub_data(glow::SHADER_STORAGE_BUFFER, 0, out);
@@ -111,9 +127,8 @@ impl Ssbo {
     }
 }
 
-pub(crate) fn bytes_of<T: Copy>(v: &[T]) -> &[u8] {
-    // SAFETY: plain numeric data, read as bytes.
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+pub(crate) fn bytes_of<T: bytemuck::Pod>(v: &[T]) -> &[u8] {
+    bytemuck::cast_slice(v)
 }
 
 /// A new `w` x `h` R8UI texture as `fbo`'s only colour attachment (point rasters draw labels or
@@ -127,6 +142,7 @@ pub(crate) unsafe fn r8ui_target(
     w: usize,
     h: usize,
 ) -> Result<glow::Texture> {
+    // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of it).
     unsafe {
         let tex = gl.create_texture().map_err(Error::Other)?;
         gl.bind_texture(glow::TEXTURE_2D, Some(tex));
@@ -152,6 +168,8 @@ pub(crate) unsafe fn r8ui_target(
 
 /// Blocks until a fence has signalled, then deletes it.
 pub(super) unsafe fn wait_fence(gl: &glow::Context, fence: glow::Fence) -> Result<()> {
+    // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of it);
+    // the fence is this context's and not yet deleted.
     unsafe {
         loop {
             let r = gl.client_wait_sync(fence, glow::SYNC_FLUSH_COMMANDS_BIT, 1_000_000_000);
@@ -168,6 +186,7 @@ pub(super) unsafe fn wait_fence(gl: &glow::Context, fence: glow::Fence) -> Resul
 }
 
 pub(crate) unsafe fn check(gl: &glow::Context, what: &str) -> Result<()> {
+    // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of it).
     let e = unsafe { gl.get_error() };
     if e == glow::NO_ERROR {
         Ok(())
