@@ -9,7 +9,7 @@
 #error "gl_Layer in a vertex shader needs GL_ARB_shader_viewport_layer_array or GL_AMD_vertex_shader_layer"
 #endif
 // x, y, z per point (f32, glsl/mvfdb_normalize.comp's output); a draw's `first` picks the model.
-layout(std430, binding = 5) readonly buffer Points { float p[]; };
+layout(std430, binding = 5) readonly buffer Pts { float p[]; };
 layout(std430, binding = 7) readonly buffer Views { mat4 views[]; };
 
 uniform mat4 proj;

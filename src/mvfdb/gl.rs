@@ -10,7 +10,9 @@
 
 use super::view::Mat4;
 use crate::error::{Error, Result};
-use crate::render::gl::{Layout, Program, Ring, SOFTWARE_LOOP_BUDGET, Ssbo, bytes_of, check, egl};
+use crate::render::gl::{
+    Layout, Program, Ring, SOFTWARE_LOOP_BUDGET, Ssbo, bytes_of, check, egl, mvfdb_bind,
+};
 use glow::HasContext;
 
 const CHAOS: &str = include_str!("../../glsl/mvfdb_chaos.comp");
@@ -186,13 +188,14 @@ impl<T: Copy> MvGl<T> {
         // SAFETY: the context is current; every buffer is sized here for what the shaders index
         // (u: nm x 10,000, maps: nm x max_maps x 16, xyz: nm x 3n, pts: nm x 3n floats, info: nm).
         unsafe {
-            self.u.upload(gl, bytes_of(&u), 0);
-            self.maps.upload(gl, bytes_of(&maps), 1);
-            self.nmaps.upload(gl, bytes_of(&counts), 2);
-            self.state.upload(gl, bytes_of(&vec![0f64; nm * 4]), 3);
-            set.xyz.reserve(gl, nm * 3 * n * 8, 4);
+            self.u.upload(gl, bytes_of(&u), mvfdb_bind::U);
+            self.maps.upload(gl, bytes_of(&maps), mvfdb_bind::MAPS);
+            self.nmaps.upload(gl, bytes_of(&counts), mvfdb_bind::NMAPS);
+            self.state
+                .upload(gl, bytes_of(&vec![0f64; nm * 4]), mvfdb_bind::STATE);
+            set.xyz.reserve(gl, nm * 3 * n * 8, mvfdb_bind::XYZ);
             if !flat.is_empty() {
-                self.views.upload(gl, bytes_of(&flat), 7);
+                self.views.upload(gl, bytes_of(&flat), mvfdb_bind::VIEWS);
             }
             let p = &self.chaos;
             gl.use_program(Some(p.program));
@@ -215,8 +218,8 @@ impl<T: Copy> MvGl<T> {
                 gl.memory_barrier(glow::SHADER_STORAGE_BARRIER_BIT);
                 k = e;
             }
-            set.pts.reserve(gl, nm * 3 * n * 4, 5);
-            set.info.reserve(gl, nm * 4, 6);
+            set.pts.reserve(gl, nm * 3 * n * 4, mvfdb_bind::PTS);
+            set.info.reserve(gl, nm * 4, mvfdb_bind::INFO);
             let p = &self.normalize;
             gl.use_program(Some(p.program));
             p.set_u32(gl, "n_points", n as u32);
@@ -303,13 +306,13 @@ impl<T: Copy> MvGl<T> {
                 let p = &self.points;
                 gl.use_program(Some(p.program));
                 for (name, mat) in [("proj", proj), ("model", &super::view::IDENTITY)] {
-                    let loc = gl.get_uniform_location(p.program, name);
+                    let loc = p.location(name);
                     let flat: Vec<f32> = mat.iter().flatten().copied().collect();
-                    gl.uniform_matrix_4_f32_slice(loc.as_ref(), false, &flat);
+                    gl.uniform_matrix_4_f32_slice(loc, false, &flat);
                 }
                 p.set_u32(gl, "view_base", first as u32);
-                self.sets[set].pts.bind(gl, 5);
-                self.views.bind(gl, 7);
+                self.sets[set].pts.bind(gl, mvfdb_bind::PTS);
+                self.views.bind(gl, mvfdb_bind::VIEWS);
                 gl.bind_vertex_array(Some(self.vao));
                 gl.draw_arrays_instanced(glow::POINTS, (m * n) as i32, n as i32, layers as i32);
                 let bytes = size * size;

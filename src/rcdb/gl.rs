@@ -8,7 +8,7 @@ use super::unit::{ClassStarts, walk_unit};
 use super::{Scratch, Settings, line, trace_instance};
 use crate::error::{Error, Result};
 use crate::render::gl::egl;
-use crate::render::gl::{CLEAR, Program, SOFTWARE_LOOP_BUDGET, Ssbo, bytes_of, check};
+use crate::render::gl::{CLEAR, Program, SOFTWARE_LOOP_BUDGET, Ssbo, bytes_of, check, rcdb_bind};
 use crate::render::{Canvas, Feed, Stage, StageStats};
 use glow::HasContext;
 use std::sync::atomic::Ordering;
@@ -100,10 +100,10 @@ impl RcdbGl {
         // SAFETY: the context is current on this thread; every buffer is sized before it is bound
         // and read, and `out` is exactly the bytes of the pixel buffer read back.
         unsafe {
-            self.segs.upload(gl, bytes_of(&ends), 0);
-            self.winner.reserve(gl, cells * 4, 1);
-            self.grays.upload(gl, bytes_of(&grays), 2);
-            self.pixels.reserve(gl, out.len(), 3);
+            self.segs.upload(gl, bytes_of(&ends), rcdb_bind::SEGMENTS);
+            self.winner.reserve(gl, cells * 4, rcdb_bind::WINNER);
+            self.grays.upload(gl, bytes_of(&grays), rcdb_bind::GRAYS);
+            self.pixels.reserve(gl, out.len(), rcdb_bind::PIXELS);
             gl.use_program(Some(self.clear.program));
             self.clear.set_u32(gl, "count", cells as u32);
             gl.dispatch_compute((cells as u32).div_ceil(256), 1, 1);
@@ -111,8 +111,8 @@ impl RcdbGl {
             let sp = &self.segments;
             gl.use_program(Some(sp.program));
             sp.set_u32(gl, "size", size as u32);
-            let loc = gl.get_uniform_location(sp.program, "canvases");
-            gl.uniform_2_u32_slice(loc.as_ref(), &ranges);
+            let loc = sp.location("canvases");
+            gl.uniform_2_u32_slice(loc, &ranges);
             if max_n > 0 {
                 gl.dispatch_compute(max_n.div_ceil(64), canvases.len() as u32, 1);
             }
@@ -121,8 +121,8 @@ impl RcdbGl {
             gl.use_program(Some(rp.program));
             rp.set_u32(gl, "size", size as u32);
             rp.set_u32(gl, "words", words as u32);
-            let loc = gl.get_uniform_location(rp.program, "canvases");
-            gl.uniform_2_u32_slice(loc.as_ref(), &ranges);
+            let loc = rp.location("canvases");
+            gl.uniform_2_u32_slice(loc, &ranges);
             gl.dispatch_compute((words as u32).div_ceil(256), canvases.len() as u32, 1);
             gl.memory_barrier(glow::BUFFER_UPDATE_BARRIER_BIT);
             let t0 = Instant::now();

@@ -39,7 +39,7 @@ impl GlEngine {
         if let Some(u) = own_u {
             // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects
             // of it); glow passes the slice with its own length.
-            unsafe { self.u.upload(&self.ctx.gl, bytes_of(u), 0) };
+            unsafe { self.u.upload(&self.ctx.gl, bytes_of(u), bind::U) };
             self.n_u = 0; // the shared sequence is gone
         } else if n > self.n_u {
             return Err(Error::Other(format!(
@@ -69,13 +69,14 @@ impl GlEngine {
         // it); glow passes the slice with its own length.
         unsafe {
             self.u
-                .reserve(gl, own_u.map_or(self.n_u, |u| u.len()).max(1) * 8, 0);
-            self.maps.upload(gl, bytes_of(&maps), 1);
-            self.nmaps.upload(gl, bytes_of(&nm), 2);
-            self.state.upload(gl, bytes_of(&vec![0f64; nc * 4]), 3);
+                .reserve(gl, own_u.map_or(self.n_u, |u| u.len()).max(1) * 8, bind::U);
+            self.maps.upload(gl, bytes_of(&maps), bind::MAPS);
+            self.nmaps.upload(gl, bytes_of(&nm), bind::NMAPS);
+            self.state
+                .upload(gl, bytes_of(&vec![0f64; nc * 4]), bind::STATE);
             // Every element is written by the shader (index 0 at k_begin == 0).
-            self.xs.reserve(gl, nc * n * 8, 4);
-            self.ys.reserve(gl, nc * n * 8, 5);
+            self.xs.reserve(gl, nc * n * 8, bind::XS);
+            self.ys.reserve(gl, nc * n * 8, bind::YS);
             gl.use_program(Some(self.chaos.program));
             self.chaos.set_u32(gl, "n_clouds", nc as u32);
             self.chaos.set_u32(gl, "n_points", n as u32);
@@ -112,12 +113,12 @@ impl GlEngine {
             // of it).
             unsafe {
                 // The buffers of this chaos game (a raster may have rebound binding 0..5 since).
-                self.u.bind(gl, 0);
-                self.maps.bind(gl, 1);
-                self.nmaps.bind(gl, 2);
-                self.state.bind(gl, 3);
-                self.xs.bind(gl, 4);
-                self.ys.bind(gl, 5);
+                self.u.bind(gl, bind::U);
+                self.maps.bind(gl, bind::MAPS);
+                self.nmaps.bind(gl, bind::NMAPS);
+                self.state.bind(gl, bind::STATE);
+                self.xs.bind(gl, bind::XS);
+                self.ys.bind(gl, bind::YS);
                 gl.use_program(Some(self.chaos.program));
                 self.chaos.set_u32(gl, "k_begin", k);
                 self.chaos.set_u32(gl, "k_end", e);

@@ -27,6 +27,7 @@
 //!
 //! The toolkit's `unsafe fn`s carry the same contract to their callers.
 
+mod bindings;
 mod chaos;
 pub mod egl;
 mod raster;
@@ -35,6 +36,7 @@ mod ring;
 mod stage;
 mod toolkit;
 
+pub(crate) use bindings::{fractal as bind, mvfdb as mvfdb_bind, rcdb as rcdb_bind};
 pub(crate) use ring::{Layout, Ring};
 pub use stage::GlStage;
 use toolkit::wait_fence;
@@ -201,7 +203,7 @@ impl GlEngine {
                 readback_ns: 0,
                 ctx,
             };
-            e.u.upload(&e.ctx.gl, bytes_of(u), 0);
+            e.u.upload(&e.ctx.gl, bytes_of(u), bind::U);
             Ok(e)
         }
     }

@@ -96,7 +96,7 @@ impl GlEngine {
             gl.disable(glow::BLEND);
             gl.disable(glow::DEPTH_TEST);
             gl.clear_buffer_u32_slice(glow::COLOR, 0, &[0, 0, 0, 0]);
-            self.pts[set].bind(gl, 0);
+            self.pts[set].bind(gl, bind::POINTS);
             let p = &self.points;
             gl.use_program(Some(p.program));
             p.set_u32(gl, "pt_base", (g.index * self.pts_stride(cfg)) as u32);
@@ -115,20 +115,20 @@ impl GlEngine {
                             [k.k0, k.k1]
                         })
                         .collect();
-                    let loc = gl.get_uniform_location(p.program, "mask_keys");
-                    gl.uniform_2_u32_slice(loc.as_ref(), &keys);
+                    let loc = p.location("mask_keys");
+                    gl.uniform_2_u32_slice(loc, &keys);
                     p.set_u32(gl, "python_masks", 0);
-                    self.masks.reserve(gl, 4, 3);
+                    self.masks.reserve(gl, 4, bind::MASKS);
                 }
                 (m, _) => {
                     self.masks
-                        .upload(gl, bytes_of(m.as_deref().unwrap_or(&[0])), 3);
+                        .upload(gl, bytes_of(m.as_deref().unwrap_or(&[0])), bind::MASKS);
                     p.set_u32(gl, "python_masks", 1);
                 }
             }
             gl.enable(glow::PROGRAM_POINT_SIZE);
-            let loc = gl.get_uniform_location(p.program, "point_size");
-            gl.uniform_1_f32(loc.as_ref(), if cfg.mode.is_patch() { 3.0 } else { 1.0 });
+            let loc = p.location("point_size");
+            gl.uniform_1_f32(loc, if cfg.mode.is_patch() { 3.0 } else { 1.0 });
             gl.bind_vertex_array(Some(self.vao));
             gl.memory_barrier(glow::SHADER_STORAGE_BARRIER_BIT);
             if n > 0 {
@@ -208,9 +208,9 @@ impl GlEngine {
         // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
         // it).
         unsafe {
-            self.pts[set].bind(gl, 0);
+            self.pts[set].bind(gl, bind::POINTS);
             let cells = group.len() * w * h;
-            self.winner.reserve(gl, cells * 4, 1);
+            self.winner.reserve(gl, cells * 4, bind::WINNER);
             gl.use_program(Some(self.clear.program));
             self.clear.set_u32(gl, "count", cells as u32);
             gl.dispatch_compute((cells as u32).div_ceil(256), 1, 1);
@@ -220,16 +220,16 @@ impl GlEngine {
             sp.set_u32(gl, "width", w as u32);
             sp.set_u32(gl, "height", h as u32);
             sp.set_u32(gl, "patch_mode", patch);
-            let loc = gl.get_uniform_location(sp.program, "clouds");
-            gl.uniform_2_u32_slice(loc.as_ref(), &clouds);
+            let loc = sp.location("clouds");
+            gl.uniform_2_u32_slice(loc, &clouds);
             if max_n > 0 {
                 gl.dispatch_compute(max_n.div_ceil(256), group.len() as u32, 1);
             }
             gl.memory_barrier(glow::SHADER_STORAGE_BARRIER_BIT);
             if masks.is_empty() {
-                self.masks.reserve(gl, 4, 3);
+                self.masks.reserve(gl, 4, bind::MASKS);
             } else {
-                self.masks.upload(gl, bytes_of(&masks), 3);
+                self.masks.upload(gl, bytes_of(&masks), bind::MASKS);
             }
             let rp = &self.resolve;
             gl.use_program(Some(rp.program));
@@ -239,8 +239,8 @@ impl GlEngine {
             rp.set_u32(gl, "words", words as u32);
             rp.set_u32(gl, "color_mode", cfg.mode.is_color() as u32);
             rp.set_u32(gl, "python_masks", (!masks.is_empty()) as u32);
-            let loc = gl.get_uniform_location(rp.program, "clouds");
-            gl.uniform_2_u32_slice(loc.as_ref(), &clouds);
+            let loc = rp.location("clouds");
+            gl.uniform_2_u32_slice(loc, &clouds);
             for (chunk, tchunk) in canvases
                 .chunks(MAX_GROUP_CANVASES)
                 .zip(tags.chunks(MAX_GROUP_CANVASES))
@@ -249,13 +249,13 @@ impl GlEngine {
                 let slot = self.ring.acquire(gl, bytes)?;
                 gl.bind_buffer_base(
                     glow::SHADER_STORAGE_BUFFER,
-                    2,
+                    bind::LABELS,
                     Some(self.ring.slots[slot].0),
                 );
                 gl.use_program(Some(self.resolve.program));
                 let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
-                let loc = gl.get_uniform_location(self.resolve.program, "canvases");
-                gl.uniform_4_u32_slice(loc.as_ref(), &flat);
+                let loc = self.resolve.location("canvases");
+                gl.uniform_4_u32_slice(loc, &flat);
                 gl.dispatch_compute((words as u32).div_ceil(256), chunk.len() as u32, 1);
                 gl.memory_barrier(
                     glow::SHADER_STORAGE_BARRIER_BIT | glow::BUFFER_UPDATE_BARRIER_BIT,

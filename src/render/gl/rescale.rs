@@ -34,7 +34,7 @@ impl GlEngine {
             // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects
             // of it); glow passes the slice with its own length.
             unsafe {
-                self.pts[set].upload(gl, bytes_of(&packed), 6);
+                self.pts[set].upload(gl, bytes_of(&packed), bind::PTS);
                 check(gl, "points upload")?;
             }
             let r = self.run.as_mut().unwrap();
@@ -45,10 +45,10 @@ impl GlEngine {
         // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
         // it).
         unsafe {
-            self.xs.bind(gl, 4);
-            self.ys.bind(gl, 5);
-            self.pts[set].reserve(gl, nc * n * 4, 6);
-            self.info[set].reserve(gl, nc * 16, 7);
+            self.xs.bind(gl, bind::XS);
+            self.ys.bind(gl, bind::YS);
+            self.pts[set].reserve(gl, nc * n * 4, bind::PTS);
+            self.info[set].reserve(gl, nc * 16, bind::INFO);
             let p = &self.rescale;
             gl.use_program(Some(p.program));
             p.set_u32(gl, "n_points", n as u32);
@@ -85,8 +85,8 @@ impl GlEngine {
         // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
         // it); glow passes the slice with its own length.
         unsafe {
-            self.xs.upload(gl, bytes_of(xs), 4);
-            self.ys.upload(gl, bytes_of(ys), 5);
+            self.xs.upload(gl, bytes_of(xs), bind::XS);
+            self.ys.upload(gl, bytes_of(ys), bind::YS);
         }
         self.run = Some(ChaosRun {
             nc,

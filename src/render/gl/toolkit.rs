@@ -3,9 +3,13 @@
 
 use super::*;
 
-/// A linked GL program (shared with other families' GL stages).
+/// A linked GL program (shared with other families' GL stages), with the uniforms its sources
+/// declare located once at link time.
 pub(crate) struct Program {
     pub(crate) program: glow::Program,
+    name: String,
+    /// Declared uniforms and their locations (`None`: the compiler dropped an unused one).
+    uniforms: std::collections::HashMap<String, Option<glow::UniformLocation>>,
 }
 
 impl Program {
@@ -51,17 +55,37 @@ impl Program {
             for sh in shaders {
                 gl.delete_shader(sh);
             }
-            Ok(Program { program })
+            let uniforms = stages
+                .iter()
+                .flat_map(|(_, src)| super::bindings::declared_uniforms(src))
+                .chain(super::bindings::declared_uniforms(COMMON))
+                .map(|u| {
+                    let loc = gl.get_uniform_location(program, &u);
+                    (u, loc)
+                })
+                .collect();
+            Ok(Program {
+                program,
+                name: name.to_string(),
+                uniforms,
+            })
+        }
+    }
+
+    /// The location of uniform `name`, located at link time. A name the program's sources do not
+    /// declare is a bug of ours (a misspelt name would otherwise be ignored by GL): it panics,
+    /// naming the program, and the GL tests run every uniform this code sets.
+    pub(crate) fn location(&self, name: &str) -> Option<&glow::UniformLocation> {
+        match self.uniforms.get(name) {
+            Some(loc) => loc.as_ref(),
+            None => panic!("GL: {} declares no uniform {name:?}", self.name),
         }
     }
 
     pub(crate) unsafe fn set_u32(&self, gl: &glow::Context, name: &str, v: u32) {
         // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
         // it).
-        unsafe {
-            let loc = gl.get_uniform_location(self.program, name);
-            gl.uniform_1_u32(loc.as_ref(), v);
-        }
+        unsafe { gl.uniform_1_u32(self.location(name), v) };
     }
 }
 
