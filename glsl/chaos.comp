@@ -1,4 +1,7 @@
 #version 430 core
+// CPU twin: ifs::Ifs::chaos_game (and the lanes of ifs::chaos_lanes). Compared by: tests/gl.rs
+// gl_equals_cpu_for_every_mode_and_odd_sizes,
+// gl_search_equals_cpu_search_and_the_published_classes.
 // The original's chaos game, one invocation per cloud, in fp64 with `precise` (no FMA contraction),
 // so that the points are bit-identical to the CPU engine. Steps [k_begin, k_end) of every cloud; the
 // state (x, y, next_x, next_y) is carried between dispatches (llvmpipe stops an invocation after 65,535

@@ -1,3 +1,5 @@
+// CPU twin: rng::hash32 and rng::MaskKey (the mask hash), render::convert_color (labels). Compared
+// by: tests/gl.rs gl_equals_cpu_for_every_mode_and_odd_sizes.
 // Shared by the raster shaders: the counter-based mask hash of the CPU engine (rng.rs), and labels.
 uint hash32(uint x) {
     x ^= x >> 16;

@@ -1,3 +1,5 @@
+// CPU twin: IEEE f64 division and rounding as the CPU does them. Compared by: tests/gl_rescale.rs
+// gpu_rescale_equals_the_cpu_rescale_point_for_point.
 // fp64 helpers shared by the compute shaders that must match the CPU engine bit for bit (GLSL does
 // not promise a correctly rounded double division; IEEE and the CPU do).
 

@@ -1,4 +1,6 @@
 #version 430 core
+// CPU twin: mvfdb::model. Compared by: tests/mvfdb_gl.rs
+// device_models_equal_the_cpu_models_bit_for_bit.
 // MV-FractalDB's 3D chaos game (CPU twin: mvfdb::model, keep in sync), one invocation per model, in
 // fp64 with `precise` (no FMA contraction), so the points are bit-identical to the CPU engine's:
 // point i is step i from the origin on u_i (each model its own 10,000 draws, the last unused); the

@@ -1,4 +1,6 @@
 #version 430 core
+// CPU twin: the end of mvfdb::model. Compared by: tests/mvfdb_gl.rs
+// device_models_equal_the_cpu_models_bit_for_bit.
 // MV-FractalDB's normalisation of glsl/mvfdb_chaos.comp's points (CPU twin: the end of mvfdb::model,
 // keep in sync), one workgroup per model:
 //   1. min and max over all 3 x n coordinates together (numpy's: any NaN makes both NaN);

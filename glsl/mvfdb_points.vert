@@ -1,4 +1,7 @@
 #version 430 core
+// CPU twin: mvfdb::view::draw_points. Compared by: tests/mvfdb.rs
+// gl_engine_equals_the_goldens_and_the_cpu_engine,
+// cpu_engine_equals_the_gl_engine_beyond_the_goldens, point_sizes_agree_on_both_engines.
 // MV-FractalDB views (CPU twin: mvfdb::view::draw_points): the original's vertex shader, every point
 // of a model as a GL point of size 1 through proj * view * model, many views per draw: instance k
 // draws view views[view_base + k] into layer k of the framebuffer (each layer a whole viewport, so

@@ -1,4 +1,6 @@
 #version 430 core
+// CPU twin: render::cpu::raster_points. Compared by: tests/gl.rs
+// gl_equals_cpu_for_every_mode_and_odd_sizes, gl_reproduces_every_golden_file.
 // Each fragment of a point writes its label, or (patch modes) the point's mask bit for that pixel times
 // the label. Blending is off, so later points overwrite earlier ones, zero bits included: GL keeps
 // primitive order, which is the original's "last point wins".

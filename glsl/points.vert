@@ -1,4 +1,6 @@
 #version 430 core
+// CPU twin: render::cpu::raster_points. Compared by: tests/gl.rs
+// gl_equals_cpu_for_every_mode_and_odd_sizes, gl_reproduces_every_golden_file.
 // GL_POINTS raster: point i of instance k (gl_InstanceID) lands in the k-th region of an atlas, at the
 // pixel of its patch centre (x+2, y+2) with size 3 (patch modes) or at (x, y) with size 1 (point modes).
 // Framebuffer row y is canvas row y, so the readback needs no flip.

@@ -1,4 +1,6 @@
 #version 430 core
+// CPU twin: rcdb::draw_instance's grays (the CPU raster). Compared by: tests/rcdb.rs
+// gl_engine_equals_the_goldens_and_the_cpu_engine.
 // RCDB raster, pass 2: one invocation per 4 pixels of one canvas (gl_WorkGroupID.y) turns the winning
 // segment of each pixel into its line's gray (255, the white background, where none won), packed 4
 // pixels per uint; canvas j fills words [j*words, (j+1)*words).

@@ -1,4 +1,6 @@
 #version 430 core
+// CPU twin: rcdb::line::draw_line. Compared by: tests/rcdb.rs
+// gl_engine_equals_the_goldens_and_the_cpu_engine.
 // RCDB raster, pass 1 (CPU twin: rcdb::line::draw_line): one invocation per segment walks Pillow's
 // width-1 line (Bresenham from the truncated start, end pixel excluded, then the end pixel) and every
 // pixel it covers keeps the largest segment index (+1) of its canvas: Pillow's "later segments

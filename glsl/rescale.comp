@@ -1,4 +1,6 @@
 #version 430 core
+// CPU twin: ifs::rescale. Compared by: tests/gl_rescale.rs
+// gpu_rescale_equals_the_cpu_rescale_point_for_point.
 // The rescale of glsl/chaos.comp's points, on the GPU; the CPU twin is ifs::rescale (keep in sync).
 // One workgroup per cloud, each invocation owning a contiguous chunk of the points:
 //   1. NaN truncation: x's first NaN at k removes points k-100..k-1 (numpy's negative indices wrap to

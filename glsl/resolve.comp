@@ -1,4 +1,6 @@
 #version 430 core
+// CPU twin: render::cpu::raster (the patch cover's resolve). Compared by: tests/gl.rs
+// gl_equals_cpu_for_every_mode_and_odd_sizes, gl_shards_equal_cpu_shards.
 // Compute raster, pass 2: one invocation per 4 pixels of one canvas (gl_WorkGroupID.y) turns the
 // winning point of each pixel into its label (point modes) or its mask bit times the label (patch
 // modes), packed 4 labels per uint; canvas j of the group fills words [j*words, (j+1)*words).

@@ -1,4 +1,6 @@
 #version 430 core
+// CPU twin: render::cpu::raster. Compared by: tests/gl.rs
+// gl_equals_cpu_for_every_mode_and_odd_sizes, gl_shards_equal_cpu_shards.
 // Compute raster, pass 1 (CPU twin: render::cpu::raster): every pixel keeps the largest index (+1) of
 // the points that cover it, which is the original's "last point wins" without any ordering between
 // invocations. Up to 8 clouds per dispatch (gl_WorkGroupID.y), each with its own winner canvas.

@@ -172,4 +172,48 @@ mod tests {
             "only {checked} uniform names found: the pattern no longer matches"
         );
     }
+
+    /// Every shader names its CPU twin and the tests that compare them, and those tests exist.
+    #[test]
+    fn every_shader_names_its_cpu_twin_and_an_existing_test() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut n = 0;
+        for e in std::fs::read_dir(root.join("glsl")).unwrap() {
+            let path = e.unwrap().path();
+            let src = std::fs::read_to_string(&path).unwrap();
+            let head: String = src
+                .lines()
+                .take_while(|l| l.starts_with("//") || l.starts_with("#version"))
+                .map(|l| l.trim_start_matches("//").trim())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let at = head.find("Compared by: ").unwrap_or_else(|| {
+                panic!(
+                    "{}: no 'CPU twin: ... Compared by: ...' header",
+                    path.display()
+                )
+            });
+            assert!(head.contains("CPU twin: "), "{}", path.display());
+            let list = head[at + "Compared by: ".len()..]
+                .split(". ")
+                .next()
+                .unwrap()
+                .trim_end_matches('.');
+            let mut file = String::new();
+            for word in list.split([' ', ',']).filter(|w| !w.is_empty()) {
+                if word.starts_with("tests/") {
+                    file = std::fs::read_to_string(root.join(word))
+                        .unwrap_or_else(|e| panic!("{}: {word}: {e}", path.display()));
+                } else {
+                    assert!(
+                        file.contains(&format!("fn {word}(")),
+                        "{}: no test {word}",
+                        path.display()
+                    );
+                    n += 1;
+                }
+            }
+        }
+        assert!(n >= 15, "only {n} tests named");
+    }
 }
