@@ -68,10 +68,8 @@ pub struct MvGl<T> {
     read_fbo: glow::Framebuffer,
     /// The array texture: (texture, side, layers).
     target: Option<(glow::Texture, usize, usize)>,
-    ring: Ring,
-    /// What each ring tag stands for (tags are indices into it; freed when taken).
-    tags: Vec<Option<Done<T>>>,
-    free: Vec<usize>,
+    /// Readbacks come back as what they are: views of a model, or a batch's NaN flags.
+    ring: Ring<Done<T>>,
     /// glPointSize (glow does not wrap it).
     point_size: extern "system" fn(f32),
 }
@@ -118,24 +116,9 @@ impl<T: Copy> MvGl<T> {
                 read_fbo: gl.create_framebuffer().map_err(Error::Other)?,
                 target: None,
                 ring: Ring::new(gl)?,
-                tags: vec![],
-                free: vec![],
                 point_size,
                 ctx,
             })
-        }
-    }
-
-    fn tag(&mut self, d: Done<T>) -> usize {
-        match self.free.pop() {
-            Some(i) => {
-                self.tags[i] = Some(d);
-                i
-            }
-            None => {
-                self.tags.push(Some(d));
-                self.tags.len() - 1
-            }
         }
     }
 
@@ -181,7 +164,7 @@ impl<T: Copy> MvGl<T> {
         self.set ^= 1;
         let batch = self.batches;
         self.batches += 1;
-        let tag = self.tag(Done::Flags(batch));
+        let tag = Done::Flags(batch);
         let gl = &self.ctx.gl;
         let set = &mut self.sets[self.set];
         set.n = nm;
@@ -279,7 +262,7 @@ impl<T: Copy> MvGl<T> {
         for (c, chunk) in tags.chunks(MAX_LAYERS).enumerate() {
             let first = first + c * MAX_LAYERS;
             let layers = chunk.len();
-            let ids: Vec<usize> = chunk.iter().map(|&t| self.tag(Done::View(t))).collect();
+            let ids: Vec<Done<T>> = chunk.iter().map(|&t| Done::View(t)).collect();
             let gl = &self.ctx.gl;
             // SAFETY: the context is current; the array texture is (re)made with at least `layers`
             // layers of `size`^2 before it is bound; the ring slot holds layers x size^2 bytes and
@@ -361,14 +344,7 @@ impl<T: Copy> MvGl<T> {
     /// Finished readbacks (all of them with `wait`): views' canvases and batches' NaN flags.
     pub fn collect(&mut self, wait: bool) -> Result<Vec<(Done<T>, Vec<u8>)>> {
         // SAFETY: the context is current; the ring only reads its own finished slots.
-        let done = unsafe { self.ring.collect(&self.ctx.gl, wait)? };
-        Ok(done
-            .into_iter()
-            .map(|(tag, data)| {
-                self.free.push(tag);
-                (self.tags[tag].take().expect("a ring tag taken once"), data)
-            })
-            .collect())
+        unsafe { self.ring.collect(&self.ctx.gl, wait) }
     }
 
     /// Readback time and bytes since the last call.

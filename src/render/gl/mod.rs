@@ -137,7 +137,8 @@ pub struct GlEngine {
     atlas: Option<(glow::Texture, usize, usize)>,
     max_texture: usize,
     pub opts: GlOptions,
-    ring: Ring,
+    /// Canvases come back with their tags (the stage's indices).
+    ring: Ring<usize>,
     u: Ssbo,
     maps: Ssbo,
     nmaps: Ssbo,

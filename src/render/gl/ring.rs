@@ -20,28 +20,29 @@ pub(crate) enum Layout {
     },
 }
 
-struct Pending {
+struct Pending<T> {
     fence: glow::Fence,
     slot: usize,
     bytes: usize,
     layout: Layout,
-    tags: Vec<usize>,
+    tags: Vec<T>,
 }
 
 /// A ring of buffer objects that readbacks land in (PIXEL_PACK for GL_POINTS, SSBO for the compute
 /// resolve), each guarded by a fence, so the GL thread keeps queueing work while earlier results travel.
-pub(crate) struct Ring {
+/// Each canvas of a readback comes back with its payload `T` (what it is to the engine that queued it).
+pub(crate) struct Ring<T> {
     pub(crate) slots: Vec<(glow::Buffer, usize)>,
     next: usize,
-    pending: std::collections::VecDeque<Pending>,
-    done: Vec<(usize, Vec<u8>)>,
+    pending: std::collections::VecDeque<Pending<T>>,
+    done: Vec<(T, Vec<u8>)>,
     /// Time spent copying finished results to the host (after their fences signalled), and bytes.
     pub(crate) readback_ns: u64,
     pub(crate) readback_bytes: u64,
 }
 
-impl Ring {
-    pub(crate) unsafe fn new(gl: &glow::Context) -> Result<Ring> {
+impl<T> Ring<T> {
+    pub(crate) unsafe fn new(gl: &glow::Context) -> Result<Ring<T>> {
         let mut slots = Vec::new();
         for _ in 0..RING {
             // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects
@@ -87,7 +88,7 @@ impl Ring {
         slot: usize,
         bytes: usize,
         layout: Layout,
-        tags: Vec<usize>,
+        tags: Vec<T>,
     ) -> Result<()> {
         let fence =
             // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects
@@ -136,16 +137,17 @@ impl Ring {
                 Layout::Packed { w, h, stride } => {
                     if p.tags.len() == 1 {
                         data.truncate(w * h);
-                        self.done.push((p.tags[0], data));
+                        let tag = p.tags.into_iter().next().expect("one tag");
+                        self.done.push((tag, data));
                     } else {
-                        for (k, &tag) in p.tags.iter().enumerate() {
+                        for (k, tag) in p.tags.into_iter().enumerate() {
                             self.done
                                 .push((tag, data[k * stride..k * stride + w * h].to_vec()));
                         }
                     }
                 }
                 Layout::Atlas { aw, region_w, w, h } => {
-                    for (k, &tag) in p.tags.iter().enumerate() {
+                    for (k, tag) in p.tags.into_iter().enumerate() {
                         let mut c = Vec::with_capacity(w * h);
                         for y in 0..h {
                             let o = y * aw + k * region_w;
@@ -164,7 +166,7 @@ impl Ring {
         &mut self,
         gl: &glow::Context,
         wait: bool,
-    ) -> Result<Vec<(usize, Vec<u8>)>> {
+    ) -> Result<Vec<(T, Vec<u8>)>> {
         while let Some(p) = self.pending.front() {
             let ready = wait || {
                 // SAFETY: the GL contract of `render::gl` (this thread's current context, live
