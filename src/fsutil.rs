@@ -101,29 +101,33 @@ impl OutputLock {
             )
         };
         if std::env::var("FRACTALDB_LOCK").as_deref() != Ok("file") {
-            let f = fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(|e| Error::io(&path, "cannot create lock file", e))?;
-            match f.try_lock() {
-                Ok(()) => {
-                    let me = format!("{} pid {}\n", hostname(), std::process::id());
-                    let _ = f.set_len(0);
-                    let _ = (&f).write_all(me.as_bytes());
-                    return Ok(OutputLock {
-                        path,
-                        _file: Some(f),
-                    });
+            // The lock may have been unlinked by its holder between our open and our flock (we
+            // would then hold a deleted file while a third run creates and locks a new one): the
+            // lock counts only if the path still names the file we locked.
+            for attempt in 0..100 {
+                if attempt == 99 {
+                    return Err(busy("the lock file is being replaced again and again"));
                 }
-                Err(fs::TryLockError::WouldBlock) => {
-                    let who = fs::read_to_string(&path).unwrap_or_default();
-                    return Err(busy(who.trim()));
+                let f = open_lock_file(&path)?;
+                match f.try_lock() {
+                    Ok(()) if !same_file(&f, &path) => continue,
+                    Ok(()) => {
+                        // Truncated only now that it is held (and known to be a regular file).
+                        let me = format!("{} pid {}\n", hostname(), std::process::id());
+                        let _ = f.set_len(0);
+                        let _ = (&f).write_all(me.as_bytes());
+                        return Ok(OutputLock {
+                            path,
+                            _file: Some(f),
+                        });
+                    }
+                    Err(fs::TryLockError::WouldBlock) => {
+                        let who = fs::read_to_string(&path).unwrap_or_default();
+                        return Err(busy(who.trim()));
+                    }
+                    // No flock here: the exclusive-create fallback below.
+                    Err(fs::TryLockError::Error(_)) => break,
                 }
-                // No flock here: the exclusive-create fallback below.
-                Err(fs::TryLockError::Error(_)) => {}
             }
         }
         let owner = path.with_extension("lock.owner");
@@ -171,6 +175,45 @@ impl OutputLock {
             "cannot create lock file",
             std::io::Error::other("it keeps coming back"),
         ))
+    }
+}
+
+/// Opens (creating) a lock file without following a symbolic link, and refuses anything but a
+/// regular file: a planted link or FIFO must not make a run write (or block) elsewhere.
+fn open_lock_file(path: &Path) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => Error::input(
+                path,
+                None,
+                "is a symbolic link where a lock file belongs: nothing was written; remove it",
+            ),
+            _ => Error::io(path, "cannot create lock file", e),
+        })?;
+    let regular = f.metadata().is_ok_and(|m| m.file_type().is_file());
+    if !regular {
+        return Err(Error::input(
+            path,
+            None,
+            "is not a regular file where a lock file belongs: nothing was written; remove it",
+        ));
+    }
+    Ok(f)
+}
+
+/// Whether `path` (not followed) still names the open file `f`.
+fn same_file(f: &fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 

@@ -760,3 +760,29 @@ fn every_family_checks_its_memory_before_writing() {
         assert!(!out.exists(), "{args:?} wrote output");
     }
 }
+
+/// A lock path that is a planted symbolic link (or anything but a regular file) is refused: the run
+/// writes nothing, and the link's target keeps its bytes.
+#[test]
+fn a_lock_never_follows_a_planted_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00020"]);
+    let victim = tmp.path().join("victim.txt");
+    std::fs::write(&victim, "keep me\n").unwrap();
+    for format in ["folder", "wds"] {
+        let out = tmp.path().join(format!("o-{format}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let lock = out.join(".fractaldb-fractaldb-rank-00000-of-00001.lock");
+        std::os::unix::fs::symlink(&victim, &lock).unwrap();
+        let e = run_err(render(&classes, &out).args(["--format", format]));
+        assert!(e.contains("symbolic link") && e.contains(".lock"), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me\n");
+        assert!(pngs(&out).is_empty() && tars(&out).is_empty());
+        assert!(
+            std::fs::symlink_metadata(&lock)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
+}
