@@ -76,7 +76,17 @@ pub fn parse_rows(path: &Path, text: &str, cols: usize, what: &str) -> Result<Ve
     Ok(rows)
 }
 
-fn read_text(path: &Path) -> Result<String> {
+/// An input file's text: refused unless it is a regular file (a FIFO with no writer would block
+/// forever, a device never end) or UTF-8.
+pub(crate) fn read_text(path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "cannot read", e))?;
+    if !meta.is_file() {
+        return Err(Error::input(
+            path,
+            None,
+            "not a regular file (a FIFO, socket or device?): input files must be regular files",
+        ));
+    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, "cannot read", e))?;
     String::from_utf8(bytes).map_err(|_| Error::input(path, None, "not UTF-8 text"))
 }

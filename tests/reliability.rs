@@ -786,3 +786,60 @@ fn a_lock_never_follows_a_planted_link() {
         );
     }
 }
+
+/// Inputs the newer families once took silently or forever: a FIFO as weights (blocks), a variance
+/// no model reaches (never ends), an empty or NaN multipliers file (no images, exit 0). Each is
+/// refused at once, naming the flag or the file and line, with nothing written.
+#[test]
+fn newer_families_refuse_fifos_unreachable_variances_and_bad_multipliers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    let fifo = tmp.path().join("w.fifo");
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let classes = class_dir(tmp.path(), &["00020"]);
+    let e = run_err(render(&classes, &out).arg("--weight-csv").arg(&fifo));
+    assert!(
+        e.contains("w.fifo") && e.contains("not a regular file"),
+        "{e}"
+    );
+    let mv = |extra: &[&str]| {
+        let mut c = bin();
+        c.args([
+            "mvfdb",
+            "-q",
+            "--classes",
+            "1",
+            "--views",
+            "1",
+            "--save_root",
+        ])
+        .arg(&out)
+        .args(extra);
+        c
+    };
+    let e = run_err(&mut mv(&["--weight-csv", fifo.to_str().unwrap()]));
+    assert!(
+        e.contains("w.fifo") && e.contains("not a regular file"),
+        "{e}"
+    );
+    for v in ["1", "1e9"] {
+        let e = run_err(&mut mv(&["--variance", v]));
+        assert!(
+            e.contains("--variance") && e.contains("never be reached"),
+            "{e}"
+        );
+    }
+    let empty = tmp.path().join("empty.csv");
+    std::fs::write(&empty, "\n").unwrap();
+    let e = run_err(&mut mv(&["--weight-csv", empty.to_str().unwrap()]));
+    assert!(e.contains("empty.csv") && e.contains("no rows"), "{e}");
+    let nan = tmp.path().join("nan.csv");
+    std::fs::write(
+        &nan,
+        format!("{}\n{}\n", ["1"; 12].join(","), ["nan"; 12].join(",")),
+    )
+    .unwrap();
+    let e = run_err(&mut mv(&["--weight-csv", nan.to_str().unwrap()]));
+    assert!(e.contains("nan.csv:2") && e.contains("finite"), "{e}");
+    assert!(!out.exists(), "a refused run wrote output");
+}

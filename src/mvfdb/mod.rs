@@ -228,6 +228,13 @@ fn parse_rows<const N: usize>(path: &Path, text: &str) -> Result<Vec<[f64; N]>> 
                 .map(|x| x.trim().parse::<f64>())
                 .collect::<std::result::Result<_, _>>()
                 .map_err(|e| Error::input(path, Some(i + 1), format!("not a number: {e}")))?;
+            if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+                return Err(Error::input(
+                    path,
+                    Some(i + 1),
+                    format!("{x} is not a finite number"),
+                ));
+            }
             v.try_into().map_err(|v: Vec<f64>| {
                 Error::input(
                     path,
@@ -267,9 +274,17 @@ pub fn read_multipliers(path: &Path) -> Result<Vec<[f64; 12]>> {
     let text = if path.as_os_str() == "builtin" {
         builtin_multipliers_csv()
     } else {
-        std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read", e))?
+        crate::ifs::read_text(path)?
     };
-    parse_rows(path, &text)
+    let rows = parse_rows(path, &text)?;
+    if rows.is_empty() {
+        return Err(Error::input(
+            path,
+            None,
+            "holds no rows of 12 multipliers: the models need at least one",
+        ));
+    }
+    Ok(rows)
 }
 
 /// The model of a class under one multiplier row, on `u` (its 10,000 draws); `None` when y has a NaN

@@ -145,6 +145,16 @@ fn validate(o: &MvfdbOptions) -> Result<()> {
     if !(o.variance.is_finite() && o.variance >= 0.0) {
         return Err(Error::flag("--variance", "must be a finite number >= 0"));
     }
+    if o.variance >= 1.0 {
+        return Err(Error::flag(
+            "--variance",
+            format!(
+                "{} can never be reached: the search's normalised, centred coordinates lie in [-1, 1], \
+                 so every axis's variance is below 1 (the original uses 0.05)",
+                o.variance
+            ),
+        ));
+    }
     if !(1..=super::view::MAX_POINT_SIZE).contains(&o.point_size) {
         return Err(Error::flag(
             "--point_size",
