@@ -446,3 +446,98 @@ fn a_tiny_cache_makes_new_groups_wait_but_never_deadlocks() {
     );
     assert_eq!(srv.stop(), Some(0));
 }
+
+/// The hostile requests and small caches of the third reliability review: a huge epoch, a cache
+/// smaller than the data revisited in a wandering order, a prefetch of u64::MAX. The service keeps
+/// serving the same bytes under the same ETag, and HEAD tells the length GET sends.
+#[test]
+fn huge_epochs_and_a_small_cache_never_change_what_a_shard_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00040", "00041", "00042"]);
+    let small = [
+        "--image-size-x",
+        "32",
+        "--image-size-y",
+        "32",
+        "--iteration",
+        "2000",
+        "--instance",
+        "3",
+        "--samples-per-shard",
+        "6",
+    ];
+    let disk = tmp.path().join("disk");
+    render_wds(&classes, &disk, &small);
+    let shards = shard_files(&disk);
+    assert!(shards.len() >= 16, "{}", shards.len());
+    let srv = Server::start(
+        &classes,
+        &[
+            &small[..],
+            &["--backend", "cpu", "--cache-bytes", "20000"],
+            &["--prefetch", "18446744073709551615"],
+        ]
+        .concat(),
+    );
+    let get = |path: &str, k: usize| {
+        let got = tmp.path().join(format!("got-{k}"));
+        let (code, head) = curl(&format!("{}/{path}", srv.base), &got, &["-m", "600"]);
+        (code, head, std::fs::read(&got).unwrap_or_default())
+    };
+    let name = |s: usize| shards[s].file_name().unwrap().to_str().unwrap().to_string();
+    let (code, head0, first) = get(&name(0), 0);
+    assert_eq!(code, 200, "{head0}");
+    assert!(first == std::fs::read(&shards[0]).unwrap());
+    let etag = |h: &str| {
+        h.lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("etag:"))
+            .map(|l| l.to_string())
+    };
+    // Epochs at the top of u64 are served (or refused) without touching epoch 0's shards.
+    for e in ["9223372036854775808", "18446744073709551615"] {
+        let (code, head, _) = get(&format!("epoch/{e}/{}", name(0)), 1);
+        assert!(code == 200 || (400..500).contains(&code), "{code} {head}");
+    }
+    // A wandering order over more groups than the cache holds.
+    let n = shards.len();
+    for (k, s) in [0, n / 2, n - 1, 0, n / 3, 2 * n / 3, 0, 5, 6, n - 2]
+        .into_iter()
+        .enumerate()
+    {
+        let (code, head, bytes) = get(&name(s), 10 + k);
+        assert_eq!(code, 200, "shard {s}: {head}");
+        assert!(
+            bytes == std::fs::read(&shards[s]).unwrap(),
+            "shard {s} changed"
+        );
+        if s == 0 {
+            assert_eq!(etag(&head), etag(&head0), "shard 0's ETag changed");
+        }
+    }
+    // HEAD: the length GET sends.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-I",
+            "-m",
+            "600",
+            &format!("{}/{}", srv.base, name(3)),
+        ])
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    let len = std::fs::metadata(&shards[3]).unwrap().len();
+    assert!(head.contains(&format!("content-length: {len}")), "{head}");
+    assert_eq!(srv.stop(), Some(0));
+    // A prefix a URL cannot carry is refused at start-up.
+    for p in ["a b", "x#y", "é"] {
+        let e = run_err(
+            bin()
+                .args(["serve", "--listen", "127.0.0.1:0", "--prefix", p])
+                .args(small)
+                .arg("--load-root")
+                .arg(&classes),
+        );
+        assert!(e.contains("--prefix"), "{p}: {e}");
+    }
+}

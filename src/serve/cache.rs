@@ -117,13 +117,19 @@ impl State {
             self.metrics.hits.fetch_add(1, Ordering::Relaxed);
             return Some((s.clone(), true));
         }
-        if self.evict(&mut cache) >= self.cache_bytes {
+        // A new group is admitted when what stays cached fits the budget (with nothing cached, one
+        // group always is, whatever its size: a budget of 0 renders one group at a time).
+        if self.evict(&mut cache) > self.cache_bytes {
             return None;
         }
         self.metrics.misses.fetch_add(1, Ordering::Relaxed);
         let g = self.layout.block_of(shard);
         let blocks = self.layout.blocks();
-        for b in g..(g + 1 + self.prefetch).min(blocks) {
+        let end = g
+            .saturating_add(1)
+            .saturating_add(self.prefetch)
+            .min(blocks);
+        for b in g..end {
             let r = self.layout.block_shard_range(b);
             if cache.contains_key(&(epoch, r.start)) {
                 continue;
@@ -137,11 +143,13 @@ impl State {
             q.blocks.push_back((epoch, b));
             self.queue.cond.notify_all();
         }
-        Some((cache[&(epoch, shard)].clone(), false))
+        // Whole groups are cached, so the requested shard's group is there now.
+        cache.get(&(epoch, shard)).map(|s| (s.clone(), false))
     }
 
-    /// Drops finished shards nobody reads, least recently used first, while over the budget;
-    /// returns the bytes still cached.
+    /// Drops finished shard groups nobody reads, least recently used first, while over the budget;
+    /// returns the bytes still cached. Groups are cached and dropped whole (a group is what one
+    /// render writes), so a lookup never finds a group half there.
     pub(super) fn evict(&self, cache: &mut HashMap<(u64, u64), Arc<ShardStream>>) -> u64 {
         let mut total: u64 = cache
             .values()
@@ -150,24 +158,26 @@ impl State {
         if total <= self.cache_bytes {
             return total;
         }
-        let mut candidates: Vec<((u64, u64), u64, u64)> = cache
-            .iter()
-            .filter(|(_, s)| s.done() && Arc::strong_count(s) == 1)
-            .map(|(k, s)| {
-                (
-                    *k,
-                    s.last_used.load(Ordering::Relaxed),
-                    s.data.lock().unwrap().len() as u64,
-                )
-            })
-            .collect();
-        candidates.sort_by_key(|c| c.1);
-        for (k, _, len) in candidates {
+        // Per (epoch, group): droppable (every shard finished, none read), last use, bytes.
+        let mut groups: HashMap<(u64, u64), (bool, u64, u64)> = HashMap::new();
+        for (&(epoch, shard), s) in cache.iter() {
+            let g = groups
+                .entry((epoch, self.layout.block_of(shard)))
+                .or_insert((true, 0, 0));
+            g.0 &= s.done() && Arc::strong_count(s) == 1;
+            g.1 = g.1.max(s.last_used.load(Ordering::Relaxed));
+            g.2 += s.data.lock().unwrap().len() as u64;
+        }
+        let mut droppable: Vec<_> = groups.into_iter().filter(|(_, g)| g.0).collect();
+        droppable.sort_by_key(|(_, g)| g.1);
+        for ((epoch, block), (_, _, bytes)) in droppable {
             if total <= self.cache_bytes {
                 break;
             }
-            cache.remove(&k);
-            total -= len;
+            for s in self.layout.block_shard_range(block) {
+                cache.remove(&(epoch, s));
+            }
+            total -= bytes;
         }
         total
     }

@@ -154,10 +154,16 @@ fn prepare(
     }
     let prefix = &sh.prefix;
     wds::check_prefix(prefix)?;
-    if prefix.contains('%') {
+    // The prefix goes into URLs as it is: only characters a URL path carries unescaped.
+    if let Some(c) = prefix
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(*c)))
+    {
         return Err(Error::flag(
             "--prefix",
-            "must not contain '%' (it goes into URLs)",
+            format!(
+                "{c:?} cannot go into a shard URL unescaped: use letters, digits, '-', '_' or '.'"
+            ),
         ));
     }
     let t0 = Instant::now();

@@ -257,9 +257,6 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Body>) -> Response<Body>
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, "application/x-tar")
                 .header(header::ETAG, st.etag(epoch, shard));
-            if head {
-                return builder.body(Body::empty()).unwrap();
-            }
             // A cache full of shards being rendered or read: this new group waits (visible in
             // /metrics), holding its client slot.
             let stream = loop {
@@ -270,6 +267,21 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Body>) -> Response<Body>
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 st.metrics.waiting.fetch_sub(1, Ordering::Relaxed);
             };
+            if head {
+                // HEAD answers what GET would: the shard's length, once it is known.
+                let mut rx = stream.progress.subscribe();
+                while !rx.borrow_and_update().1 {
+                    if rx.changed().await.is_err() {
+                        break;
+                    }
+                }
+                let len = stream.data.lock().unwrap().len();
+                drop(permit);
+                return builder
+                    .header(header::CONTENT_LENGTH, len)
+                    .body(Body::empty())
+                    .unwrap();
+            }
             if stream.done() {
                 let len = stream.data.lock().unwrap().len();
                 builder = builder.header(header::CONTENT_LENGTH, len);
