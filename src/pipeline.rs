@@ -52,6 +52,9 @@ pub trait Jobs: Sync {
     fn try_claim(&self, max: usize) -> Option<Vec<(u64, Job)>> {
         self.claim(max)
     }
+    /// The run is failing: a source that blocks (the service's queue) wakes its waiters, which
+    /// then get `None`.
+    fn close(&self) {}
 }
 
 /// [`Jobs`] over an [`IndexedJobs`] list: claimed in order; jobs with nothing to draw (all kept on
@@ -287,6 +290,7 @@ pub fn run(
                     });
                 if let Err(e) = r {
                     abort.set(e);
+                    jobs.close();
                 }
             });
         }
@@ -297,6 +301,7 @@ pub fn run(
             s.spawn(move || {
                 if let Err(e) = encode_worker(ctx, &rx, &txs, sink, stats, abort) {
                     abort.set(e);
+                    jobs.close();
                 }
             });
         }
@@ -311,6 +316,7 @@ pub fn run(
                     let t0 = Instant::now();
                     if let Err(e) = sink.accept(w, t, png) {
                         abort.set(e);
+                        jobs.close();
                         break;
                     }
                     StageStats::add(&stats.write_ns, t0);

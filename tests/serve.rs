@@ -541,3 +541,74 @@ fn huge_epochs_and_a_small_cache_never_change_what_a_shard_is() {
         assert!(e.contains("--prefix"), "{p}: {e}");
     }
 }
+
+/// A render failure (a class whose clouds are degenerate) used to leave every request waiting for
+/// bytes forever while /healthz said ok. Now the request fails (503, or an aborted transfer, never
+/// a short tar), and the service stops with a non-zero exit that names the failure.
+#[test]
+fn a_failed_render_stage_fails_requests_and_stops_the_service() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00040"]);
+    std::fs::write(
+        classes.join("00002.csv"),
+        "0,0,0,0,0,0,0.5\n0,0,0,0,0,0,0.5\n",
+    )
+    .unwrap();
+    let mut child = bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--backend", "cpu"])
+        .args([
+            "--image-size-x",
+            "32",
+            "--image-size-y",
+            "32",
+            "--iteration",
+            "2000",
+        ])
+        .args([
+            "--instance",
+            "1",
+            "--samples-per-shard",
+            "4",
+            "--prefetch",
+            "0",
+        ])
+        .arg("--load-root")
+        .arg(&classes)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(|l| l.ok()) {
+            let _ = tx.send(line);
+        }
+    });
+    let base = loop {
+        let line = rx
+            .recv_timeout(PATIENCE)
+            .expect("serve printed its address");
+        if let Some(i) = line.find("http://") {
+            break line[i..].split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Every shard holds images of the degenerate class (shards mix the classes).
+    let got = tmp.path().join("got");
+    let (code, head) = curl(
+        &format!("{base}/fractaldb-000000.tar"),
+        &got,
+        &["-m", "600"],
+    );
+    let short_tar = code == 200 && std::fs::metadata(&got).is_ok_and(|m| m.len() % 512 == 0);
+    assert!(code == 503 || code == 0 || !short_tar, "{code} {head}");
+    let status = wait_exit(&mut child, "serve after its render stage failed");
+    assert!(!status.success(), "{status:?}");
+    // The rest of the log, up to its end (the reader ends at the closed pipe).
+    let log: Vec<String> = rx.iter().collect();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("render stage") && l.contains("00002.csv")),
+        "{log:?}"
+    );
+}

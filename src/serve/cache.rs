@@ -103,9 +103,23 @@ pub(super) struct State {
     pub(super) metrics: Metrics,
     pub(super) started: Instant,
     pub(super) clients: Arc<tokio::sync::Semaphore>,
+    /// Why the render stage stopped, once it has: requests then get 503, `/healthz` too, bodies
+    /// being sent are aborted, and the service stops (exit non-zero) so a supervisor restarts it.
+    pub(super) failed: std::sync::OnceLock<String>,
+    /// Wakes the server to stop after a render failure.
+    pub(super) stop: tokio::sync::Notify,
 }
 
 impl State {
+    /// Records a render failure and wakes everything that waits for a shard.
+    pub(super) fn fail(&self, why: String) {
+        let _ = self.failed.set(why);
+        for s in self.cache.lock().unwrap().values() {
+            s.progress.send_modify(|_| {});
+        }
+        self.stop.notify_one();
+    }
+
     /// The shard's stream, from the cache or queued for rendering with its whole block (and the
     /// next `prefetch` blocks). Returns (stream, hit), or `None` when the cache is full of shards
     /// that are being rendered or read (nothing can be dropped): the caller waits and asks again.
@@ -206,6 +220,11 @@ impl Jobs for ServeJobs<'_> {
     }
     fn try_claim(&self, max: usize) -> Option<Vec<(u64, Job)>> {
         self.next(max, false)
+    }
+    fn close(&self) {
+        let mut q = self.0.queue.inner.lock().unwrap();
+        q.closed = true;
+        self.0.queue.cond.notify_all();
     }
 }
 
@@ -355,5 +374,6 @@ pub(super) fn serve_render(
     if let Err(e) = r {
         failed.store(true, Ordering::Relaxed);
         crate::say!("serve: the render stage stopped: {e}");
+        st.fail(e.to_string());
     }
 }

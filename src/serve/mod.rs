@@ -196,6 +196,8 @@ fn prepare(
         metrics: Metrics::default(),
         started: Instant::now(),
         clients: Arc::new(tokio::sync::Semaphore::new(max_clients.max(1))),
+        failed: std::sync::OnceLock::new(),
+        stop: tokio::sync::Notify::new(),
         dataset,
         work,
         encoding: job.encoding,
@@ -213,10 +215,17 @@ async fn serve_until_stopped(
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|e| Error::Other(format!("serve: {e}")))?;
-    let app = axum::Router::new().fallback(move |req: Request<Body>| handle(st.clone(), req));
+    let app = {
+        let st = st.clone();
+        axum::Router::new().fallback(move |req: Request<Body>| handle(st.clone(), req))
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        signals.recv().await;
+        // SIGTERM/SIGINT, or the render stage failing (nothing more could be served).
+        tokio::select! {
+            _ = signals.recv() => {}
+            _ = st.stop.notified() => {}
+        }
         crate::say!("serve: stopping: finishing the responses in flight");
         let _ = stop_tx.send(());
     });

@@ -210,7 +210,13 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Body>) -> Response<Body>
         Err((code, why)) => return text(code, why),
     };
     match target {
-        Resource::Health => text(StatusCode::OK, "ok".into()),
+        Resource::Health => match st.failed.get() {
+            Some(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the render stage failed: {why}"),
+            ),
+            None => text(StatusCode::OK, "ok".into()),
+        },
         Resource::Metrics => {
             let mut r = Response::new(Body::from(metrics_text(&st)));
             r.headers_mut().insert(
@@ -260,6 +266,12 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Body>) -> Response<Body>
             // A cache full of shards being rendered or read: this new group waits (visible in
             // /metrics), holding its client slot.
             let stream = loop {
+                if let Some(why) = st.failed.get() {
+                    return text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("the render stage failed: {why}"),
+                    );
+                }
                 if let Some((s, _hit)) = st.shard(epoch, shard) {
                     break s;
                 }
@@ -271,6 +283,12 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Body>) -> Response<Body>
                 // HEAD answers what GET would: the shard's length, once it is known.
                 let mut rx = stream.progress.subscribe();
                 while !rx.borrow_and_update().1 {
+                    if let Some(why) = st.failed.get() {
+                        return text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("the render stage failed: {why}"),
+                        );
+                    }
                     if rx.changed().await.is_err() {
                         break;
                     }
@@ -311,6 +329,12 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Body>) -> Response<Body>
                         }
                         if done {
                             return None;
+                        }
+                        if let Some(why) = guard.0.failed.get() {
+                            // The shard will never be finished: abort the body (the client sees
+                            // a broken transfer, never a short tar).
+                            let e = std::io::Error::other(format!("render stage failed: {why}"));
+                            return Some((Err(e), (stream, rx, off, guard)));
                         }
                         if rx.changed().await.is_err() {
                             return None;
