@@ -165,7 +165,10 @@ impl Dataset {
             )));
         }
         self.run_draw(py, s, || self.draw_canvas(s, epoch))?;
-        let guard = self.cache.lock().unwrap();
+        // Another thread may have drawn in between: the canvas is made sure of (a no-op when it is
+        // still this sample's) under the same lock as the read.
+        let mut guard = self.cache.lock().unwrap();
+        self.draw_canvas_in(&mut guard, s, epoch).map_err(to_py)?;
         let last = guard.as_ref().expect("drawn");
         // SAFETY: the Python wrapper passes the data pointer of a writable, C-contiguous uint8
         // array of exactly `len` bytes that it keeps alive for this call (checked there); nothing
@@ -206,19 +209,13 @@ impl Dataset {
         let s = self.sample_of(i)?;
         self.check_epoch(epoch)?;
         self.run_draw(py, s, || self.draw(s, epoch))?;
-        // Another thread may draw in between: the sample is drawn again if the cache moved on.
-        let guard = self.cache.lock().unwrap();
-        match guard.as_ref() {
-            Some(last) if last.out_key == Some((s, epoch)) => {
-                Ok((PyByteArray::new(py, &last.out), s.class))
-            }
-            _ => {
-                drop(guard);
-                self.draw(s, epoch).map_err(to_py)?;
-                let guard = self.cache.lock().unwrap();
-                Ok((PyByteArray::new(py, &guard.as_ref().unwrap().out), s.class))
-            }
+        // Another thread may have drawn in between: the sample is drawn again, under the same
+        // lock as the read, if the cache moved on.
+        let mut guard = self.cache.lock().unwrap();
+        if guard.as_ref().and_then(|l| l.out_key) != Some((s, epoch)) {
+            self.draw_in(&mut guard, s, epoch).map_err(to_py)?;
         }
+        Ok((PyByteArray::new(py, &guard.as_ref().unwrap().out), s.class))
     }
 }
 
@@ -269,8 +266,17 @@ impl Dataset {
 
     /// Draws sample `s` of epoch `epoch` into the cache's `out`.
     fn draw(&self, s: crate::plan::Sample, epoch: u64) -> crate::Result<()> {
-        self.draw_canvas(s, epoch)?;
-        let mut guard = self.cache.lock().unwrap();
+        self.draw_in(&mut self.cache.lock().unwrap(), s, epoch)
+    }
+
+    /// [`draw`](Self::draw) with the cache's lock held by the caller.
+    fn draw_in(
+        &self,
+        guard: &mut Option<Last>,
+        s: crate::plan::Sample,
+        epoch: u64,
+    ) -> crate::Result<()> {
+        self.draw_canvas_in(guard, s, epoch)?;
         let last = guard.as_mut().expect("drawn");
         render::write_flip(
             &last.canvas,
@@ -287,8 +293,18 @@ impl Dataset {
 
     /// Makes the cache hold the canvas of sample `s` of epoch `epoch` (its cloud computed once).
     fn draw_canvas(&self, s: crate::plan::Sample, epoch: u64) -> crate::Result<()> {
+        self.draw_canvas_in(&mut self.cache.lock().unwrap(), s, epoch)
+    }
+
+    /// [`draw_canvas`](Self::draw_canvas) with the cache's lock held by the caller, so that what it
+    /// leaves is read under the same lock.
+    fn draw_canvas_in(
+        &self,
+        guard: &mut Option<Last>,
+        s: crate::plan::Sample,
+        epoch: u64,
+    ) -> crate::Result<()> {
         let class = &self.plan.classes[s.class as usize];
-        let mut guard = self.cache.lock().unwrap();
         if guard
             .as_ref()
             .is_none_or(|c| c.cloud_key != (s.class, s.row))

@@ -211,8 +211,11 @@ class FractalDB:
         return self._dataset().per_cloud
 
     def __getitem__(self, i: int) -> Tuple[np.ndarray, int]:
+        n = len(self)
         if i < 0:
-            i += len(self)
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"sample index out of range for a dataset of {n}")
         return self.sample(i)
 
     def __iter__(self) -> Iterable[Tuple[np.ndarray, int]]:

@@ -168,6 +168,43 @@ def test_bad_input_raises_with_file_and_line(tmp_path, classes):
         fractaldb.FractalDB(classes, **SMALL).sample(10**9)
 
 
+def test_one_dataset_shared_by_eight_threads_gives_the_single_thread_samples(classes):
+    """The canvas cache was read after its lock was released and taken again: samples drawn by 8
+    threads at once differed from the same samples drawn alone. Every thread now gets exactly the
+    single-thread bytes, through sample() and sample_into(); out-of-range indices raise IndexError."""
+    import threading
+
+    ds = fractaldb.FractalDB(classes, **SMALL)
+    n = len(ds)
+    alone = [ds.sample(i)[0].copy() for i in range(n)]
+    shared = fractaldb.FractalDB(classes, **SMALL)
+    bad = []
+
+    def worker(k):
+        rng = np.random.default_rng(k)
+        out = np.empty(shared.shape, dtype=np.uint8)
+        for i in rng.integers(0, n, size=300):
+            i = int(i)
+            if k % 2:
+                shared.sample_into(i, out)
+                got = out
+            else:
+                got = shared.sample(i)[0]
+            if not np.array_equal(got, alone[i]):
+                bad.append((k, i))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad, f"{len(bad)} samples differed from the single-thread ones, e.g. {bad[:5]}"
+    with pytest.raises(IndexError):
+        ds[-n - 1]
+    with pytest.raises(IndexError):
+        ds[n]
+
+
 PATIENCE = 600  # seconds: how long a test waits for an event before calling it a hang (never a speed check)
 
 
