@@ -122,7 +122,7 @@ impl Fractal {
             h.update([0]);
             h.update(c.ifs.to_csv().as_bytes());
         }
-        let classes: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let classes = crate::sink::wds::hex(&h.finalize());
         let mut v = serde_json::json!({
             "format": "fractaldb-folder-v1",
             "encoder": ENCODER,
@@ -174,13 +174,6 @@ impl Fractal {
             u: self.u.get_or_init(|| chaos_sequence(self.cfg.iterations)),
         }
     }
-}
-
-fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 impl Dataset for Fractal {
@@ -247,7 +240,7 @@ impl Dataset for Fractal {
             class_sha256: plan
                 .classes
                 .iter()
-                .map(|c| hex_sha256(c.ifs.to_csv().as_bytes()))
+                .map(|c| crate::sink::wds::hex(&Sha256::digest(c.ifs.to_csv().as_bytes())))
                 .collect(),
         };
         folder::check_or_write_record(out, &record, writer)?;

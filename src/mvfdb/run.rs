@@ -75,7 +75,7 @@ pub(crate) fn spec(o: &MvfdbOptions, rows: &[u32], mults: &[[f64; 12]]) -> serde
     for v in mults.iter().flatten() {
         h.update(v.to_le_bytes());
     }
-    let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let digest = crate::sink::wds::hex(&h.finalize());
     serde_json::json!({
         "version": VERSION,
         "encoder": crate::render::ENCODER,

@@ -201,13 +201,7 @@ impl State {
         h.update(self.fingerprint.to_string().as_bytes());
         h.update(format!("/{epoch}/{shard}").as_bytes());
         let d = h.finalize();
-        format!(
-            "\"{}\"",
-            d[..12]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        )
+        format!("\"{}\"", wds::hex(&d[..12]))
     }
 }
 

@@ -103,7 +103,8 @@ pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((hex(&h.finalize()), n))
 }
 
-fn hex(b: &[u8]) -> String {
+/// Lower-case hex of bytes (digests in manifests, records and fingerprints).
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
