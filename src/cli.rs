@@ -103,6 +103,10 @@ pub struct ServiceArgs {
     /// Seconds in-flight responses get to finish after SIGTERM/SIGINT
     #[arg(long, default_value_t = 60)]
     pub drain_seconds: u64,
+    /// Seconds a client may take to send a request, keep an idle connection open or leave a
+    /// response unread before its connection is closed
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_seconds: u64,
 }
 
 impl ServiceArgs {
@@ -117,6 +121,7 @@ impl ServiceArgs {
             prefetch: self.prefetch,
             max_clients: self.max_clients,
             drain: std::time::Duration::from_secs(self.drain_seconds),
+            idle: std::time::Duration::from_secs(self.idle_seconds),
             ready: None,
         })
     }

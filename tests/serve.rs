@@ -612,3 +612,91 @@ fn a_failed_render_stage_fails_requests_and_stops_the_service() {
         "{log:?}"
     );
 }
+
+/// Reads until the server closes the connection; panics if it is still open after [`PATIENCE`].
+fn read_until_closed(s: &mut std::net::TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("the server kept the connection open ({e}); got {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn idle_slow_and_stalled_clients_are_dropped_and_free_their_slot() {
+    use std::net::TcpStream;
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00042", "00043"]);
+    // Shards far larger than the loopback socket buffers (so a client that stops reading
+    // stalls the server's writes).
+    let big = [
+        &SMALL[..],
+        &[
+            "--image-size-x",
+            "1024",
+            "--image-size-y",
+            "1024",
+            "--encoding",
+            "npy",
+        ],
+    ]
+    .concat();
+    let disk = tmp.path().join("disk");
+    render_wds(&classes, &disk, &big);
+    let first = shard_files(&disk)[0].clone();
+    assert!(std::fs::metadata(&first).unwrap().len() > 32 << 20);
+    let srv = Server::start(
+        &classes,
+        &[
+            &big[..],
+            &[
+                "--backend",
+                "cpu",
+                "--max-clients",
+                "1",
+                "--idle-seconds",
+                "1",
+            ],
+        ]
+        .concat(),
+    );
+    let addr = format!("127.0.0.1:{}", srv.port());
+    // Connected and silent; a request head never finished; an idle keep-alive connection.
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    assert!(read_until_closed(&mut silent).is_empty());
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let got = read_until_closed(&mut slow);
+    assert!(!got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+    let mut kept = TcpStream::connect(&addr).unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let got = String::from_utf8(read_until_closed(&mut kept)).unwrap();
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.ends_with("ok\n"),
+        "{got}"
+    );
+    // A client that reads the status line of a shard and then nothing holds the only client
+    // slot until its writes have stalled for the idle time; then the slot is free again.
+    let mut stalled = TcpStream::connect(&addr).unwrap();
+    stalled
+        .write_all(b"GET /fractaldb-000000.tar HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut status = [0u8; 12];
+    stalled.read_exact(&mut status).unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200");
+    let got = tmp.path().join("got.tar");
+    wait_until("the stalled client's slot to be freed", || {
+        curl(&format!("{}/fractaldb-000000.tar", srv.base), &got, &[]).0 == 200
+    });
+    assert!(std::fs::read(&got).unwrap() == std::fs::read(&first).unwrap());
+    drop(stalled);
+    assert_eq!(srv.stop(), Some(0));
+}

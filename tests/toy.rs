@@ -283,6 +283,7 @@ fn a_toy_family_goes_through_folders_shards_resume_and_the_service() {
             prefetch: 0,
             max_clients: 4,
             drain: std::time::Duration::from_secs(600),
+            idle: std::time::Duration::from_secs(30),
             ready: Some(tx),
         })
     });

@@ -7,16 +7,14 @@
 //! order, so a response starts before the shard is finished; finished shards stay in a bounded cache
 //! (least recently used first out, never one a response still reads).
 mod cache;
+mod conn;
 mod routes;
 
 use crate::dataset::{Dataset, Run, ShardWork};
 use crate::error::{Error, Result};
 use crate::render::Stages;
 use crate::sink::wds;
-use axum::body::Body;
-use axum::http::Request;
 use cache::{Metrics, Queue, QueueInner, State, serve_render};
-use routes::handle;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -34,6 +32,9 @@ pub struct ServeOptions {
     pub max_clients: usize,
     /// How long in-flight responses may take to finish after SIGTERM/SIGINT.
     pub drain: Duration,
+    /// How long a client may take to send a request head (or keep an idle connection open, or
+    /// leave a response unread) before its connection is closed.
+    pub idle: Duration,
     /// Told the bound address once the service accepts requests (an embedding program, a test:
     /// the command line prints it instead).
     pub ready: Option<std::sync::mpsc::Sender<std::net::SocketAddr>>,
@@ -77,6 +78,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         prefetch,
         max_clients,
         drain,
+        idle,
         ready,
     } = opts;
     // See `State::dataset`: leaked on purpose, for the life of the process.
@@ -121,7 +123,12 @@ pub fn run(opts: ServeOptions) -> Result<()> {
             serve_render(&st, &*stages, image, threads, png, writers, &failed)
         })
     };
-    let served = rt.block_on(serve_until_stopped(st.clone(), listener, signals, drain));
+    let served = rt.block_on(serve_until_stopped(
+        st.clone(),
+        listener,
+        signals,
+        (idle, drain),
+    ));
     {
         let mut q = st.queue.inner.lock().unwrap();
         q.closed = true;
@@ -206,38 +213,23 @@ fn prepare(
     Ok((st, stages))
 }
 
-/// Serves requests until SIGTERM/SIGINT; then the responses in flight get `drain` to finish.
+/// Serves requests until SIGTERM/SIGINT or the render stage failing (nothing more could be
+/// served); then the responses in flight get `drain` to finish.
 async fn serve_until_stopped(
     st: Arc<State>,
     listener: std::net::TcpListener,
     signals: StopSignals,
-    drain: Duration,
+    (idle, drain): (Duration, Duration),
 ) -> Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener)
-        .map_err(|e| Error::Other(format!("serve: {e}")))?;
-    let app = {
+    let listener = conn::listener(listener)?;
+    let stop = {
         let st = st.clone();
-        axum::Router::new().fallback(move |req: Request<Body>| handle(st.clone(), req))
+        async move {
+            tokio::select! {
+                _ = signals.recv() => {}
+                _ = st.stop.notified() => {}
+            }
+        }
     };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        // SIGTERM/SIGINT, or the render stage failing (nothing more could be served).
-        tokio::select! {
-            _ = signals.recv() => {}
-            _ = st.stop.notified() => {}
-        }
-        crate::say!("serve: stopping: finishing the responses in flight");
-        let _ = stop_tx.send(());
-    });
-    let server = tokio::spawn(async move { server.await });
-    let _ = stop_rx.await;
-    match tokio::time::timeout(drain, server).await {
-        Ok(r) => r
-            .map_err(|e| Error::Other(format!("serve: {e}")))?
-            .map_err(|e| Error::Other(format!("serve: {e}"))),
-        Err(_) => {
-            crate::say!("serve: responses still running after {drain:?}: stopping anyway");
-            Ok(())
-        }
-    }
+    conn::serve_until(listener, st, idle, drain, stop).await
 }
