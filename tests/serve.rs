@@ -700,3 +700,182 @@ fn idle_slow_and_stalled_clients_are_dropped_and_free_their_slot() {
     drop(stalled);
     assert_eq!(srv.stop(), Some(0));
 }
+
+/// A small deterministic generator for the random requests (the seed is printed with every
+/// failure; FRACTALDB_SERVE_SEED replays another sequence).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.next() as usize % v.len()]
+    }
+}
+
+/// One random request and what it must get: `Some(bytes)` a 200 with exactly these bytes (for
+/// HEAD: their length), `None` a 4xx.
+struct Probe {
+    method: &'static str,
+    path: String,
+    range: Option<String>,
+    want: Option<Vec<u8>>,
+}
+
+fn random_probe(rng: &mut Lcg, refs: &[(&str, Vec<Vec<u8>>)]) -> Probe {
+    let n = refs[0].1.len() as u64;
+    let method = *rng.pick(&[
+        "GET", "GET", "GET", "HEAD", "HEAD", "POST", "DELETE", "OPTIONS",
+    ]);
+    // An epoch segment: a rendered epoch (with its reference shards) or a number the service
+    // must refuse.
+    let (epoch, known) = match rng.next() % 3 {
+        0 => (String::new(), Some(&refs[0].1)),
+        1 => {
+            let (e, shards) = rng.pick(refs);
+            (format!("/epoch/{e}"), Some(shards))
+        }
+        _ => {
+            let e = rng.pick(&[
+                "18446744073709551616",
+                "-1",
+                "x",
+                "",
+                "1e3",
+                "+1",
+                "01",
+                "00000000000000000000001",
+            ]);
+            (format!("/epoch/{e}"), None)
+        }
+    };
+    let s = rng.next() % (n + 2);
+    let (file, shard) = match rng.next() % 8 {
+        0 => (
+            format!("fractaldb-{:06}.tar", n + rng.next() % 1_000_000),
+            None,
+        ),
+        1 => (
+            rng.pick(&[
+                "other-000000.tar",
+                "fractaldb-0.tar",
+                "..%2f",
+                "fractaldb-000000.tar/..",
+                "a//b",
+            ])
+            .to_string(),
+            None,
+        ),
+        _ => (format!("fractaldb-{s:06}.tar"), Some(s)),
+    };
+    let want = match (known, shard) {
+        (Some(shards), Some(s)) if s < n && ["GET", "HEAD"].contains(&method) => {
+            Some(shards[s as usize].clone())
+        }
+        _ => None,
+    };
+    let range = (rng.next() % 4 == 0)
+        .then(|| format!("bytes={}-{}", rng.next() % 100, 100 + rng.next() % 1000));
+    Probe {
+        method,
+        path: format!("{epoch}/{file}"),
+        range,
+        want,
+    }
+}
+
+/// Random paths, epochs, shard numbers, methods and ranges from 4 clients at once against a cache
+/// smaller than one shard group: every answer is the right shard byte for byte, or a 4xx; the
+/// service stays healthy and exits 0.
+#[test]
+fn random_requests_with_a_small_cache_get_a_correct_shard_or_a_4xx() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00040", "00041", "00042"]);
+    let small = [
+        "--image-size-x",
+        "32",
+        "--image-size-y",
+        "32",
+        "--iteration",
+        "2000",
+        "--instance",
+        "3",
+        "--samples-per-shard",
+        "6",
+    ];
+    let epochs = ["0", "1", "9223372036854775808", "18446744073709551615"];
+    let refs: Vec<(&str, Vec<Vec<u8>>)> = epochs
+        .iter()
+        .map(|e| {
+            let disk = tmp.path().join(format!("disk-{e}"));
+            render_wds(&classes, &disk, &[&small[..], &["--epoch", e]].concat());
+            let shards = shard_files(&disk)
+                .iter()
+                .map(|p| std::fs::read(p).unwrap())
+                .collect();
+            (*e, shards)
+        })
+        .collect();
+    let srv = Server::start(
+        &classes,
+        &[&small[..], &["--backend", "cpu", "--cache-bytes", "20000"]].concat(),
+    );
+    let seed: u64 = std::env::var("FRACTALDB_SERVE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2026);
+    std::thread::scope(|scope| {
+        for client in 0..4u64 {
+            let (refs, srv, tmp) = (&refs, &srv, tmp.path());
+            scope.spawn(move || {
+                let mut rng = Lcg(seed ^ (client << 32));
+                for k in 0..40 {
+                    let p = random_probe(&mut rng, refs);
+                    let got = tmp.join(format!("probe-{client}-{k}"));
+                    let mut extra = vec!["-m", "600"];
+                    let range;
+                    if let Some(r) = &p.range {
+                        range = format!("Range: {r}");
+                        extra.extend(["-H", &range]);
+                    }
+                    match p.method {
+                        "HEAD" => extra.push("-I"),
+                        "GET" => {}
+                        m => extra.extend(["-X", m]),
+                    }
+                    let url = format!("{}{}", srv.base, p.path);
+                    let (code, head) = curl(&url, &got, &extra);
+                    let what = format!(
+                        "seed {seed}, client {client}, request {k}: {} {} (range {:?}) -> {code}\n{head}",
+                        p.method, p.path, p.range
+                    );
+                    let body = std::fs::read(&got).unwrap_or_default();
+                    match &p.want {
+                        Some(bytes) => {
+                            assert_eq!(code, 200, "{what}");
+                            if p.method == "HEAD" {
+                                let len = format!("content-length: {}", bytes.len());
+                                assert!(head.to_ascii_lowercase().contains(&len), "{what}");
+                            } else {
+                                assert!(body == *bytes, "wrong bytes: {what}");
+                            }
+                        }
+                        None => assert!((400..500).contains(&code), "{what}"),
+                    }
+                }
+            });
+        }
+    });
+    // Still healthy, and the first shard still the same bytes.
+    let got = tmp.path().join("after");
+    assert_eq!(curl(&format!("{}/healthz", srv.base), &got, &[]).0, 200);
+    let (code, _) = curl(&format!("{}/fractaldb-000000.tar", srv.base), &got, &[]);
+    assert_eq!(code, 200);
+    assert!(std::fs::read(&got).unwrap() == refs[0].1[0]);
+    assert_eq!(srv.stop(), Some(0));
+}

@@ -38,12 +38,13 @@ pub(super) fn parse_path(
     let parts: Vec<&str> = path[1..].split('/').collect();
     let (epoch, file) = match parts.as_slice() {
         [f] => (0, *f),
+        // One spelling per epoch (no sign, no leading zeros): one URL per shard.
         ["epoch", e, f] => match e.parse::<u64>() {
-            Ok(e) => (e, *f),
-            Err(_) => {
+            Ok(n) if n.to_string() == *e => (n, *f),
+            _ => {
                 return Err((
                     StatusCode::BAD_REQUEST,
-                    format!("epoch {e:?} is not a number"),
+                    format!("epoch {e:?} is not a number from 0 to {}", u64::MAX),
                 ));
             }
         },
@@ -62,8 +63,10 @@ pub(super) fn parse_path(
         .strip_prefix(prefix)
         .and_then(|r| r.strip_prefix('-'))
         .and_then(|r| r.strip_suffix(".tar"))
-        .filter(|d| d.len() >= 6 && d.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|d| d.parse::<u64>().ok());
+        .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse::<u64>().ok())
+        // The shard's one name (six digits or more, as the files are named).
+        .filter(|s| wds::shard_name(prefix, *s) == file);
     match n {
         Some(s) if s < shards => Ok(Resource::Shard { epoch, shard: s }),
         Some(s) => Err((
@@ -383,6 +386,11 @@ mod tests {
             "/fractaldb-3.tar",
             "/other-000001.tar",
             "/epoch/x/y/z",
+            "/epoch/+1/fractaldb-000003.tar",
+            "/epoch/01/fractaldb-000003.tar",
+            "/epoch/18446744073709551616/fractaldb-000003.tar",
+            "/fractaldb-0000003.tar",
+            "/fractaldb-+00003.tar",
         ] {
             assert!(p(missing).is_err(), "{missing}");
         }
