@@ -779,7 +779,9 @@ fn random_probe(rng: &mut Lcg, refs: &[(&str, Vec<Vec<u8>>)]) -> Probe {
         }
         _ => None,
     };
-    let range = (rng.next() % 4 == 0)
+    let range = rng
+        .next()
+        .is_multiple_of(4)
         .then(|| format!("bytes={}-{}", rng.next() % 100, 100 + rng.next() % 1000));
     Probe {
         method,
