@@ -229,10 +229,10 @@ pub fn run(ds: &dyn Dataset, job: &Run) -> Result<Summary> {
     let job = &fit_memory(ds, job)?;
     let t0 = Instant::now();
     let stats = Arc::new(Stats::default());
-    let mut summary = match job.format {
-        Format::Folder => run_folder(ds, job, &stats)?,
-        Format::Wds => run_shards(ds, job, &stats)?,
-    };
+    let mut summary = fsutil::tidy_on_error(&job.out, || match job.format {
+        Format::Folder => run_folder(ds, job, &stats),
+        Format::Wds => run_shards(ds, job, &stats),
+    })?;
     summary.seconds = t0.elapsed().as_secs_f64();
     summary.add_stats(&stats);
     Ok(summary)

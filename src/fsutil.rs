@@ -42,6 +42,18 @@ pub fn create_dir(path: &Path) -> Result<()> {
     fs::create_dir_all(path).map_err(|e| Error::io(path, "cannot create directory", e))
 }
 
+/// Runs `f`, which may create the output directory `dir`; when `f` fails and `dir` did not exist
+/// before, `dir` is removed if it is still empty, so a refused or failed run leaves no empty folder
+/// behind (`remove_dir` removes nothing else: a folder with any file in it stays).
+pub fn tidy_on_error<T>(dir: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let existed = fs::symlink_metadata(dir).is_ok();
+    let r = f();
+    if r.is_err() && !existed {
+        let _ = fs::remove_dir(dir);
+    }
+    r
+}
+
 /// Removes temporary files that an interrupted run left in `dir` (not recursive).
 pub fn remove_stale_tmp(dir: &Path) {
     remove_stale_tmp_of(dir, |_| true);
@@ -230,4 +242,39 @@ pub fn write_stdout(text: &str) -> Result<()> {
     out.write_all(text.as_bytes())
         .and_then(|_| out.flush())
         .map_err(|e| Error::io("<stdout>", "cannot write", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_run_removes_only_the_empty_folder_it_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fail = |d: &Path, file: bool| {
+            tidy_on_error(d, || -> Result<()> {
+                create_dir(d)?;
+                if file {
+                    fs::write(d.join("made.txt"), "x").unwrap();
+                }
+                Err(Error::Other("failed".into()))
+            })
+        };
+        let fresh = tmp.path().join("fresh");
+        assert!(fail(&fresh, false).is_err());
+        assert!(!fresh.exists(), "the empty folder it made is gone");
+        let written = tmp.path().join("written");
+        assert!(fail(&written, true).is_err());
+        assert!(
+            written.join("made.txt").exists(),
+            "a folder with files stays"
+        );
+        let users = tmp.path().join("users");
+        fs::create_dir(&users).unwrap();
+        assert!(fail(&users, false).is_err());
+        assert!(users.exists(), "a folder that was there stays");
+        let ok = tmp.path().join("ok");
+        tidy_on_error(&ok, || create_dir(&ok)).unwrap();
+        assert!(ok.exists());
+    }
 }

@@ -3,7 +3,7 @@
 //! (`images/{class}/{class}_{i:05d}_{k:03d}.png`), the last through the shared pipeline and encoder.
 
 use super::stage::{ClassStart, ModelRef, MvStages, RenderSettings};
-use super::{Map3, instance, params_csv, ply, read_multipliers, search};
+use super::{Map3, instance, params_csv, ply, read_multipliers, search_with};
 use crate::cluster::Rank;
 use crate::dataset::{Dataset, Env, FolderUnit, FolderWork, Run, ShardSettings, ShardWork};
 use crate::error::{Error, Result};
@@ -185,7 +185,13 @@ fn front(o: &MvfdbOptions, out: Option<&Path>, weights: Option<Weights>) -> Resu
     let out = out.unwrap_or(Path::new(""));
     let pdir = out.join("params");
     // 1. The search (its CSVs are what the model step reads back).
-    let found = search(o.seed, o.classes, o.variance)?;
+    let found = search_with(
+        o.seed,
+        o.classes,
+        o.variance,
+        o.job.progress != crate::progress::Mode::Quiet,
+        super::GIVE_UP,
+    )?;
     if write {
         fsutil::create_dir(&pdir)?;
         fsutil::remove_stale_tmp(&pdir);
@@ -419,19 +425,24 @@ impl MvfdbOptions {
     }
 }
 
+/// `--views 0`: the search (and the models with `--write-models`), without a dataset.
+fn search_alone(o: &MvfdbOptions) -> Result<Summary> {
+    fsutil::create_dir(&o.job.out)?;
+    let lock = format!(
+        "mvfdb-rank-{:05}-of-{:05}",
+        o.job.rank.rank,
+        o.job.rank.world.max(1)
+    );
+    let _lock = fsutil::OutputLock::acquire(&o.job.out, &lock)?;
+    // Every rank would write the same files: rank 0 writes them.
+    let out = (o.job.rank.rank == 0).then_some(o.job.out.as_path());
+    Ok(front(o, out, load_weights(o)?)?.s)
+}
+
 pub fn run(o: &MvfdbOptions) -> Result<Summary> {
     let Some((ds, job)) = o.split()? else {
         // The search alone (and the models with --write-models).
-        fsutil::create_dir(&o.job.out)?;
-        let lock = format!(
-            "mvfdb-rank-{:05}-of-{:05}",
-            o.job.rank.rank,
-            o.job.rank.world.max(1)
-        );
-        let _lock = fsutil::OutputLock::acquire(&o.job.out, &lock)?;
-        // Every rank would write the same files: rank 0 writes them.
-        let out = (o.job.rank.rank == 0).then_some(o.job.out.as_path());
-        return Ok(front(o, out, load_weights(o)?)?.s);
+        return fsutil::tidy_on_error(&o.job.out, || search_alone(o));
     };
     let render = crate::dataset::run(&ds, &job)?;
     let found = std::mem::take(&mut *ds.found.lock().unwrap());
