@@ -71,6 +71,38 @@ fn cli(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
     interruptible(py, move || crate::cli::run(parsed)).map(|()| 0)
 }
 
+/// The data address of `out` if it is a `numpy.ndarray` (exactly) that is writable, C-contiguous,
+/// uint8 and of `shape`; `TypeError`/`ValueError` naming what is wrong otherwise.
+fn array_address(out: &Bound<'_, PyAny>, shape: (usize, usize, usize)) -> PyResult<usize> {
+    use pyo3::exceptions::PyTypeError;
+    let py = out.py();
+    let ndarray = py.import("numpy")?.getattr("ndarray")?;
+    if !out.get_type().is(&ndarray) {
+        return Err(PyTypeError::new_err(format!(
+            "sample_into needs a numpy.ndarray, got {}",
+            out.get_type().name()?
+        )));
+    }
+    let ai = out.getattr("__array_interface__")?;
+    let (address, readonly): (usize, bool) = ai.get_item("data")?.extract()?;
+    let typestr: String = ai.get_item("typestr")?.extract()?;
+    let dims: Vec<usize> = ai.get_item("shape")?.extract()?;
+    let contiguous = ai.get_item("strides")?.is_none();
+    let (h, w, c) = shape;
+    if typestr != "|u1" || readonly || !contiguous || dims.iter().product::<usize>() != h * w * c {
+        return Err(PyValueError::new_err(format!(
+            "sample_into needs a writable C-contiguous uint8 array of {h}x{w}x{c} elements, got \
+             {typestr} {dims:?}{}{}",
+            if readonly { ", read-only" } else { "" },
+            if contiguous { "" } else { ", not C-contiguous" }
+        )));
+    }
+    if address == 0 && h * w * c > 0 {
+        return Err(PyValueError::new_err("sample_into: the array has no data"));
+    }
+    Ok(address)
+}
+
 /// A render plan drawn one sample at a time (`sample(i)`), in the plan's canonical order: class,
 /// weight row, instance, flip (the `render` flags' selections applied).
 #[pyclass(module = "fractaldb._native")]
@@ -143,37 +175,37 @@ impl Dataset {
         )
     }
 
-    /// Sample `i` of epoch `epoch` written to `len` bytes at `address` (a row of a batch tensor:
-    /// no intermediate copy); returns its label. Only for `fractaldb.FractalDB.sample_into`, which
-    /// passes a live, writable, C-contiguous uint8 array of exactly `shape` bytes (the buffer
-    /// protocol is not in the stable ABI before Python 3.11).
-    #[pyo3(signature = (i, address, len, epoch = 0))]
-    fn _sample_into_address(
+    /// Sample `i` of epoch `epoch` written into `out`, a `numpy.ndarray` (exactly that type) that
+    /// is writable, C-contiguous, uint8 and of `shape` (a row of a batch tensor: no intermediate
+    /// copy); returns its label. Anything else raises `TypeError`/`ValueError`: the array is checked
+    /// here, next to the write, not trusted from the caller.
+    #[pyo3(signature = (i, out, epoch = 0))]
+    fn _sample_into(
         &self,
         py: Python<'_>,
         i: u64,
-        address: usize,
-        len: usize,
+        out: &Bound<'_, PyAny>,
         epoch: u64,
     ) -> PyResult<u32> {
         let s = self.sample_of(i)?;
         self.check_epoch(epoch)?;
         let (h, w, c) = self.shape();
-        if len != h * w * c || address == 0 {
-            return Err(PyValueError::new_err(format!(
-                "sample_into needs {h}x{w}x{c} bytes, got {len} at {address:#x}"
-            )));
-        }
+        // Checked once before the draw (a clear error without the work) and read again after it,
+        // with the GIL held from there to the write: no Python code runs in between.
+        array_address(out, (h, w, c))?;
         self.run_draw(py, s, || self.draw_canvas(s, epoch))?;
         // Another thread may have drawn in between: the canvas is made sure of (a no-op when it is
         // still this sample's) under the same lock as the read.
         let mut guard = self.cache.lock().unwrap();
         self.draw_canvas_in(&mut guard, s, epoch).map_err(to_py)?;
         let last = guard.as_ref().expect("drawn");
-        // SAFETY: the Python wrapper passes the data pointer of a writable, C-contiguous uint8
-        // array of exactly `len` bytes that it keeps alive for this call (checked there); nothing
-        // else in Rust refers to that memory.
-        let dst = unsafe { std::slice::from_raw_parts_mut(address as *mut u8, len) };
+        let address = array_address(out, (h, w, c))?;
+        // SAFETY: `array_address` checked that `out` is a `numpy.ndarray` (not a subclass, whose
+        // `__array_interface__` could lie) whose own interface reports a writable, C-contiguous
+        // buffer of exactly h*w*c bytes at `address`. `out` is borrowed for this call, so the
+        // array and its buffer live; the GIL is held from that check to the end of the write, so
+        // no Python code can resize or free the buffer meanwhile; nothing in Rust refers to it.
+        let dst = unsafe { std::slice::from_raw_parts_mut(address as *mut u8, h * w * c) };
         let pal = render::palette(self.cfg.mode);
         render::write_flip_into(&last.canvas, w, h, s.flip, &pal, c, dst);
         Ok(s.class)

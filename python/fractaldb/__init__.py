@@ -188,16 +188,7 @@ class FractalDB:
     def sample_into(self, i: int, out: np.ndarray, epoch: int = 0) -> int:
         """Writes sample ``i`` into ``out`` (a writable, C-contiguous uint8 array of the sample's
         shape, e.g. a row of a batch) with no intermediate copy; returns its label."""
-        ds = self._dataset()
-        if not (
-            isinstance(out, np.ndarray)
-            and out.dtype == np.uint8
-            and out.flags.c_contiguous
-            and out.flags.writeable
-            and out.size == int(np.prod(ds.shape))
-        ):
-            raise ValueError(f"sample_into needs a writable C-contiguous uint8 array of shape {ds.shape}")
-        return ds._sample_into_address(i, out.ctypes.data, out.size, epoch)
+        return self._dataset()._sample_into(i, out, epoch)
 
     @property
     def shape(self) -> Tuple[int, int, int]:

@@ -205,6 +205,39 @@ def test_one_dataset_shared_by_eight_threads_gives_the_single_thread_samples(cla
         ds[n]
 
 
+
+def test_sample_into_checks_the_array_it_writes_to(classes):
+    """The private ``_sample_into_address`` took a raw address: a bad one crashed the interpreter.
+    The array itself is now checked next to the write: anything but a writable, C-contiguous uint8
+    numpy.ndarray of the sample's shape raises, and nothing else is written."""
+    ds = fractaldb.FractalDB(classes, **SMALL)
+    h, w, c = ds.shape
+    good = np.zeros((h, w, c), dtype=np.uint8)
+    assert ds.sample_into(0, good) == ds.sample(0)[1]
+    assert np.array_equal(good, ds.sample(0)[0])
+    assert not hasattr(ds._dataset(), "_sample_into_address")
+
+    class Lying(np.ndarray):
+        pass
+
+    wide = np.zeros((h, 2 * w, c), dtype=np.uint8)
+    readonly = np.zeros((h, w, c), dtype=np.uint8)
+    readonly.flags.writeable = False
+    for bad, err in [
+        (bytearray(h * w * c), TypeError),
+        (0x1000, TypeError),
+        (np.zeros((h, w, c), dtype=np.uint8).view(Lying), TypeError),
+        (np.zeros((h, w, c), dtype=np.float32), ValueError),
+        (np.zeros((h, w + 1, c), dtype=np.uint8), ValueError),
+        (wide[:, ::2], ValueError),
+        (readonly, ValueError),
+    ]:
+        with pytest.raises(err):
+            ds.sample_into(0, bad)
+    assert not wide.any() and not readonly.any()
+    with pytest.raises(TypeError):
+        ds._dataset()._sample_into(0, 0x1000)
+
 PATIENCE = 600  # seconds: how long a test waits for an event before calling it a hang (never a speed check)
 
 
