@@ -257,6 +257,10 @@ def _stop(p):
 
 
 def _child(code):
+    # Python installs its KeyboardInterrupt handler only where SIGINT is not ignored, and a job a
+    # non-interactive shell starts in the background inherits SIGINT ignored: the child restores
+    # Python's handler itself, so the test does not depend on how its runner was started.
+    code = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n" + code
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
