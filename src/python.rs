@@ -13,7 +13,7 @@ use crate::render::{self, RenderConfig};
 use pyo3::exceptions::{PyIndexError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyByteArray;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Our errors as Python exceptions: bad input (a file and line, a flag) is `ValueError`, a failed
 /// file operation `OSError`, the rest `RuntimeError`; the message is the command line's.
@@ -31,11 +31,22 @@ fn interruptible<T: Send>(
     py: Python<'_>,
     work: impl FnOnce() -> crate::Result<T> + Send,
 ) -> PyResult<T> {
+    use crossbeam_channel::RecvTimeoutError;
     std::thread::scope(|s| {
-        let h = s.spawn(work);
+        // The worker says when it is done, so the wait ends then, not at the next 50 ms tick (a
+        // cloud of a few milliseconds used to cost 50).
+        let (done, finished) = crossbeam_channel::bounded::<()>(1);
+        let h = s.spawn(move || {
+            let r = work();
+            let _ = done.send(());
+            r
+        });
         let mut raised: Option<PyErr> = None;
-        while !h.is_finished() {
-            py.detach(|| std::thread::sleep(std::time::Duration::from_millis(50)));
+        loop {
+            let wait = py.detach(|| finished.recv_timeout(std::time::Duration::from_millis(50)));
+            if !matches!(wait, Err(RecvTimeoutError::Timeout)) {
+                break; // done, or the worker panicked (dropping its sender)
+            }
             if raised.is_none()
                 && let Err(e) = py.check_signals()
             {
@@ -114,6 +125,33 @@ struct Dataset {
     /// The last cloud and canvas drawn: consecutive samples of a cloud compute it once, and the
     /// flips of an instance draw its canvas once.
     cache: Mutex<Option<Last>>,
+    /// Clouds held open (`open_cloud`) by cloud index, for samples drawn from many clouds in any
+    /// order (the on-the-fly mixing of `fractaldb.torch`).
+    open: Mutex<std::collections::HashMap<u64, Arc<Open>>>,
+    /// Canvas buffers reused by samples of open clouds (a fresh one per sample costs page faults).
+    canvases: Mutex<Vec<Vec<u8>>>,
+}
+
+/// An open cloud and its last canvas, by (instance, epoch): the flips of an instance, drawn one
+/// after another from this cloud (`fractaldb.torch` keeps them together), raster it once.
+struct Open {
+    held: Held,
+    last: Mutex<Option<((u32, u64), Vec<u8>)>>,
+}
+
+/// An open cloud: what its samples need and no more. Patch draw types keep the cover (512 KiB at
+/// 362x362; the points are dropped), point draw types the one canvas every instance shares, and a
+/// cloud too large for a cover the cloud itself.
+enum Held {
+    Cover {
+        cover: render::cpu::Cover,
+        points: usize,
+    },
+    Canvas(Vec<u8>),
+    Cloud {
+        cloud: crate::ifs::Cloud,
+        cover: render::cpu::Cover,
+    },
 }
 
 /// The last cloud by (class, weight row), with the buffers that made it, and the last canvas by
@@ -152,6 +190,8 @@ impl Dataset {
             cfg: opts.cfg,
             plan,
             cache: Mutex::new(None),
+            open: Mutex::default(),
+            canvases: Mutex::default(),
         })
     }
 
@@ -193,22 +233,57 @@ impl Dataset {
         // Checked once before the draw (a clear error without the work) and read again after it,
         // with the GIL held from there to the write: no Python code runs in between.
         array_address(out, (h, w, c))?;
+        if let Some(held) = self.held_of(i) {
+            let canvas = py.detach(|| self.draw_held(&held, s, epoch));
+            self.write_into_array(out, &canvas, s)?;
+            self.canvases.lock().unwrap().push(canvas);
+            return Ok(s.class);
+        }
         self.run_draw(py, s, || self.draw_canvas(s, epoch))?;
         // Another thread may have drawn in between: the canvas is made sure of (a no-op when it is
         // still this sample's) under the same lock as the read.
         let mut guard = self.cache.lock().unwrap();
         self.draw_canvas_in(&mut guard, s, epoch).map_err(to_py)?;
         let last = guard.as_ref().expect("drawn");
-        let address = array_address(out, (h, w, c))?;
-        // SAFETY: `array_address` checked that `out` is a `numpy.ndarray` (not a subclass, whose
-        // `__array_interface__` could lie) whose own interface reports a writable, C-contiguous
-        // buffer of exactly h*w*c bytes at `address`. `out` is borrowed for this call, so the
-        // array and its buffer live; the GIL is held from that check to the end of the write, so
-        // no Python code can resize or free the buffer meanwhile; nothing in Rust refers to it.
-        let dst = unsafe { std::slice::from_raw_parts_mut(address as *mut u8, h * w * c) };
-        let pal = render::palette(self.cfg.mode);
-        render::write_flip_into(&last.canvas, w, h, s.flip, &pal, c, dst);
+        self.write_into_array(out, &last.canvas, s)?;
         Ok(s.class)
+    }
+
+    /// Computes cloud `k` (samples `k * per_cloud ..`) and holds it open: its samples are then
+    /// drawn from it in any order, interleaved with other open clouds' (no-op when open).
+    fn open_cloud(&self, py: Python<'_>, k: u64) -> PyResult<()> {
+        let n = self.plan.total() / self.plan.per_cloud().max(1);
+        if k >= n {
+            return Err(PyIndexError::new_err(format!(
+                "cloud {k} of a dataset of {n}"
+            )));
+        }
+        if self.open.lock().unwrap().contains_key(&k) {
+            return Ok(());
+        }
+        let held = interruptible(py, || self.hold(k))?;
+        let open = Open {
+            held,
+            last: Mutex::new(None),
+        };
+        self.open.lock().unwrap().insert(k, Arc::new(open));
+        Ok(())
+    }
+
+    /// Lets cloud `k` go (its samples are drawn the ordinary way again).
+    fn close_cloud(&self, k: u64) {
+        self.open.lock().unwrap().remove(&k);
+    }
+
+    /// Lets every open cloud go.
+    fn close_clouds(&self) {
+        self.open.lock().unwrap().clear();
+    }
+
+    /// How many clouds are open.
+    #[getter]
+    fn open_clouds(&self) -> usize {
+        self.open.lock().unwrap().len()
     }
 
     /// Samples per cloud (class x weight row): consecutive ids share a cloud.
@@ -240,6 +315,17 @@ impl Dataset {
     ) -> PyResult<(Bound<'py, PyByteArray>, u32)> {
         let s = self.sample_of(i)?;
         self.check_epoch(epoch)?;
+        if let Some(held) = self.held_of(i) {
+            let canvas = py.detach(|| self.draw_held(&held, s, epoch));
+            let (h, w, c) = self.shape();
+            let pal = render::palette(self.cfg.mode);
+            let out = PyByteArray::new_with(py, h * w * c, |buf| {
+                render::write_flip_into(&canvas, w, h, s.flip, &pal, c, buf);
+                Ok(())
+            })?;
+            self.canvases.lock().unwrap().push(canvas);
+            return Ok((out, s.class));
+        }
         self.run_draw(py, s, || self.draw(s, epoch))?;
         // Another thread may have drawn in between: the sample is drawn again, under the same
         // lock as the read, if the cache moved on.
@@ -252,6 +338,112 @@ impl Dataset {
 }
 
 impl Dataset {
+    /// Writes sample `s`'s image from its `canvas` into the numpy array `out` (checked here, with
+    /// the GIL held by the caller from the check to the end of the write).
+    fn write_into_array(
+        &self,
+        out: &Bound<'_, PyAny>,
+        canvas: &[u8],
+        s: crate::plan::Sample,
+    ) -> PyResult<()> {
+        let (h, w, c) = self.shape();
+        let address = array_address(out, (h, w, c))?;
+        // SAFETY: `array_address` checked that `out` is a `numpy.ndarray` (not a subclass, whose
+        // `__array_interface__` could lie) whose own interface reports a writable, C-contiguous
+        // buffer of exactly h*w*c bytes at `address`. `out` is borrowed for this call, so the
+        // array and its buffer live; the caller holds the GIL from that check to the end of the
+        // write, so no Python code can resize or free the buffer meanwhile; nothing in Rust
+        // refers to it.
+        let dst = unsafe { std::slice::from_raw_parts_mut(address as *mut u8, h * w * c) };
+        let pal = render::palette(self.cfg.mode);
+        render::write_flip_into(canvas, w, h, s.flip, &pal, c, dst);
+        Ok(())
+    }
+
+    /// The open cloud of sample `i`, if its cloud is open.
+    fn held_of(&self, i: u64) -> Option<Arc<Open>> {
+        let k = i / self.plan.per_cloud().max(1);
+        self.open.lock().unwrap().get(&k).cloned()
+    }
+
+    /// Cloud `k` computed and reduced to what its samples need ([`Held`]).
+    fn hold(&self, k: u64) -> crate::Result<Held> {
+        let s = self.plan.sample(k * self.plan.per_cloud());
+        let class = &self.plan.classes[s.class as usize];
+        let mut scratch = render::cpu::Scratch::default();
+        let mut cloud = crate::ifs::Cloud::default();
+        let made = render::cpu::compute_cloud(
+            &class.ifs,
+            &self.plan.weights[s.row as usize],
+            &self.u,
+            &self.cfg,
+            &mut scratch,
+            &mut cloud,
+        );
+        crate::check_interrupt()?;
+        made.map_err(|why| render::cpu::degenerate_error(&class.path, s.row as usize, why))?;
+        let mut cover = render::cpu::Cover::default();
+        cover.build(&cloud, &self.cfg);
+        Ok(if cover.draws(&self.cfg) {
+            let points = cloud.xs.len();
+            Held::Cover { cover, points }
+        } else if !self.cfg.mode.is_patch() {
+            // Point draw types have no per-instance randomness: one canvas serves every instance.
+            let mut canvas = Vec::new();
+            render::cpu::raster_points(&cloud, &self.cfg, class.key, s.row, 0, &mut canvas);
+            Held::Canvas(canvas)
+        } else {
+            Held::Cloud { cloud, cover }
+        })
+    }
+
+    /// The canvas of sample `s` of epoch `epoch` from its open cloud, in a reused buffer (give it
+    /// back to `canvases`).
+    fn draw_held(&self, open: &Open, s: crate::plan::Sample, epoch: u64) -> Vec<u8> {
+        let mut canvas = self.canvases.lock().unwrap().pop().unwrap_or_default();
+        let mut last = open.last.lock().unwrap();
+        let key = (s.instance, epoch);
+        if let Some((k, c)) = last.as_ref()
+            && *k == key
+        {
+            canvas.clear();
+            canvas.extend_from_slice(c);
+            return canvas;
+        }
+        let class_key = self.plan.classes[s.class as usize].key;
+        let cfg = RenderConfig {
+            masks: self.cfg.masks.for_epoch(epoch),
+            ..self.cfg.clone()
+        };
+        match &open.held {
+            Held::Canvas(c) => {
+                canvas.clear();
+                canvas.extend_from_slice(c);
+                return canvas; // one canvas for every instance: nothing to keep
+            }
+            Held::Cover { cover, points } => {
+                let at = (class_key, s.row, s.instance);
+                render::cpu::raster_cover(cover, *points, &cfg, at, &mut canvas);
+            }
+            Held::Cloud { cloud, cover } => {
+                render::cpu::raster(
+                    cloud,
+                    cover,
+                    &cfg,
+                    class_key,
+                    s.row,
+                    s.instance,
+                    &mut canvas,
+                );
+            }
+        }
+        let mut keep = last.take().map(|(_, c)| c).unwrap_or_default();
+        keep.clear();
+        keep.extend_from_slice(&canvas);
+        *last = Some((key, keep));
+        canvas
+    }
+
     /// Runs a draw of sample `s` with the GIL released. One that computes a new cloud (the long
     /// part, as long as `--iteration` makes it) runs where Ctrl-C can stop it in the middle
     /// ([`interruptible`]); one from the cached cloud is a single raster and runs here.

@@ -278,6 +278,11 @@ pub struct Cover {
 const COVER_MAX_POINTS: usize = (1 << 28) - 1;
 
 impl Cover {
+    /// Whether [`raster_cover`] can draw `cfg`'s images from this cover alone.
+    pub fn draws(&self, cfg: &RenderConfig) -> bool {
+        cfg.mode.is_patch() && self.built == Some((cfg.width as usize, cfg.height as usize))
+    }
+
     /// Finds the winner of every pixel of `cloud` drawn with `cfg` (patch modes; a no-op otherwise).
     pub fn build(&mut self, cloud: &Cloud, cfg: &RenderConfig) {
         self.built = None;
@@ -327,9 +332,25 @@ pub fn raster(
     instance: u32,
     canvas: &mut Vec<u8>,
 ) {
+    let points = cloud.xs.len();
+    if !raster_cover(cover, points, cfg, (class_key, row, instance), canvas) {
+        raster_points(cloud, cfg, class_key, row, instance, canvas);
+    }
+}
+
+/// [`raster`] from the cover alone (a cloud of `points` points; the points themselves are not
+/// needed): `false`, with nothing drawn, when the cover cannot draw it (point modes, a cover not
+/// built for this geometry), where [`raster_points`] needs the cloud.
+pub fn raster_cover(
+    cover: &Cover,
+    points: usize,
+    cfg: &RenderConfig,
+    (class_key, row, instance): (u32, u32, u32),
+    canvas: &mut Vec<u8>,
+) -> bool {
     let (w, h) = (cfg.width as usize, cfg.height as usize);
-    if !cfg.mode.is_patch() || cover.built != Some((w, h)) {
-        return raster_points(cloud, cfg, class_key, row, instance, canvas);
+    if !cover.draws(cfg) {
+        return false;
     }
     canvas.clear();
     canvas.resize(w * h, 0);
@@ -340,7 +361,7 @@ pub fn raster(
             resolve_counter(&cover.cells, key, color, canvas);
         }
         MaskRng::Python { seed } => {
-            let masks = super::python_masks(seed, instance, cloud.xs.len());
+            let masks = super::python_masks(seed, instance, points);
             for (o, &c) in canvas.iter_mut().zip(&cover.cells) {
                 if c != 0 {
                     let i = (c >> 4) as usize - 1;
@@ -351,6 +372,7 @@ pub fn raster(
             }
         }
     }
+    true
 }
 
 /// The label of point `i`: 127 in gray modes, `1 + i % 128` in colour modes.
