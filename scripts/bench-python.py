@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
 """On-the-fly samples/s into a PyTorch DataLoader against `render` images/s, same run, same machine.
 
-usage: scripts/bench-python.py [--classes 4] [--workers 2] [--threads N] [--instances 10]
+usage: scripts/bench-python.py [--classes 4] [--workers 2] [--threads N] [--instances 10] [--open-clouds 512]
 Needs the package (pip install . or the wheel) and torch. Both sides draw the same samples at
 FractalDB-1k settings (362x362, 200,000 points, patch_gray, weights 0.4, 4 flips): `render` writes
 WebDataset shards with all threads (PNG + tar), the DataLoader gets uint8 tensors from
 `FractalDBIterable` (no PNG, no disk) with --workers workers, batch 64: drawn as whole batches into
 shared memory (`batch_size=64`, the figure compared), and per sample through the DataLoader's collate.
+Also: distinct classes per batch of 64 (against a uniform shuffle's expectation) and the workers'
+peak private memory (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup, sampled every 25 batches:
+what a worker adds beyond the pages it shares with its parent).
 """
 import argparse
 import json
+import multiprocessing
 import os
+import statistics
 import tempfile
 import time
 
@@ -24,7 +29,19 @@ p.add_argument("--classes", type=int, default=4)
 p.add_argument("--workers", type=int, default=2)
 p.add_argument("--threads", type=int, default=os.cpu_count())
 p.add_argument("--instances", type=int, default=10)
+p.add_argument("--open-clouds", type=int, default=None)
 a = p.parse_args()
+extra = {} if a.open_clouds is None else {"open_clouds": a.open_clouds}
+
+
+def private_mb(pid):
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            kb = sum(int(l.split()[1]) for l in f if l.startswith(("Private_Clean", "Private_Dirty")))
+        return kb / 1024
+    except OSError:
+        return 0.0
+
 
 with tempfile.TemporaryDirectory() as tmp:
     classes = fractaldb.search(categories=a.classes, out=os.path.join(tmp, "s"), quiet=True, no_previews=True)
@@ -34,16 +51,24 @@ with tempfile.TemporaryDirectory() as tmp:
     fractaldb.render(root, os.path.join(tmp, "wds"), format="wds", instance=a.instances, threads=a.threads,
                      samples_per_shard=max(1, n // 100), quiet=True)
     render_s = time.perf_counter() - t0
-    rates = {}
+    rates, distinct, peak = {}, [], 0.0
     for mode in ("samples", "batches"):
         if mode == "samples":  # the DataLoader batches and collates
-            ds = FractalDBIterable(root, instances=a.instances, shuffle_buffer=256)
+            ds = FractalDBIterable(root, instances=a.instances, **extra)
             loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=a.workers)
         else:  # the dataset draws whole batches into shared memory
-            ds = FractalDBIterable(root, instances=a.instances, shuffle_buffer=256, batch_size=64)
+            ds = FractalDBIterable(root, instances=a.instances, batch_size=64, **extra)
             loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=a.workers)
         t0 = time.perf_counter()
-        got = sum(len(y) for _, y in loader)
+        got = 0
+        for b, (_, y) in enumerate(loader):
+            got += len(y)
+            if mode == "batches":
+                if len(y) == 64:
+                    distinct.append(len(set(y.tolist())))
+                # Reading smaps_rollup walks a worker's mappings under its memory lock: rarely.
+                if b % 25 == 0:
+                    peak = max([peak] + [private_mb(c.pid) for c in multiprocessing.active_children()])
         rates[mode] = time.perf_counter() - t0
         assert got == n, (got, n)
     fly_s = rates["batches"]
@@ -52,8 +77,13 @@ with tempfile.TemporaryDirectory() as tmp:
         "render_images_per_s": round(n / render_s, 1), "on_the_fly_samples_per_s": round(n / fly_s, 1),
         "on_the_fly_samples_mode_per_s": round(n / rates["samples"], 1),
         "ratio": round(render_s / fly_s, 2),
+        "distinct_classes_per_batch_of_64": round(statistics.mean(distinct), 1),
+        "uniform_shuffle_expectation": round(a.classes * (1 - (1 - 1 / a.classes) ** 64), 1),
+        "worker_peak_private_mb": round(peak, 1),
     }
     print(json.dumps(r))
     print(f"render (wds, {a.threads} threads): {r['render_images_per_s']} images/s; "
           f"DataLoader ({a.workers} workers, FractalDBIterable batch_size=64): {r['on_the_fly_samples_per_s']} samples/s "
-          f"({r['ratio']}x); per-sample mode with the DataLoader's collate: {r['on_the_fly_samples_mode_per_s']}")
+          f"({r['ratio']}x); per-sample mode with the DataLoader's collate: {r['on_the_fly_samples_mode_per_s']}; "
+          f"{r['distinct_classes_per_batch_of_64']} distinct classes per batch of 64 (uniform shuffle: "
+          f"{r['uniform_shuffle_expectation']}); worker peak private memory {r['worker_peak_private_mb']} MB")

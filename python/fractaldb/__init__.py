@@ -12,14 +12,22 @@ file and line, or the flag) or ``OSError``, with the command line's messages.
 from __future__ import annotations
 
 import csv
+import operator
 import os
 from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["search", "render", "FractalDB", "ClassInfo", "run"]
+__all__ = ["search", "render", "FractalDB", "ClassInfo", "run", "__version__"]
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def __getattr__(name: str):
+    # The version of the engine this package carries (the crate's), read when asked.
+    if name == "__version__":
+        return _engine().__version__
+    raise AttributeError(f"module 'fractaldb' has no attribute {name!r}")
 
 
 def _engine():
@@ -49,9 +57,13 @@ def _flags(flags: dict) -> List[str]:
 
 def run(*argv: str) -> None:
     """Runs a ``fractaldb`` command line (``run("render", "--help")``); raises on failure."""
-    code = _engine().cli(["fractaldb", *argv])
+    argv = ["fractaldb", *argv]
+    why = _engine().usage_error(argv)
+    if why is not None:
+        raise ValueError(why)
+    code = _engine().cli(argv)
     if code != 0:
-        raise ValueError(f"fractaldb {' '.join(argv)}: exit code {code} (see the message above)")
+        raise ValueError(f"{' '.join(argv)}: exit code {code}")
 
 
 class ClassInfo(NamedTuple):
@@ -74,6 +86,13 @@ def search(
     """The category search (``fractaldb search``): writes
     ``{out}/csv_rate{rate}_category{categories}/*.csv`` (default ``out``: ``./data``) and returns the
     classes found, in order. Extra keyword arguments are more flags (``threads=4``, ``quiet=True``)."""
+    for name, value, kind in (("categories", categories, int), ("points", points, int), ("seed", seed, int)):
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise TypeError(f"search: {name} must be an int, got {value!r}")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+        raise TypeError(f"search: rate must be a number, got {rate!r}")
+    if categories < 1:
+        raise ValueError(f"search: categories must be at least 1, got {categories}")
     out = os.fspath(out) if out is not None else "./data"
     run(
         "search",
@@ -127,7 +146,11 @@ class FractalDB:
         backend: str = "auto",
         weight_rows: Optional[str] = None,
         png_gray: bool = False,
+        transform=None,
+        target_transform=None,
     ) -> None:
+        self.transform = transform
+        self.target_transform = target_transform
         self._argv = _flags(
             dict(
                 load_root=os.fspath(classes),
@@ -160,7 +183,9 @@ class FractalDB:
         return self._ds
 
     def __getstate__(self):
-        return {"_argv": self._argv, "backend": self.backend, "_pid": None, "_ds": None}
+        state = dict(self.__dict__)
+        state.update(_pid=None, _ds=None)
+        return state
 
     def __len__(self) -> int:
         return len(self._dataset())
@@ -201,14 +226,40 @@ class FractalDB:
         share cloud ``k``."""
         return self._dataset().per_cloud
 
-    def __getitem__(self, i: int) -> Tuple[np.ndarray, int]:
+    @property
+    def classes(self) -> List[str]:
+        """Class names by label index (torchvision's name; ``class_names`` too)."""
+        return list(self._dataset().class_names)
+
+    @property
+    def class_to_idx(self) -> dict:
+        """Class name -> label index, as torchvision's datasets have it."""
+        return {c: i for i, c in enumerate(self.classes)}
+
+    def _pil(self, image: np.ndarray):
+        """A sample's array as a PIL image (mode ``L`` for one channel, ``RGB`` for three)."""
+        from PIL import Image
+
+        return Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+
+    def __getitem__(self, i):
+        """Sample ``i`` (negative counts from the end; a slice gives a list), through
+        ``transform`` (a PIL image) and ``target_transform`` when set."""
         n = len(self)
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(n))]
+        i = operator.index(i)
         if i < 0:
             i += n
         if not 0 <= i < n:
             raise IndexError(f"sample index out of range for a dataset of {n}")
-        return self.sample(i)
+        image, label = self.sample(i)
+        if self.target_transform is not None:
+            label = self.target_transform(label)
+        if self.transform is not None:
+            return self.transform(self._pil(image)), label
+        return image, label
 
     def __iter__(self) -> Iterable[Tuple[np.ndarray, int]]:
         for i in range(len(self)):
-            yield self.sample(i)
+            yield self[i]

@@ -1,10 +1,12 @@
-"""FractalDB on the fly in a PyTorch ``DataLoader``: no files, the original's exact images.
+"""FractalDB on the fly in a PyTorch ``DataLoader``: no files, the original's exact images, batches as
+mixed as a shuffled dataset's.
 
 ::
 
+    import torch
     from fractaldb.torch import FractalDBIterable
-    ds = FractalDBIterable("data/csv_rate0.2_category1000", instances=10, shuffle_buffer=256)
-    loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=8)
+    ds = FractalDBIterable("data/csv_rate0.2_category1000", instances=10, batch_size=256)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=8, persistent_workers=True)
     for epoch in range(90):
         ds.set_epoch(epoch)
         for images, labels in loader: ...
@@ -16,9 +18,9 @@ from __future__ import annotations
 import math
 import os
 import random
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-from typing import Callable, Iterator, Optional, Tuple
 
 try:
     import torch
@@ -28,7 +30,13 @@ except ImportError as e:  # pragma: no cover - exercised only without torch
 
 from . import FractalDB
 
-__all__ = ["FractalDBIterable", "rank_and_world"]
+__all__ = ["FractalDBIterable", "rank_and_world", "mixed_order", "stretch", "batches_per_rank", "OPEN_CLOUDS"]
+
+#: Clouds a worker holds open at once (the default of ``open_clouds``). A batch of 256 drawn from
+#: 512 open clouds picked at random holds ~200 clouds, ~184 distinct classes at FractalDB-1k
+#: proportions (a uniform shuffle: ~226); an open cloud of a patch draw type is its cover
+#: (4 bytes per pixel: 512 KiB at 362x362), so ~256 MB per worker.
+OPEN_CLOUDS = 512
 
 
 def rank_and_world() -> Tuple[int, int]:
@@ -41,46 +49,158 @@ def rank_and_world() -> Tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-class FractalDBIterable(IterableDataset):
-    """All samples of a FractalDB plan, each epoch, computed on the fly: each point cloud once per
-    epoch and rank (its images are yielded together through the shuffle buffer), split over DDP
-    ranks and DataLoader workers.
+def mixed_order(
+    ids: Sequence[int], per_cloud: int, open_clouds: int, rng: random.Random, together: int = 1
+) -> Iterator[Tuple[str, int]]:
+    """The order a worker draws its samples in, as events: ``("open", k)`` (compute cloud ``k`` and
+    hold it), ``("sample", i)``, ``("close", k)``.
 
-    Order: the clouds (class x weight row) in a seeded order per epoch (``seed``, ``epoch``); each
-    rank takes a contiguous stretch of that sequence of samples, each worker a contiguous stretch
-    of its rank's, so a cloud is computed by one worker (two where a stretch boundary cuts it).
+    ``ids`` is the worker's stretch of the epoch's sequence (clouds in a seeded order, each cloud's
+    samples together). Up to ``open_clouds`` clouds are open; each sample comes from an open cloud
+    picked uniformly at random (its samples in a random order), and a cloud that runs out is closed
+    and replaced by the next one, so every cloud is computed once per stretch. A random pick, not a
+    round-robin: consecutive batches do not repeat the same clouds in the same pattern.
+
+    ``together``: ids ``i`` with the same ``i // together`` (an instance's flips) stay consecutive in
+    their cloud's order, so its canvas is drawn once; they reach the batches ~``open_clouds``
+    samples apart all the same.
+    """
+    runs: List[Tuple[int, List[int]]] = []
+    for i in ids:
+        k = i // per_cloud
+        if runs and runs[-1][0] == k:
+            runs[-1][1].append(i)
+        else:
+            runs.append((k, [i]))
+    pending = iter(runs)
+    held: Dict[int, int] = {}  # cloud -> open runs (padding can repeat a cloud)
+    slots: List[Tuple[int, List[int]]] = []
+
+    def take():
+        k, members = next(pending)
+        groups: Dict[int, List[int]] = {}
+        for i in members:
+            groups.setdefault(i // together, []).append(i)
+        chunks = list(groups.values())
+        rng.shuffle(chunks)
+        members = [i for chunk in chunks for i in chunk]
+        first = k not in held
+        held[k] = held.get(k, 0) + 1
+        return k, members, first
+
+    for _ in range(min(max(1, open_clouds), len(runs))):
+        k, members, first = take()
+        if first:
+            yield ("open", k)
+        slots.append((k, members))
+    while slots:
+        j = rng.randrange(len(slots))
+        k, members = slots[j]
+        yield ("sample", members.pop())
+        if members:
+            continue
+        held[k] -= 1
+        if not held[k]:
+            del held[k]
+            yield ("close", k)
+        try:
+            nk, nmembers, first = take()
+        except StopIteration:
+            slots[j] = slots[-1]
+            slots.pop()
+            continue
+        if first:
+            yield ("open", nk)
+        slots[j] = (nk, nmembers)
+
+
+def batches_per_rank(total: int, world: int, batch_size: int, drop_last: bool) -> int:
+    """Batches (samples when ``batch_size`` is 1) each rank yields per epoch: ``ceil(total / world)``
+    samples each (padded), in batches of ``batch_size``, the last partial one dropped or not."""
+    n = math.ceil(total / world)
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+
+def stretch(
+    total: int,
+    per_cloud: int,
+    seed: int,
+    epoch: int,
+    rank_world: Tuple[int, int],
+    worker_workers: Tuple[int, int],
+    batch_size: int = 1,
+    drop_last: bool = False,
+) -> List[int]:
+    """A worker's sample ids of an epoch, before mixing: the epoch's sequence (clouds in a seeded
+    order, each cloud's samples together), padded to equal ranks, this rank's contiguous part cut
+    into whole batches, and this worker's contiguous run of those batches."""
+    (rank, world), (worker, workers) = rank_world, worker_workers
+    clouds = list(range(total // per_cloud))
+    random.Random(f"{seed}/{epoch}").shuffle(clouds)
+    order = [c * per_cloud + j for c in clouds for j in range(per_cloud)]
+    per_rank = math.ceil(total / world)
+    padded = order + order[: per_rank * world - len(order)]
+    mine = padded[rank * per_rank:(rank + 1) * per_rank]
+    nb = batches_per_rank(total, world, batch_size, drop_last)
+    a, b = nb * worker // workers, nb * (worker + 1) // workers
+    return mine[: nb * batch_size][a * batch_size:b * batch_size]
+
+
+class FractalDBIterable(IterableDataset):
+    """All samples of a FractalDB plan, each epoch, computed on the fly and mixed like a shuffled
+    dataset, split over DDP ranks and DataLoader workers.
+
+    Order: the clouds (class x weight row) in a seeded order per epoch (``seed``, epoch); the ranks
+    take contiguous stretches of that sequence of samples, and each rank's stretch is cut into
+    whole batches (``batch_size``, 1 in sample mode) dealt to the workers as contiguous runs of
+    batches. A worker holds up to ``open_clouds`` clouds open and draws each sample from one of
+    them picked at random (:func:`mixed_order`): each cloud is computed once per epoch (twice where
+    a stretch boundary cuts it: at most ranks x workers extra clouds). See docs/python.md for how
+    the mixing degrades with more ranks x workers.
 
     Equal counts: every rank yields ``ceil(N / world)`` samples per epoch (DDP hangs when ranks
     step different numbers of batches). When N is not a multiple of the world size, the epoch's
     order is padded by repeating its first samples (as ``DistributedSampler(drop_last=False)``), so a
     few samples appear twice in that epoch; with one rank every sample appears exactly once.
+    ``drop_last=True`` (batch mode) drops each rank's last partial batch instead.
 
-    Shuffle buffer: samples pass through a buffer of ``shuffle_buffer`` images per worker, from
-    which a random one is yielded as each new one arrives; its memory is ``shuffle_buffer`` x H x W
-    x 3 bytes per worker (256 at 362x362: about 100 MB). 0 or 1 disables it (the plan's order).
+    ``len()``: samples per rank in sample mode; in batch mode the number of batches the
+    ``DataLoader(batch_size=None)`` yields, whatever the worker count (only the rank's last batch
+    can be partial).
 
     ``set_epoch(e)``: the instances of epoch ``e`` (e = 0: the images ``render`` writes; others:
-    fresh patch masks from the instance key, as ``render --epoch e``) and the epoch's order.
+    fresh patch masks from the instance key, as ``render --epoch e``) and the epoch's order. The
+    epoch lives in shared memory, so ``persistent_workers=True`` workers see it.
 
-    Yields ``(image, label)``: an H x W x 3 uint8 tensor (or ``transform(image array)``) and the
-    class index. Other keyword arguments are :class:`fractaldb.FractalDB`'s. ``rank`` and
-    ``world_size`` override :func:`rank_and_world`.
+    Yields ``(image, label)``: an H x W x 3 uint8 tensor, or in sample mode
+    ``transform(PIL image)`` and ``target_transform(label)``; in batch mode ``(images, labels)``
+    tensors of ``batch_size`` (gray draw types cross the workers' shared memory as one channel and
+    are expanded to RGB without a copy). Other keyword arguments are
+    :class:`fractaldb.FractalDB`'s. ``rank`` and ``world_size`` override :func:`rank_and_world`.
     """
 
     def __init__(
         self,
         classes,
         *,
-        shuffle_buffer: int = 256,
+        open_clouds: int = OPEN_CLOUDS,
         epoch: int = 0,
         seed: int = 0,
         transform: Optional[Callable] = None,
+        target_transform: Optional[Callable] = None,
         batch_size: Optional[int] = None,
+        drop_last: bool = False,
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
         **fractaldb_kwargs,
     ) -> None:
         super().__init__()
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if batch_size is not None and (transform is not None or target_transform is not None):
+            raise ValueError("batch mode (batch_size=...) draws straight into batch tensors: no transform")
+        if open_clouds < 1:
+            raise ValueError(f"open_clouds must be at least 1, got {open_clouds}")
         fractaldb_kwargs.setdefault("seed", seed)
         # Gray draw modes have three equal channels: drawn as one and expanded to RGB (a stride-0
         # view), so a third of the bytes cross the workers' shared memory.
@@ -89,123 +209,113 @@ class FractalDBIterable(IterableDataset):
         if self._expand:
             fractaldb_kwargs["png_gray"] = True
         self.dataset = FractalDB(classes, **fractaldb_kwargs)
-        self.shuffle_buffer = shuffle_buffer
-        self.epoch = epoch
+        self.open_clouds = open_clouds
+        self._epoch = torch.tensor([epoch], dtype=torch.int64).share_memory_()
         self.seed = seed
         self.transform = transform
+        self.target_transform = target_transform
         self.batch_size = batch_size
-        if batch_size is not None and (batch_size < 1 or transform is not None):
-            raise ValueError("batch_size must be at least 1, and cannot be combined with transform")
+        self.drop_last = drop_last
         self.rank = rank
         self.world_size = world_size
         self._total = len(self.dataset)
         self._per_cloud = self.dataset.per_cloud
+        # Samples per instance (its flips: consecutive ids), kept together in a cloud's order.
+        first = self.dataset.key(0)[2]
+        self._flips = sum(1 for j in range(self._per_cloud) if self.dataset.key(j)[2] == first)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch[0] = epoch
+
+    @property
+    def classes(self) -> List[str]:
+        return self.dataset.classes
+
+    @property
+    def class_to_idx(self) -> Dict[str, int]:
+        return self.dataset.class_to_idx
 
     def _rank_world(self) -> Tuple[int, int]:
         r, w = rank_and_world()
         return (self.rank if self.rank is not None else r, self.world_size or w)
 
+    def _batches_per_rank(self) -> int:
+        return batches_per_rank(self._total, self._rank_world()[1], self.batch_size or 1, self.drop_last)
+
     def __len__(self) -> int:
-        return math.ceil(self._total / self._rank_world()[1])
+        return self._batches_per_rank()
 
-    def _order(self) -> list:
-        """The epoch's sample ids: clouds in a seeded order, each cloud's samples together."""
-        clouds = list(range(self._total // self._per_cloud))
-        random.Random(f"{self.seed}/{self.epoch}").shuffle(clouds)
-        k = self._per_cloud
-        return [c * k + j for c in clouds for j in range(k)]
-
-    def _mine(self) -> list:
-        """This rank's and worker's sample ids of the epoch, in order."""
+    def _mine(self, epoch: int, worker: int, workers: int) -> list:
         rank, world = self._rank_world()
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        order = self._order()
-        per_rank = math.ceil(self._total / world)
-        padded = order + order[: per_rank * world - len(order)]
-        mine = padded[rank * per_rank:(rank + 1) * per_rank]
-        a = len(mine) * worker // workers
-        b = len(mine) * (worker + 1) // workers
-        return mine[a:b], random.Random(f"{self.seed}/{self.epoch}/{rank}/{worker}")
+        return stretch(
+            self._total, self._per_cloud, self.seed, epoch, (rank, world), (worker, workers),
+            self.batch_size or 1, self.drop_last,
+        )
 
     def __iter__(self) -> Iterator:
-        ids, rng = self._mine()
-        if self.batch_size is not None:
-            yield from self._batches(ids, rng)
-            return
-        buf: list = []
-        for i in ids:
-            item = self._item(i)
-            if self.shuffle_buffer <= 1:
-                yield item
-                continue
-            if len(buf) < self.shuffle_buffer:
-                buf.append(item)
-                continue
-            j = rng.randrange(len(buf))
-            buf[j], item = item, buf[j]
-            yield item
-        rng.shuffle(buf)
-        yield from buf
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        epoch = self.epoch
+        rank = self._rank_world()[0]
+        rng = random.Random(f"{self.seed}/{epoch}/{rank}/{worker}")
+        events = mixed_order(
+            self._mine(epoch, worker, workers), self._per_cloud, self.open_clouds, rng, self._flips
+        )
+        ds = self.dataset._dataset()
+        try:
+            if self.batch_size is not None:
+                yield from self._batches(ds, events, epoch)
+            else:
+                yield from self._samples(ds, events, epoch)
+        finally:
+            # An epoch left early (break, an error) lets its clouds go too.
+            ds.close_clouds()
 
-    def _batches(self, ids: list, rng: random.Random) -> Iterator:
-        """Whole batches drawn straight into shared-memory tensors: the same samples, in the same
-        shuffled order as sample mode, without per-sample tensors or a collate copy."""
-        ds, bs = self.dataset, self.batch_size
-        shape = ds.shape
-        slots = max(1, self.shuffle_buffer)
-        pool = np.empty((min(slots, max(1, len(ids))),) + shape, dtype=np.uint8)
-        pool_labels = [0] * len(pool)
-        filled = 0
+    def _samples(self, ds, events, epoch: int) -> Iterator:
+        for what, n in events:
+            if what == "open":
+                ds.open_cloud(n)
+            elif what == "close":
+                ds.close_cloud(n)
+            else:
+                data, label = ds.sample(n, epoch)
+                image = np.frombuffer(data, dtype=np.uint8).reshape(ds.shape)
+                if self.target_transform is not None:
+                    label = self.target_transform(label)
+                if self.transform is not None:
+                    yield self.transform(self.dataset._pil(image)), label
+                else:
+                    yield torch.from_numpy(image), label
+
+    def _batches(self, ds, events, epoch: int) -> Iterator:
+        """Whole batches drawn straight into shared-memory tensors: no per-sample tensors, no
+        collate copy."""
+        bs, shape = self.batch_size, ds.shape
         images = labels = None
         k = 0
-
-        def emit(src_slot):
-            nonlocal images, labels, k
+        for what, n in events:
+            if what == "open":
+                ds.open_cloud(n)
+                continue
+            if what == "close":
+                ds.close_cloud(n)
+                continue
             if images is None:
                 images = torch.empty((bs,) + shape, dtype=torch.uint8).share_memory_()
                 labels = torch.empty(bs, dtype=torch.int64)
-            images.numpy()[k] = pool[src_slot]
-            labels[k] = pool_labels[src_slot]
+                rows = images.numpy()
+            labels[k] = ds._sample_into(n, rows[k], epoch)
             k += 1
             if k == bs:
-                out = (self._rgb(images), labels)
+                yield self._rgb(images), labels
                 images = labels = None
                 k = 0
-                return out
-            return None
-
-        for i in ids:
-            if slots <= 1:
-                pool_labels[0] = ds.sample_into(i, pool[0], self.epoch)
-                out = emit(0)
-            elif filled < len(pool):
-                pool_labels[filled] = ds.sample_into(i, pool[filled], self.epoch)
-                filled += 1
-                continue
-            else:
-                j = rng.randrange(len(pool))
-                out = emit(j)
-                pool_labels[j] = ds.sample_into(i, pool[j], self.epoch)
-            if out is not None:
-                yield out
-        rest = list(range(filled)) if slots > 1 else []
-        rng.shuffle(rest)
-        for j in rest:
-            out = emit(j)
-            if out is not None:
-                yield out
         if k:
             yield self._rgb(images[:k]), labels[:k]
 
     def _rgb(self, images):
         return images.expand(*images.shape[:3], 3) if self._expand else images
-
-    def _item(self, i: int):
-        image, label = self.dataset.sample(i, self.epoch)
-        if self.transform is not None:
-            return self.transform(image), label
-        return torch.from_numpy(image), label

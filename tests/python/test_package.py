@@ -88,7 +88,7 @@ def test_dataloader_with_two_workers_yields_every_sample_once(tmp_path, binary, 
     torch = pytest.importorskip("torch", reason="pip install torch")  # CI installs it
     from fractaldb.torch import FractalDBIterable
 
-    ds = FractalDBIterable(classes, shuffle_buffer=32, **SMALL)
+    ds = FractalDBIterable(classes, **SMALL)
     loader = torch.utils.data.DataLoader(ds, batch_size=16, num_workers=2)
     got, labels = [], []
     for x, y in loader:
@@ -97,7 +97,7 @@ def test_dataloader_with_two_workers_yields_every_sample_once(tmp_path, binary, 
     assert len(got) == len(ds) == 400
     assert sorted(got) == rendered(tmp_path, binary, classes)
     assert sorted(set(labels)) == [0, 1]
-    # The shuffle buffer mixes: the first 16 are not the plan's first 16.
+    # The open clouds mix: the first 16 are not the plan's first 16.
     first = [digest(fractaldb.FractalDB(classes, **SMALL).sample(i)[0]) for i in range(16)]
     assert got[:16] != first
 
@@ -106,10 +106,10 @@ def test_batch_mode_yields_the_same_samples_in_the_same_order(classes):
     torch = pytest.importorskip("torch", reason="pip install torch")
     from fractaldb.torch import FractalDBIterable
 
-    one_gray = [digest(im.numpy()) for im, _ in FractalDBIterable(classes, shuffle_buffer=48, **SMALL)]
-    for draw_type in ("patch_gray", "patch_color"):
-        one = [digest(im.numpy()) for im, _ in FractalDBIterable(classes, draw_type=draw_type, shuffle_buffer=48, **SMALL)]
-        batched = FractalDBIterable(classes, draw_type=draw_type, shuffle_buffer=48, batch_size=64, **SMALL)
+    one_gray = [digest(im.numpy()) for im, _ in FractalDBIterable(classes, open_clouds=12, **SMALL)]
+    for draw_type in ("patch_gray", "patch_color", "point_gray"):
+        one = [digest(im.numpy()) for im, _ in FractalDBIterable(classes, draw_type=draw_type, open_clouds=12, **SMALL)]
+        batched = FractalDBIterable(classes, draw_type=draw_type, open_clouds=12, batch_size=64, **SMALL)
         loader = torch.utils.data.DataLoader(batched, batch_size=None, num_workers=0)
         got, sizes = [], []
         for images, labels in loader:
@@ -117,10 +117,10 @@ def test_batch_mode_yields_the_same_samples_in_the_same_order(classes):
             sizes.append(len(labels))
             got += [digest(im.contiguous().numpy()) for im in images]
         assert got == one, draw_type
-        assert sizes == [64] * 6 + [16]
+        assert sum(sizes) == len(one) and set(sizes[:-1]) == {64}, sizes
     # Two workers: batches cross shared memory (gray ones as one channel, expanded to RGB).
     loader = torch.utils.data.DataLoader(
-        FractalDBIterable(classes, shuffle_buffer=48, batch_size=64, **SMALL), batch_size=None, num_workers=2
+        FractalDBIterable(classes, open_clouds=12, batch_size=64, **SMALL), batch_size=None, num_workers=2
     )
     got = sorted(digest(im.contiguous().numpy()) for images, _ in loader for im in images)
     assert got == sorted(one_gray)
@@ -137,7 +137,7 @@ def test_ranks_split_disjointly_with_equal_counts(tmp_path, binary, classes):
     assert not set(parts[0]) & set(parts[1])
     assert sorted(parts[0] + parts[1]) == rendered(tmp_path, binary, classes)
     # 3 ranks: 400 samples do not split evenly; every rank still yields ceil(400 / 3).
-    counts = [len(list(FractalDBIterable(classes, rank=r, world_size=3, shuffle_buffer=0, **SMALL))) for r in range(3)]
+    counts = [len(list(FractalDBIterable(classes, rank=r, world_size=3, **SMALL))) for r in range(3)]
     assert counts == [134, 134, 134]
 
 
@@ -145,7 +145,7 @@ def test_set_epoch_draws_the_renders_epoch(tmp_path, binary, classes):
     pytest.importorskip("torch", reason="pip install torch")
     from fractaldb.torch import FractalDBIterable
 
-    ds = FractalDBIterable(classes, shuffle_buffer=0, **SMALL)
+    ds = FractalDBIterable(classes, **SMALL)
     ds.set_epoch(3)
     got = sorted(digest(im.numpy()) for im, _ in ds)
     assert got == rendered(tmp_path, binary, classes, "--epoch", "3")
@@ -331,6 +331,31 @@ def test_console_script_is_the_binarys_command_line(tmp_path, binary):
         assert open(tmp_path / "py" / f, "rb").read() == open(tmp_path / "bin" / f, "rb").read(), f
     r = subprocess.run([script, "render", "--image-size-x", "0"], capture_output=True, text=True)
     assert r.returncode != 0 and "--image-size" in r.stderr
+    # Ordinary mistakes read as the binary's: its message, its exit code, no Python traceback.
+    for argv in (["render", "--load-root", str(tmp_path / "nope")], ["render", "--instanse", "3"]):
+        py = subprocess.run([script, *argv], capture_output=True, text=True)
+        rs = subprocess.run([binary, *argv], capture_output=True, text=True)
+        assert (py.returncode, py.stderr) == (rs.returncode, rs.stderr), (py.stderr, rs.stderr)
+        assert py.returncode != 0 and "Traceback" not in py.stderr
+    with open("/dev/full", "w") as full:
+        assert subprocess.run([script, "--help"], stdout=full, stderr=subprocess.PIPE).returncode == 1
+
+
+def test_version_types_and_messages_inside_exceptions(tmp_path, binary, classes):
+    import importlib.resources
+
+    assert fractaldb.__version__ == run(binary, "--version").stdout.split()[-1]
+    assert importlib.resources.files("fractaldb").joinpath("py.typed").is_file()
+    with pytest.raises(ValueError, match="unexpected argument '--instanse'"):
+        fractaldb.render(classes, tmp_path / "o", instanse=3)
+    with pytest.raises(TypeError):
+        fractaldb.FractalDB(classes, instanse=3)
+    # Used to run a 1,000-class search, write it, then raise FileNotFoundError.
+    with pytest.raises(TypeError, match="categories"):
+        fractaldb.search(categories=None, out=tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(ValueError, match="categories"):
+        fractaldb.search(categories=0, out=tmp_path / "s")
 
 
 def test_the_docs_pretraining_snippet_runs(classes):
@@ -351,3 +376,123 @@ def test_the_docs_pretraining_snippet_runs(classes):
     scope = {}
     exec(compile(code, "docs/python.md", "exec"), scope)
     assert scope["epoch"] == 1 and scope["step"] == 2
+
+
+def test_the_order_at_fractaldb_1k_proportions_mixes_batches_like_a_shuffle():
+    """The on-the-fly order alone (sample ids, no pixels) at FractalDB-1k's proportions (1,000
+    classes x 25 weight rows x 10 instances x 4 flips) with 8 workers and the production rule
+    (OPEN_CLOUDS open clouds, a random pick among them): every sample once, each cloud computed
+    once (plus at most one cut per worker boundary), and batches of 256 holding >= 180 distinct
+    classes on average (a uniform shuffle: ~226; the old 256-image buffer: ~27)."""
+    import random
+    import statistics
+
+    pytest.importorskip("torch", reason="pip install torch")
+    from fractaldb.torch import OPEN_CLOUDS, mixed_order, stretch
+
+    total, per_cloud, per_class, workers, bs = 1_000_000, 40, 1000, 8, 256
+    seen = bytearray(total)
+    distinct, opens, spreads = [], 0, []
+    for w in range(workers):
+        ids = stretch(total, per_cloud, 0, 0, (0, 1), (w, workers), bs)
+        batch, first, last, n = [], {}, {}, 0
+        for what, x in mixed_order(ids, per_cloud, OPEN_CLOUDS, random.Random(f"0/0/0/{w}"), 4):
+            if what == "open":
+                opens += 1
+            if what != "sample":
+                continue
+            seen[x] += 1
+            first.setdefault(x // per_cloud, n)
+            last[x // per_cloud] = n
+            n += 1
+            batch.append(x // per_class)
+            if len(batch) == bs:
+                distinct.append(len(set(batch)))
+                batch = []
+        spreads += [(last[c] - first[c]) // bs for c in last]
+    assert min(seen) == max(seen) == 1
+    assert total // per_cloud <= opens <= total // per_cloud + workers - 1
+    mean = statistics.mean(distinct)
+    print(f"distinct classes per batch of 256: mean {mean:.1f}; a cloud's spread: median "
+          f"{statistics.median(spreads)} batches of a worker's {len(distinct) // workers}")
+    assert mean >= 180, mean
+
+
+def test_the_loader_yields_the_rules_order_and_len_is_its_batch_count(classes):
+    """End to end with pixels: a worker yields exactly ``sample(i)`` for the ids of the rule
+    (``stretch`` + ``mixed_order``), and ``len(loader)`` is the number of batches yielded for any
+    worker count, with and without ``drop_last``."""
+    import random
+
+    torch = pytest.importorskip("torch", reason="pip install torch")
+    from fractaldb.torch import FractalDBIterable, mixed_order, stretch
+
+    plain = fractaldb.FractalDB(classes, **SMALL)
+    ds = FractalDBIterable(classes, open_clouds=5, batch_size=64, **SMALL)
+    ids = stretch(len(plain), plain.per_cloud, 0, 0, (0, 1), (0, 1), 64)
+    events = mixed_order(ids, plain.per_cloud, 5, random.Random("0/0/0/0"), 4)
+    want = [i for what, i in events if what == "sample"]
+    got = [(digest(im[:, :, :1].contiguous().numpy()), int(y)) for images, labels in ds for im, y in zip(images, labels)]
+    gray = fractaldb.FractalDB(classes, png_gray=True, **SMALL)
+    assert got == [(digest(gray.sample(i)[0]), plain.key(i)[0]) for i in want]
+    for workers in (0, 1, 3):
+        for drop_last in (False, True):
+            it = FractalDBIterable(classes, batch_size=64, drop_last=drop_last, **SMALL)
+            loader = torch.utils.data.DataLoader(it, batch_size=None, num_workers=workers)
+            sizes = [len(y) for _, y in loader]
+            assert len(loader) == len(sizes) == (6 if drop_last else 7), (workers, drop_last, sizes)
+            assert sizes.count(64) == 6
+
+
+def test_persistent_workers_see_set_epoch(tmp_path, binary, classes):
+    torch = pytest.importorskip("torch", reason="pip install torch")
+    from fractaldb.torch import FractalDBIterable
+
+    ds = FractalDBIterable(classes, batch_size=50, **SMALL)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+    epochs = []
+    for e in (0, 3):
+        ds.set_epoch(e)
+        epochs.append(sorted(digest(im.contiguous().numpy()) for images, _ in loader for im in images))
+    assert epochs[0] == rendered(tmp_path / "e0", binary, classes)
+    assert epochs[1] == rendered(tmp_path / "e3", binary, classes, "--epoch", "3")
+    # The dataset pickles: spawned workers (a fresh interpreter each) draw the same samples.
+    ds.set_epoch(0)
+    spawned = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn")
+    assert sorted(digest(im.contiguous().numpy()) for images, _ in spawned for im in images) == epochs[0]
+
+
+def test_torchvision_transforms_get_pil_images_and_torch_conventions_hold(classes):
+    pytest.importorskip("torch", reason="pip install torch")
+    transforms = pytest.importorskip("torchvision.transforms")
+    from fractaldb.torch import FractalDBIterable
+
+    crop = transforms.Compose([transforms.RandomCrop(32), transforms.ToTensor()])
+    ds = fractaldb.FractalDB(classes, transform=crop, target_transform=lambda y: y + 100, **SMALL)
+    x, y = ds[5]
+    assert tuple(x.shape) == (3, 32, 32) and y == 100 + fractaldb.FractalDB(classes, **SMALL).key(5)[0]
+    assert ds.classes == ["00000", "00001"] and ds.class_to_idx == {"00000": 0, "00001": 1}
+    assert [label for _, label in ds[2:6:2]] == [ds[2][1], ds[4][1]]
+    assert len(ds[-3:]) == 3
+    it = FractalDBIterable(classes, transform=crop, **SMALL)
+    x, _ = next(iter(it))
+    assert tuple(x.shape) == (3, 32, 32)
+    assert it.classes == ds.classes
+    with pytest.raises(ValueError, match="no transform"):
+        FractalDBIterable(classes, transform=crop, batch_size=8, **SMALL)
+
+
+def test_the_readme_python_snippet_runs(classes):
+    """README's Python block as written (imports included), on two classes and in-process workers."""
+    pytest.importorskip("torch", reason="pip install torch")
+    import re
+
+    readme = open(os.path.join(os.path.dirname(__file__), "../../README.md")).read()
+    block = readme.split("<!-- The block below is run by tests/python/test_package.py. -->")[1]
+    code = re.search(r"```python\n(.*?)```", block, re.S).group(1)
+    for old, new in (('"data/csv_rate0.2_category1000"', repr(str(classes))), ("num_workers=8", "num_workers=0")):
+        assert old in code, old
+        code = code.replace(old, new)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert tuple(scope["images"].shape) == (256, 362, 362, 3) and len(scope["labels"]) == 256
