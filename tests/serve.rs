@@ -857,17 +857,26 @@ fn random_requests_with_a_small_cache_get_a_correct_shard_or_a_4xx() {
                         p.method, p.path, p.range
                     );
                     let body = std::fs::read(&got).unwrap_or_default();
-                    match &p.want {
-                        Some(bytes) => {
+                    match (&p.want, &p.range) {
+                        // HEAD ignores Range (RFC 9110): the whole shard's length.
+                        (Some(bytes), _) if p.method == "HEAD" => {
                             assert_eq!(code, 200, "{what}");
-                            if p.method == "HEAD" {
-                                let len = format!("content-length: {}", bytes.len());
-                                assert!(head.to_ascii_lowercase().contains(&len), "{what}");
-                            } else {
-                                assert!(body == *bytes, "wrong bytes: {what}");
-                            }
+                            let len = format!("content-length: {}", bytes.len());
+                            assert!(head.to_ascii_lowercase().contains(&len), "{what}");
                         }
-                        None => assert!((400..500).contains(&code), "{what}"),
+                        (Some(bytes), None) => {
+                            assert_eq!(code, 200, "{what}");
+                            assert!(body == *bytes, "wrong bytes: {what}");
+                        }
+                        // The probes' ranges are `bytes=A-B` with A < 100 <= B: always satisfiable.
+                        (Some(bytes), Some(r)) => {
+                            assert_eq!(code, 206, "{what}");
+                            let (a, b) = r["bytes=".len()..].split_once('-').unwrap();
+                            let a: usize = a.parse().unwrap();
+                            let b = (b.parse::<usize>().unwrap() + 1).min(bytes.len());
+                            assert!(body == bytes[a..b], "wrong part: {what}");
+                        }
+                        (None, _) => assert!((400..500).contains(&code), "{what}"),
                     }
                 }
             });
@@ -879,5 +888,68 @@ fn random_requests_with_a_small_cache_get_a_correct_shard_or_a_4xx() {
     let (code, _) = curl(&format!("{}/fractaldb-000000.tar", srv.base), &got, &[]);
     assert_eq!(code, 200);
     assert!(std::fs::read(&got).unwrap() == refs[0].1[0]);
+    assert_eq!(srv.stop(), Some(0));
+}
+
+/// What HTTP clients (fsspec, browsers, caches) rely on: Range gets 206 with Content-Range (416
+/// past the end, the whole shard for several ranges), If-None-Match with the shard's ETag gets
+/// 304 and no body, HEAD the length and Accept-Ranges. curl is the client.
+#[test]
+fn ranges_etags_and_head_answer_as_http_clients_expect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00040", "00041"]);
+    let disk = tmp.path().join("disk");
+    render_wds(&classes, &disk, &SMALL);
+    let want = std::fs::read(&shard_files(&disk)[0]).unwrap();
+    let srv = Server::start(&classes, &[&SMALL[..], &["--backend", "cpu"]].concat());
+    let url = format!("{}/fractaldb-000000.tar", srv.base);
+    let got = tmp.path().join("got");
+    let body = || std::fs::read(&got).unwrap_or_default();
+    let header = |head: &str, name: &str| {
+        head.lines()
+            .find(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
+            .map(|l| l.split_once(':').unwrap().1.trim().to_string())
+    };
+    let (code, head) = curl(&url, &got, &[]);
+    assert_eq!(code, 200);
+    assert!(body() == want);
+    assert_eq!(header(&head, "accept-ranges").as_deref(), Some("bytes"));
+    let etag = header(&head, "etag").expect("an ETag");
+    // (curl leaves its output file alone when there is no body.)
+    std::fs::remove_file(&got).unwrap();
+    let (code, head) = curl(&url, &got, &["-H", &format!("If-None-Match: {etag}")]);
+    assert_eq!(code, 304, "{head}");
+    assert!(body().is_empty());
+    let (code, _) = curl(&url, &got, &["-H", "If-None-Match: \"other\""]);
+    assert_eq!(code, 200);
+    assert!(body() == want);
+    let (code, head) = curl(&url, &got, &["-r", "10-99"]);
+    assert_eq!(code, 206, "{head}");
+    assert!(body() == want[10..100]);
+    let span = format!("bytes 10-99/{}", want.len());
+    assert_eq!(header(&head, "content-range"), Some(span));
+    let (code, head) = curl(&url, &got, &["-r", "-100"]);
+    assert_eq!(code, 206, "{head}");
+    assert!(body() == want[want.len() - 100..]);
+    let (code, head) = curl(&url, &got, &["-r", &format!("{}-", want.len())]);
+    assert_eq!(code, 416, "{head}");
+    let span = format!("bytes */{}", want.len());
+    assert_eq!(header(&head, "content-range"), Some(span));
+    let (code, _) = curl(&url, &got, &["-r", "0-1,5-9"]);
+    assert_eq!(code, 200);
+    assert!(body() == want);
+    // If-Range with another tag: the whole shard, as the range might be of other bytes.
+    let (code, _) = curl(&url, &got, &["-r", "0-9", "-H", "If-Range: \"other\""]);
+    assert_eq!(code, 200);
+    assert!(body() == want);
+    let out = Command::new("curl")
+        .args(["-s", "-I", &url])
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        header(&head, "content-length"),
+        Some(want.len().to_string())
+    );
     assert_eq!(srv.stop(), Some(0));
 }

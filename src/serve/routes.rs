@@ -246,113 +246,246 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Body>) -> Response<Body>
             json(&wds::wids_index(&st.prefix, list))
         }
         Resource::Shard { epoch, shard } => {
-            if let Some(why) = st.dataset.epoch_refusal(epoch) {
-                return text(StatusCode::BAD_REQUEST, why);
-            }
-            let permit = match st.clients.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    st.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-                    let mut r = text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "too many clients: retry shortly".into(),
-                    );
-                    r.headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                    return r;
-                }
-            };
-            let mut builder = Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "application/x-tar")
-                .header(header::ETAG, st.etag(epoch, shard));
-            // A cache full of shards being rendered or read: this new group waits (visible in
-            // /metrics), holding its client slot.
-            let stream = loop {
-                if let Some(why) = st.failed.get() {
-                    return text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("the render stage failed: {why}"),
-                    );
-                }
-                if let Some((s, _hit)) = st.shard(epoch, shard) {
-                    break s;
-                }
-                st.metrics.waiting.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                st.metrics.waiting.fetch_sub(1, Ordering::Relaxed);
-            };
-            if head {
-                // HEAD answers what GET would: the shard's length, once it is known.
-                let mut rx = stream.progress.subscribe();
-                while !rx.borrow_and_update().1 {
-                    if let Some(why) = st.failed.get() {
-                        return text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("the render stage failed: {why}"),
-                        );
-                    }
-                    if rx.changed().await.is_err() {
-                        break;
-                    }
-                }
-                let len = stream.data.lock().unwrap().len();
-                drop(permit);
-                return builder
-                    .header(header::CONTENT_LENGTH, len)
-                    .body(Body::empty())
-                    .unwrap();
-            }
-            if stream.done() {
-                let len = stream.data.lock().unwrap().len();
-                builder = builder.header(header::CONTENT_LENGTH, len);
-            }
-            st.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-            let guard = InFlight(st.clone(), Some(permit));
-            let rx = stream.progress.subscribe();
-            let body = futures_util::stream::unfold(
-                (stream, rx, 0usize, guard),
-                |(stream, mut rx, off, guard)| async move {
-                    loop {
-                        let (len, done) = *rx.borrow_and_update();
-                        if off < len {
-                            let end = len.min(off + (1 << 20));
-                            let chunk = axum::body::Bytes::copy_from_slice(
-                                &stream.data.lock().unwrap()[off..end],
-                            );
-                            guard
-                                .0
-                                .metrics
-                                .bytes_sent
-                                .fetch_add((end - off) as u64, Ordering::Relaxed);
-                            return Some((
-                                Ok::<_, std::io::Error>(chunk),
-                                (stream, rx, end, guard),
-                            ));
-                        }
-                        if done {
-                            return None;
-                        }
-                        if let Some(why) = guard.0.failed.get() {
-                            // The shard will never be finished: abort the body (the client sees
-                            // a broken transfer, never a short tar).
-                            let e = std::io::Error::other(format!("render stage failed: {why}"));
-                            return Some((Err(e), (stream, rx, off, guard)));
-                        }
-                        if rx.changed().await.is_err() {
-                            return None;
-                        }
-                    }
-                },
-            );
-            builder.body(Body::from_stream(body)).unwrap()
+            shard_response(st, req.headers(), head, epoch, shard).await
         }
     }
+}
+
+/// What a `Range` header asks of a shard of `len` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Want {
+    /// No usable range (none, several, or one this service does not parse): the whole shard.
+    Whole,
+    /// Bytes `start..end` (end exclusive).
+    Part(usize, usize),
+    /// A range that starts past the end: 416.
+    Unsatisfiable,
+}
+
+/// One `bytes=` range of RFC 9110 (`a-b`, `a-`, `-n`) against `len` bytes; anything else is
+/// `Whole` (a server may ignore a Range it does not support).
+pub(super) fn want(range: Option<&str>, len: usize) -> Want {
+    let Some(spec) = range.and_then(|r| r.trim().strip_prefix("bytes=")) else {
+        return Want::Whole;
+    };
+    let Some((a, b)) = spec.split_once('-').filter(|_| !spec.contains(',')) else {
+        return Want::Whole;
+    };
+    let num = |t: &str| {
+        (!t.is_empty() && t.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| t.parse::<u64>().ok())
+            .flatten()
+    };
+    let clamp = |v: u64| v.min(len as u64) as usize;
+    match (num(a), num(b), a.is_empty(), b.is_empty()) {
+        (Some(a), Some(b), _, _) if a <= b => match a >= len as u64 {
+            true => Want::Unsatisfiable,
+            false => Want::Part(a as usize, clamp(b.saturating_add(1))),
+        },
+        (Some(a), None, _, true) => match a >= len as u64 {
+            true => Want::Unsatisfiable,
+            false => Want::Part(a as usize, len),
+        },
+        (None, Some(n), true, _) if n > 0 => Want::Part(len - clamp(n), len),
+        (None, Some(0), true, _) => Want::Unsatisfiable,
+        _ => Want::Whole,
+    }
+}
+
+/// A shard: 304 for a matching `If-None-Match`, 206/416 for a `Range` (once the shard is whole),
+/// HEAD's headers (once its length is known), or the body streamed while it renders.
+async fn shard_response(
+    st: Arc<State>,
+    headers: &HeaderMap,
+    head: bool,
+    epoch: u64,
+    shard: u64,
+) -> Response<Body> {
+    if let Some(why) = st.dataset.epoch_refusal(epoch) {
+        return text(StatusCode::BAD_REQUEST, why);
+    }
+    let etag = st.etag(epoch, shard);
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    // A client holding this shard's bytes (same settings, same shard) needs nothing rendered.
+    if let Some(inm) = header(header::IF_NONE_MATCH)
+        && inm.split(',').any(|t| t.trim() == etag || t.trim() == "*")
+    {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r.headers_mut()
+            .insert(header::ETAG, HeaderValue::from_str(&etag).unwrap());
+        return r;
+    }
+    // Only GET honours Range (RFC 9110), and only when an If-Range names this shard.
+    let range = header(header::RANGE)
+        .filter(|_| !head)
+        .filter(|_| header(header::IF_RANGE).is_none_or(|t| t.trim() == etag));
+    let permit = match st.clients.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            st.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            let mut r = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many clients: retry shortly".into(),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        }
+    };
+    let failed = |why: &String| {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the render stage failed: {why}"),
+        )
+    };
+    // A cache full of shards being rendered or read: this new group waits (visible in
+    // /metrics), holding its client slot.
+    let stream = loop {
+        if let Some(why) = st.failed.get() {
+            return failed(why);
+        }
+        if let Some((s, _hit)) = st.shard(epoch, shard) {
+            break s;
+        }
+        st.metrics.waiting.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        st.metrics.waiting.fetch_sub(1, Ordering::Relaxed);
+    };
+    let builder = Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-tar")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, &etag);
+    if head || range.is_some() {
+        // The whole shard first: HEAD answers its length, a range is cut from it.
+        let mut rx = stream.progress.subscribe();
+        while !rx.borrow_and_update().1 {
+            if let Some(why) = st.failed.get() {
+                return failed(why);
+            }
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+        let data = stream.data.lock().unwrap();
+        let len = data.len();
+        let (status, body, span) = match (head, want(range, len)) {
+            (true, _) | (false, Want::Whole) => (StatusCode::OK, (0, len), None),
+            (false, Want::Part(a, b)) => (
+                StatusCode::PARTIAL_CONTENT,
+                (a, b),
+                Some(format!("bytes {a}-{}/{len}", b - 1)),
+            ),
+            (false, Want::Unsatisfiable) => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                (0, 0),
+                Some(format!("bytes */{len}")),
+            ),
+        };
+        let mut b = builder.status(status).header(
+            header::CONTENT_LENGTH,
+            if head { len } else { body.1 - body.0 },
+        );
+        if let Some(span) = span {
+            b = b.header(header::CONTENT_RANGE, span);
+        }
+        let bytes = if head {
+            Body::empty()
+        } else {
+            let part = axum::body::Bytes::copy_from_slice(&data[body.0..body.1]);
+            st.metrics
+                .bytes_sent
+                .fetch_add(part.len() as u64, Ordering::Relaxed);
+            Body::from(part)
+        };
+        drop(permit);
+        return b.body(bytes).unwrap();
+    }
+    stream_body(st, builder.status(StatusCode::OK), stream, permit)
+}
+
+/// The whole shard, sent as the writers produce it; the client slot is held until the body ends.
+fn stream_body(
+    st: Arc<State>,
+    mut builder: axum::http::response::Builder,
+    stream: Arc<super::cache::ShardStream>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Response<Body> {
+    if stream.done() {
+        let len = stream.data.lock().unwrap().len();
+        builder = builder.header(header::CONTENT_LENGTH, len);
+    }
+    st.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+    let guard = InFlight(st.clone(), Some(permit));
+    let rx = stream.progress.subscribe();
+    let body = futures_util::stream::unfold(
+        (stream, rx, 0usize, guard),
+        |(stream, mut rx, off, guard)| async move {
+            loop {
+                let (len, done) = *rx.borrow_and_update();
+                if off < len {
+                    let end = len.min(off + (1 << 20));
+                    let chunk =
+                        axum::body::Bytes::copy_from_slice(&stream.data.lock().unwrap()[off..end]);
+                    guard
+                        .0
+                        .metrics
+                        .bytes_sent
+                        .fetch_add((end - off) as u64, Ordering::Relaxed);
+                    return Some((Ok::<_, std::io::Error>(chunk), (stream, rx, end, guard)));
+                }
+                if done {
+                    return None;
+                }
+                if let Some(why) = guard.0.failed.get() {
+                    // The shard will never be finished: abort the body (the client sees a broken
+                    // transfer, never a short tar).
+                    let e = std::io::Error::other(format!("render stage failed: {why}"));
+                    return Some((Err(e), (stream, rx, off, guard)));
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        },
+    );
+    builder.body(Body::from_stream(body)).unwrap()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110_or_are_ignored() {
+        let w = |r: &str| want(Some(r), 1000);
+        assert_eq!(want(None, 1000), Want::Whole);
+        assert_eq!(w("bytes=0-99"), Want::Part(0, 100));
+        assert_eq!(w("bytes=990-5000"), Want::Part(990, 1000));
+        assert_eq!(w("bytes=500-"), Want::Part(500, 1000));
+        assert_eq!(w("bytes=-100"), Want::Part(900, 1000));
+        assert_eq!(w("bytes=-5000"), Want::Part(0, 1000));
+        assert_eq!(w("bytes=1000-1001"), Want::Unsatisfiable);
+        assert_eq!(w("bytes=1000-"), Want::Unsatisfiable);
+        assert_eq!(w("bytes=-0"), Want::Unsatisfiable);
+        assert_eq!(w("bytes=18446744073709551615-"), Want::Unsatisfiable);
+        assert_eq!(w("bytes=0-18446744073709551615"), Want::Part(0, 1000));
+        for ignored in [
+            "bytes=5-1",
+            "bytes=0-1,5-9",
+            "items=0-9",
+            "bytes=x-9",
+            "bytes=+1-9",
+            "bytes=-",
+            "bytes=18446744073709551616-",
+        ] {
+            assert_eq!(w(ignored), Want::Whole, "{ignored}");
+        }
+    }
 
     #[test]
     fn paths_name_only_this_datasets_files() {
