@@ -291,6 +291,8 @@ fn run_folder(ds: &dyn Dataset, job: &Run, stats: &Arc<Stats>) -> Result<Summary
     let mut config = ds.folder_fingerprint();
     job.encoding.record(&mut config);
     ds.check_folder_record(out, &config, job.rank.rank == 0)?;
+    // The label list beside every family's folders, as beside its shards.
+    crate::sink::write_names(out, &ds.class_names(), job.rank.rank == 0)?;
     fsutil::remove_stale_tmp_of(out, |_| false); // a killed run's writability probe
     fsutil::check_writable(out)?;
     let work = ds.folder(&job.rank, &job.env(true))?;

@@ -243,8 +243,7 @@ impl Dataset for Fractal {
                 .map(|c| crate::sink::wds::hex(&Sha256::digest(c.ifs.to_csv().as_bytes())))
                 .collect(),
         };
-        folder::check_or_write_record(out, &record, writer)?;
-        crate::sink::write_class_list(out, plan, writer)
+        folder::check_or_write_record(out, &record, writer)
     }
     fn epoch_refusal(&self, epoch: u64) -> Option<String> {
         let cfg = &self.cfg;

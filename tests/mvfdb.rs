@@ -161,6 +161,11 @@ fn threads_ranks_and_resume_give_the_same_bytes() {
     let tmp = tempfile::tempdir().unwrap();
     let one = tmp.path().join("one");
     run_ok(mvfdb(&one, &M1).args(["-j", "1"]));
+    // The label list beside the folders, as render writes it (and as the shards' .cls use it).
+    assert_eq!(
+        std::fs::read_to_string(one.join("classes.txt")).unwrap(),
+        "000000\n000001\n000002\n"
+    );
     let ranks = tmp.path().join("ranks");
     for r in ["1", "0"] {
         run_ok(mvfdb(&ranks, &M1).args(["-j", "2", "--rank", r, "--world-size", "2"]));
@@ -453,7 +458,7 @@ fn a_tiny_datasets_bytes_are_pinned_to_the_version() {
         )
         .args(["--img_size", "40", "--write-models", "--backend", "cpu"]),
     );
-    let digest = tree_digest(&out, &["mvfdb.json"]);
+    let digest = tree_digest(&out, &["mvfdb.json", "classes.txt"]);
     assert_eq!(
         (fractaldb::mvfdb::run::VERSION, digest.as_str()),
         (

@@ -394,6 +394,12 @@ fn slices_and_ranks_started_together_succeed_and_a_slice_twice_does_not() {
     ];
     let one = tmp.path().join("one");
     run_ok(&mut rcdb(&one, &args));
+    // The label list beside the folders, as render writes it; every slice writes the same.
+    let labels: String = (0..8).map(|c| format!("{c:05}\n")).collect();
+    assert_eq!(
+        std::fs::read_to_string(one.join("classes.txt")).unwrap(),
+        labels
+    );
     for (name, splits) in [
         (
             "slices",

@@ -27,16 +27,6 @@ impl FromStr for Format {
 /// An existing list with other classes is refused: the directory holds another dataset. Only the
 /// `writer` (rank 0) writes it, and it alone clears a killed run's temporary of it, so concurrent
 /// ranks never race on the file.
-pub fn write_class_list(
-    out: &std::path::Path,
-    plan: &crate::plan::Plan,
-    writer: bool,
-) -> crate::Result<()> {
-    let names: Vec<String> = plan.classes.iter().map(|c| c.name.clone()).collect();
-    write_names(out, &names, writer)
-}
-
-/// [`write_class_list`] for any family's class names.
 pub fn write_names(out: &std::path::Path, names: &[String], writer: bool) -> crate::Result<()> {
     let path = out.join("classes.txt");
     let mut text = String::new();
