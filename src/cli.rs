@@ -1093,39 +1093,45 @@ fn run_rcdb(a: RcdbArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_mvfdb(a: MvfdbArgs) -> Result<()> {
-    let rank = a.ranks.resolve()?;
-    let backend = a.device.backend(&rank, GlOptions::default(), true)?;
-    let job = Job {
-        output: &a.output,
-        encoding: &a.encoding,
-        common: &a.common,
-        defaults: ("./mvfdb", "mvfdb"),
-        seed: a.shard_seed,
-    };
-    let mut job = job.resolve(rank, backend);
-    if a.serve {
-        job.format = Format::Wds;
+impl MvfdbArgs {
+    pub fn to_options(&self) -> Result<crate::mvfdb::run::MvfdbOptions> {
+        let rank = self.ranks.resolve()?;
+        let backend = self.device.backend(&rank, GlOptions::default(), true)?;
+        let job = Job {
+            output: &self.output,
+            encoding: &self.encoding,
+            common: &self.common,
+            defaults: ("./mvfdb", "mvfdb"),
+            seed: self.shard_seed,
+        };
+        let mut job = job.resolve(rank, backend);
+        if self.serve {
+            job.format = Format::Wds;
+        }
+        Ok(crate::mvfdb::run::MvfdbOptions {
+            classes: self.classes,
+            seed: self.seed,
+            variance: self.variance,
+            weights: Some(self.weight_csv.clone()),
+            rows: self.weight_rows.clone(),
+            model_seed: self.model_seed,
+            write_models: self.write_models,
+            views: self.views.0,
+            random_views: self.views.1,
+            view_seed: self.view_seed,
+            size: self.img_size,
+            point_size: self.point_size,
+            png: PngConfig {
+                level: self.encoding.png_level,
+                gray: false,
+            },
+            job,
+        })
     }
-    let opts = crate::mvfdb::run::MvfdbOptions {
-        classes: a.classes,
-        seed: a.seed,
-        variance: a.variance,
-        weights: Some(a.weight_csv.clone()),
-        rows: a.weight_rows.clone(),
-        model_seed: a.model_seed,
-        write_models: a.write_models,
-        views: a.views.0,
-        random_views: a.views.1,
-        view_seed: a.view_seed,
-        size: a.img_size,
-        point_size: a.point_size,
-        png: PngConfig {
-            level: a.encoding.png_level,
-            gray: false,
-        },
-        job,
-    };
+}
+
+fn run_mvfdb(a: MvfdbArgs) -> Result<()> {
+    let opts = a.to_options()?;
     if a.serve {
         let Some((ds, job)) = opts.split()? else {
             return Err(Error::flag(

@@ -276,7 +276,7 @@ fn slice_lock(ds: &dyn Dataset, out: &Path, rank: &Rank) -> Result<fsutil::Outpu
 }
 
 /// A file name with the encoding's extension.
-fn with_extension(rel: PathBuf, encoding: Encoding) -> PathBuf {
+pub(crate) fn with_extension(rel: PathBuf, encoding: Encoding) -> PathBuf {
     let mut s = rel.into_os_string();
     s.push(".");
     s.push(encoding.extension());

@@ -115,7 +115,75 @@ def render(load_root: PathLike, out: PathLike, **render_flags) -> None:
     run("render", "--load-root", os.fspath(load_root), "--out", os.fspath(out), *_flags(render_flags))
 
 
-class FractalDB:
+class _MapStyle:
+    """What every family's map-style dataset shares: torchvision's conventions over ``sample(i)``."""
+
+    transform = None
+    target_transform = None
+
+    @property
+    def classes(self) -> List[str]:
+        """Class names by label index (torchvision's name; ``class_names`` too)."""
+        return list(self._dataset().class_names)
+
+    @property
+    def class_names(self) -> List[str]:
+        """Class names by label index."""
+        return self.classes
+
+    @property
+    def class_to_idx(self) -> dict:
+        """Class name -> label index, as torchvision's datasets have it."""
+        return {c: i for i, c in enumerate(self.classes)}
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        """(height, width, channels) of every sample."""
+        return tuple(self._dataset().shape)
+
+    def __len__(self) -> int:
+        return len(self._dataset())
+
+    def file_name(self, i: int) -> str:
+        """Where the command's folder output writes sample ``i``, relative to its output root."""
+        return self._dataset().file_name(i)
+
+    def _pil(self, image: np.ndarray):
+        """A sample's array as a PIL image (mode ``L`` for one channel, ``RGB`` for three)."""
+        from PIL import Image
+
+        return Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+
+    def __getitem__(self, i):
+        """Sample ``i`` (negative counts from the end; a slice gives a list), through
+        ``transform`` (a PIL image) and ``target_transform`` when set."""
+        n = len(self)
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(n))]
+        i = operator.index(i)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"sample index out of range for a dataset of {n}")
+        image, label = self.sample(i)
+        if self.target_transform is not None:
+            label = self.target_transform(label)
+        if self.transform is not None:
+            return self.transform(self._pil(image)), label
+        return image, label
+
+    def __iter__(self) -> Iterable[Tuple[np.ndarray, int]]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.update(_pid=None, _ds=None)
+        return state
+
+
+
+class FractalDB(_MapStyle):
     """A FractalDB dataset drawn on demand: ``sample(i)`` is sample ``i`` of the plan's canonical
     order, pixel-identical to the PNG ``fractaldb render`` writes for it with the same settings.
 
@@ -182,26 +250,9 @@ class FractalDB:
             self._pid = os.getpid()
         return self._ds
 
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state.update(_pid=None, _ds=None)
-        return state
-
-    def __len__(self) -> int:
-        return len(self._dataset())
-
-    @property
-    def class_names(self) -> List[str]:
-        """Class names by label index."""
-        return self._dataset().class_names
-
     def key(self, i: int) -> Tuple[int, int, int, int]:
         """(class, weight row, instance, flip) of sample ``i``."""
         return self._dataset().key(i)
-
-    def file_name(self, i: int) -> str:
-        """Where ``render --format folder`` writes sample ``i``, relative to its ``--out``."""
-        return self._dataset().file_name(i)
 
     def sample(self, i: int, epoch: int = 0) -> Tuple[np.ndarray, int]:
         """Sample ``i``: (uint8 array H x W x 3, or H x W x 1 with ``png_gray``; its class label).
@@ -216,50 +267,65 @@ class FractalDB:
         return self._dataset()._sample_into(i, out, epoch)
 
     @property
-    def shape(self) -> Tuple[int, int, int]:
-        """(height, width, channels) of every sample."""
-        return tuple(self._dataset().shape)
-
-    @property
     def per_cloud(self) -> int:
         """Samples per point cloud (class x weight row): ids ``[k * per_cloud, (k+1) * per_cloud)``
         share cloud ``k``."""
         return self._dataset().per_cloud
 
-    @property
-    def classes(self) -> List[str]:
-        """Class names by label index (torchvision's name; ``class_names`` too)."""
-        return list(self._dataset().class_names)
 
-    @property
-    def class_to_idx(self) -> dict:
-        """Class name -> label index, as torchvision's datasets have it."""
-        return {c: i for i, c in enumerate(self.classes)}
+def _checked(argv: List[str]) -> List[str]:
+    """``argv`` if it parses; else TypeError for a keyword the command does not have, ValueError
+    for a bad value, with the command line's message inside."""
+    why = _engine().usage_error(argv)
+    if why is None:
+        return argv
+    if "unexpected argument" in why:
+        raise TypeError(why)
+    raise ValueError(why)
 
-    def _pil(self, image: np.ndarray):
-        """A sample's array as a PIL image (mode ``L`` for one channel, ``RGB`` for three)."""
-        from PIL import Image
 
-        return Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+class _Units(_MapStyle):
+    """A family drawn one sample at a time through its command's own render stages: sample ``i`` is
+    the ``i``-th image of the command's folder output (unit by unit), pixel-identical to its PNG.
+    Keyword arguments are the command's flags (``numof_classes=4`` is ``--numof_classes 4``); its
+    defaults are the command's. A sample renders its whole unit once; the unit's next samples are
+    free, so iterate in order or use ``fractaldb.torch``. Preparation (the class starts, the
+    search and models) runs in each process that uses the dataset."""
 
-    def __getitem__(self, i):
-        """Sample ``i`` (negative counts from the end; a slice gives a list), through
-        ``transform`` (a PIL image) and ``target_transform`` when set."""
-        n = len(self)
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(n))]
-        i = operator.index(i)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"sample index out of range for a dataset of {n}")
-        image, label = self.sample(i)
-        if self.target_transform is not None:
-            label = self.target_transform(label)
-        if self.transform is not None:
-            return self.transform(self._pil(image)), label
-        return image, label
+    _command = ""
 
-    def __iter__(self) -> Iterable[Tuple[np.ndarray, int]]:
-        for i in range(len(self)):
-            yield self[i]
+    def __init__(self, *, transform=None, target_transform=None, **flags) -> None:
+        self.transform = transform
+        self.target_transform = target_transform
+        flags = dict(flags, backend="cpu", threads=1, quiet=True)
+        self._argv = _checked(["fractaldb", self._command, *_flags(flags)])
+        self._pid: Optional[int] = None
+        self._ds = None
+        self._dataset()  # validate now: bad input raises here
+
+    def _dataset(self):
+        if self._ds is None or self._pid != os.getpid():
+            self._ds = _engine().Units(self._argv)
+            self._pid = os.getpid()
+        return self._ds
+
+    def sample(self, i: int) -> Tuple[np.ndarray, int]:
+        """Sample ``i``: (uint8 array H x W x 3, its class label)."""
+        ds = self._dataset()
+        data, label = ds.sample(i)
+        return np.frombuffer(data, dtype=np.uint8).reshape(ds.shape), label
+
+
+class RCDB(_Units):
+    """RCDB (``fractaldb rcdb``'s flags as keywords: ``numof_classes``, ``numof_instances``,
+    ``image_size``, ``vertex_num``, ...). ``file_name(i)`` is the image's path under ``--save_root``."""
+
+    _command = "rcdb"
+
+
+class MVFractalDB(_Units):
+    """MV-FractalDB and ExFractalDB (``fractaldb mvfdb``'s flags as keywords: ``classes``,
+    ``weight_rows``, ``views`` (``"random:N"`` for ExFractalDB views), ``img_size``, ``model_seed``,
+    ``view_seed``...). The search and models run when it is made."""
+
+    _command = "mvfdb"

@@ -496,3 +496,36 @@ def test_the_readme_python_snippet_runs(classes):
     scope = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert tuple(scope["images"].shape) == (256, 362, 362, 3) and len(scope["labels"]) == 256
+
+
+@pytest.mark.parametrize(
+    "cls,command,flags",
+    [
+        ("RCDB", "rcdb", dict(numof_classes=3, numof_instances=2, image_size=64, numof_thread=1)),
+        ("MVFractalDB", "mvfdb", dict(classes=2, weight_rows="0-2", views=3, img_size=40)),
+        ("MVFractalDB", "mvfdb", dict(classes=2, weight_rows="0-1", views="random:2", img_size=32, point_size=3)),
+    ],
+)
+def test_rcdb_and_mvfdb_samples_equal_the_commands_pngs(tmp_path, binary, cls, command, flags):
+    """Each family's map-style dataset: sample(i) is the command's PNG at file_name(i), pixel for
+    pixel, with its class as the label; the same keywords as the command's flags."""
+    import pickle
+
+    ds = getattr(fractaldb, cls)(**flags)
+    argv = [a for k, v in flags.items() for a in ("--" + k.replace("_", "-"), str(v))]
+    run(binary, command, "-q", "--backend", "cpu", "--save_root", str(tmp_path), *argv)
+    pngs = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs if f.endswith(".png")]
+    assert len(ds) == len(pngs) > 0
+    assert sorted(ds.file_name(i) for i in range(len(ds))) == sorted(os.path.relpath(p, tmp_path) for p in pngs)
+    for i in range(len(ds)):
+        image, label = ds.sample(i)
+        assert image.shape == ds.shape and image.dtype == np.uint8
+        assert np.array_equal(image, png(tmp_path / ds.file_name(i))), ds.file_name(i)
+        assert ds.classes[label] in ds.file_name(i).split("/")
+    assert ds.class_to_idx[ds.classes[-1]] == len(ds.classes) - 1
+    again = pickle.loads(pickle.dumps(ds))
+    assert np.array_equal(again[len(ds) - 1][0], ds[-1][0])
+    with pytest.raises(TypeError, match="unexpected argument"):
+        getattr(fractaldb, cls)(no_such_flag=1, **flags)
+    with pytest.raises(ValueError):
+        getattr(fractaldb, cls)(**dict(flags, **{next(iter(flags)): "x"}))

@@ -7,6 +7,8 @@
 //! work (inside a unit too: between instances, inside a chaos game), and `KeyboardInterrupt` is
 //! raised. A sample that needs a new cloud runs that way too.
 
+mod units;
+
 use crate::error::Error;
 use crate::plan::Plan;
 use crate::render::{self, RenderConfig};
@@ -656,5 +658,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cli, m)?)?;
     m.add_function(wrap_pyfunction!(usage_error, m)?)?;
     m.add_class::<Dataset>()?;
+    m.add_class::<units::Units>()?;
     Ok(())
 }
