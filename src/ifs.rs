@@ -875,6 +875,27 @@ pub fn load_weights(spec: &str) -> Result<Vec<WeightRow>> {
             )
         })?;
         parse_weights(Path::new(spec), &text)
+    } else if !Path::new(spec).exists() {
+        // The original's README names its own weights folder, which a drop-in user does not have:
+        // say that those files are built in, before any work.
+        let name = Path::new(spec).file_name().and_then(|n| n.to_str());
+        let step = name
+            .and_then(|n| n.strip_prefix("weights_")?.strip_suffix(".csv"))
+            .filter(|s| builtin_weights_csv(s).is_some());
+        let hint = match step {
+            Some(s) => format!(
+                "the original's {} is built in: --weight-csv builtin:{s}",
+                name.unwrap()
+            ),
+            None => format!(
+                "the original's weights files are built in: --weight-csv builtin:S, S one of {}",
+                WEIGHT_STEPS.join(", ")
+            ),
+        };
+        Err(Error::flag(
+            "--weight-csv",
+            format!("{spec}: no such file; {hint}"),
+        ))
     } else {
         read_weights(Path::new(spec))
     }

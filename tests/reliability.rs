@@ -843,3 +843,26 @@ fn newer_families_refuse_fifos_unreachable_variances_and_bad_multipliers() {
     assert!(e.contains("nan.csv:2") && e.contains("finite"), "{e}");
     assert!(!out.exists(), "a refused run wrote output");
 }
+
+/// The original's README runs the renderer with `--weight_csv ./fractal_renderer/weights/...`, a
+/// folder a drop-in user does not have: the error says the file is built in and how to name it,
+/// and nothing is written.
+#[test]
+fn a_missing_weights_file_of_the_originals_points_at_the_builtin_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00000"]);
+    let out = tmp.path().join("out");
+    let e = run_err(
+        bin()
+            .args(["render", "--load-root"])
+            .arg(&classes)
+            .arg("--save_root")
+            .arg(&out)
+            .args(["--weight_csv", "./fractal_renderer/weights/weights_0.4.csv"]),
+    );
+    assert!(
+        e.contains("--weight-csv") && e.contains("builtin:0.4") && e.contains("no such file"),
+        "{e}"
+    );
+    assert!(!out.exists());
+}
