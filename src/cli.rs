@@ -75,6 +75,11 @@ pub enum Command {
 }
 
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("out", |a| a.hide(true)),
+    mut_arg("format", |a| a.hide(true)),
+    mut_arg("resume", |a| a.hide(true))
+)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub service: ServiceArgs,
@@ -1224,6 +1229,14 @@ fn finalize_shards(a: FinalizeArgs) -> Result<()> {
 }
 
 fn run_serve(a: ServeArgs) -> Result<()> {
+    // Render's output flags mean nothing to the service (it writes no file): hidden from its help,
+    // and said so when given, never silently taken.
+    let o = &a.render.output;
+    for (flag, given) in [("--out", o.out.is_some()), ("--resume", o.resume)] {
+        if given {
+            crate::say!("serve: warning: {flag} is not used: the service writes no files");
+        }
+    }
     let mut render = a.render.to_options()?;
     render.job.format = Format::Wds;
     let (ds, job) = render.split()?;

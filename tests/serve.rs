@@ -953,3 +953,48 @@ fn ranges_etags_and_head_answer_as_http_clients_expect() {
     );
     assert_eq!(srv.stop(), Some(0));
 }
+
+/// `serve` writes no files: render's --out and --resume are hidden from its help and, when given,
+/// said to be unused (never silently taken); nothing is created there.
+#[test]
+fn render_output_flags_are_hidden_from_serve_and_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00040"]);
+    let help = run_ok(bin().args(["serve", "--help"]));
+    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    assert!(
+        !help.contains("--out") && !help.contains("--resume"),
+        "{help}"
+    );
+    assert!(help.contains("--samples-per-shard"));
+    let out = tmp.path().join("unused");
+    let mut child = bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--resume", "--out"])
+        .arg(&out)
+        .args(SMALL)
+        .arg("--load-root")
+        .arg(&classes)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let listening = line.contains("listening on");
+        lines.push(line);
+        if listening {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = lines.join("\n");
+    for flag in ["--out", "--resume"] {
+        assert!(
+            text.contains(&format!("warning: {flag} is not used")),
+            "{text}"
+        );
+    }
+    assert!(!out.exists());
+}
