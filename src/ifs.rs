@@ -892,10 +892,12 @@ pub fn load_weights(spec: &str) -> Result<Vec<WeightRow>> {
                 WEIGHT_STEPS.join(", ")
             ),
         };
-        Err(Error::flag(
-            "--weight-csv",
-            format!("{spec}: no such file; {hint}"),
-        ))
+        // Still a file that cannot be read (an OSError in Python), with the hint in its reason.
+        let why = std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no such file; {hint}"),
+        );
+        Err(Error::io(spec, "cannot read --weight-csv", why))
     } else {
         read_weights(Path::new(spec))
     }
