@@ -138,8 +138,8 @@ pub trait Dataset: Sync {
     /// The same for shards, with the order, the encoder and the shard settings that decide bytes.
     fn shard_fingerprint(&self, sh: &ShardSettings) -> serde_json::Value;
     /// Checks the folder's settings record against `config` (the folder fingerprint with the
-    /// run's encoding) before anything is written; the `writer` rank writes it when absent.
-    /// Default: `{out}/{kind}.json` holds `config`.
+    /// run's encoding) before anything is written; the `writer` rank writes it when absent, and
+    /// the label list (`classes.txt`). Default: `{out}/{kind}.json` holds `config`.
     fn check_folder_record(
         &self,
         out: &Path,
@@ -152,7 +152,11 @@ pub trait Dataset: Sync {
             "--save_root",
             config,
             writer,
-        )
+        )?;
+        // Slices started together are each a writer: one at a time (a writer's clean-up of a
+        // killed run's temporary must not take another's live one).
+        let _lock = crate::sink::folder::short_lock(out);
+        crate::sink::write_names(out, &self.class_names(), writer)
     }
     /// Which slice of the work this run is beyond its rank, in the lock's name (RCDB's
     /// `--thread_num`): two runs of one slice never run at once, other slices do.
@@ -291,8 +295,6 @@ fn run_folder(ds: &dyn Dataset, job: &Run, stats: &Arc<Stats>) -> Result<Summary
     let mut config = ds.folder_fingerprint();
     job.encoding.record(&mut config);
     ds.check_folder_record(out, &config, job.rank.rank == 0)?;
-    // The label list beside every family's folders, as beside its shards.
-    crate::sink::write_names(out, &ds.class_names(), job.rank.rank == 0)?;
     fsutil::remove_stale_tmp_of(out, |_| false); // a killed run's writability probe
     fsutil::check_writable(out)?;
     let work = ds.folder(&job.rank, &job.env(true))?;

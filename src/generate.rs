@@ -243,7 +243,8 @@ impl Dataset for Fractal {
                 .map(|c| crate::sink::wds::hex(&Sha256::digest(c.ifs.to_csv().as_bytes())))
                 .collect(),
         };
-        folder::check_or_write_record(out, &record, writer)
+        folder::check_or_write_record(out, &record, writer)?;
+        crate::sink::write_names(out, &self.class_names(), writer)
     }
     fn epoch_refusal(&self, epoch: u64) -> Option<String> {
         let cfg = &self.cfg;

@@ -106,6 +106,19 @@ pub fn check_or_write_record(out: &Path, rec: &Record, writer: bool) -> Result<(
 /// The settings record `path` of a folder dataset of another family (RCDB's `rcdb.json`,
 /// MV-FractalDB's `mvfdb.json`): written by the `writer` rank when absent; when present it must equal
 /// `rec`, else the run is refused, naming the settings that differ, before anything is written.
+/// Runs started together (ranks, RCDB's `--thread_num` slices) may each write a folder's shared
+/// files (its settings record, `classes.txt`): a short lock around reading and writing one (where
+/// the filesystem has no flock, none). Held until the returned file is dropped.
+pub fn short_lock(dir: &Path) -> Option<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".fractaldb-record.lock"))
+        .ok()
+        .filter(|f| f.lock().is_ok())
+}
+
 pub fn check_or_write_settings(
     path: &Path,
     what: &str,
@@ -114,15 +127,7 @@ pub fn check_or_write_settings(
     writer: bool,
 ) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    // Runs started together (ranks, RCDB's --thread_num slices) may each write the record: a short
-    // lock around reading and writing it (where the filesystem has no flock, none).
-    let _record_lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(".fractaldb-record.lock"))
-        .ok()
-        .filter(|f| f.lock().is_ok());
+    let _record_lock = short_lock(dir);
     match std::fs::read_to_string(path) {
         Ok(t) => {
             let old: serde_json::Value = serde_json::from_str(&t).map_err(|e| {

@@ -24,9 +24,9 @@ impl FromStr for Format {
 
 /// The label list next to a dataset: `{out}/classes.txt`, label index -> class name, one a line in
 /// label order (the `.cls` of a shard sample and the class folders use these labels and names).
-/// An existing list with other classes is refused: the directory holds another dataset. Only the
-/// `writer` (rank 0) writes it, and it alone clears a killed run's temporary of it, so concurrent
-/// ranks never race on the file.
+/// An existing list with other classes is refused: the directory holds another dataset. Only a
+/// `writer` (rank 0) writes it; where several writers may run at once (RCDB's slices started
+/// together are each a rank 0) the caller holds the folder's short lock ([`folder::short_lock`]).
 pub fn write_names(out: &std::path::Path, names: &[String], writer: bool) -> crate::Result<()> {
     let path = out.join("classes.txt");
     let mut text = String::new();
