@@ -22,6 +22,20 @@ const SMALL: [&str; 10] = [
     "40",
 ];
 
+/// Many small shards (groups of several) of three classes: for caches smaller than the data.
+const TINY: [&str; 10] = [
+    "--image-size-x",
+    "32",
+    "--image-size-y",
+    "32",
+    "--iteration",
+    "2000",
+    "--instance",
+    "3",
+    "--samples-per-shard",
+    "6",
+];
+
 struct Server {
     child: Child,
     base: String,
@@ -454,18 +468,7 @@ fn a_tiny_cache_makes_new_groups_wait_but_never_deadlocks() {
 fn huge_epochs_and_a_small_cache_never_change_what_a_shard_is() {
     let tmp = tempfile::tempdir().unwrap();
     let classes = class_dir(tmp.path(), &["00040", "00041", "00042"]);
-    let small = [
-        "--image-size-x",
-        "32",
-        "--image-size-y",
-        "32",
-        "--iteration",
-        "2000",
-        "--instance",
-        "3",
-        "--samples-per-shard",
-        "6",
-    ];
+    let small = TINY;
     let disk = tmp.path().join("disk");
     render_wds(&classes, &disk, &small);
     let shards = shard_files(&disk);
@@ -798,18 +801,7 @@ fn random_probe(rng: &mut Lcg, refs: &[(&str, Vec<Vec<u8>>)]) -> Probe {
 fn random_requests_with_a_small_cache_get_a_correct_shard_or_a_4xx() {
     let tmp = tempfile::tempdir().unwrap();
     let classes = class_dir(tmp.path(), &["00040", "00041", "00042"]);
-    let small = [
-        "--image-size-x",
-        "32",
-        "--image-size-y",
-        "32",
-        "--iteration",
-        "2000",
-        "--instance",
-        "3",
-        "--samples-per-shard",
-        "6",
-    ];
+    let small = TINY;
     let epochs = ["0", "1", "9223372036854775808", "18446744073709551615"];
     let refs: Vec<(&str, Vec<Vec<u8>>)> = epochs
         .iter()

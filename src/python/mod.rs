@@ -427,22 +427,28 @@ impl Dataset {
         self.open.lock().unwrap().get(&k).cloned()
     }
 
+    /// The cloud of sample `s` into `cloud`: `Err(Interrupted)` when Ctrl-C stopped it (the cloud
+    /// is then incomplete), an error naming the class file and row when it is degenerate.
+    fn compute_cloud(
+        &self,
+        s: crate::plan::Sample,
+        scratch: &mut render::cpu::Scratch,
+        cloud: &mut crate::ifs::Cloud,
+    ) -> crate::Result<()> {
+        let class = &self.plan.classes[s.class as usize];
+        let weights = &self.plan.weights[s.row as usize];
+        let made =
+            render::cpu::compute_cloud(&class.ifs, weights, &self.u, &self.cfg, scratch, cloud);
+        crate::check_interrupt()?;
+        made.map_err(|why| render::cpu::degenerate_error(&class.path, s.row as usize, why))
+    }
+
     /// Cloud `k` computed and reduced to what its samples need ([`Held`]).
     fn hold(&self, k: u64) -> crate::Result<Held> {
         let s = self.plan.sample(k * self.plan.per_cloud());
         let class = &self.plan.classes[s.class as usize];
-        let mut scratch = render::cpu::Scratch::default();
         let mut cloud = crate::ifs::Cloud::default();
-        let made = render::cpu::compute_cloud(
-            &class.ifs,
-            &self.plan.weights[s.row as usize],
-            &self.u,
-            &self.cfg,
-            &mut scratch,
-            &mut cloud,
-        );
-        crate::check_interrupt()?;
-        made.map_err(|why| render::cpu::degenerate_error(&class.path, s.row as usize, why))?;
+        self.compute_cloud(s, &mut render::cpu::Scratch::default(), &mut cloud)?;
         let mut cover = render::cpu::Cover::default();
         cover.build(&cloud, &self.cfg);
         Ok(if cover.draws(&self.cfg) {
@@ -617,17 +623,8 @@ impl Dataset {
                 out: Vec::new(),
                 out_key: None,
             };
-            let made = render::cpu::compute_cloud(
-                &class.ifs,
-                &self.plan.weights[s.row as usize],
-                &self.u,
-                &self.cfg,
-                &mut last.scratch,
-                &mut last.cloud,
-            );
             // Interrupted, the cloud is incomplete: it is not kept (the buffers are dropped too).
-            crate::check_interrupt()?;
-            made.map_err(|why| render::cpu::degenerate_error(&class.path, s.row as usize, why))?;
+            self.compute_cloud(s, &mut last.scratch, &mut last.cloud)?;
             last.cover.build(&last.cloud, &self.cfg);
             *guard = Some(last);
         }

@@ -70,14 +70,17 @@ fn npy_data(bytes: &[u8]) -> crate::Result<&[u8]> {
 
 impl Units {
     /// The family's dataset from its command's flags (`argv[1]` is `rcdb` or `mvfdb`).
-    fn prepare(argv: Vec<String>) -> crate::Result<Box<dyn Dataset + Send>> {
+    fn prepare(argv: Vec<String>) -> crate::Result<(Box<dyn Dataset + Send>, crate::dataset::Run)> {
         use clap::Parser;
         let cli = crate::cli::Cli::try_parse_from(&argv)
             .map_err(|e| Error::Other(e.render().to_string().trim_end().to_string()))?;
         match cli.cmd {
-            crate::cli::Command::Rcdb(a) => Ok(Box::new(a.to_options()?.split()?.0)),
+            crate::cli::Command::Rcdb(a) => {
+                let (ds, job) = a.to_options()?.split()?;
+                Ok((Box::new(ds), job))
+            }
             crate::cli::Command::Mvfdb(a) => match a.to_options()?.split()? {
-                Some((ds, _)) => Ok(Box::new(ds)),
+                Some((ds, job)) => Ok((Box::new(ds), job)),
                 None => Err(Error::flag("--views", "the dataset has views: at least 1")),
             },
             _ => Err(Error::Other("internal: Units is for rcdb and mvfdb".into())),
@@ -151,17 +154,12 @@ impl Units {
     /// `argv`: the command line (`fractaldb rcdb|mvfdb` and its flags).
     #[new]
     fn new(py: Python<'_>, argv: Vec<String>) -> PyResult<Self> {
-        let ds = interruptible(py, || Self::prepare(argv))?;
+        // The Python side passes --backend cpu, -j 1 and -q; env(false) writes nothing. The whole
+        // dataset, never a launcher's rank of it (RANK in the environment): the torch side splits.
+        let (ds, job) = interruptible(py, || Self::prepare(argv))?;
         let ds: &'static (dyn Dataset + Send) = Box::leak(ds);
         let rank = crate::cluster::Rank::default();
-        let env = crate::dataset::Env {
-            out: None,
-            writer: false,
-            threads: 1,
-            backend: crate::render::Backend::Cpu,
-            quiet: true,
-        };
-        let work = ds.folder(&rank, &env).map_err(to_py)?;
+        let work = ds.folder(&rank, &job.env(false)).map_err(to_py)?;
         let work: &'static (dyn FolderWork + 'static) = Box::leak(work);
         let stages = work.stages().map_err(to_py)?;
         let mut starts = Vec::with_capacity(work.units() as usize + 1);
