@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """On-the-fly samples/s into a PyTorch DataLoader against `render` images/s, same run, same machine.
 
-usage: scripts/bench-python.py [--classes 4] [--workers 2] [--threads N] [--instances 10] [--open-clouds 512]
-Needs the package (pip install . or the wheel) and torch. Both sides draw the same samples at
-FractalDB-1k settings (362x362, 200,000 points, patch_gray, weights 0.4, 4 flips): `render` writes
+usage: scripts/bench-python.py [--family fractaldb|rcdb|mvfdb] [--classes 4] [--workers 2] [--threads N]
+                               [--instances 10] [--open-clouds 512]
+Needs the package (pip install . or the wheel) and torch. Both sides draw the same samples.
+--family rcdb: RCDB-1k's settings (512x512) with --instances images per class, `rcdb --format wds`
+against `RCDBIterable`; --family mvfdb: MV-FractalDB-1k's (12 views, 512x512) with --instances
+models per class (weight rows 0..), `mvfdb --format wds` against `MVFractalDBIterable` (its search and
+models run once, before the clock, on both sides).
+--family fractaldb (the default): FractalDB-1k settings (362x362, 200,000 points, patch_gray, weights 0.4, 4 flips): `render` writes
 WebDataset shards with all threads (PNG + tar), the DataLoader gets uint8 tensors from
 `FractalDBIterable` (no PNG, no disk) with --workers workers, batch 64: drawn as whole batches into
 shared memory (`batch_size=64`, the figure compared), and per sample through the DataLoader's collate.
@@ -22,9 +27,10 @@ import time
 import torch
 
 import fractaldb
-from fractaldb.torch import FractalDBIterable
+from fractaldb.torch import FractalDBIterable, MVFractalDBIterable, RCDBIterable
 
 p = argparse.ArgumentParser()
+p.add_argument("--family", choices=("fractaldb", "rcdb", "mvfdb"), default="fractaldb")
 p.add_argument("--classes", type=int, default=4)
 p.add_argument("--workers", type=int, default=2)
 p.add_argument("--threads", type=int, default=os.cpu_count())
@@ -43,21 +49,46 @@ def private_mb(pid):
         return 0.0
 
 
-with tempfile.TemporaryDirectory() as tmp:
+def family(tmp):
+    """(the iterable's class and keywords, images, a function rendering the same images as shards)."""
+    if a.family == "rcdb":
+        kw = dict(numof_classes=a.classes, numof_instances=a.instances, numof_thread=1)
+        n = a.classes * a.instances
+        flags = ["--numof_classes", a.classes, "--numof_instances", a.instances, "--numof_thread", 1]
+        return RCDBIterable, kw, n, lambda out: fractaldb.run("rcdb", *map(str, flags + ["--out", out]), *shards(n))
+    if a.family == "mvfdb":
+        kw = dict(classes=a.classes, weight_rows=f"0-{a.instances - 1}")
+        ds = fractaldb.MVFractalDB(**kw)  # the search and models, before the clock
+        n = len(ds)
+        flags = ["--classes", a.classes, "--weight-rows", kw["weight_rows"]]
+        return MVFractalDBIterable, kw, n, lambda out: fractaldb.run("mvfdb", *map(str, flags + ["--out", out]), *shards(n))
     classes = fractaldb.search(categories=a.classes, out=os.path.join(tmp, "s"), quiet=True, no_previews=True)
     root = os.path.dirname(classes[0].path)
     n = a.classes * 25 * a.instances * 4
+
+    def render(out):
+        fractaldb.render(root, out, format="wds", instance=a.instances, threads=a.threads,
+                         samples_per_shard=max(1, n // 100), quiet=True)
+    return (lambda **k: FractalDBIterable(root, **k)), dict(instances=a.instances), n, render
+
+
+def shards(n):
+    return ["--format", "wds", "-j", str(a.threads), "--samples-per-shard", str(max(1, n // 100)), "-q"]
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    Iterable, kw, n, render = family(tmp)
+    kw.update(extra)
     t0 = time.perf_counter()
-    fractaldb.render(root, os.path.join(tmp, "wds"), format="wds", instance=a.instances, threads=a.threads,
-                     samples_per_shard=max(1, n // 100), quiet=True)
+    render(os.path.join(tmp, "wds"))
     render_s = time.perf_counter() - t0
     rates, distinct, peak = {}, [], 0.0
     for mode in ("samples", "batches"):
         if mode == "samples":  # the DataLoader batches and collates
-            ds = FractalDBIterable(root, instances=a.instances, **extra)
+            ds = Iterable(**kw)
             loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=a.workers)
         else:  # the dataset draws whole batches into shared memory
-            ds = FractalDBIterable(root, instances=a.instances, batch_size=64, **extra)
+            ds = Iterable(batch_size=64, **kw)
             loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=a.workers)
         t0 = time.perf_counter()
         got = 0
@@ -73,7 +104,7 @@ with tempfile.TemporaryDirectory() as tmp:
         assert got == n, (got, n)
     fly_s = rates["batches"]
     r = {
-        "images": n, "cores": os.cpu_count(), "render_threads": a.threads, "loader_workers": a.workers,
+        "family": a.family, "images": n, "cores": os.cpu_count(), "render_threads": a.threads, "loader_workers": a.workers,
         "render_images_per_s": round(n / render_s, 1), "on_the_fly_samples_per_s": round(n / fly_s, 1),
         "on_the_fly_samples_mode_per_s": round(n / rates["samples"], 1),
         "ratio": round(render_s / fly_s, 2),
@@ -82,8 +113,8 @@ with tempfile.TemporaryDirectory() as tmp:
         "worker_peak_private_mb": round(peak, 1),
     }
     print(json.dumps(r))
-    print(f"render (wds, {a.threads} threads): {r['render_images_per_s']} images/s; "
-          f"DataLoader ({a.workers} workers, FractalDBIterable batch_size=64): {r['on_the_fly_samples_per_s']} samples/s "
+    print(f"{a.family}: render (wds, {a.threads} threads): {r['render_images_per_s']} images/s; "
+          f"DataLoader ({a.workers} workers, batch_size=64): {r['on_the_fly_samples_per_s']} samples/s "
           f"({r['ratio']}x); per-sample mode with the DataLoader's collate: {r['on_the_fly_samples_mode_per_s']}; "
           f"{r['distinct_classes_per_batch_of_64']} distinct classes per batch of 64 (uniform shuffle: "
           f"{r['uniform_shuffle_expectation']}); worker peak private memory {r['worker_peak_private_mb']} MB")

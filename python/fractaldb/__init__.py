@@ -290,7 +290,8 @@ class _Units(_MapStyle):
     Keyword arguments are the command's flags (``numof_classes=4`` is ``--numof_classes 4``); its
     defaults are the command's. A sample renders its whole unit once; the unit's next samples are
     free, so iterate in order or use ``fractaldb.torch``. Preparation (the class starts, the
-    search and models) runs in each process that uses the dataset."""
+    search and models) runs once, when the dataset is made: forked DataLoader workers share it;
+    a ``spawn``/``forkserver`` worker prepares it again from the pickled settings."""
 
     _command = ""
 
@@ -304,16 +305,35 @@ class _Units(_MapStyle):
         self._dataset()  # validate now: bad input raises here
 
     def _dataset(self):
-        if self._ds is None or self._pid != os.getpid():
+        # Made once: a forked worker keeps the parent's prepared dataset (it holds no threads or
+        # device state, and its open clouds are the worker's own copy).
+        if self._ds is None:
             self._ds = _engine().Units(self._argv)
             self._pid = os.getpid()
         return self._ds
 
-    def sample(self, i: int) -> Tuple[np.ndarray, int]:
-        """Sample ``i``: (uint8 array H x W x 3, its class label)."""
+    def key(self, i: int) -> Tuple[int, int, int, int]:
+        """(class, row, instance, flip) of sample ``i``: RCDB's (class, group of 100 instances,
+        instance, 1); MV-FractalDB's (class, model, view, 1)."""
+        return self._dataset().key(i)
+
+    def sample(self, i: int, epoch: int = 0) -> Tuple[np.ndarray, int]:
+        """Sample ``i``: (uint8 array H x W x 3, its class label). ``epoch`` must be 0: these
+        families have one set of images."""
         ds = self._dataset()
-        data, label = ds.sample(i)
+        data, label = ds.sample(i, epoch)
         return np.frombuffer(data, dtype=np.uint8).reshape(ds.shape), label
+
+    def sample_into(self, i: int, out: np.ndarray, epoch: int = 0) -> int:
+        """Writes sample ``i`` into ``out`` (a writable, C-contiguous uint8 array of H x W x 3, or
+        H x W x 1 for the gray value alone) with no intermediate copy; returns its label."""
+        return self._dataset()._sample_into(i, out, epoch)
+
+    @property
+    def per_cloud(self) -> int:
+        """Samples per cloud: ids ``[k * per_cloud, (k+1) * per_cloud)`` come from one stretch
+        of a stream (RCDB) or whole models (MV-FractalDB), drawn in order when opened."""
+        return self._dataset().per_cloud
 
 
 class RCDB(_Units):

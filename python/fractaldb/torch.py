@@ -11,6 +11,8 @@ mixed as a shuffled dataset's.
         ds.set_epoch(epoch)
         for images, labels in loader: ...
 
+RCDB and MV-FractalDB / ExFractalDB the same way: :class:`RCDBIterable`, :class:`MVFractalDBIterable`.
+
 torch is an optional dependency (``pip install torch``).
 """
 from __future__ import annotations
@@ -28,9 +30,9 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without torch
     raise ImportError("fractaldb.torch needs PyTorch: pip install torch") from e
 
-from . import FractalDB
+from . import RCDB, FractalDB, MVFractalDB
 
-__all__ = ["FractalDBIterable", "rank_and_world", "mixed_order", "stretch", "batches_per_rank", "OPEN_CLOUDS"]
+__all__ = ["FractalDBIterable", "RCDBIterable", "MVFractalDBIterable", "rank_and_world", "mixed_order", "stretch", "batches_per_rank", "OPEN_CLOUDS"]
 
 #: Clouds a worker holds open at once (the default of ``open_clouds``). A batch of 256 drawn from
 #: 512 open clouds picked at random holds ~200 clouds, ~184 distinct classes at FractalDB-1k
@@ -83,7 +85,8 @@ def mixed_order(
             groups.setdefault(i // together, []).append(i)
         chunks = list(groups.values())
         rng.shuffle(chunks)
-        members = [i for chunk in chunks for i in chunk]
+        # Popped from the end: the chunks in their shuffled order, each in id order.
+        members = [i for chunk in reversed(chunks) for i in reversed(chunk)]
         first = k not in held
         held[k] = held.get(k, 0) + 1
         return k, members, first
@@ -146,7 +149,138 @@ def stretch(
     return mine[: nb * batch_size][a * batch_size:b * batch_size]
 
 
-class FractalDBIterable(IterableDataset):
+class _Mixed(IterableDataset):
+    """What the mixed iterables of every family share (see :class:`FractalDBIterable`)."""
+
+    #: Whether an epoch draws other images (FractalDB's instances) or only reorders them.
+    _epochs = True
+
+    def _setup(
+        self, dataset, *, open_clouds, epoch, seed, transform, target_transform, batch_size,
+        drop_last, rank, world_size, expand, together,
+    ) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if batch_size is not None and (transform is not None or target_transform is not None):
+            raise ValueError("batch mode (batch_size=...) draws straight into batch tensors: no transform")
+        if open_clouds < 1:
+            raise ValueError(f"open_clouds must be at least 1, got {open_clouds}")
+        self.dataset = dataset
+        self.open_clouds = open_clouds
+        self._epoch = torch.tensor([epoch], dtype=torch.int64).share_memory_()
+        self.seed = seed
+        self.transform = transform
+        self.target_transform = target_transform
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        # Gray images cross the workers' shared memory as one channel, expanded to RGB after.
+        self._expand = expand
+        self._total = len(dataset)
+        self._per_cloud = dataset.per_cloud
+        self._together = together
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = epoch
+
+    @property
+    def classes(self) -> List[str]:
+        return self.dataset.classes
+
+    @property
+    def class_to_idx(self) -> Dict[str, int]:
+        return self.dataset.class_to_idx
+
+    def _rank_world(self) -> Tuple[int, int]:
+        r, w = rank_and_world()
+        return (self.rank if self.rank is not None else r, self.world_size or w)
+
+    def _batches_per_rank(self) -> int:
+        return batches_per_rank(self._total, self._rank_world()[1], self.batch_size or 1, self.drop_last)
+
+    def __len__(self) -> int:
+        return self._batches_per_rank()
+
+    def _mine(self, epoch: int, worker: int, workers: int) -> list:
+        rank, world = self._rank_world()
+        return stretch(
+            self._total, self._per_cloud, self.seed, epoch, (rank, world), (worker, workers),
+            self.batch_size or 1, self.drop_last,
+        )
+
+    def __iter__(self) -> Iterator:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        epoch = self.epoch
+        rank = self._rank_world()[0]
+        rng = random.Random(f"{self.seed}/{epoch}/{rank}/{worker}")
+        events = mixed_order(
+            self._mine(epoch, worker, workers), self._per_cloud, self.open_clouds, rng, self._together
+        )
+        ds = self.dataset._dataset()
+        draw_epoch = epoch if self._epochs else 0
+        try:
+            if self.batch_size is not None:
+                yield from self._batches(ds, events, draw_epoch)
+            else:
+                yield from self._samples(ds, events, draw_epoch)
+        finally:
+            # An epoch left early (break, an error) lets its clouds go too.
+            ds.close_clouds()
+
+    def _samples(self, ds, events, epoch: int) -> Iterator:
+        for what, n in events:
+            if what == "open":
+                ds.open_cloud(n)
+            elif what == "close":
+                ds.close_cloud(n)
+            else:
+                data, label = ds.sample(n, epoch)
+                image = np.frombuffer(data, dtype=np.uint8).reshape(ds.shape)
+                if self.target_transform is not None:
+                    label = self.target_transform(label)
+                if self.transform is not None:
+                    yield self.transform(self.dataset._pil(image)), label
+                else:
+                    yield torch.from_numpy(image), label
+
+    def _batches(self, ds, events, epoch: int) -> Iterator:
+        """Whole batches drawn straight into shared-memory tensors: no per-sample tensors, no
+        collate copy."""
+        bs = self.batch_size
+        shape = tuple(ds.shape[:2]) + (1,) if self._expand else tuple(ds.shape)
+        images = labels = None
+        k = 0
+        for what, n in events:
+            if what == "open":
+                ds.open_cloud(n)
+                continue
+            if what == "close":
+                ds.close_cloud(n)
+                continue
+            if images is None:
+                images = torch.empty((bs,) + shape, dtype=torch.uint8).share_memory_()
+                labels = torch.empty(bs, dtype=torch.int64)
+                rows = images.numpy()
+            labels[k] = ds._sample_into(n, rows[k], epoch)
+            k += 1
+            if k == bs:
+                yield self._rgb(images), labels
+                images = labels = None
+                k = 0
+        if k:
+            yield self._rgb(images[:k]), labels[:k]
+
+    def _rgb(self, images):
+        return images.expand(*images.shape[:3], 3) if self._expand else images
+
+
+class FractalDBIterable(_Mixed):
     """All samples of a FractalDB plan, each epoch, computed on the fly and mixed like a shuffled
     dataset, split over DDP ranks and DataLoader workers.
 
@@ -195,127 +329,71 @@ class FractalDBIterable(IterableDataset):
         **fractaldb_kwargs,
     ) -> None:
         super().__init__()
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if batch_size is not None and (transform is not None or target_transform is not None):
-            raise ValueError("batch mode (batch_size=...) draws straight into batch tensors: no transform")
-        if open_clouds < 1:
-            raise ValueError(f"open_clouds must be at least 1, got {open_clouds}")
         fractaldb_kwargs.setdefault("seed", seed)
         # Gray draw modes have three equal channels: drawn as one and expanded to RGB (a stride-0
         # view), so a third of the bytes cross the workers' shared memory.
         color = "color" in fractaldb_kwargs.get("draw_type", "patch_gray")
-        self._expand = batch_size is not None and not color and not fractaldb_kwargs.get("png_gray", False)
-        if self._expand:
+        expand = batch_size is not None and not color and not fractaldb_kwargs.get("png_gray", False)
+        if expand:
             fractaldb_kwargs["png_gray"] = True
-        self.dataset = FractalDB(classes, **fractaldb_kwargs)
-        self.open_clouds = open_clouds
-        self._epoch = torch.tensor([epoch], dtype=torch.int64).share_memory_()
-        self.seed = seed
-        self.transform = transform
-        self.target_transform = target_transform
-        self.batch_size = batch_size
-        self.drop_last = drop_last
-        self.rank = rank
-        self.world_size = world_size
-        self._total = len(self.dataset)
-        self._per_cloud = self.dataset.per_cloud
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        dataset = FractalDB(classes, **fractaldb_kwargs)
         # Samples per instance (its flips: consecutive ids), kept together in a cloud's order.
-        first = self.dataset.key(0)[2]
-        self._flips = sum(1 for j in range(self._per_cloud) if self.dataset.key(j)[2] == first)
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch[0])
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch[0] = epoch
-
-    @property
-    def classes(self) -> List[str]:
-        return self.dataset.classes
-
-    @property
-    def class_to_idx(self) -> Dict[str, int]:
-        return self.dataset.class_to_idx
-
-    def _rank_world(self) -> Tuple[int, int]:
-        r, w = rank_and_world()
-        return (self.rank if self.rank is not None else r, self.world_size or w)
-
-    def _batches_per_rank(self) -> int:
-        return batches_per_rank(self._total, self._rank_world()[1], self.batch_size or 1, self.drop_last)
-
-    def __len__(self) -> int:
-        return self._batches_per_rank()
-
-    def _mine(self, epoch: int, worker: int, workers: int) -> list:
-        rank, world = self._rank_world()
-        return stretch(
-            self._total, self._per_cloud, self.seed, epoch, (rank, world), (worker, workers),
-            self.batch_size or 1, self.drop_last,
+        first = dataset.key(0)[2]
+        flips = sum(1 for j in range(dataset.per_cloud) if dataset.key(j)[2] == first)
+        self._setup(
+            dataset, open_clouds=open_clouds, epoch=epoch, seed=seed, transform=transform,
+            target_transform=target_transform, batch_size=batch_size, drop_last=drop_last,
+            rank=rank, world_size=world_size, expand=expand, together=flips,
         )
 
-    def __iter__(self) -> Iterator:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        epoch = self.epoch
-        rank = self._rank_world()[0]
-        rng = random.Random(f"{self.seed}/{epoch}/{rank}/{worker}")
-        events = mixed_order(
-            self._mine(epoch, worker, workers), self._per_cloud, self.open_clouds, rng, self._flips
+
+class _UnitsIterable(_Mixed):
+    """A family of the folder driver (RCDB, MV-FractalDB) on the fly: see :class:`RCDBIterable`."""
+
+    _epochs = False
+    _family = None
+
+    def __init__(
+        self,
+        *,
+        open_clouds: int = OPEN_CLOUDS,
+        epoch: int = 0,
+        seed: int = 0,
+        transform: Optional[Callable] = None,
+        target_transform: Optional[Callable] = None,
+        batch_size: Optional[int] = None,
+        drop_last: bool = False,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
+        **flags,
+    ) -> None:
+        super().__init__()
+        dataset = self._family(**flags)
+        self._setup(
+            dataset, open_clouds=open_clouds, epoch=epoch, seed=seed, transform=transform,
+            target_transform=target_transform, batch_size=batch_size, drop_last=drop_last,
+            rank=rank, world_size=world_size, expand=batch_size is not None,
+            # A cloud's samples in id order: its cursor walks the stream forward.
+            together=dataset.per_cloud,
         )
-        ds = self.dataset._dataset()
-        try:
-            if self.batch_size is not None:
-                yield from self._batches(ds, events, epoch)
-            else:
-                yield from self._samples(ds, events, epoch)
-        finally:
-            # An epoch left early (break, an error) lets its clouds go too.
-            ds.close_clouds()
 
-    def _samples(self, ds, events, epoch: int) -> Iterator:
-        for what, n in events:
-            if what == "open":
-                ds.open_cloud(n)
-            elif what == "close":
-                ds.close_cloud(n)
-            else:
-                data, label = ds.sample(n, epoch)
-                image = np.frombuffer(data, dtype=np.uint8).reshape(ds.shape)
-                if self.target_transform is not None:
-                    label = self.target_transform(label)
-                if self.transform is not None:
-                    yield self.transform(self.dataset._pil(image)), label
-                else:
-                    yield torch.from_numpy(image), label
 
-    def _batches(self, ds, events, epoch: int) -> Iterator:
-        """Whole batches drawn straight into shared-memory tensors: no per-sample tensors, no
-        collate copy."""
-        bs, shape = self.batch_size, ds.shape
-        images = labels = None
-        k = 0
-        for what, n in events:
-            if what == "open":
-                ds.open_cloud(n)
-                continue
-            if what == "close":
-                ds.close_cloud(n)
-                continue
-            if images is None:
-                images = torch.empty((bs,) + shape, dtype=torch.uint8).share_memory_()
-                labels = torch.empty(bs, dtype=torch.int64)
-                rows = images.numpy()
-            labels[k] = ds._sample_into(n, rows[k], epoch)
-            k += 1
-            if k == bs:
-                yield self._rgb(images), labels
-                images = labels = None
-                k = 0
-        if k:
-            yield self._rgb(images[:k]), labels[:k]
+class RCDBIterable(_UnitsIterable):
+    """RCDB on the fly (keywords: :class:`fractaldb.RCDB`'s flags, and those of
+    :class:`FractalDBIterable`), mixed the same way. A cloud is a stretch of one class's stream
+    (``per_cloud`` instances, up to 50); an open one holds its stream state (~2.5 KB), so 512 open
+    clouds cost little memory. RCDB has one set of images: ``set_epoch`` only reorders them. The
+    images are gray: batches cross the workers' shared memory as one channel."""
 
-    def _rgb(self, images):
-        return images.expand(*images.shape[:3], 3) if self._expand else images
+    _family = RCDB
+
+
+class MVFractalDBIterable(_UnitsIterable):
+    """MV-FractalDB and ExFractalDB on the fly (keywords: :class:`fractaldb.MVFractalDB`'s flags,
+    and those of :class:`FractalDBIterable`), mixed the same way. A cloud is a few whole models of
+    one class (``per_cloud`` views); an open one holds its current model's points (120 KB). One set
+    of images: ``set_epoch`` only reorders them."""
+
+    _family = MVFractalDB

@@ -292,6 +292,7 @@ fn class_starts(o: &MvfdbOptions, f: &Front, range: std::ops::Range<u32>) -> Vec
                 maps: f.maps[c as usize].clone(),
                 valid: f.valid[c as usize].clone(),
                 models: f.starts[c as usize].clone(),
+                marks: f.checkpoints[c as usize].clone(),
                 views: view_rng.clone(),
             });
         }
@@ -565,7 +566,6 @@ impl Dataset for Mvfdb {
         let stages = MvStages {
             units: Some(super::stage::ModelUnits {
                 models: models.clone(),
-                checkpoints: f.checkpoints,
             }),
             ..stages
         };

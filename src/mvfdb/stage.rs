@@ -21,6 +21,8 @@ pub struct ClassStart {
     pub valid: Vec<bool>,
     /// numpy's model stream at the class's first model.
     pub models: NumpyRandom,
+    /// The model stream before row positions 0, [`CHECKPOINT`], 2 x [`CHECKPOINT`], ...
+    pub marks: Vec<NumpyRandom>,
     /// CPython's view stream at the class's first view.
     pub views: PyRandom,
 }
@@ -49,11 +51,10 @@ pub struct ModelRef {
 /// Model-stream checkpoints every this many rows of a class (a unit replays at most this many models).
 pub const CHECKPOINT: u32 = 16;
 
-/// Shard units: one per valid model (the layout's "classes"), with the model stream's checkpoints
-/// per class (`checkpoints[c][r / CHECKPOINT]`: the stream before row position r's draws).
+/// Shard units: one per valid model (the layout's "classes"); each replays its class's model
+/// stream from the nearest of the class's [`ClassStart::marks`].
 pub struct ModelUnits {
     pub models: std::sync::Arc<Vec<ModelRef>>,
-    pub checkpoints: Vec<Vec<NumpyRandom>>,
 }
 
 pub struct MvStages {
@@ -89,6 +90,34 @@ impl Stages for MvStages {
             }
         }
     }
+    fn cursor(&self, unit: Unit) -> Option<Result<Box<dyn crate::render::Cursor + Send + '_>>> {
+        // Folder units only (a shard unit is one model: the stages draw it whole).
+        if self.units.is_some() {
+            return None;
+        }
+        let start = self
+            .starts
+            .get(unit.class.checked_sub(self.first)? as usize)?;
+        let mut wanted: Vec<(u32, usize)> = unit
+            .instances
+            .iter()
+            .enumerate()
+            .map(|(slot, &j)| (j, slot))
+            .collect();
+        wanted.sort_unstable();
+        Some(Ok(Box::new(MvCursor {
+            s: self,
+            start,
+            class: unit.class,
+            models: start.models.clone(),
+            views: start.views.clone(),
+            pos: 0,
+            file: 0,
+            wanted,
+            at: 0,
+            current: None,
+        })))
+    }
 }
 
 /// A model a unit needs: where it is, its draws, and its wanted views (view k, the unit's slot, the
@@ -121,7 +150,7 @@ impl MvStages {
                     m.pos, m.class
                 )));
             }
-            let mut rng = mu.checkpoints[m.class as usize][(m.pos / CHECKPOINT) as usize].clone();
+            let mut rng = start.marks[(m.pos / CHECKPOINT) as usize].clone();
             rng.skip_doubles((m.pos % CHECKPOINT) as usize * super::POINTS);
             let mut views = start.views.clone();
             views.skip_doubles(m.file as u64 * st.views as u64);
@@ -211,6 +240,14 @@ struct CpuStage<'a> {
     stats: &'a StageStats,
 }
 
+/// A valid model's points, as the CPU draw takes them.
+fn model_points(v: &Visit) -> Result<Vec<[f32; 3]>> {
+    let pts = instance(v.maps, v.mult, &v.u).ok_or_else(|| invalid_model(v))?;
+    Ok((0..pts[0].len())
+        .map(|n| [pts[0][n] as f32, pts[1][n] as f32, pts[2][n] as f32])
+        .collect())
+}
+
 impl Stage for CpuStage<'_> {
     fn run(&mut self, feed: &mut dyn Feed) -> Result<()> {
         let size = self.s.settings.size;
@@ -220,10 +257,7 @@ impl Stage for CpuStage<'_> {
                 for v in self.s.visits(&unit)? {
                     crate::check_interrupt()?;
                     let t0 = Instant::now();
-                    let pts = instance(v.maps, v.mult, &v.u).ok_or_else(|| invalid_model(&v))?;
-                    let pts: Vec<[f32; 3]> = (0..pts[0].len())
-                        .map(|n| [pts[0][n] as f32, pts[1][n] as f32, pts[2][n] as f32])
-                        .collect();
+                    let pts = model_points(&v)?;
                     StageStats::add(&self.stats.chaos_ns, t0);
                     self.stats.clouds.fetch_add(1, Ordering::Relaxed);
                     for &(k, slot, r) in &v.views {
@@ -244,6 +278,112 @@ impl Stage for CpuStage<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// A folder unit (a class) drawn a view at a time on the CPU engine: the model and view streams
+/// walked as [`MvStages::visits`] walks them, only the current model's points held (120 KB).
+pub struct MvCursor<'a> {
+    s: &'a MvStages,
+    start: &'a ClassStart,
+    class: u32,
+    models: NumpyRandom,
+    views: PyRandom,
+    /// The next multiplier row, and the valid models passed so far.
+    pos: usize,
+    file: u32,
+    /// Wanted (instance = file * views + view, slot), ascending; `at` is the next.
+    wanted: Vec<(u32, usize)>,
+    at: usize,
+    /// The current model: its file index, points and view draws.
+    current: Option<(u32, Vec<[f32; 3]>, Vec<f64>)>,
+}
+
+impl MvCursor<'_> {
+    /// Starts the streams at the valid model with file index `i`, from the nearest mark.
+    fn seek(&mut self, i: u32) {
+        let st = &self.s.settings;
+        let valid = &self.start.valid;
+        let Some(pos) = valid
+            .iter()
+            .enumerate()
+            .filter(|v| *v.1)
+            .nth(i as usize)
+            .map(|v| v.0)
+        else {
+            return; // none: `model` says so
+        };
+        let Some(mark) = self.start.marks.get(pos / CHECKPOINT as usize) else {
+            return;
+        };
+        self.models = mark.clone();
+        self.models
+            .skip_doubles(pos % CHECKPOINT as usize * super::POINTS);
+        self.views = self.start.views.clone();
+        self.views.skip_doubles(i as u64 * st.views as u64);
+        self.pos = pos;
+        self.file = i;
+    }
+
+    /// Walks the streams to the valid model with file index `i` and computes it.
+    fn model(&mut self, i: u32) -> Result<()> {
+        if self.current.is_none() && self.file == 0 {
+            self.seek(i);
+        }
+        let st = &self.s.settings;
+        let pi = std::f64::consts::PI;
+        loop {
+            let pos = self.pos;
+            if pos >= st.mults.len() {
+                return Err(Error::Other(format!(
+                    "internal: class {} has no model {i}",
+                    self.class
+                )));
+            }
+            self.pos += 1;
+            if !self.start.valid[pos] {
+                self.models.skip_doubles(super::POINTS);
+                continue;
+            }
+            let file = self.file;
+            self.file += 1;
+            if file < i {
+                self.models.skip_doubles(super::POINTS);
+                self.views.skip_doubles(st.views as u64);
+                continue;
+            }
+            let rs: Vec<f64> = (0..st.views).map(|_| self.views.uniform(-pi, pi)).collect();
+            let v = Visit {
+                class: self.class,
+                file,
+                maps: &self.start.maps,
+                mult: &st.mults[pos],
+                u: self.models.random_vec(super::POINTS),
+                views: vec![],
+            };
+            self.current = Some((file, model_points(&v)?, rs));
+            return Ok(());
+        }
+    }
+}
+
+impl crate::render::Cursor for MvCursor<'_> {
+    fn next(&mut self, canvas: &mut Vec<u8>) -> Result<Option<usize>> {
+        let Some(&(instance, slot)) = self.wanted.get(self.at) else {
+            return Ok(None);
+        };
+        self.at += 1;
+        let st = &self.s.settings;
+        let (i, k) = (instance / st.views, instance % st.views);
+        if self.current.as_ref().map(|c| c.0) != Some(i) {
+            self.model(i)?;
+        }
+        let (_, pts, rs) = self.current.as_ref().unwrap();
+        let view = self.s.view(self.class, i, k, rs[k as usize]);
+        canvas.clear();
+        canvas.resize(st.size * st.size, 0);
+        draw_points(pts, &projection(), &view, st.size, st.point, canvas);
+        Ok(Some(slot))
     }
 }
 

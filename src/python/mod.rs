@@ -136,6 +136,26 @@ fn array_address(out: &Bound<'_, PyAny>, shape: (usize, usize, usize)) -> PyResu
     Ok(address)
 }
 
+/// Fills `out`, a numpy array of `shape` checked by [`array_address`], through `fill`; the caller
+/// holds the GIL from the call to its end.
+fn write_array(
+    out: &Bound<'_, PyAny>,
+    shape: (usize, usize, usize),
+    fill: impl FnOnce(&mut [u8]),
+) -> PyResult<()> {
+    let address = array_address(out, shape)?;
+    let len = shape.0 * shape.1 * shape.2;
+    // SAFETY: `array_address` checked that `out` is a `numpy.ndarray` (not a subclass, whose
+    // `__array_interface__` could lie) whose own interface reports a writable, C-contiguous
+    // buffer of exactly `len` bytes at `address`. `out` is borrowed for this call, so the array
+    // and its buffer live; the GIL is held from that check to the end of the write (`fill` runs no
+    // Python code), so no Python code can resize or free the buffer meanwhile; nothing in Rust
+    // refers to it.
+    let dst = unsafe { std::slice::from_raw_parts_mut(address as *mut u8, len) };
+    fill(dst);
+    Ok(())
+}
+
 /// A render plan drawn one sample at a time (`sample(i)`), in the plan's canonical order: class,
 /// weight row, instance, flip (the `render` flags' selections applied).
 #[pyclass(module = "fractaldb._native")]
@@ -408,17 +428,10 @@ impl Dataset {
         s: crate::plan::Sample,
     ) -> PyResult<()> {
         let (h, w, c) = self.shape();
-        let address = array_address(out, (h, w, c))?;
-        // SAFETY: `array_address` checked that `out` is a `numpy.ndarray` (not a subclass, whose
-        // `__array_interface__` could lie) whose own interface reports a writable, C-contiguous
-        // buffer of exactly h*w*c bytes at `address`. `out` is borrowed for this call, so the
-        // array and its buffer live; the caller holds the GIL from that check to the end of the
-        // write, so no Python code can resize or free the buffer meanwhile; nothing in Rust
-        // refers to it.
-        let dst = unsafe { std::slice::from_raw_parts_mut(address as *mut u8, h * w * c) };
         let pal = render::palette(self.cfg.mode);
-        render::write_flip_into(canvas, w, h, s.flip, &pal, c, dst);
-        Ok(())
+        write_array(out, (h, w, c), |dst| {
+            render::write_flip_into(canvas, w, h, s.flip, &pal, c, dst)
+        })
     }
 
     /// The open cloud of sample `i`, if its cloud is open.

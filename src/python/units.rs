@@ -9,11 +9,12 @@ use crate::dataset::{Dataset, FolderWork};
 use crate::encode::Encoding;
 use crate::error::Error;
 use crate::pipeline::{self, Job, Jobs, Sink, Target};
-use crate::render::Stages;
-use pyo3::exceptions::PyIndexError;
+use crate::render::{Cursor, Stages};
+use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyByteArray;
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// A family's dataset and its folder work, prepared once (MV-FractalDB's search and models, RCDB's
 /// class starts). Both are leaked on purpose: the folder work borrows the dataset for as long as
@@ -22,11 +23,46 @@ use std::sync::Mutex;
 pub struct Units {
     ds: &'static (dyn Dataset + Send),
     work: &'static (dyn FolderWork + 'static),
-    stages: Box<dyn Stages + Send + 'static>,
+    stages: &'static (dyn Stages + Send + 'static),
     /// First sample of each unit; one more entry: the total.
     starts: Vec<u64>,
+    /// Samples per cloud: ids `k * per_cloud ..` lie in one unit (see [`Units::per_cloud`]).
+    per_cloud: u64,
     /// The last unit rendered: its index and its images (raw pixels, row-major RGB).
     last: Mutex<Option<(u64, Vec<Vec<u8>>)>>,
+    /// Open clouds, each a cursor over its samples.
+    open: Mutex<HashMap<u64, Arc<Mutex<Open>>>>,
+}
+
+/// An open cloud: its samples' canvases drawn one at a time, in id order.
+struct Open {
+    cursor: Box<dyn Cursor + Send>,
+    /// The cursor's first sample, the one it draws next, and the cloud's end.
+    from: u64,
+    next: u64,
+    end: u64,
+    flip: u8,
+    canvas: Vec<u8>,
+}
+
+/// The most samples a cloud holds (RCDB: a stretch of a class's stream; MV-FractalDB: whole models).
+/// Smaller clouds mix batches better (RCDB-1k, 1 rank x 8 workers: 178 distinct classes per batch of
+/// 256 at 100, 182 at 50) and cost more replay per sample when opened (RCDB: ~5 us an instance skipped).
+const CLOUD_MAX: u64 = 50;
+
+/// Samples per cloud: the most, up to [`CLOUD_MAX`], that every unit is a whole number of, in
+/// multiples of `atom` (an MV-FractalDB model's views) where it can.
+fn per_cloud(starts: &[u64], atom: u64) -> u64 {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    let g = starts.windows(2).fold(0, |g, w| gcd(g, w[1] - w[0])).max(1);
+    let atom = if g.is_multiple_of(atom) { atom } else { 1 };
+    (1..=(g / atom))
+        .rev()
+        .map(|m| m * atom)
+        .find(|&d| g.is_multiple_of(d) && d <= CLOUD_MAX.max(atom))
+        .unwrap_or(1)
 }
 
 /// The one job of one unit, then nothing.
@@ -107,7 +143,7 @@ impl Units {
         let jobs = One(Mutex::new(Some(pipeline::job_of(u.class, u.row, images))));
         let sink = Collect(Mutex::new(vec![None; n]));
         let ctx = pipeline::Context {
-            stages: &*self.stages,
+            stages: self.stages,
             image: self.ds.image(),
             png: self.ds.png(),
             encoding: Encoding::Npy,
@@ -136,6 +172,76 @@ impl Units {
             .collect()
     }
 
+    /// A cursor over samples `from..end` of one unit (`end` at most the unit's end).
+    fn cursor(&self, from: u64, end: u64) -> PyResult<Open> {
+        let (k, j) = self.locate(from)?;
+        let u = self.work.unit(k);
+        let images = &u.images[j..j + (end - from) as usize];
+        let unit = crate::render::Unit {
+            class: u.class,
+            row: u.row,
+            epoch: 0,
+            instances: images.iter().map(|im| im.0).collect(),
+        };
+        let cursor = self
+            .stages
+            .cursor(unit)
+            .ok_or_else(|| to_py(Error::Other("internal: this family has no cursor".into())))?
+            .map_err(to_py)?;
+        Ok(Open {
+            cursor,
+            from,
+            next: from,
+            end,
+            flip: images[0].1,
+            canvas: Vec::new(),
+        })
+    }
+
+    /// Sample `i` drawn from its open cloud into `out` (`channels` per pixel, from the palette),
+    /// or `None` when its cloud is not open. A sample out of the cloud's order starts its cursor
+    /// again from there.
+    fn draw_open(
+        &self,
+        py: Python<'_>,
+        i: u64,
+        channels: usize,
+        out: impl FnOnce(&dyn Fn(&mut [u8])) -> PyResult<()>,
+    ) -> PyResult<Option<()>> {
+        let open = self
+            .open
+            .lock()
+            .unwrap()
+            .get(&(i / self.per_cloud))
+            .cloned();
+        let Some(open) = open else {
+            return Ok(None);
+        };
+        let mut o = open.lock().unwrap();
+        if o.next != i {
+            *o = self.cursor(i, o.end)?;
+        }
+        let o = &mut *o;
+        let slot = py
+            .detach(|| o.cursor.next(&mut o.canvas))
+            .map_err(to_py)?
+            .ok_or_else(|| to_py(Error::Other("internal: a cloud ended early".into())))?;
+        if o.from + slot as u64 != i {
+            return Err(to_py(Error::Other(format!(
+                "internal: a cursor drew sample {} for {i}",
+                o.from + slot as u64
+            ))));
+        }
+        o.next = i + 1;
+        let f = self.ds.image();
+        let (w, h) = (f.width as usize, f.height as usize);
+        let (canvas, flip) = (&o.canvas, o.flip);
+        out(&|buf: &mut [u8]| {
+            crate::render::write_flip_into(canvas, w, h, flip, &f.palette, channels, buf)
+        })?;
+        Ok(Some(()))
+    }
+
     /// (unit, position in it) of sample `i`.
     fn locate(&self, i: u64) -> PyResult<(u64, usize)> {
         let total = *self.starts.last().unwrap();
@@ -161,7 +267,7 @@ impl Units {
         let rank = crate::cluster::Rank::default();
         let work = ds.folder(&rank, &job.env(false)).map_err(to_py)?;
         let work: &'static (dyn FolderWork + 'static) = Box::leak(work);
-        let stages = work.stages().map_err(to_py)?;
+        let stages: &'static (dyn Stages + Send) = Box::leak(work.stages().map_err(to_py)?);
         let mut starts = Vec::with_capacity(work.units() as usize + 1);
         let mut at = 0u64;
         for k in 0..work.units() {
@@ -169,12 +275,28 @@ impl Units {
             at += work.unit(k).images.len() as u64;
         }
         starts.push(at);
+        // An MV-FractalDB model's views (one sample row), kept together in a cloud.
+        let atom = match work.units() {
+            0 => 1,
+            _ => {
+                let first = work.unit(0);
+                let row = first.images.first().map(|im| im.2.row);
+                let n = first
+                    .images
+                    .iter()
+                    .take_while(|im| Some(im.2.row) == row)
+                    .count();
+                if n == first.images.len() { 1 } else { n as u64 }
+            }
+        };
         Ok(Units {
             ds,
             work,
             stages,
+            per_cloud: per_cloud(&starts, atom.max(1)),
             starts,
             last: Mutex::new(None),
+            open: Mutex::default(),
         })
     }
 
@@ -208,6 +330,14 @@ impl Units {
             .ok_or_else(|| PyIndexError::new_err(format!("unit {k} of {}", self.units())))
     }
 
+    /// (class, row, instance, flip) of sample `i`: RCDB's (class, group of instances, instance, 1),
+    /// MV-FractalDB's (class, model, view, 1).
+    fn key(&self, i: u64) -> PyResult<(u32, u32, u32, u8)> {
+        let (k, j) = self.locate(i)?;
+        let s = self.work.unit(k).images[j].2;
+        Ok((s.class, s.row, s.instance, s.flip))
+    }
+
     /// The path the command's folder output writes sample `i` to, relative to its `--save_root`.
     fn file_name(&self, i: u64) -> PyResult<String> {
         let (k, j) = self.locate(i)?;
@@ -216,10 +346,125 @@ impl Units {
         Ok(path.to_string_lossy().into_owned())
     }
 
-    /// Sample `i`: (its pixels, row-major RGB; its label).
-    fn sample<'py>(&self, py: Python<'py>, i: u64) -> PyResult<(Bound<'py, PyByteArray>, u32)> {
+    /// Samples per cloud: ids `k * per_cloud .. (k + 1) * per_cloud` lie in one unit, drawn in
+    /// order from an open cloud (an RCDB stretch of one class's stream; whole MV-FractalDB models).
+    #[getter]
+    fn per_cloud(&self) -> u64 {
+        self.per_cloud
+    }
+
+    /// Opens cloud `k`: its samples are then drawn one at a time, in id order, from its stream
+    /// (no-op when open).
+    fn open_cloud(&self, k: u64) -> PyResult<()> {
+        let n = self.__len__() as u64 / self.per_cloud;
+        if k >= n {
+            return Err(PyIndexError::new_err(format!(
+                "cloud {k} of a dataset of {n}"
+            )));
+        }
+        if self.open.lock().unwrap().contains_key(&k) {
+            return Ok(());
+        }
+        let o = self.cursor(k * self.per_cloud, (k + 1) * self.per_cloud)?;
+        self.open.lock().unwrap().insert(k, Arc::new(Mutex::new(o)));
+        Ok(())
+    }
+
+    /// Lets cloud `k` go.
+    fn close_cloud(&self, k: u64) {
+        self.open.lock().unwrap().remove(&k);
+    }
+
+    /// Lets every open cloud go.
+    fn close_clouds(&self) {
+        self.open.lock().unwrap().clear();
+    }
+
+    /// How many clouds are open.
+    #[getter]
+    fn open_clouds(&self) -> usize {
+        self.open.lock().unwrap().len()
+    }
+
+    /// Writes sample `i` into `out` (a writable C-contiguous uint8 numpy array of H x W x 3, or
+    /// H x W x 1 for the gray value alone); returns its label. `epoch` must be 0 (these families
+    /// have one set of images).
+    #[pyo3(signature = (i, out, epoch = 0))]
+    fn _sample_into(
+        &self,
+        py: Python<'_>,
+        i: u64,
+        out: &Bound<'_, PyAny>,
+        epoch: u64,
+    ) -> PyResult<u32> {
+        no_epochs(epoch)?;
         let (k, j) = self.locate(i)?;
         let label = self.work.unit(k).class;
+        let (h, w, _) = self.shape();
+        let c = if out.getattr("size")?.extract::<usize>().ok() == Some(h * w) {
+            1
+        } else {
+            3
+        };
+        super::array_address(out, (h, w, c))?;
+        // Read again with the GIL held from there to the write: no Python code runs between.
+        let write = |fill: &dyn Fn(&mut [u8])| super::write_array(out, (h, w, c), fill);
+        if self.draw_open(py, i, c, write)?.is_some() {
+            return Ok(label);
+        }
+        let rgb = self.unit_image(py, k, j)?;
+        write(&|buf: &mut [u8]| {
+            if c == 3 {
+                buf.copy_from_slice(&rgb);
+            } else {
+                buf.iter_mut()
+                    .zip(rgb.chunks_exact(3))
+                    .for_each(|(b, p)| *b = p[0]);
+            }
+        })?;
+        Ok(label)
+    }
+
+    /// Sample `i`: (its pixels, row-major RGB; its label).
+    #[pyo3(signature = (i, epoch = 0))]
+    fn sample<'py>(
+        &self,
+        py: Python<'py>,
+        i: u64,
+        epoch: u64,
+    ) -> PyResult<(Bound<'py, PyByteArray>, u32)> {
+        no_epochs(epoch)?;
+        let (k, j) = self.locate(i)?;
+        let label = self.work.unit(k).class;
+        let (h, w, c) = self.shape();
+        let mut got = None;
+        self.draw_open(py, i, c, |fill| {
+            got = Some(PyByteArray::new_with(py, h * w * c, |buf| {
+                fill(buf);
+                Ok(())
+            })?);
+            Ok(())
+        })?;
+        if let Some(b) = got {
+            return Ok((b, label));
+        }
+        Ok((PyByteArray::new(py, &self.unit_image(py, k, j)?), label))
+    }
+}
+
+fn no_epochs(epoch: u64) -> PyResult<()> {
+    if epoch != 0 {
+        return Err(PyValueError::new_err(format!(
+            "epoch {epoch}: RCDB and MV-FractalDB have one set of images (epoch 0); an epoch only \
+             reorders them in fractaldb.torch"
+        )));
+    }
+    Ok(())
+}
+
+impl Units {
+    /// Image `j` of unit `k` (RGB), through the last-unit cache.
+    fn unit_image(&self, py: Python<'_>, k: u64, j: usize) -> PyResult<Vec<u8>> {
         let cached = self
             .last
             .lock()
@@ -232,12 +477,12 @@ impl Units {
         }
         let last = self.last.lock().unwrap();
         match last.as_ref() {
-            Some((u, images)) if *u == k => Ok((PyByteArray::new(py, &images[j]), label)),
+            Some((u, images)) if *u == k => Ok(images[j].clone()),
             // Another thread rendered another unit in between: this one again.
             _ => {
                 drop(last);
-                let images = interruptible(py, || self.render(k))?;
-                Ok((PyByteArray::new(py, &images[j]), label))
+                let mut images = interruptible(py, || self.render(k))?;
+                Ok(std::mem::take(&mut images[j]))
             }
         }
     }

@@ -6,7 +6,7 @@
 use super::unit::{ClassStarts, walk_unit};
 use super::{Scratch, Settings, draw_instance};
 use crate::error::Result;
-use crate::render::{Backend, Canvas, Feed, Stage, StageStats, Stages};
+use crate::render::{Backend, Canvas, Cursor, Feed, Stage, StageStats, Stages, Unit};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -62,6 +62,16 @@ impl Stages for RcdbStages {
                 })
             }
         })
+    }
+    fn cursor(&self, unit: Unit) -> Option<Result<Box<dyn Cursor + Send + '_>>> {
+        let walk = match super::unit::Walk::new(&self.settings, &self.starts, self.group, &unit) {
+            Ok(w) => w,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(Ok(Box::new(super::unit::RcdbCursor {
+            walk,
+            scratch: Scratch::default(),
+        })))
     }
 }
 

@@ -85,6 +85,20 @@ pub trait Stages: Sync {
     fn workers(&self, threads: usize) -> usize;
     /// Opens the stage of worker `worker`; called on the thread that runs the stage.
     fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>>;
+    /// `unit`'s canvases one at a time on the CPU engine, for readers that keep many units open
+    /// and draw from them in turn (Python's mixed iterables); `None`: the family has no cursor.
+    /// `unit.instances` must ascend (the stream order of the families that have one).
+    fn cursor(&self, unit: Unit) -> Option<Result<Box<dyn Cursor + Send + '_>>> {
+        let _ = unit;
+        None
+    }
+}
+
+/// A unit opened by [`Stages::cursor`]: its canvases in the order of its instances, each drawn only
+/// when asked for. It keeps the unit's stream state (an RCDB stream's 2.5 KB, an MV-FractalDB model).
+pub trait Cursor {
+    /// The next instance's canvas into `canvas` (resized): its slot, or `None` after the last.
+    fn next(&mut self, canvas: &mut Vec<u8>) -> Result<Option<usize>>;
 }
 
 /// A borrowed family's stages are stages too (a prepared dataset lends its own).
@@ -94,6 +108,9 @@ impl<T: Stages + ?Sized> Stages for &T {
     }
     fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>> {
         (**self).open(worker, stats)
+    }
+    fn cursor(&self, unit: Unit) -> Option<Result<Box<dyn Cursor + Send + '_>>> {
+        (**self).cursor(unit)
     }
 }
 

@@ -3,6 +3,7 @@ each sample once over workers and ranks, errors are Python exceptions, Ctrl-C st
 on-the-fly sampling inside one large unit, and the console script is the binary's command line."""
 import csv
 import hashlib
+import math
 import os
 import signal
 import subprocess
@@ -378,6 +379,27 @@ def test_the_docs_pretraining_snippet_runs(classes):
     assert scope["epoch"] == 1 and scope["step"] == 2
 
 
+def test_the_docs_vit_recipe_runs(classes):
+    """docs/python.md's DeiT-Tiny block (timm), with small settings: two steps of two epochs."""
+    pytest.importorskip("timm", reason="pip install timm")
+    import re
+
+    doc = open(os.path.join(os.path.dirname(__file__), "../../docs/python.md")).read()
+    block = doc.split("<!-- The ViT block below is run by tests/python/test_package.py")[1]
+    code = re.search(r"```python\n(.*?)```", block, re.S).group(1)
+    for name, value in (
+        ("CLASSES", repr(str(classes))), ("EPOCHS", "2"), ("STEPS_PER_EPOCH", "2"), ("BATCH", "8"),
+        ("WORKERS", "2"), ("IMAGE_SIZE", "48"), ("INPUT", "32"),
+    ):
+        code, n = re.subn(rf"^{name} = .*$", f"{name} = {value}", code, flags=re.M)
+        assert n == 1, name
+    code = code.replace("instances=10", "instances=2, iteration=3000")
+    scope = {}
+    exec(compile(code, "docs/python.md", "exec"), scope)
+    assert scope["epoch"] == 1 and scope["step"] == 2
+    assert scope["sched"].last_epoch == 4 and math.isfinite(scope["loss"].item())
+
+
 def test_the_order_at_fractaldb_1k_proportions_mixes_batches_like_a_shuffle():
     """The on-the-fly order alone (sample ids, no pixels) at FractalDB-1k's proportions (1,000
     classes x 25 weight rows x 10 instances x 4 flips) with 8 workers and the production rule
@@ -529,3 +551,46 @@ def test_rcdb_and_mvfdb_samples_equal_the_commands_pngs(tmp_path, binary, cls, c
         getattr(fractaldb, cls)(no_such_flag=1, **flags)
     with pytest.raises(ValueError):
         getattr(fractaldb, cls)(**dict(flags, **{next(iter(flags)): "x"}))
+
+
+@pytest.mark.parametrize(
+    "cls,flags",
+    [
+        ("RCDB", dict(numof_classes=3, numof_instances=150, image_size=32, numof_thread=1)),
+        ("MVFractalDB", dict(classes=2, weight_rows="0-39", views=2, img_size=24)),
+        ("MVFractalDB", dict(classes=2, weight_rows="0-3", views="random:2", img_size=32, point_size=3)),
+    ],
+)
+@pytest.mark.parametrize("batch_size", [None, 16])
+def test_rcdb_and_mvfdb_iterables_yield_every_sample_once_over_ranks_and_workers(cls, flags, batch_size):
+    """The mixed iterables of the folder families: 2 ranks x 2 DataLoader workers, a few clouds
+    open, yield each sample (the map-style pixels, themselves the command's PNGs) once, plus the
+    padding of equal ranks; len() is the batch count; clouds are drawn from their cursors (a
+    stretch boundary inside a cloud starts it mid-way)."""
+    from collections import Counter
+
+    torch = pytest.importorskip("torch", reason="pip install torch")
+    import fractaldb.torch as ft
+
+    ds = getattr(fractaldb, cls)(**flags)
+    want = Counter((ds.sample(i)[0].tobytes(), ds.sample(i)[1]) for i in range(len(ds)))
+    assert ds.per_cloud > 1 and len(ds) % ds.per_cloud == 0
+    got: Counter = Counter()
+    per_rank = []
+    for rank in range(2):
+        it = getattr(ft, cls + "Iterable")(open_clouds=3, rank=rank, world_size=2, batch_size=batch_size, **flags)
+        loader = torch.utils.data.DataLoader(it, batch_size=None, num_workers=2)
+        batches = list(loader)
+        assert len(batches) == len(it) == len(loader)
+        items = []
+        for images, labels in batches:
+            if batch_size is None:
+                images, labels = images[None], torch.tensor([labels])
+            assert images.shape[1:] == ds.shape
+            items += [(im.contiguous().numpy().tobytes(), int(lb)) for im, lb in zip(images, labels)]
+        per_rank.append(len(items))
+        got.update(items)
+    assert per_rank[0] == per_rank[1] == -(-len(ds) // 2)
+    assert not (want - got), "a sample never came"
+    assert sum(got.values()) - sum(want.values()) == len(ds) % 2
+    assert set(got) <= set(want)
