@@ -27,6 +27,18 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// Parses a command line (`argv[0]` is the program) with every flag's other spelling too
+    /// ([`with_spellings`]).
+    pub fn try_parse_args<I, T>(argv: I) -> std::result::Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut m = with_spellings(Cli::command()).try_get_matches_from(argv)?;
+        Cli::from_arg_matches_mut(&mut m)
+    }
+
     /// Whether this runs the HTTP service, which handles SIGTERM/SIGINT itself (it drains its
     /// responses); every other command stops its work on them ([`crate::stop_on_signals`]).
     pub fn is_service(&self) -> bool {
@@ -37,6 +49,42 @@ impl Cli {
             _ => false,
         }
     }
+}
+
+/// `cmd` and its subcommands with every flag also under its other spelling: `--png-level` and
+/// `--png_level`, `--numof_classes` and `--numof-classes`, each alias likewise, unless that name is
+/// another flag's. The aliases are listed on the flag's own line of `--help`.
+pub fn with_spellings(cmd: clap::Command) -> clap::Command {
+    fn names(a: &clap::Arg) -> Vec<String> {
+        let aliases = a.get_all_aliases().unwrap_or_default();
+        a.get_long()
+            .into_iter()
+            .chain(aliases)
+            .map(String::from)
+            .collect()
+    }
+    fn other(n: &str) -> String {
+        if n.contains('_') {
+            n.replace('_', "-")
+        } else {
+            n.replace('-', "_")
+        }
+    }
+    let cmd = cmd.mut_subcommands(with_spellings);
+    let taken: std::collections::HashSet<String> = cmd.get_arguments().flat_map(names).collect();
+    cmd.mut_args(|mut a| {
+        let mut have = names(&a);
+        for n in have.clone() {
+            let o = other(&n);
+            if !taken.contains(&o) && !have.contains(&o) {
+                // clap keeps `&'static str` names: a few bytes per flag, once per process.
+                a = a.visible_alias(&*Box::leak(o.clone().into_boxed_str()));
+                have.push(o);
+            }
+        }
+        a
+    })
+    .after_help("Every flag is also accepted with `_` for `-` (and the reverse).")
 }
 
 #[derive(Subcommand, Debug)]
@@ -150,7 +198,7 @@ pub struct EncodingArgs {
 #[derive(Args, Debug, Clone)]
 pub struct OutputArgs {
     /// Output directory [original: --save_root]
-    #[arg(long = "out", alias = "save_root", alias = "save-root")]
+    #[arg(long = "out", visible_alias = "save_root", visible_alias = "save-root")]
     pub out: Option<PathBuf>,
     /// folder (the original's layout) or wds (WebDataset shards, classes mixed in each)
     #[arg(long, default_value = "folder")]
@@ -302,13 +350,21 @@ pub struct SearchArgs {
     #[arg(long, default_value_t = 0.2)]
     pub rate: f64,
     /// Number of categories to find [original: --category, 1000]
-    #[arg(long = "categories", alias = "category", default_value_t = 1000)]
+    #[arg(
+        long = "categories",
+        visible_alias = "category",
+        default_value_t = 1000
+    )]
     pub categories: usize,
     /// Digits of the class names: 5 gives the original's 00000.csv; the 21k-300k variants use 7
     #[arg(long = "class-digits", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=12))]
     pub class_digits: u32,
     /// Points per candidate [original: --numof_point, 100000]
-    #[arg(long = "points", alias = "numof_point", default_value_t = 100_000)]
+    #[arg(
+        long = "points",
+        visible_alias = "numof_point",
+        default_value_t = 100_000
+    )]
     pub points: usize,
     /// numpy seed of the search stream (the original hard-codes 1)
     #[arg(long, default_value_t = 1)]
@@ -316,8 +372,8 @@ pub struct SearchArgs {
     /// Output directory [original: --save_dir, '.']
     #[arg(
         long = "out",
-        alias = "save_dir",
-        alias = "save-dir",
+        visible_alias = "save_dir",
+        visible_alias = "save-dir",
         default_value = "./data"
     )]
     pub out: PathBuf,
@@ -347,32 +403,48 @@ pub struct RenderArgs {
     /// Directory of class CSVs (also its csvK/ sub-folders) [original: --load_root, ./data]
     #[arg(
         long = "load-root",
-        alias = "load_root",
+        visible_alias = "load_root",
         default_value = "./data/csv_rate0.2_category1000"
     )]
     pub load_root: PathBuf,
     /// Image width [original: --image_size_x, 512; exe.sh 362]
-    #[arg(long = "image-size-x", alias = "image_size_x", default_value_t = 362)]
+    #[arg(
+        long = "image-size-x",
+        visible_alias = "image_size_x",
+        default_value_t = 362
+    )]
     pub image_size_x: u32,
     /// Image height [original: --image_size_y, 512; exe.sh 362]
-    #[arg(long = "image-size-y", alias = "image_size_y", default_value_t = 362)]
+    #[arg(
+        long = "image-size-y",
+        visible_alias = "image_size_y",
+        default_value_t = 362
+    )]
     pub image_size_y: u32,
     /// Horizontal pad [original: --pad_size_x, 6]
-    #[arg(long = "pad-size-x", alias = "pad_size_x", default_value_t = 6)]
+    #[arg(long = "pad-size-x", visible_alias = "pad_size_x", default_value_t = 6)]
     pub pad_size_x: u32,
     /// Vertical pad [original: --pad_size_y, 6]
-    #[arg(long = "pad-size-y", alias = "pad_size_y", default_value_t = 6)]
+    #[arg(long = "pad-size-y", visible_alias = "pad_size_y", default_value_t = 6)]
     pub pad_size_y: u32,
     /// Points per image, the origin included [original: --iteration, 100000; exe.sh 200000]
-    #[arg(long = "iteration", alias = "iterations", default_value_t = 200_000)]
+    #[arg(
+        long = "iteration",
+        visible_alias = "iterations",
+        default_value_t = 200_000
+    )]
     pub iteration: usize,
     /// point_gray | point_color | patch_gray | patch_color [original: --draw_type, patch_gray]
-    #[arg(long = "draw-type", alias = "draw_type", default_value = "patch_gray")]
+    #[arg(
+        long = "draw-type",
+        visible_alias = "draw_type",
+        default_value = "patch_gray"
+    )]
     pub draw_type: DrawMode,
     /// Weights CSV, or builtin:S for the original's weights_S.csv [original: --weight_csv, ./weights/weights_0.1.csv; exe.sh weights_0.4.csv]
     #[arg(
         long = "weight-csv",
-        alias = "weight_csv",
+        visible_alias = "weight_csv",
         default_value = "builtin:0.4"
     )]
     pub weight_csv: String,
@@ -440,56 +512,80 @@ pub struct RcdbArgs {
     /// Classes C [original: --numof_classes, 1000]
     #[arg(
         long = "numof_classes",
-        alias = "numof-classes",
+        visible_alias = "numof-classes",
         default_value_t = 1000
     )]
     pub numof_classes: u32,
     /// Images per class [original: --numof_instances, 1000]
     #[arg(
         long = "numof_instances",
-        alias = "numof-instances",
+        visible_alias = "numof-instances",
         default_value_t = 1000
     )]
     pub numof_instances: u32,
     /// Image side in pixels (even) [original: --image_size, 512]
-    #[arg(long = "image_size", alias = "image-size", default_value_t = 512)]
+    #[arg(
+        long = "image_size",
+        visible_alias = "image-size",
+        default_value_t = 512
+    )]
     pub image_size: u32,
     /// Most vertices of a contour [original: --vertex_num, 200]
-    #[arg(long = "vertex_num", alias = "vertex-num", default_value_t = 200)]
+    #[arg(
+        long = "vertex_num",
+        visible_alias = "vertex-num",
+        default_value_t = 200
+    )]
     pub vertex_num: u32,
     /// Least Perlin noise amplitude [original: --perlin_min, 0]
-    #[arg(long = "perlin_min", alias = "perlin-min", default_value_t = 0.0)]
+    #[arg(
+        long = "perlin_min",
+        visible_alias = "perlin-min",
+        default_value_t = 0.0
+    )]
     pub perlin_min: f64,
     /// Upper bound of the line-width term [original: --line_width, 0.1]
-    #[arg(long = "line_width", alias = "line-width", default_value_t = 0.1)]
+    #[arg(
+        long = "line_width",
+        visible_alias = "line-width",
+        default_value_t = 0.1
+    )]
     pub line_width: f64,
     /// Least radius [original: --radius_min, 0]
     #[arg(
         long = "radius_min",
-        alias = "radius-min",
+        visible_alias = "radius-min",
         default_value_t = 0,
         allow_negative_numbers = true
     )]
     pub radius_min: i64,
     /// Least number of contours per image [original: --line_num_min, 1]
-    #[arg(long = "line_num_min", alias = "line-num-min", default_value_t = 1)]
+    #[arg(
+        long = "line_num_min",
+        visible_alias = "line-num-min",
+        default_value_t = 1
+    )]
     pub line_num_min: i64,
     /// Largest oval stretch [original: --oval_rate, 2]
-    #[arg(long = "oval_rate", alias = "oval-rate", default_value_t = 2.0)]
+    #[arg(long = "oval_rate", visible_alias = "oval-rate", default_value_t = 2.0)]
     pub oval_rate: f64,
     /// Largest centre offset, in pixels x2 [original: --start_pos, 400]
-    #[arg(long = "start_pos", alias = "start-pos", default_value_t = 400)]
+    #[arg(long = "start_pos", visible_alias = "start-pos", default_value_t = 400)]
     pub start_pos: i64,
     /// The original's PROCESS count T (not our threads: see -j). Process t draws classes
     /// [t*q, t*q+q), q = C/T, from random.seed(t+1), so T defines the dataset: keep the original's
     /// (40 in its 1k/21k scripts) to get its images [original: --numof_thread]
-    #[arg(long = "numof_thread", alias = "numof-thread", default_value_t = 40)]
+    #[arg(
+        long = "numof_thread",
+        visible_alias = "numof-thread",
+        default_value_t = 40
+    )]
     pub numof_thread: u32,
     /// Make only process t's classes (0-based); default: every process's [original: --thread_num]
-    #[arg(long = "thread_num", alias = "thread-num")]
+    #[arg(long = "thread_num", visible_alias = "thread-num")]
     pub thread_num: Option<u32>,
     /// Seed of the sample order in the shards (wds)
-    #[arg(long, alias = "shard-seed", default_value_t = 0)]
+    #[arg(long, visible_alias = "shard-seed", default_value_t = 0)]
     pub seed: u64,
     /// Serve the shards over HTTP instead of writing them (the bytes of --format wds with the same
     /// flags; see `fractaldb serve` for the service's routes): --listen, --prefetch, ... apply
@@ -550,8 +646,8 @@ impl RcdbArgs {
 /// `fractaldb mvfdb`: the original's search and model settings, and the model stream's seed it leaves open.
 #[derive(Args, Debug)]
 pub struct MvfdbArgs {
-    /// Classes to find [original: --classes, 1000]
-    #[arg(long, default_value_t = 1000)]
+    /// Classes to find [original: category_search.py --numof_classes, instance.py --classes, 1000]
+    #[arg(long, visible_alias = "numof_classes", default_value_t = 1000)]
     pub classes: usize,
     /// numpy seed of the search [original: --seed]
     #[arg(long, default_value_t = 1)]
@@ -561,7 +657,11 @@ pub struct MvfdbArgs {
     pub variance: f64,
     /// The instance multipliers: `builtin` (the original's weights_ins145.csv, rebuilt byte for byte)
     /// or a CSV file of rows of 12 numbers
-    #[arg(long = "weight-csv", alias = "weight_csv", default_value = "builtin")]
+    #[arg(
+        long = "weight-csv",
+        visible_alias = "weight_csv",
+        default_value = "builtin"
+    )]
     pub weight_csv: PathBuf,
     /// Rows of the multipliers file to draw: `0-3`, `0,5` (as if the file held only these rows)
     #[arg(long = "weight-rows")]
@@ -575,17 +675,22 @@ pub struct MvfdbArgs {
     /// Views per model, 0 for none [original: --view_point, 12]; `random` or `random:N` for
     /// ExFractalDB-style random views (12 or N; azimuth uniform in [0, 2pi), elevation in [-30, 30]
     /// degrees, keyed by --view-seed, class, model and view: our definition, the original has none)
-    #[arg(long = "views", alias = "view_point", alias = "view-point", default_value = "12", value_parser = parse_views)]
+    #[arg(long = "views", visible_alias = "view_point", visible_alias = "view-point", default_value = "12", value_parser = parse_views)]
     pub views: (u32, bool),
     /// CPython random seed before the render step (the original leaves it unseeded)
     #[arg(long = "view-seed", default_value_t = 0)]
     pub view_seed: i64,
     /// Image side [original: --img_size, 224]
-    #[arg(long = "img_size", alias = "img-size", default_value_t = 224)]
+    #[arg(
+        long = "img_size",
+        visible_alias = "img-size",
+        visible_alias = "image_size",
+        default_value_t = 224
+    )]
     pub img_size: u32,
     /// Point size in pixels [original: --point_size, 1]: each point a square of this side (GL's
     /// non-antialiased points), 1..=64
-    #[arg(long = "point_size", alias = "point-size", default_value_t = 1)]
+    #[arg(long = "point_size", visible_alias = "point-size", default_value_t = 1)]
     pub point_size: u32,
     /// Seed of the sample order in the shards (wds)
     #[arg(long = "shard-seed", default_value_t = 0)]
@@ -1280,7 +1385,97 @@ mod tests {
 
     fn parses(args: &[&str]) -> Cli {
         let argv = std::iter::once("fractaldb").chain(args.iter().copied());
-        Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        Cli::try_parse_args(argv).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    /// Every flag of every command answers to its other spelling (`_` for `-` and the reverse),
+    /// aliases included, unless that name is another flag's; the issue's examples parse.
+    #[test]
+    fn every_flag_takes_both_spellings() {
+        use clap::CommandFactory;
+        let root = with_spellings(Cli::command());
+        let mut checked = 0;
+        for sub in root.get_subcommands() {
+            let all: Vec<Vec<String>> = sub
+                .get_arguments()
+                .map(|a| {
+                    let aliases = a.get_all_aliases().unwrap_or_default();
+                    a.get_long()
+                        .into_iter()
+                        .chain(aliases)
+                        .map(String::from)
+                        .collect()
+                })
+                .collect();
+            for names in &all {
+                for n in names {
+                    let o = if n.contains('_') {
+                        n.replace('_', "-")
+                    } else {
+                        n.replace('-', "_")
+                    };
+                    let elsewhere = all.iter().any(|other| other != names && other.contains(&o));
+                    assert!(
+                        names.contains(&o) || elsewhere,
+                        "{} --{n}: no --{o}",
+                        sub.get_name()
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 200, "{checked}");
+        for args in [
+            &["search", "--numof-point", "10", "--numof_point", "10"][..],
+            &[
+                "render",
+                "--png_level",
+                "3",
+                "--samples_per_shard",
+                "5",
+                "--load-root",
+                "x",
+            ],
+            &[
+                "mvfdb",
+                "--view_seed",
+                "1",
+                "--image-size",
+                "8",
+                "--numof_classes",
+                "4",
+            ],
+            &[
+                "mvfdb",
+                "--weight_rows",
+                "0-1",
+                "--model_seed",
+                "2",
+                "--write_models",
+            ],
+            &[
+                "rcdb",
+                "--numof_thread",
+                "4",
+                "--thread_num",
+                "0",
+                "--png_level",
+                "2",
+            ],
+            &["bench", "--image_size", "64"],
+            &["serve", "--idle_seconds", "5", "--max_clients", "3"],
+        ] {
+            parses(args);
+        }
+        match parses(&["mvfdb", "--numof_classes", "4"]).cmd {
+            Command::Mvfdb(a) => assert_eq!(a.classes, 4),
+            _ => unreachable!(),
+        }
+        // RCDB's process slices never alias the thread count.
+        match parses(&["rcdb", "--numof_thread", "4", "--thread_num", "1"]).cmd {
+            Command::Rcdb(a) => assert_eq!(a.common.threads, None),
+            _ => unreachable!(),
+        }
     }
 
     /// The shared flag groups take the same names in every dataset command (docs/usage.md, "One

@@ -1,7 +1,5 @@
-use clap::Parser;
-
 fn main() {
-    let cli = match fractaldb::cli::Cli::try_parse() {
+    let cli = match fractaldb::cli::Cli::try_parse_args(std::env::args_os()) {
         Ok(c) => c,
         Err(e) => {
             // --help and --version print to stdout: a failed write (`> /dev/full`) must not exit 0.

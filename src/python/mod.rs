@@ -72,8 +72,7 @@ fn interruptible<T: Send>(
 /// exception that carries it; `None` when it parses or asks for help or the version.
 #[pyfunction]
 fn usage_error(argv: Vec<String>) -> Option<String> {
-    use clap::Parser;
-    match crate::cli::Cli::try_parse_from(&argv) {
+    match crate::cli::Cli::try_parse_args(&argv) {
         Err(e) if e.exit_code() != 0 => Some(e.render().to_string().trim_end().to_string()),
         _ => None,
     }
@@ -83,8 +82,7 @@ fn usage_error(argv: Vec<String>) -> Option<String> {
 /// and usage errors print as the binary prints them; other errors raise.
 #[pyfunction]
 fn cli(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
-    use clap::Parser;
-    let parsed = match crate::cli::Cli::try_parse_from(&argv) {
+    let parsed = match crate::cli::Cli::try_parse_args(&argv) {
         Ok(c) => c,
         Err(e) => {
             // As the binary: --help and --version print to stdout, and a failed write (`>
@@ -255,10 +253,9 @@ impl Dataset {
     /// `argv`: `render` flags as on the command line (`--load-root DIR --instance 10 ...`).
     #[new]
     fn new(py: Python<'_>, argv: Vec<String>) -> PyResult<Self> {
-        use clap::Parser;
         let mut full = vec!["fractaldb".to_string(), "render".to_string()];
         full.extend(argv);
-        let cli = crate::cli::Cli::try_parse_from(&full)
+        let cli = crate::cli::Cli::try_parse_args(&full)
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
         let crate::cli::Command::Render(args) = cli.cmd else {
             unreachable!("parsed as render")

@@ -107,8 +107,7 @@ fn npy_data(bytes: &[u8]) -> crate::Result<&[u8]> {
 impl Units {
     /// The family's dataset from its command's flags (`argv[1]` is `rcdb` or `mvfdb`).
     fn prepare(argv: Vec<String>) -> crate::Result<(Box<dyn Dataset + Send>, crate::dataset::Run)> {
-        use clap::Parser;
-        let cli = crate::cli::Cli::try_parse_from(&argv)
+        let cli = crate::cli::Cli::try_parse_args(&argv)
             .map_err(|e| Error::Other(e.render().to_string().trim_end().to_string()))?;
         match cli.cmd {
             crate::cli::Command::Rcdb(a) => {
