@@ -725,9 +725,41 @@ pub struct FinalizeArgs {
     /// Output directory of the run: shards (merges the manifests) or folders (checks every image)
     #[arg(long)]
     pub out: PathBuf,
-    /// Shard name prefix
-    #[arg(long, default_value = "fractaldb")]
-    pub prefix: String,
+    /// Shard name prefix (default: the one whose manifest parts are in --out: fractaldb, rcdb,
+    /// mvfdb or a --prefix of the run)
+    #[arg(long)]
+    pub prefix: Option<String>,
+}
+
+impl FinalizeArgs {
+    /// The prefix given, or the only one with manifest parts in `out` (`fractaldb` when none has).
+    fn prefix(&self) -> Result<String> {
+        if let Some(p) = &self.prefix {
+            return Ok(p.clone());
+        }
+        let mut found: Vec<String> = std::fs::read_dir(&self.out)
+            .map_err(|e| Error::io(&self.out, "cannot list output directory", e))?
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                let (prefix, rest) = name.split_once("-manifest.part-")?;
+                rest.ends_with(".json").then(|| prefix.to_string())
+            })
+            .collect();
+        found.sort();
+        found.dedup();
+        match found.len() {
+            0 => Ok("fractaldb".into()),
+            1 => Ok(found.remove(0)),
+            _ => Err(Error::flag(
+                "--prefix",
+                format!(
+                    "{} holds the shards of several runs ({}): say which",
+                    self.out.display(),
+                    found.join(", ")
+                ),
+            )),
+        }
+    }
 }
 
 /// `--gpus all` (every hardware EGL device; every device when there is none) or `--gpus 0,2` (EGL indices).
@@ -936,13 +968,16 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Rcdb(a) => run_rcdb(a),
         Command::Mvfdb(a) => run_mvfdb(a),
         Command::Weights(a) => run_weights(a),
-        Command::Finalize(a)
-            if crate::sink::wds::list_parts(&a.out, &a.prefix)?.is_empty()
-                && a.out.join(crate::sink::folder::RECORD).exists() =>
-        {
-            finalize_folder(a)
+        Command::Finalize(a) => {
+            let prefix = a.prefix()?;
+            if crate::sink::wds::list_parts(&a.out, &prefix)?.is_empty()
+                && a.out.join(crate::sink::folder::RECORD).exists()
+            {
+                finalize_folder(a)
+            } else {
+                finalize_shards(&a.out, &prefix)
+            }
         }
-        Command::Finalize(a) => finalize_shards(a),
         Command::Bench(a) => crate::bench::run(&a),
         Command::Serve(a) => run_serve(a),
         Command::Devices => run_devices(),
@@ -1308,8 +1343,8 @@ fn finalize_folder(a: FinalizeArgs) -> Result<()> {
     }
 }
 
-fn finalize_shards(a: FinalizeArgs) -> Result<()> {
-    match crate::sink::wds::finalize(&a.out, &a.prefix)? {
+fn finalize_shards(out: &std::path::Path, prefix: &str) -> Result<()> {
+    match crate::sink::wds::finalize(out, prefix)? {
         Ok(m) => {
             crate::say!(
                 "finalized {} shards, {} samples",
@@ -1321,11 +1356,11 @@ fn finalize_shards(a: FinalizeArgs) -> Result<()> {
         Err(missing) => {
             let list: Vec<String> = missing
                 .iter()
-                .map(|s| crate::sink::wds::shard_name(&a.prefix, *s))
+                .map(|s| crate::sink::wds::shard_name(prefix, *s))
                 .collect();
             Err(Error::Other(format!(
                 "{}: {} shard(s) missing or not matching their manifest: {}",
-                a.out.display(),
+                out.display(),
                 missing.len(),
                 list.join(" ")
             )))

@@ -132,6 +132,90 @@ fn shards_are_read_by_webdataset_tarfile_and_dali_index_and_match_the_folder_out
     }
 }
 
+/// timm's WebDataset reader and Hugging Face `datasets` read finalized shards of every family by
+/// their side files alone (`_info.json`, the dataset card), class names shown; a rerun with
+/// `--resume` and `finalize` leave them be, and a user's own `README.md` is never replaced.
+#[test]
+fn timm_and_hugging_face_read_the_shards_of_every_family_with_class_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = class_dir(tmp.path(), &["00010", "00011", "00012"]);
+    let fdb = tmp.path().join("fdb");
+    let fdb_args = |c: &mut Command| {
+        render(c, &classes, &fdb, "wds");
+    };
+    let mut c = bin();
+    fdb_args(&mut c);
+    run_ok(&mut c);
+    let rcdb = tmp.path().join("rcdb");
+    let mut c = bin();
+    c.args([
+        "rcdb",
+        "-q",
+        "--backend",
+        "cpu",
+        "--format",
+        "wds",
+        "--numof_classes",
+        "3",
+    ]);
+    c.args([
+        "--numof_instances",
+        "20",
+        "--image_size",
+        "32",
+        "--numof_thread",
+        "1",
+    ]);
+    c.args(["--samples-per-shard", "16", "--save_root"])
+        .arg(&rcdb);
+    run_ok(&mut c);
+    let mv = tmp.path().join("mv");
+    let mut c = bin();
+    c.args([
+        "mvfdb",
+        "-q",
+        "--backend",
+        "cpu",
+        "--format",
+        "wds",
+        "--classes",
+        "2",
+    ]);
+    c.args(["--weight-rows", "0-2", "--views", "2", "--img_size", "32"]);
+    c.args(["--samples-per-shard", "5", "--save_root"]).arg(&mv);
+    run_ok(&mut c);
+    for (dir, prefix, total) in [
+        (&fdb, "fractaldb", 600),
+        (&rcdb, "rcdb", 60),
+        (&mv, "mvfdb", 12),
+    ] {
+        let info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("_info.json")).unwrap()).unwrap();
+        assert_eq!(info["splits"]["train"]["num_samples"], total, "{prefix}");
+        let out = python_ok(
+            "read_readers.py",
+            &[dir.to_str().unwrap(), prefix, &total.to_string()],
+        );
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["hf_rows"], total, "{prefix}: {v}");
+        assert_eq!(v["timm_samples"], total, "{prefix}: {v}");
+    }
+    // Side files are not the dataset's: resume and finalize keep everything as it is.
+    let before = std::fs::read(fdb.join("README.md")).unwrap();
+    let mut c = bin();
+    fdb_args(&mut c);
+    run_ok(c.arg("--resume"));
+    run_ok(bin().args(["finalize", "--out"]).arg(&fdb));
+    assert_eq!(std::fs::read(fdb.join("README.md")).unwrap(), before);
+    // A README.md the user wrote stays theirs.
+    std::fs::write(rcdb.join("README.md"), "my notes\n").unwrap();
+    run_ok(bin().args(["finalize", "--out"]).arg(&rcdb));
+    assert_eq!(
+        std::fs::read_to_string(rcdb.join("README.md")).unwrap(),
+        "my notes\n"
+    );
+}
+
 #[test]
 fn shards_do_not_depend_on_threads_encoders_or_writers() {
     let tmp = tempfile::tempdir().unwrap();

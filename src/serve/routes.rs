@@ -12,7 +12,12 @@ use std::time::Duration;
 /// What a request path names.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Resource {
-    Shard { epoch: u64, shard: u64 },
+    Shard {
+        epoch: u64,
+        shard: u64,
+    },
+    /// timm's `_info.json` (at the root and under each epoch: the shards beside it).
+    Info,
     Wids,
     Manifest,
     Health,
@@ -54,6 +59,7 @@ pub(super) fn parse_path(
         "healthz" if epoch == 0 && parts.len() == 1 => return Ok(Resource::Health),
         "metrics" if parts.len() == 1 => return Ok(Resource::Metrics),
         "manifest.json" if parts.len() == 1 => return Ok(Resource::Manifest),
+        "_info.json" => return Ok(Resource::Info),
         _ => {}
     }
     if parts.len() == 1 && file == format!("{prefix}-wids.json") {
@@ -236,6 +242,19 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Body>) -> Response<Body>
             "shard_count": st.layout.shards,
             "classes": st.class_names,
         })),
+        Resource::Info => {
+            let shards: Vec<(String, u64)> = (0..st.layout.shards)
+                .map(|s| {
+                    let n = st.layout.shard_range(s).count() as u64;
+                    (wds::shard_name(&st.prefix, s), n)
+                })
+                .collect();
+            json(&crate::sink::readers::timm_info(
+                &st.prefix,
+                st.class_names.len(),
+                &shards,
+            ))
+        }
         Resource::Wids => {
             let base = base_url(&st, req.headers());
             let list = (0..st.layout.shards).map(|s| wds::WidsShard {
@@ -500,6 +519,8 @@ mod tests {
         );
         assert_eq!(p("/fractaldb-wids.json"), Ok(Resource::Wids));
         assert_eq!(p("/manifest.json"), Ok(Resource::Manifest));
+        assert_eq!(p("/_info.json"), Ok(Resource::Info));
+        assert_eq!(p("/epoch/3/_info.json"), Ok(Resource::Info));
         assert_eq!(p("/healthz"), Ok(Resource::Health));
         assert_eq!(p("/metrics"), Ok(Resource::Metrics));
         assert_eq!(

@@ -1,6 +1,7 @@
 //! Where encoded images go: the original's folder layout, or WebDataset shards.
 
 pub mod folder;
+pub mod readers;
 pub mod wds;
 
 use std::str::FromStr;

@@ -820,7 +820,8 @@ pub fn verified_shards(out: &Path, m: &Manifest) -> Vec<ShardEntry> {
         .collect()
 }
 
-/// Merges all manifest parts of `out` into `{prefix}-manifest.json` and `{prefix}-wids.json`.
+/// Merges all manifest parts of `out` into `{prefix}-manifest.json` and `{prefix}-wids.json`, and
+/// writes what timm and Hugging Face `datasets` look for ([`super::readers`]).
 /// Returns the missing shard indices (then nothing is written).
 pub fn finalize(out: &Path, prefix: &str) -> Result<std::result::Result<Manifest, Vec<u64>>> {
     // A finalize that was killed while writing leaves its temporary files: remove them first.
@@ -901,6 +902,7 @@ pub fn finalize(out: &Path, prefix: &str) -> Result<std::result::Result<Manifest
         filesize: Some(s.filesize),
     });
     write_json(&wpath, &wids_index(prefix, list))?;
+    super::readers::write(out, prefix, &m)?;
     Ok(Ok(m))
 }
 

@@ -1,6 +1,7 @@
 """Reads a running fractaldb service with clients we did not write: webdataset by URL (it fetches
-with curl), wids with the served index, and the Prometheus text parser on /metrics; prints a JSON
-summary (samples read, shards listed, metric names).
+with curl), wids with the served index, fsspec's HTTP filesystem (size, ranged reads), timm's
+WebDataset reader (the served `_info.json`), and the Prometheus text parser on /metrics; prints a
+JSON summary (samples read, shards listed, metric names).
 
 usage: read_served.py BASE_URL PREFIX SHARDS
 """
@@ -49,6 +50,26 @@ assert sum(e["nsamples"] for e in listed) == n, (sum(e["nsamples"] for e in list
 for e in listed:
     head = urllib.request.urlopen(e["url"]).read(512)
     assert head[257:262] == b"ustar", e["url"]
+
+# fsspec's HTTP filesystem: HEAD's size, ranged reads (206) through its file object.
+import fsspec  # noqa: E402
+
+fs = fsspec.filesystem("http")
+url = f"{base}/{prefix}-000000.tar"
+whole = urllib.request.urlopen(url).read()
+assert fs.size(url) == len(whole), (fs.size(url), len(whole))
+assert fs.cat_file(url, start=100, end=1100) == whole[100:1100]
+with fs.open(url, "rb", block_size=4096) as f:
+    f.seek(2000)
+    assert f.read(3000) == whole[2000:5000]
+
+# timm reads the served shards by their _info.json.
+import timm.data  # noqa: E402
+
+ds = timm.data.create_dataset(f"wds/{prefix}", root=base, split="train", is_training=False)
+assert len(ds) == n, (len(ds), n)
+timm_seen = sum(1 for _ in ds)
+assert timm_seen == n, (timm_seen, n)
 
 metrics = urllib.request.urlopen(f"{base}/metrics").read().decode()
 names = sorted(f.name for f in text_string_to_metric_families(metrics))
