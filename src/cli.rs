@@ -160,6 +160,10 @@ pub struct ServiceArgs {
     /// response unread before its connection is closed
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub idle_seconds: u64,
+    /// One line per request on stderr: client, method and path, status, bytes, milliseconds to
+    /// the response head (off by default)
+    #[arg(long)]
+    pub access_log: bool,
 }
 
 impl ServiceArgs {
@@ -175,6 +179,7 @@ impl ServiceArgs {
             max_clients: self.max_clients,
             drain: std::time::Duration::from_secs(self.drain_seconds),
             idle: std::time::Duration::from_secs(self.idle_seconds),
+            access_log: self.access_log,
             ready: None,
         })
     }

@@ -39,6 +39,8 @@ const TINY: [&str; 10] = [
 struct Server {
     child: Child,
     base: String,
+    /// Its stderr, line by line, after the address line.
+    log: std::sync::Mutex<std::sync::mpsc::Receiver<String>>,
 }
 
 impl Server {
@@ -54,11 +56,12 @@ impl Server {
             .unwrap();
         let err = child.stderr.take().unwrap();
         // Owned by a Server from here, so a failure below still kills and reaps it.
+        let (tx, rx) = std::sync::mpsc::channel();
         let mut srv = Server {
             child,
             base: String::new(),
+            log: std::sync::Mutex::new(rx),
         };
-        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(|l| l.ok()) {
                 let _ = tx.send(line);
@@ -68,10 +71,33 @@ impl Server {
         let t0 = Instant::now();
         loop {
             let left = PATIENCE.saturating_sub(t0.elapsed());
-            let line = rx.recv_timeout(left).expect("serve printed its address");
+            let line = srv
+                .log
+                .lock()
+                .unwrap()
+                .recv_timeout(left)
+                .expect("serve printed its address");
             if let Some(i) = line.find("http://") {
                 srv.base = line[i..].split_whitespace().next().unwrap().to_string();
                 return srv;
+            }
+        }
+    }
+    /// Waits for a stderr line containing each of `want` in turn (the event: the line itself).
+    fn expect_lines(&self, want: &[&str]) {
+        for w in want {
+            let t0 = Instant::now();
+            loop {
+                let left = PATIENCE.saturating_sub(t0.elapsed());
+                let line = self
+                    .log
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(left)
+                    .unwrap_or_else(|_| panic!("no line with {w:?}"));
+                if line.contains(w) {
+                    break;
+                }
             }
         }
     }
@@ -893,7 +919,10 @@ fn ranges_etags_and_head_answer_as_http_clients_expect() {
     let disk = tmp.path().join("disk");
     render_wds(&classes, &disk, &SMALL);
     let want = std::fs::read(&shard_files(&disk)[0]).unwrap();
-    let srv = Server::start(&classes, &[&SMALL[..], &["--backend", "cpu"]].concat());
+    let srv = Server::start(
+        &classes,
+        &[&SMALL[..], &["--backend", "cpu", "--access-log"]].concat(),
+    );
     let url = format!("{}/fractaldb-000000.tar", srv.base);
     let got = tmp.path().join("got");
     let body = || std::fs::read(&got).unwrap_or_default();
@@ -943,6 +972,16 @@ fn ranges_etags_and_head_answer_as_http_clients_expect() {
         header(&head, "content-length"),
         Some(want.len().to_string())
     );
+    // --access-log: a line per response, in order (the first shard was streamed as it was
+    // rendered: its length unknown at the head, `-`).
+    let n = want.len();
+    srv.expect_lines(&[
+        "\"GET /fractaldb-000000.tar\" 200 ",
+        "\"GET /fractaldb-000000.tar\" 304 ",
+        "\"GET /fractaldb-000000.tar\" 206 90 ",
+        "\"GET /fractaldb-000000.tar\" 416 ",
+        &format!("\"HEAD /fractaldb-000000.tar\" 200 {n} "),
+    ]);
     assert_eq!(srv.stop(), Some(0));
 }
 

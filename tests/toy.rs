@@ -284,6 +284,7 @@ fn a_toy_family_goes_through_folders_shards_resume_and_the_service() {
             max_clients: 4,
             drain: std::time::Duration::from_secs(600),
             idle: std::time::Duration::from_secs(30),
+            access_log: false,
             ready: Some(tx),
         })
     });

@@ -21,11 +21,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 
 /// Accepts and serves connections until `stop` completes; then drains them for at most `drain`.
+/// `log`: one line per response on stderr ([`access_line`]).
 pub(super) async fn serve_until(
     listener: TcpListener,
     st: Arc<State>,
-    idle: Duration,
-    drain: Duration,
+    (idle, drain, log): (Duration, Duration, bool),
     stop: impl Future<Output = ()>,
 ) -> Result<()> {
     let graceful = GracefulShutdown::new();
@@ -34,7 +34,7 @@ pub(super) async fn serve_until(
         let tcp = tokio::select! {
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(ok) => ok,
                 Err(e) => {
                     // Out of descriptors and the like: the connections open now still finish;
                     // accept again shortly.
@@ -44,11 +44,20 @@ pub(super) async fn serve_until(
                 }
             },
         };
+        let (tcp, peer) = tcp;
         let _ = tcp.set_nodelay(true);
         let st = st.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let st = st.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(st, req.map(Body::new)).await) }
+            async move {
+                let t0 = std::time::Instant::now();
+                let line = log.then(|| (req.method().clone(), req.uri().clone()));
+                let r = handle(st, req.map(Body::new)).await;
+                if let Some((method, uri)) = line {
+                    crate::say!("{}", access_line(peer, &method, &uri, &r, t0.elapsed()));
+                }
+                Ok::<_, std::convert::Infallible>(r)
+            }
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -69,6 +78,32 @@ pub(super) async fn serve_until(
         crate::say!("serve: responses still running after {drain:?}: stopping anyway");
     }
     Ok(())
+}
+
+/// A response's access-log line: `serve: PEER "METHOD PATH" STATUS BYTES MS` (BYTES: the
+/// response's length, `-` when unknown; MS: until the response head).
+pub(super) fn access_line(
+    peer: std::net::SocketAddr,
+    method: &hyper::Method,
+    uri: &hyper::Uri,
+    r: &hyper::Response<Body>,
+    took: Duration,
+) -> String {
+    let header = r.headers().get(hyper::header::CONTENT_LENGTH);
+    let len = match header.and_then(|v| v.to_str().ok()) {
+        Some(v) => v.to_string(),
+        // A body of known length streamed: hyper writes its Content-Length from this.
+        None => match hyper::body::Body::size_hint(r.body()).exact() {
+            Some(n) => n.to_string(),
+            None => "-".into(),
+        },
+    };
+    format!(
+        "serve: {peer} \"{method} {}\" {} {len} {:.1}ms",
+        uri.path().escape_debug(),
+        r.status().as_u16(),
+        took.as_secs_f64() * 1e3
+    )
 }
 
 /// A connection whose writes fail with `TimedOut` once one has waited `limit` for the client to

@@ -35,6 +35,8 @@ pub struct ServeOptions {
     /// How long a client may take to send a request head (or keep an idle connection open, or
     /// leave a response unread) before its connection is closed.
     pub idle: Duration,
+    /// One line per response on stderr (`--access-log`).
+    pub access_log: bool,
     /// Told the bound address once the service accepts requests (an embedding program, a test:
     /// the command line prints it instead).
     pub ready: Option<std::sync::mpsc::Sender<std::net::SocketAddr>>,
@@ -79,6 +81,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         max_clients,
         drain,
         idle,
+        access_log,
         ready,
     } = opts;
     // See `State::dataset`: leaked on purpose, for the life of the process.
@@ -127,7 +130,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         st.clone(),
         listener,
         signals,
-        (idle, drain),
+        (idle, drain, access_log),
     ));
     {
         let mut q = st.queue.inner.lock().unwrap();
@@ -219,7 +222,7 @@ async fn serve_until_stopped(
     st: Arc<State>,
     listener: std::net::TcpListener,
     signals: StopSignals,
-    (idle, drain): (Duration, Duration),
+    (idle, drain, log): (Duration, Duration, bool),
 ) -> Result<()> {
     let listener = conn::listener(listener)?;
     let stop = {
@@ -231,5 +234,5 @@ async fn serve_until_stopped(
             }
         }
     };
-    conn::serve_until(listener, st, idle, drain, stop).await
+    conn::serve_until(listener, st, (idle, drain, log), stop).await
 }
