@@ -101,6 +101,14 @@ pub enum Command {
     /// Merge the per-rank manifests of a sharded run into the manifest and the wids index.
     #[command(args_override_self = true)]
     Finalize(FinalizeArgs),
+    /// What a dataset directory holds: family, settings, counts, classes, complete or what is
+    /// missing (for a multi-rank run, which ranks have written their part). --json for scripts.
+    #[command(args_override_self = true)]
+    Info(crate::inspect::InfoArgs),
+    /// Checks a dataset directory's bytes: every shard re-hashed against its manifest, every image
+    /// decoded (CRCs and zlib checksums), SHA256SUMS checked; exit 1 with the list of problems.
+    #[command(args_override_self = true)]
+    Verify(crate::inspect::VerifyArgs),
     /// List the EGL devices: index, CUDA ordinal, GL renderer, software or not.
     #[command(args_override_self = true)]
     Devices,
@@ -975,15 +983,18 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Weights(a) => run_weights(a),
         Command::Finalize(a) => {
             let prefix = a.prefix()?;
-            if crate::sink::wds::list_parts(&a.out, &prefix)?.is_empty()
-                && a.out.join(crate::sink::folder::RECORD).exists()
-            {
-                finalize_folder(a)
+            let folder = [crate::sink::folder::RECORD, "rcdb.json", "mvfdb.json"]
+                .iter()
+                .any(|r| a.out.join(r).exists());
+            if crate::sink::wds::list_parts(&a.out, &prefix)?.is_empty() && folder {
+                crate::inspect::finalize_folders(&a.out)
             } else {
                 finalize_shards(&a.out, &prefix)
             }
         }
         Command::Bench(a) => crate::bench::run(&a),
+        Command::Info(a) => crate::inspect::run_info(&a),
+        Command::Verify(a) => crate::inspect::run_verify(&a),
         Command::Serve(a) => run_serve(a),
         Command::Devices => run_devices(),
     }
@@ -1317,35 +1328,6 @@ fn run_weights(a: WeightsArgs) -> Result<()> {
     std::io::stdout()
         .write_all(text.as_bytes())
         .map_err(|e| Error::io("<stdout>", "cannot write", e))
-}
-
-fn finalize_folder(a: FinalizeArgs) -> Result<()> {
-    // A folder dataset: every image of its record present and whole.
-    let rec = crate::sink::folder::read_record(&a.out)?.expect("checked");
-    let missing = crate::sink::folder::missing_images(&a.out, &rec)?;
-    if missing.is_empty() {
-        crate::say!(
-            "complete: {} images of {} classes in {}",
-            rec.total(),
-            rec.classes.len(),
-            a.out.display()
-        );
-        Ok(())
-    } else {
-        let shown: Vec<String> = missing
-            .iter()
-            .take(20)
-            .map(|p| p.display().to_string())
-            .collect();
-        Err(Error::Other(format!(
-            "{}: {} of {} images missing or broken (rerun the render with --resume on every rank): {}{}",
-            a.out.display(),
-            missing.len(),
-            rec.total(),
-            shown.join(" "),
-            if missing.len() > 20 { " ..." } else { "" }
-        )))
-    }
 }
 
 fn finalize_shards(out: &std::path::Path, prefix: &str) -> Result<()> {

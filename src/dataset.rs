@@ -269,14 +269,18 @@ pub fn fit_memory(ds: &dyn Dataset, job: &Run) -> Result<Run> {
 
 /// The lock of this rank's slice of a dataset in `out`.
 fn slice_lock(ds: &dyn Dataset, out: &Path, rank: &Rank) -> Result<fsutil::OutputLock> {
-    let name = format!(
+    fsutil::OutputLock::acquire(out, &slice_name(ds, rank))
+}
+
+/// The name of a run's slice of a folder (its lock, its `SHA256SUMS` part).
+fn slice_name(ds: &dyn Dataset, rank: &Rank) -> String {
+    format!(
         "{}-{}rank-{:05}-of-{:05}",
         ds.kind(),
         ds.slice(),
         rank.rank,
         rank.world.max(1)
-    );
-    fsutil::OutputLock::acquire(out, &name)
+    )
 }
 
 /// A file name with the encoding's extension.
@@ -323,9 +327,12 @@ fn run_folder(ds: &dyn Dataset, job: &Run, stats: &Arc<Stats>) -> Result<Summary
         encoding: job.encoding,
         kept: &kept,
     };
+    let sums = crate::sink::sums::SumsPart::open(out, &slice_name(ds, &job.rank))?;
     let sink = crate::sink::folder::FileSink {
         writers: job.writers,
-        path: |s: Sample| out.join(with_extension(work.path(s), job.encoding)),
+        out,
+        rel: |s: Sample| with_extension(work.path(s), job.encoding),
+        sums: &sums,
     };
     let ctx = Context {
         stages: &*stages,
@@ -334,7 +341,19 @@ fn run_folder(ds: &dyn Dataset, job: &Run, stats: &Arc<Stats>) -> Result<Summary
         encoding: job.encoding,
     };
     let jobs = InOrder::new(&jobs);
-    pipeline::run(&ctx, &jobs, &sink, job.threads, stats, &Abort::default())?;
+    let done = pipeline::run(&ctx, &jobs, &sink, job.threads, stats, &Abort::default());
+    // The lines of the images written are kept also when the run failed.
+    sums.flush()?;
+    done?;
+    drop(sums);
+    // A whole dataset in one run (one rank, no slice) finalizes itself, as a one-rank shard run.
+    if job.rank.world <= 1 && ds.slice().is_empty() {
+        let files: Vec<PathBuf> = (0..work.units())
+            .flat_map(|k| work.unit(k).images)
+            .map(|im| with_extension(work.path(im.2), job.encoding))
+            .collect();
+        crate::sink::sums::merge_folder(out, &files)?;
+    }
     Ok(Summary {
         skipped: kept.load(Ordering::Relaxed),
         chaos_s: prepare_s,

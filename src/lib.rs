@@ -88,6 +88,7 @@ pub mod error;
 pub mod fsutil;
 pub mod generate;
 pub mod ifs;
+pub mod inspect;
 pub mod memory;
 pub mod mvfdb;
 pub mod pipeline;

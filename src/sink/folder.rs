@@ -159,9 +159,9 @@ pub fn check_or_write_settings(
     }
 }
 
-/// `finalize` for a folder dataset: every image of the record present and whole. Returns the
-/// missing or broken ones (relative paths), in order.
-pub fn missing_images(out: &Path, rec: &Record) -> Result<Vec<PathBuf>> {
+/// Every image a FractalDB folder record promises (relative paths, in order), with its encoding
+/// and the format an image must have.
+pub fn record_images(out: &Path, rec: &Record) -> Result<(Encoding, ImageFormat, Vec<PathBuf>)> {
     let encoding = Encoding::recorded(&rec.config).ok_or_else(|| {
         Error::input(
             out.join(RECORD),
@@ -177,11 +177,7 @@ pub fn missing_images(out: &Path, rec: &Record) -> Result<Vec<PathBuf>> {
         height: rec.height,
         palette: crate::render::palette(mode.unwrap_or(DrawMode::PatchGray)),
     };
-    let png = PngConfig {
-        level: 0,
-        gray: rec.gray,
-    };
-    let mut missing = Vec::new();
+    let mut paths = Vec::with_capacity(rec.total() as usize);
     for name in &rec.classes {
         for &row in &rec.rows {
             for instance in 0..rec.instances {
@@ -191,24 +187,39 @@ pub fn missing_images(out: &Path, rec: &Record) -> Result<Vec<PathBuf>> {
                         .into_os_string();
                     rel.push(".");
                     rel.push(encoding.extension());
-                    let rel = PathBuf::from(rel);
-                    if !encoding.is_whole(&out.join(&rel), &image, png) {
-                        missing.push(rel);
-                    }
+                    paths.push(PathBuf::from(rel));
                 }
             }
         }
     }
-    Ok(missing)
+    Ok((encoding, image, paths))
+}
+
+/// `finalize` for a folder dataset: every image of the record present and whole. Returns the
+/// missing or broken ones (relative paths), in order.
+pub fn missing_images(out: &Path, rec: &Record) -> Result<Vec<PathBuf>> {
+    let (encoding, image, paths) = record_images(out, rec)?;
+    let png = PngConfig {
+        level: 0,
+        gray: rec.gray,
+    };
+    Ok(paths
+        .into_iter()
+        .filter(|rel| !encoding.is_whole(&out.join(rel), &image, png))
+        .collect())
 }
 
 /// A family's image files: each image written whole (atomically) where `path` puts its sample.
-pub struct FileSink<F: Fn(Sample) -> PathBuf + Sync> {
+/// A family's image files: each image written whole (atomically) where `rel` puts its sample
+/// under `out`, and its hash added to this run's `SHA256SUMS` part once it is there.
+pub struct FileSink<'a, F: Fn(Sample) -> PathBuf + Sync> {
     pub writers: usize,
-    pub path: F,
+    pub out: &'a Path,
+    pub rel: F,
+    pub sums: &'a super::sums::SumsPart,
 }
 
-impl<F: Fn(Sample) -> PathBuf + Sync> Sink for FileSink<F> {
+impl<F: Fn(Sample) -> PathBuf + Sync> Sink for FileSink<'_, F> {
     fn writers(&self) -> usize {
         self.writers.max(1)
     }
@@ -216,6 +227,8 @@ impl<F: Fn(Sample) -> PathBuf + Sync> Sink for FileSink<F> {
         (t.pos % self.writers.max(1) as u64) as usize
     }
     fn accept(&self, _writer: usize, t: Target, png: Vec<u8>) -> Result<()> {
-        fsutil::write_atomic(&(self.path)(t.sample), &png, false)
+        let rel = (self.rel)(t.sample);
+        fsutil::write_atomic(&self.out.join(&rel), &png, false)?;
+        self.sums.add(&rel, &png)
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod folder;
 pub mod readers;
+pub mod sums;
 pub mod wds;
 
 use std::str::FromStr;

@@ -903,6 +903,12 @@ pub fn finalize(out: &Path, prefix: &str) -> Result<std::result::Result<Manifest
     });
     write_json(&wpath, &wids_index(prefix, list))?;
     super::readers::write(out, prefix, &m)?;
+    let sums: Vec<(String, String)> = m
+        .shards
+        .iter()
+        .map(|e| (e.url.clone(), e.sha256.clone()))
+        .collect();
+    super::sums::merge_shards(out, &sums)?;
     Ok(Ok(m))
 }
 

@@ -179,11 +179,21 @@ pub fn python_ok(script: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Two output trees hold the same files with the same bytes (and at least one file).
+/// The checksum list and its per-run parts: derived from the other files, and present or not by
+/// how a run was split until `finalize` (tests/inspect.rs checks them).
+pub fn is_checksums(rel: &Path) -> bool {
+    let name = rel.to_string_lossy();
+    name == "SHA256SUMS" || name.starts_with(".SHA256SUMS.part-")
+}
+
+/// Two output trees hold the same files with the same bytes (and at least one file), their
+/// checksum lists aside ([`is_checksums`]).
 pub fn same_tree(a: &Path, b: &Path) {
-    let fa = files(a);
+    let tree =
+        |d: &Path| -> Vec<PathBuf> { files(d).into_iter().filter(|p| !is_checksums(p)).collect() };
+    let fa = tree(a);
     assert!(!fa.is_empty(), "{} is empty", a.display());
-    assert_eq!(fa, files(b));
+    assert_eq!(fa, tree(b));
     for f in &fa {
         assert!(
             std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
@@ -314,7 +324,7 @@ pub fn tree_digest(dir: &Path, skip: &[&str]) -> String {
     let mut h = Sha256::new();
     for p in files(dir) {
         let name = p.to_str().unwrap().to_string();
-        if name.starts_with('.') || skip.contains(&name.as_str()) {
+        if name.starts_with('.') || skip.contains(&name.as_str()) || is_checksums(&p) {
             continue;
         }
         h.update(name.as_bytes());
