@@ -38,14 +38,19 @@ pub struct BenchArgs {
     /// Classes found by the built-in search when --load-root is not given.
     #[arg(long, default_value_t = 2)]
     pub classes: usize,
+    /// Image side in pixels (FractalDB; RCDB and MV-FractalDB keep their originals' sizes)
     #[arg(long = "image-size", default_value_t = 362)]
     pub image_size: u32,
+    /// Chaos-game points per cloud (FractalDB)
     #[arg(long, default_value_t = 200_000)]
     pub iteration: usize,
+    /// Draw type (FractalDB): patch_gray, patch_color, point_gray, point_color
     #[arg(long = "draw-type", default_value = "patch_gray")]
     pub draw_type: DrawMode,
+    /// Instances per weight row (FractalDB)
     #[arg(long, default_value_t = 10)]
     pub instance: u32,
+    /// Weights CSV or builtin:S (FractalDB)
     #[arg(long = "weight-csv", default_value = "builtin:0.4")]
     pub weight_csv: String,
     /// Shards of the WebDataset run: the default keeps FractalDB-1k's 100 shards whatever the class
@@ -58,6 +63,7 @@ pub struct BenchArgs {
     /// CPU rows: `all` (1 thread and all threads) or `threads` (all threads only)
     #[arg(long, default_value = "all")]
     pub cpu_rows: String,
+    /// zlib level of the PNGs, 0..9 (as render's --png-level)
     #[arg(long, default_value_t = 1)]
     pub png_level: u8,
     /// Timed repetitions per backend (after one warm-up).
@@ -351,6 +357,16 @@ fn measure_variant(
                 backend: v.backend.clone(),
                 encoding: crate::encode::Encoding::Png,
             };
+            crate::say!(
+                "bench: {} ({} threads), {} {} of {}, {:?}: {} images",
+                v.name,
+                t,
+                if rep == 0 { "warm-up" } else { "run" },
+                rep,
+                a.repeat,
+                format,
+                w.total
+            );
             let cpu0 = process_cpu_seconds();
             let mut s = crate::dataset::run(&*w.dataset, &job)?;
             s.cpu_s = process_cpu_seconds() - cpu0;
@@ -702,19 +718,115 @@ fn png_candidates(a: &BenchArgs) -> Result<String> {
     Ok(out)
 }
 
-/// The readable table.
+/// `n` with thousands separators (`2958` -> `2,958`).
+fn thousands(n: f64) -> String {
+    let digits = format!("{:.0}", n.max(0.0));
+    let mut out = String::new();
+    for (k, c) in digits.chars().enumerate() {
+        if k > 0 && (digits.len() - k).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `items` joined by spaces into lines of at most `width` columns, each after `lead`.
+fn wrapped(lead: &str, items: &[String], width: usize) -> String {
+    let mut out = String::new();
+    let mut line = lead.to_string();
+    for it in items {
+        if line.len() > lead.len() && line.len() + 1 + it.len() > width {
+            out += &line;
+            out.push('\n');
+            line = " ".repeat(lead.len());
+        }
+        if line.len() > lead.len() && !line.ends_with(' ') {
+            line.push(' ');
+        }
+        line += it;
+    }
+    out + &line + "\n"
+}
+
+/// The published dataset of the bench's family, for the conclusion's projection.
+fn full_size(r: &Report) -> (&'static str, f64) {
+    match r.workload["family"].as_str() {
+        Some("rcdb") => ("RCDB-1k (1M images)", 1e6),
+        Some("mvfdb") => ("MV-FractalDB-1k (1.74M images)", 1.74e6),
+        _ => ("FractalDB-1k (1M images)", 1e6),
+    }
+}
+
+/// One line: the fastest row end to end, and what the published dataset would take at that rate.
+pub fn conclusion(r: &Report) -> String {
+    let Some(best) = r
+        .backends
+        .iter()
+        .max_by(|a, b| a.end_to_end.median.total_cmp(&b.end_to_end.median))
+    else {
+        return String::new();
+    };
+    let (name, n) = full_size(r);
+    let secs = n / best.end_to_end.median.max(1e-9);
+    let took = if secs >= 5400.0 {
+        format!("{:.1} h", secs / 3600.0)
+    } else {
+        format!("{:.0} min", (secs / 60.0).max(1.0))
+    };
+    format!(
+        "{}, {} thread{}: {} images/s (shards); {name} would take about {took} here.\n",
+        best.backend,
+        best.threads,
+        if best.threads == 1 { "" } else { "s" },
+        thousands(best.end_to_end.median)
+    )
+}
+
+/// The readable report, at most 100 columns: the workload, one row per backend (end to end), the
+/// stages per thread, and the conclusion. `--json` has every figure.
 pub fn table(r: &Report) -> String {
-    let mut s = format!(
-        "workload: {}\nmachine: {} cores, {}\n",
-        r.workload, r.cores, r.cpu
-    );
+    let items: Vec<String> = r
+        .workload
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().map_or(v.to_string(), String::from)))
+        .collect();
+    let mut s = wrapped("workload: ", &items, 100);
+    s += &format!("machine: {} cores, {}\n", r.cores, r.cpu);
     if let Some(b) = r.backends.first() {
-        s.push_str(&format!("shards: {} of {} images\n", b.shards, b.images));
+        s += &format!("shards: {} of {} images\n", b.shards, b.images);
     }
     for b in &r.backends {
-        s.push_str(&format!("  {}: {}\n", b.backend, b.device));
+        s += &format!("  {}: {}\n", b.backend, b.device);
     }
-    s.push('\n');
+    s += &format!(
+        "\n{:<11}{:>4} {:>23} {:>12} {:>10} {:>8} {:>8} {:>8}\n",
+        "backend",
+        "thr",
+        "shards img/s [min-max]",
+        "folder img/s",
+        "img/CPU-s",
+        "cloud/im",
+        "PNG KB",
+        "peak RSS"
+    );
+    for b in &r.backends {
+        let e = &b.end_to_end;
+        let span = format!("{:.0} [{:.0}-{:.0}]", e.median, e.min, e.max);
+        s += &format!(
+            "{:<11}{:>4} {:>23} {:>12.0} {:>10.0} {:>8.3} {:>8.1} {:>5} MB\n",
+            b.backend,
+            b.threads,
+            span,
+            b.end_to_end_folder.median,
+            b.per_core.median,
+            b.clouds_per_image,
+            b.png_bytes_per_image / 1000.0,
+            b.peak_rss_bytes >> 20,
+        );
+    }
     let stages: Vec<String> = r
         .backends
         .iter()
@@ -722,45 +834,24 @@ pub fn table(r: &Report) -> String {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    s.push_str(&format!("{:<10} {:>7}", "backend", "threads"));
+    s += &format!("\nimages/s per thread, by stage\n{:<11}", "backend");
+    let width = |st: &str| st.len().max(7);
     for st in &stages {
-        s.push_str(&format!(" {:>16}", format!("{st}/thread")));
+        s += &format!(" {st:>w$}", w = width(st));
     }
-    s.push_str(&format!(
-        " {:>22} {:>14} {:>10} {:>20} {:>10} {:>14} {:>10} {:>9}\n",
-        "wds end-to-end img/s",
-        "folder img/s",
-        "wds/folder",
-        "img/CPU-s [best]",
-        "clouds/img",
-        "readback B/img",
-        "PNG KB/img",
-        "peak RSS"
-    ));
+    s.push('\n');
     for b in &r.backends {
-        s.push_str(&format!("{:<10} {:>7}", b.backend, b.threads));
+        s += &format!("{:<11}", b.backend);
         for st in &stages {
-            match b.stages.get(st) {
-                Some(rate) => s.push_str(&format!(" {:>16.1}", rate.median)),
-                None => s.push_str(&format!(" {:>16}", "-")),
-            }
+            let cell = b
+                .stages
+                .get(st)
+                .map_or("-".into(), |r| format!("{:.0}", r.median));
+            s += &format!(" {cell:>w$}", w = width(st));
         }
-        s.push_str(&format!(
-            " {:>10.1} [{:.1}-{:.1}] {:>14.1} {:>10.2} {:>12.1} [{:.1}] {:>10.4} {:>14.0} {:>10.2} {:>6} MB\n",
-            b.end_to_end.median,
-            b.end_to_end.min,
-            b.end_to_end.max,
-            b.end_to_end_folder.median,
-            b.wds_over_folder,
-            b.per_core.median,
-            b.per_core.max,
-            b.clouds_per_image,
-            b.readback_bytes_per_image,
-            b.png_bytes_per_image / 1000.0,
-            b.peak_rss_bytes >> 20,
-        ));
+        s.push('\n');
     }
-    s
+    s + "\n" + &conclusion(r)
 }
 
 /// A plain SVG bar chart (hand-written: a few rectangles do not need a plotting crate).

@@ -41,6 +41,29 @@ fn bench_reports_every_backend_and_stage_with_positive_rates() {
         .map(|b| b["backend"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["cpu-1t", "cpu-2t", "gl-compute", "gl-points"]);
+    // The table (on stderr with --json): progress lines first, then at most 100 columns from the
+    // workload to the one-line conclusion.
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("bench: cpu-1t (1 threads), warm-up 0 of 2"),
+        "{err}"
+    );
+    let table: Vec<&str> = err
+        .lines()
+        .skip_while(|l| !l.starts_with("workload: "))
+        .collect();
+    let last = table.iter().rev().find(|l| !l.is_empty()).unwrap();
+    assert!(
+        last.contains("images/s (shards); FractalDB-1k (1M images) would take about"),
+        "{err}"
+    );
+    for l in &table {
+        assert!(
+            l.chars().count() <= 100,
+            "{} columns: {l}",
+            l.chars().count()
+        );
+    }
     for b in backends {
         assert_eq!(b["images"], 100, "25 rows x 1 instance x 4 flips");
         // The default keeps FractalDB-1k's 100 shards; every cloud computed once (1 per 4 images).
