@@ -393,6 +393,9 @@ pub struct SearchArgs {
     /// Skip the 512x512 preview PNGs.
     #[arg(long)]
     pub no_previews: bool,
+    /// A line per class found (the original's `save:` lines) instead of the progress bar
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
     /// Multi-rank search: seconds a rank waits for the others without any of them finishing a
     /// block before it stops with a message (a rank that fails stops the others at once)
     #[arg(long, default_value_t = 3600)]
@@ -1080,16 +1083,40 @@ fn run_search(a: SearchArgs) -> Result<()> {
             }
         },
     };
-    let quiet = a.common.quiet;
+    let (quiet, verbose) = (a.common.quiet, a.verbose);
     let t0 = std::time::Instant::now();
-    let stats = search::run(&cfg, |k, cands| {
-        if !quiet {
-            crate::say!(
-                "save: {k:05} (candidate {cands}, {:.1}s)",
-                t0.elapsed().as_secs_f64()
-            );
-        }
-    })?;
+    // A bar with an ETA on a terminal, a summary line every few seconds otherwise; a line per
+    // class (the original's `save:`) only with -v.
+    let found = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let tried = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (f, t) = (found.clone(), tried.clone());
+    let _bar = (!quiet && !verbose).then(|| {
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        progress::Reporter::start(
+            progress::Mode::Auto,
+            "classes",
+            cfg.categories as u64,
+            Box::new(move || load(&f)),
+            Box::new(move || format!("from {} candidates", load(&t))),
+        )
+    });
+    let stats = search::run(
+        &SearchConfig {
+            progress: verbose,
+            ..cfg.clone()
+        },
+        |k, cands| {
+            found.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tried.store(cands as u64, std::sync::atomic::Ordering::Relaxed);
+            if verbose {
+                crate::say!(
+                    "save: {k:05} (candidate {cands}, {:.1}s)",
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+        },
+    )?;
+    drop(_bar);
     if !quiet {
         crate::say!(
             "search: {} classes from {} candidates in {:.1}s -> {}",

@@ -83,3 +83,24 @@ fn the_contact_sheet_script_makes_its_sheet_from_a_real_run() {
         assert!(!pngs(&tmp.path().join("work").join(d)).is_empty(), "{d}");
     }
 }
+
+/// `search` off a terminal: summary lines, not a line per class (FractalDB-300k would print
+/// 300,000); `-v` gives the original's `save:` line per class.
+#[test]
+fn search_prints_a_summary_and_a_line_per_class_only_with_verbose() {
+    let tmp = tempfile::tempdir().unwrap();
+    let search = |dir: &str, extra: &[&str]| {
+        let o = run_ok(
+            bin()
+                .args(["search", "--categories", "3", "--no-previews", "--out"])
+                .arg(tmp.path().join(dir))
+                .args(extra),
+        );
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let plain = search("a", &[]);
+    assert!(!plain.contains("save:"), "{plain}");
+    assert!(plain.contains("search: 3 classes from"), "{plain}");
+    let verbose = search("b", &["-v"]);
+    assert_eq!(verbose.matches("save: 0000").count(), 3, "{verbose}");
+}
