@@ -51,31 +51,36 @@ impl Cli {
     }
 }
 
+/// A flag's long name and aliases.
+fn flag_names(a: &clap::Arg) -> Vec<String> {
+    let aliases = a.get_all_aliases().unwrap_or_default();
+    a.get_long()
+        .into_iter()
+        .chain(aliases)
+        .map(String::from)
+        .collect()
+}
+
+/// `_` for `-`, or the reverse.
+fn other_spelling(n: &str) -> String {
+    if n.contains('_') {
+        n.replace('_', "-")
+    } else {
+        n.replace('-', "_")
+    }
+}
+
 /// `cmd` and its subcommands with every flag also under its other spelling: `--png-level` and
 /// `--png_level`, `--numof_classes` and `--numof-classes`, each alias likewise, unless that name is
 /// another flag's. The aliases are listed on the flag's own line of `--help`.
 pub fn with_spellings(cmd: clap::Command) -> clap::Command {
-    fn names(a: &clap::Arg) -> Vec<String> {
-        let aliases = a.get_all_aliases().unwrap_or_default();
-        a.get_long()
-            .into_iter()
-            .chain(aliases)
-            .map(String::from)
-            .collect()
-    }
-    fn other(n: &str) -> String {
-        if n.contains('_') {
-            n.replace('_', "-")
-        } else {
-            n.replace('-', "_")
-        }
-    }
     let cmd = cmd.mut_subcommands(with_spellings);
-    let taken: std::collections::HashSet<String> = cmd.get_arguments().flat_map(names).collect();
+    let taken: std::collections::HashSet<String> =
+        cmd.get_arguments().flat_map(flag_names).collect();
     cmd.mut_args(|mut a| {
-        let mut have = names(&a);
+        let mut have = flag_names(&a);
         for n in have.clone() {
-            let o = other(&n);
+            let o = other_spelling(&n);
             if !taken.contains(&o) && !have.contains(&o) {
                 // clap keeps `&'static str` names: a few bytes per flag, once per process.
                 a = a.visible_alias(&*Box::leak(o.clone().into_boxed_str()));
@@ -1445,24 +1450,10 @@ mod tests {
         let root = with_spellings(Cli::command());
         let mut checked = 0;
         for sub in root.get_subcommands() {
-            let all: Vec<Vec<String>> = sub
-                .get_arguments()
-                .map(|a| {
-                    let aliases = a.get_all_aliases().unwrap_or_default();
-                    a.get_long()
-                        .into_iter()
-                        .chain(aliases)
-                        .map(String::from)
-                        .collect()
-                })
-                .collect();
+            let all: Vec<Vec<String>> = sub.get_arguments().map(flag_names).collect();
             for names in &all {
                 for n in names {
-                    let o = if n.contains('_') {
-                        n.replace('_', "-")
-                    } else {
-                        n.replace('-', "_")
-                    };
+                    let o = other_spelling(n);
                     let elsewhere = all.iter().any(|other| other != names && other.contains(&o));
                     assert!(
                         names.contains(&o) || elsewhere,

@@ -345,14 +345,15 @@ fn run_folder(ds: &dyn Dataset, job: &Run, stats: &Arc<Stats>) -> Result<Summary
     // The lines of the images written are kept also when the run failed.
     sums.flush()?;
     done?;
-    drop(sums);
-    // A whole dataset in one run (one rank, no slice) finalizes itself, as a one-rank shard run.
-    if job.rank.world <= 1 && ds.slice().is_empty() {
+    // A one-rank run (a whole dataset, an RCDB slice, a class subset) adds its images to
+    // SHA256SUMS itself, as a one-rank shard run finalizes; other ranks' wait for `finalize`.
+    if job.rank.world <= 1 {
         let files: Vec<PathBuf> = (0..work.units())
             .flat_map(|k| work.unit(k).images)
             .map(|im| with_extension(work.path(im.2), job.encoding))
             .collect();
-        crate::sink::sums::merge_folder(out, &files)?;
+        let _lock = crate::sink::folder::short_lock(out);
+        crate::sink::sums::merge_folder(out, &files, Some(sums.path()))?;
     }
     Ok(Summary {
         skipped: kept.load(Ordering::Relaxed),

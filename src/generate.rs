@@ -243,8 +243,18 @@ impl Dataset for Fractal {
                 .map(|c| crate::sink::wds::hex(&Sha256::digest(c.ifs.to_csv().as_bytes())))
                 .collect(),
         };
-        folder::check_or_write_record(out, &record, writer)?;
-        crate::sink::write_names(out, &self.class_names(), writer)
+        let names = folder::check_or_write_record(out, &record, writer)?;
+        crate::sink::write_names(out, &names, writer)
+    }
+    /// Runs of other class subsets may write into one folder at once (the originals' way of
+    /// splitting a dataset by hand): each class set is a slice of its own.
+    fn slice(&self) -> String {
+        let mut h = Sha256::new();
+        for c in &self.plan.classes {
+            h.update(c.name.as_bytes());
+            h.update([0]);
+        }
+        format!("classes-{}-", &crate::sink::wds::hex(&h.finalize())[..12])
     }
     fn epoch_refusal(&self, epoch: u64) -> Option<String> {
         let cfg = &self.cfg;

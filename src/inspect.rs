@@ -483,6 +483,7 @@ pub fn run_verify(a: &VerifyArgs) -> Result<()> {
 /// `finalize` of the folder datasets in `dir`: every promised image present and whole (a
 /// structural check; `verify` decodes), then `SHA256SUMS` merged from the runs' parts.
 pub fn finalize_folders(dir: &Path) -> Result<()> {
+    let _lock = folder::short_lock(dir);
     for f in find(dir)? {
         let (family, classes) = match &f {
             Found::Shards(_) => continue,
@@ -491,7 +492,7 @@ pub fn finalize_folders(dir: &Path) -> Result<()> {
         };
         let Some((enc, paths)) = promised(dir, &f)? else {
             let files = files_under(dir, "images");
-            crate::sink::sums::merge_folder(dir, &files)?;
+            crate::sink::sums::merge_folder(dir, &files, None)?;
             crate::say!(
                 "{family}: SHA256SUMS of the {} images present (their count follows from the model \
                  pass: completeness is not checked here; `mvfdb --resume` completes a run)",
@@ -522,7 +523,7 @@ pub fn finalize_folders(dir: &Path) -> Result<()> {
                 if missing.len() > 20 { " ..." } else { "" }
             )));
         }
-        crate::sink::sums::merge_folder(dir, &paths)?;
+        crate::sink::sums::merge_folder(dir, &paths, None)?;
         crate::say!(
             "complete: {} images{} in {} ({family}; SHA256SUMS written)",
             paths.len(),

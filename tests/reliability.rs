@@ -30,6 +30,23 @@ fn render(classes: &Path, out: &Path) -> Command {
     c
 }
 
+/// The run lock of a one-rank folder render of these classes: its class set is its slice (the
+/// first 12 hex digits of the SHA-256 of the names, each followed by a 0 byte), so a test can plant
+/// something at that path first.
+fn folder_lock_name(classes: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for c in classes {
+        h.update(c.as_bytes());
+        h.update([0]);
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        ".fractaldb-fractaldb-classes-{}-rank-00000-of-00001.lock",
+        &hex[..12]
+    )
+}
+
 /// Every file under `dir` (relative), to compare before and after.
 fn tree(dir: &Path) -> Vec<PathBuf> {
     files(dir)
@@ -633,7 +650,8 @@ fn without_flock_a_lock_file_names_its_owner_and_a_dead_owner_is_cleared() {
     let classes = class_dir(tmp.path(), &["00020"]);
     let out = tmp.path().join("o");
     std::fs::create_dir_all(&out).unwrap();
-    let owner = out.join(".fractaldb-fractaldb-rank-00000-of-00001.lock.owner");
+    let lock = folder_lock_name(&["00020"]);
+    let owner = out.join(format!("{lock}.owner"));
     std::fs::write(&owner, "gpu-node-17 pid 4242").unwrap();
     let e = run_err(render(&classes, &out).env("FRACTALDB_LOCK", "file"));
     assert!(
@@ -769,10 +787,14 @@ fn a_lock_never_follows_a_planted_link() {
     let classes = class_dir(tmp.path(), &["00020"]);
     let victim = tmp.path().join("victim.txt");
     std::fs::write(&victim, "keep me\n").unwrap();
+    let folder_lock = folder_lock_name(&["00020"]);
     for format in ["folder", "wds"] {
         let out = tmp.path().join(format!("o-{format}"));
         std::fs::create_dir_all(&out).unwrap();
-        let lock = out.join(".fractaldb-fractaldb-rank-00000-of-00001.lock");
+        let lock = out.join(match format {
+            "folder" => folder_lock.as_str(),
+            _ => ".fractaldb-fractaldb-rank-00000-of-00001.lock",
+        });
         std::os::unix::fs::symlink(&victim, &lock).unwrap();
         let e = run_err(render(&classes, &out).args(["--format", format]));
         assert!(e.contains("symbolic link") && e.contains(".lock"), "{e}");

@@ -73,34 +73,96 @@ pub fn read_record(out: &Path) -> Result<Option<Record>> {
 
 /// Refuses a folder dataset made with other settings (naming them); records ours when there is none.
 /// Runs before anything else is written. Only the `writer` (rank 0) writes the record and clears a
-/// killed run's temporary of it, so concurrent ranks never race on the file.
-pub fn check_or_write_record(out: &Path, rec: &Record, writer: bool) -> Result<()> {
+/// killed run's temporary of it, so concurrent ranks never race on the file. A run with the same
+/// settings and other classes (the originals' way of splitting a folder by hand: class subsets,
+/// one after another or at once) adds its classes to the record and `classes.txt`, under the
+/// folder's short lock; a class already there with other maps is refused. Returns the record's
+/// classes after it.
+pub fn check_or_write_record(out: &Path, rec: &Record, writer: bool) -> Result<Vec<String>> {
     fsutil::create_dir(out)?;
+    let _lock = short_lock(out);
     if let Some(old) = read_record(out)? {
-        if old.config != rec.config || old.classes != rec.classes {
-            return Err(Error::input(
+        if old.config == rec.config && old.classes == rec.classes {
+            return Ok(old.classes);
+        }
+        let merged = with_classes_of(&old, rec).map_err(|why| {
+            Error::input(
                 out.join(RECORD),
                 None,
                 format!(
-                    "this folder dataset was made with other settings ({}); nothing was written: use the \
-                     same flags and classes, or another --out",
-                    if old.classes != rec.classes {
-                        "the classes".to_string()
-                    } else {
-                        crate::sink::wds::config_difference(&old.config, &rec.config)
-                    }
+                    "this folder dataset was made with other settings ({why}); nothing was written: \
+                     use the same flags and classes (or classes not yet here), or another --out"
                 ),
-            ));
+            )
+        })?;
+        if merged != old {
+            write_record(out, &merged)?;
+            let names: String = merged.classes.iter().map(|c| format!("{c}\n")).collect();
+            fsutil::write_atomic(&out.join("classes.txt"), names.as_bytes(), true)?;
         }
-        return Ok(());
+        return Ok(merged.classes);
     }
-    if !writer {
-        return Ok(());
+    if writer {
+        write_record(out, rec)?;
     }
+    Ok(rec.classes.clone())
+}
+
+fn write_record(out: &Path, rec: &Record) -> Result<()> {
     let mut text = serde_json::to_string_pretty(rec).map_err(|e| Error::Other(e.to_string()))?;
     text.push('\n');
     fsutil::remove_stale_tmp_of(out, |n| n == RECORD);
     fsutil::write_atomic(&out.join(RECORD), text.as_bytes(), true)
+}
+
+/// `old` with `new`'s classes added, when everything but the classes is the same and every class
+/// in both has the same maps (by the SHA-256 of its CSV); else what differs.
+fn with_classes_of(old: &Record, new: &Record) -> std::result::Result<Record, String> {
+    let strip = |c: &serde_json::Value| {
+        let mut c = c.clone();
+        if let Some(m) = c.as_object_mut() {
+            m.remove("classes");
+            m.remove("classes_sha256");
+        }
+        c
+    };
+    let (a, b) = (strip(&old.config), strip(&new.config));
+    if a != b {
+        return Err(crate::sink::wds::config_difference(&a, &b));
+    }
+    let same_shape = (
+        &old.rows,
+        &old.flips,
+        old.instances,
+        old.width,
+        old.height,
+        old.gray,
+    ) == (
+        &new.rows,
+        &new.flips,
+        new.instances,
+        new.width,
+        new.height,
+        new.gray,
+    );
+    if !same_shape || old.class_sha256.is_empty() || new.class_sha256.is_empty() {
+        return Err("the classes".into());
+    }
+    let mut by_name: std::collections::BTreeMap<&String, &String> =
+        old.classes.iter().zip(&old.class_sha256).collect();
+    for (c, h) in new.classes.iter().zip(&new.class_sha256) {
+        match by_name.get(c) {
+            Some(had) if *had != h => return Err(format!("class {c} with other maps")),
+            _ => {
+                by_name.insert(c, h);
+            }
+        }
+    }
+    let mut merged = old.clone();
+    merged.classes = by_name.keys().map(|c| c.to_string()).collect();
+    merged.class_sha256 = by_name.values().map(|h| h.to_string()).collect();
+    merged.config["classes"] = merged.classes.len().into();
+    Ok(merged)
 }
 
 /// The settings record `path` of a folder dataset of another family (RCDB's `rcdb.json`,

@@ -44,6 +44,10 @@ impl SumsPart {
             .map_err(|e| Error::io(&self.path, "cannot write", e))
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn flush(&self) -> Result<()> {
         let mut f = self.file.lock().unwrap();
         f.flush()
@@ -64,27 +68,33 @@ fn parse(text: &str) -> impl Iterator<Item = (String, String)> + '_ {
     })
 }
 
-/// Writes `SHA256SUMS` listing `files` (relative paths, all present): hashes from the parts and
-/// the `SHA256SUMS` already there (recorded as the images were written), the rest hashed now;
-/// then removes the parts.
-pub fn merge_folder(out: &Path, files: &[PathBuf]) -> Result<()> {
+/// Adds `files` (relative paths, all present) to `SHA256SUMS`, keeping its other lines (class
+/// subsets rendered into one folder by other runs): hashes from the runs' parts and the lines
+/// already there (recorded as the images were written), the rest hashed now. Then removes the
+/// parts it read: `only` this run's (a run finalizing itself while others may still write theirs),
+/// or all of them (`finalize`). The caller holds the folder's short lock.
+pub fn merge_folder(out: &Path, files: &[PathBuf], only: Option<&Path>) -> Result<()> {
     // What earlier merges recorded stands: a file changed since is what `sha256sum -c` must catch.
-    let mut known: BTreeMap<String, String> = match std::fs::read_to_string(out.join(SUMS)) {
+    let mut listed: BTreeMap<String, String> = match std::fs::read_to_string(out.join(SUMS)) {
         Ok(t) => parse(&t).collect(),
         Err(_) => BTreeMap::new(),
     };
+    let mut known = BTreeMap::new();
     let mut parts = Vec::new();
     for e in std::fs::read_dir(out).map_err(|e| Error::io(out, "cannot list", e))? {
         let e = e.map_err(|e| Error::io(out, "cannot list", e))?;
-        if e.file_name().to_string_lossy().starts_with(PART) {
+        let mine = only.is_none_or(|p| p == e.path());
+        if mine && e.file_name().to_string_lossy().starts_with(PART) {
             let text = std::fs::read_to_string(e.path()).unwrap_or_default();
             known.extend(parse(&text));
             parts.push(e.path());
         }
     }
-    let mut lines = String::new();
     for rel in files {
         let name = rel.display().to_string();
+        if listed.contains_key(&name) {
+            continue;
+        }
         let h = match known.get(&name) {
             Some(h) => h.clone(),
             None => {
@@ -93,9 +103,10 @@ pub fn merge_folder(out: &Path, files: &[PathBuf]) -> Result<()> {
                     .0
             }
         };
-        lines += &format!("{h}  {name}\n");
+        listed.insert(name, h);
     }
-    fsutil::write_atomic(&out.join(SUMS), lines.as_bytes(), true)?;
+    let text: String = listed.iter().map(|(f, h)| format!("{h}  {f}\n")).collect();
+    fsutil::write_atomic(&out.join(SUMS), text.as_bytes(), true)?;
     for p in parts {
         let _ = std::fs::remove_file(p);
     }

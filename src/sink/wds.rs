@@ -826,10 +826,12 @@ pub fn verified_shards(out: &Path, m: &Manifest) -> Vec<ShardEntry> {
 pub fn finalize(out: &Path, prefix: &str) -> Result<std::result::Result<Manifest, Vec<u64>>> {
     // A finalize that was killed while writing leaves its temporary files: remove them first.
     let (mpath, wpath) = (manifest_path(out, prefix), wids_path(out, prefix));
-    let finals: Vec<String> = [&mpath, &wpath]
+    let mut finals: Vec<String> = [&mpath, &wpath]
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
+    // The side files finalize writes too (readers', checksums).
+    finals.extend(["_info.json", "README.md", super::sums::SUMS].map(String::from));
     fsutil::remove_stale_tmp_of(out, |n| finals.iter().any(|f| f == n));
     let start = format!("{prefix}-manifest.part-");
     std::fs::read_dir(out).map_err(|e| Error::io(out, "cannot list output directory", e))?;

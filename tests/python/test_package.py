@@ -359,43 +359,39 @@ def test_version_types_and_messages_inside_exceptions(tmp_path, binary, classes)
         fractaldb.search(categories=0, out=tmp_path / "s")
 
 
-def test_the_docs_pretraining_snippet_runs(classes):
-    """docs/python.md's pre-training block, with small settings."""
-    pytest.importorskip("torch", reason="pip install torch")
+def run_docs_block(marker: str, settings: dict, classes) -> dict:
+    """Runs the python block after ``marker`` in docs/python.md with small settings (each
+    ``NAME = ...`` line of ``settings`` replaced, once) and returns its scope."""
     import re
 
     doc = open(os.path.join(os.path.dirname(__file__), "../../docs/python.md")).read()
-    block = doc.split("<!-- The block below is run by tests/python/test_package.py")[1]
+    block = doc.split(marker)[1]
     code = re.search(r"```python\n(.*?)```", block, re.S).group(1)
-    for name, value in (
-        ("CLASSES", repr(str(classes))), ("EPOCHS", "2"), ("STEPS_PER_EPOCH", "2"), ("BATCH", "8"),
-        ("WORKERS", "2"), ("IMAGE_SIZE", "48"),
-    ):
+    for name, value in dict(settings, CLASSES=repr(str(classes))).items():
         code, n = re.subn(rf"^{name} = .*$", f"{name} = {value}", code, flags=re.M)
         assert n == 1, name
     code = code.replace("instances=10", "instances=2, iteration=3000")
     scope = {}
     exec(compile(code, "docs/python.md", "exec"), scope)
+    return scope
+
+
+SMALL_TRAINING = dict(EPOCHS="2", STEPS_PER_EPOCH="2", BATCH="8", WORKERS="2", IMAGE_SIZE="48")
+
+
+def test_the_docs_pretraining_snippet_runs(classes):
+    """docs/python.md's pre-training block, with small settings."""
+    pytest.importorskip("torch", reason="pip install torch")
+    marker = "<!-- The block below is run by tests/python/test_package.py"
+    scope = run_docs_block(marker, SMALL_TRAINING, classes)
     assert scope["epoch"] == 1 and scope["step"] == 2
 
 
 def test_the_docs_vit_recipe_runs(classes):
     """docs/python.md's DeiT-Tiny block (timm), with small settings: two steps of two epochs."""
     pytest.importorskip("timm", reason="pip install timm")
-    import re
-
-    doc = open(os.path.join(os.path.dirname(__file__), "../../docs/python.md")).read()
-    block = doc.split("<!-- The ViT block below is run by tests/python/test_package.py")[1]
-    code = re.search(r"```python\n(.*?)```", block, re.S).group(1)
-    for name, value in (
-        ("CLASSES", repr(str(classes))), ("EPOCHS", "2"), ("STEPS_PER_EPOCH", "2"), ("BATCH", "8"),
-        ("WORKERS", "2"), ("IMAGE_SIZE", "48"), ("INPUT", "32"),
-    ):
-        code, n = re.subn(rf"^{name} = .*$", f"{name} = {value}", code, flags=re.M)
-        assert n == 1, name
-    code = code.replace("instances=10", "instances=2, iteration=3000")
-    scope = {}
-    exec(compile(code, "docs/python.md", "exec"), scope)
+    marker = "<!-- The ViT block below is run by tests/python/test_package.py"
+    scope = run_docs_block(marker, dict(SMALL_TRAINING, INPUT="32"), classes)
     assert scope["epoch"] == 1 and scope["step"] == 2
     assert scope["sched"].last_epoch == 4 and math.isfinite(scope["loss"].item())
 
