@@ -35,6 +35,8 @@ impl Cli {
         T: Into<std::ffi::OsString> + Clone,
     {
         use clap::{CommandFactory, FromArgMatches};
+        let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
+        let argv = crate::preset::expand(argv);
         let mut m = with_spellings(Cli::command()).try_get_matches_from(argv)?;
         Cli::from_arg_matches_mut(&mut m)
     }
@@ -364,6 +366,9 @@ impl RankArgs {
 
 #[derive(Args, Debug)]
 pub struct SearchArgs {
+    /// A published dataset's settings (docs/usage.md, "Presets"); any flag given overrides them
+    #[arg(long, value_parser = crate::preset::parser("search"))]
+    pub preset: Option<String>,
     /// Fill-rate threshold (non-zero pixels / 512^2) [original: --rate, 0.2]
     #[arg(long, default_value_t = 0.2)]
     pub rate: f64,
@@ -421,6 +426,9 @@ pub struct SearchArgs {
 
 #[derive(Args, Debug)]
 pub struct RenderArgs {
+    /// A published dataset's settings (docs/usage.md, "Presets"); any flag given overrides them
+    #[arg(long, value_parser = crate::preset::parser("render"))]
+    pub preset: Option<String>,
     /// Directory of class CSVs (also its csvK/ sub-folders) [original: --load_root, ./data]
     #[arg(
         long = "load-root",
@@ -530,6 +538,9 @@ pub struct RenderArgs {
 /// `fractaldb rcdb`: the original's flags (underscored names, hyphenated aliases) and ours.
 #[derive(Args, Debug)]
 pub struct RcdbArgs {
+    /// A published dataset's settings (docs/usage.md, "Presets"); any flag given overrides them
+    #[arg(long, value_parser = crate::preset::parser("rcdb"))]
+    pub preset: Option<String>,
     /// Classes C [original: --numof_classes, 1000]
     #[arg(
         long = "numof_classes",
@@ -667,6 +678,9 @@ impl RcdbArgs {
 /// `fractaldb mvfdb`: the original's search and model settings, and the model stream's seed it leaves open.
 #[derive(Args, Debug)]
 pub struct MvfdbArgs {
+    /// A published dataset's settings (docs/usage.md, "Presets"); any flag given overrides them
+    #[arg(long, value_parser = crate::preset::parser("mvfdb"))]
+    pub preset: Option<String>,
     /// Classes to find [original: category_search.py --numof_classes, instance.py --classes, 1000]
     #[arg(long, visible_alias = "numof_classes", default_value_t = 1000)]
     pub classes: usize,

@@ -93,6 +93,7 @@ pub mod memory;
 pub mod mvfdb;
 pub mod pipeline;
 pub mod plan;
+pub mod preset;
 pub mod progress;
 #[cfg(feature = "pyo3")]
 pub mod python;

@@ -249,3 +249,96 @@ fn a_validation_split_draws_other_instances_of_the_same_classes_reproducibly() {
         assert!(e.contains("--split/--epoch"), "{extra:?}: {e}");
     }
 }
+
+/// `--preset`: a published dataset's flags, overridden by any flag given, for each command; a
+/// preset of another command is refused with the list of this one's.
+#[test]
+fn presets_set_the_published_flags_and_any_flag_overrides_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    run_ok(
+        bin()
+            .args([
+                "search",
+                "-q",
+                "--preset",
+                "2D-OFDB-1k",
+                "--categories",
+                "2",
+                "--no-previews",
+                "--out",
+            ])
+            .arg(t.join("s")),
+    );
+    let classes = t.join("s/csv_rate0.2_category2");
+    assert!(classes.join("00001.csv").exists());
+    let out = t.join("ofdb");
+    run_ok(
+        bin()
+            .args([
+                "render",
+                "-q",
+                "--preset",
+                "2D-OFDB-1k",
+                "--iteration",
+                "3000",
+                "--load-root",
+            ])
+            .arg(&classes)
+            .arg("--out")
+            .arg(&out),
+    );
+    // 2D-OFDB: instance 0 of weight row 0, flip 0: one image per class, at 362 x 362.
+    let got = pngs(&out);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        got[0].ends_with("00000/00000_00_count_0_flip0.png"),
+        "{got:?}"
+    );
+    assert_eq!(decode_rgb(&out.join(&got[0])).0, 362);
+    let rcdb = t.join("rcdb");
+    run_ok(
+        bin()
+            .args([
+                "rcdb",
+                "-q",
+                "--preset",
+                "RCDB-1k",
+                "--numof_classes",
+                "2",
+                "--numof_instances",
+                "2",
+            ])
+            .args(["--numof_thread", "1", "--save_root"])
+            .arg(&rcdb),
+    );
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rcdb.join("rcdb.json")).unwrap()).unwrap();
+    assert_eq!(
+        (rec["image_size"].as_u64(), rec["numof_classes"].as_u64()),
+        (Some(512), Some(2)),
+        "{rec}"
+    );
+    let mv = t.join("mv");
+    run_ok(
+        bin()
+            .args([
+                "mvfdb",
+                "-q",
+                "--preset",
+                "ExFractalDB-1k",
+                "--classes",
+                "2",
+                "--weight-rows",
+                "0-1",
+                "--img_size",
+                "32",
+                "--save_root",
+            ])
+            .arg(&mv),
+    );
+    let rec = std::fs::read_to_string(mv.join("mvfdb.json")).unwrap();
+    assert!(rec.contains("random"), "{rec}");
+    let e = run_err(bin().args(["rcdb", "--preset", "FractalDB-1k"]));
+    assert!(e.contains("RCDB-1k") && e.contains("RCDB-21k"), "{e}");
+}
