@@ -936,6 +936,10 @@ impl RenderArgs {
                 format!("cannot be used with --draw-type {}", self.draw_type),
             ));
         }
+        // A missing input is said first, with its next step, before the backend or run lines
+        // (the run reads them again; reading a folder of CSVs and a weights file is cheap).
+        crate::plan::discover_classes(&self.load_root)?;
+        crate::ifs::load_weights(&self.weight_csv)?;
         // The memory the run needs is checked by the run (dataset::fit_memory), before anything
         // is allocated or written.
         let rank = self.ranks.resolve()?;

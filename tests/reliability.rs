@@ -685,6 +685,33 @@ fn errors_and_help_say_what_to_do_next() {
         e.contains("fractaldb search --categories N") && e.contains("--load-root"),
         "{e}"
     );
+    // A missing input is the first thing said (before the backend and run lines), with its next
+    // step: the original's weights paths name the built-in files, for both families.
+    assert!(e.starts_with("fractaldb: error:"), "{e}");
+    let classes = class_dir(tmp.path(), &["00021"]);
+    let e = run_err(
+        bin()
+            .args([
+                "render",
+                "--weight_csv",
+                "./fractal_renderer/weights/weights_0.4.csv",
+            ])
+            .arg("--load-root")
+            .arg(&classes)
+            .arg("--out")
+            .arg(tmp.path().join("o")),
+    );
+    assert!(
+        e.starts_with("fractaldb: error:") && e.contains("builtin:0.4"),
+        "{e}"
+    );
+    let e = run_err(
+        bin()
+            .args(["mvfdb", "--weight_csv", "weights_ins145.csv", "--save_root"])
+            .arg(tmp.path().join("m")),
+    );
+    assert!(e.contains("--weight-csv builtin"), "{e}");
+    assert!(!tmp.path().join("o").exists() && !tmp.path().join("m").exists());
     let help = String::from_utf8(run_ok(bin().arg("--help")).stdout).unwrap();
     assert!(
         help.contains("CPU or GPU") && !help.contains("(CPU engine;"),
@@ -695,7 +722,6 @@ fn errors_and_help_say_what_to_do_next() {
     let help = String::from_utf8(run_ok(bin().args(["serve", "--help"])).stdout).unwrap();
     assert!(help.contains("No authentication"), "{help}");
     // The run's first line reads as a sentence, not as internal names.
-    let classes = class_dir(tmp.path(), &["00021"]);
     let o = run_ok(&mut render(&classes, &tmp.path().join("f")));
     let err = String::from_utf8_lossy(&o.stderr);
     let first = err.lines().next().unwrap();

@@ -330,6 +330,13 @@ pub fn builtin_multipliers_csv() -> String {
 pub fn read_multipliers(path: &Path) -> Result<Vec<[f64; 12]>> {
     let text = if path.as_os_str() == "builtin" {
         builtin_multipliers_csv()
+    } else if !path.exists() {
+        // The original's scripts name their own weights file, which a drop-in user lacks.
+        let why = std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such file; the original's weights_ins145.csv is built in: --weight-csv builtin",
+        );
+        return Err(Error::io(path, "cannot read --weight-csv", why));
     } else {
         crate::ifs::read_text(path)?
     };
