@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-demo}
-echo "building fractaldb (about 2 minutes the first time)..." >&2
+echo "building fractaldb (about 3 minutes the first time on 2 cores, seconds after)..." >&2
 cargo build --release
 bin=./target/release/fractaldb
 $bin search --categories 3 --out "$out"
@@ -14,6 +14,8 @@ $bin render --load-root "$out/csv_rate0.2_category3" --out "$out/FractalDB-3-wds
   --image-size-x 128 --image-size-y 128 --iteration 20000 --instance 2 --samples-per-shard 200 --resume
 if python3 -c "import PIL" 2>/dev/null; then
   python3 scripts/contact-sheet.py --bin "$bin" --classes 3 --size 128 --iteration 20000 --out "$out/contact-sheet.png"
+else
+  echo "skipped the contact sheet ($out/contact-sheet.png): it needs Pillow (pip install pillow)" >&2
 fi
 echo
 echo "class CSVs:  $out/csv_rate0.2_category3/"
