@@ -12,7 +12,12 @@
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        // Formatted first and written at once: processes sharing one log (the ranks under a
+        // launcher) never interleave inside a line (stderr is unbuffered: `writeln!` would write
+        // each formatted piece on its own).
+        let mut line = format!($($arg)*);
+        line.push('\n');
+        let _ = std::io::stderr().write_all(line.as_bytes());
     }};
 }
 
@@ -21,7 +26,7 @@ macro_rules! say {
 macro_rules! say_raw {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = write!(std::io::stderr(), $($arg)*);
+        let _ = std::io::stderr().write_all(format!($($arg)*).as_bytes());
     }};
 }
 

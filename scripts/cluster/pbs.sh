@@ -11,7 +11,8 @@ cd "$PBS_O_WORKDIR"
 BIN=${BIN:-$PWD/target/release/fractaldb}
 CLASSES=${CLASSES:-$PWD/data/csv_rate0.2_category1000}
 OUT=${OUT:-$PWD/data/fdb1k-wds}
+# More render flags, split on spaces (e.g. FRACTALDB_ARGS="--preset FractalDB-10k" with its CLASSES and OUT).
 NP=$(wc -l < "$PBS_NODEFILE")
 mpirun -np "$NP" -hostfile "$PBS_NODEFILE" -x PATH -x LD_LIBRARY_PATH \
-  "$BIN" render --load-root "$CLASSES" --out "$OUT" --format wds --backend auto --resume
+  "$BIN" render --load-root "$CLASSES" --out "$OUT" --format wds --backend auto --resume ${FRACTALDB_ARGS:-}
 "$BIN" finalize --out "$OUT"

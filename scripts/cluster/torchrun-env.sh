@@ -8,9 +8,10 @@ N=${1:-8}
 BIN=${BIN:-$PWD/target/release/fractaldb}
 CLASSES=${CLASSES:-$PWD/data/csv_rate0.2_category1000}
 OUT=${OUT:-$PWD/data/fdb1k-wds}
+# More render flags, split on spaces (e.g. FRACTALDB_ARGS="--preset FractalDB-10k" with its CLASSES and OUT).
 pids=()
 for r in $(seq 0 $((N - 1))); do
-  RANK=$r WORLD_SIZE=$N LOCAL_RANK=$r "$BIN" render -q --load-root "$CLASSES" --out "$OUT" --format wds --backend auto --resume &
+  RANK=$r WORLD_SIZE=$N LOCAL_RANK=$r "$BIN" render -q --load-root "$CLASSES" --out "$OUT" --format wds --backend auto --resume ${FRACTALDB_ARGS:-} &
   pids+=($!)
 done
 fail=0
