@@ -677,7 +677,11 @@ impl RcdbArgs {
 
 /// `fractaldb mvfdb`: the original's search and model settings, and the model stream's seed it leaves open.
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct MvfdbArgs {
+    /// One of the original's three scripts alone, with its own roots (default: all three at once)
+    #[command(subcommand)]
+    pub step: Option<crate::mvfdb::steps::Step>,
     /// A published dataset's settings (docs/usage.md, "Presets"); any flag given overrides them
     #[arg(long, value_parser = crate::preset::parser("mvfdb"))]
     pub preset: Option<String>,
@@ -1342,6 +1346,9 @@ impl MvfdbArgs {
 }
 
 fn run_mvfdb(a: MvfdbArgs) -> Result<()> {
+    if let Some(step) = &a.step {
+        return crate::mvfdb::steps::run(step);
+    }
     let opts = a.to_options()?;
     if a.serve {
         let Some((ds, job)) = opts.split()? else {
@@ -1467,7 +1474,11 @@ mod tests {
         use clap::CommandFactory;
         let root = with_spellings(Cli::command());
         let mut checked = 0;
-        for sub in root.get_subcommands() {
+        // Every command and its steps (`mvfdb search|models|render`).
+        let subs = root
+            .get_subcommands()
+            .flat_map(|c| std::iter::once(c).chain(c.get_subcommands()));
+        for sub in subs {
             let all: Vec<Vec<String>> = sub.get_arguments().map(flag_names).collect();
             for names in &all {
                 for n in names {
@@ -1521,6 +1532,16 @@ mod tests {
                 "2",
             ],
             &["bench", "--image_size", "64"],
+            &[
+                "mvfdb",
+                "render",
+                "--load-root",
+                "m",
+                "--view-point",
+                "6",
+                "--img-size",
+                "32",
+            ],
             &["serve", "--idle_seconds", "5", "--max_clients", "3"],
         ] {
             parses(args);

@@ -468,3 +468,94 @@ fn a_tiny_datasets_bytes_are_pinned_to_the_version() {
         "MV-FractalDB's bytes changed: bump VERSION and pin the new digest"
     );
 }
+
+/// The original's three scripts, each with its own roots, as `mvfdb search|models|render` with the
+/// scripts' own (underscore) flags: the golden sets' params and PLY models byte for byte and views
+/// pixel for pixel, each step reading the previous step's files; the kebab spellings make the same.
+#[test]
+fn the_three_original_steps_make_the_goldens_from_each_others_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = reference().join("mvfdb");
+    for (set, search, models, render) in [
+        (
+            "m1",
+            ["--numof_classes", "3", "--seed", "1"],
+            ["--weight_rows", "0-3", "--model_seed", "7"],
+            vec!["--view_seed", "11"],
+        ),
+        (
+            "m2",
+            ["--numof_classes", "2", "--seed", "2"],
+            ["--weight_rows", "0-2", "--model_seed", "8"],
+            vec![
+                "--view_seed",
+                "12",
+                "--img_size",
+                "160",
+                "--view_point",
+                "6",
+            ],
+        ),
+    ] {
+        let root = tmp.path().join(set);
+        let (params, models_dir, images) = (
+            root.join("3DIFS_params"),
+            root.join("3Dmodels"),
+            root.join("images"),
+        );
+        run_ok(
+            bin()
+                .args(["mvfdb", "search", "-q"])
+                .args(search)
+                .arg("--save_root")
+                .arg(&params),
+        );
+        run_ok(
+            bin()
+                .args(["mvfdb", "models", "-q", "--load_root"])
+                .arg(&params)
+                .arg("--save_root")
+                .arg(&models_dir)
+                .args(models),
+        );
+        run_ok(
+            bin()
+                .args(["mvfdb", "render", "-q", "--load_root"])
+                .arg(&models_dir)
+                .arg("--save_root")
+                .arg(&images)
+                .args(&render),
+        );
+        for (mine, golden) in [(&params, "params"), (&models_dir, "models")] {
+            let (a, b) = (files(mine), files(&g.join(set).join(golden)));
+            assert!(!a.is_empty() && a == b, "{set} {golden}: {a:?} vs {b:?}");
+            for f in &a {
+                assert!(
+                    std::fs::read(mine.join(f)).unwrap()
+                        == std::fs::read(g.join(set).join(golden).join(f)).unwrap(),
+                    "{set} {f:?}"
+                );
+            }
+        }
+        let want = files(&g.join(set).join("images"));
+        assert_eq!(files(&images), want, "{set}");
+        for f in &want {
+            assert!(
+                decode_rgb(&images.join(f)) == decode_rgb(&g.join(set).join("images").join(f)),
+                "{set} {f:?}"
+            );
+        }
+        // The kebab spellings: the same files.
+        let kebab = root.join("kebab");
+        let kebab_render: Vec<String> = render.iter().map(|a| a.replace('_', "-")).collect();
+        run_ok(
+            bin()
+                .args(["mvfdb", "render", "-q", "--load-root"])
+                .arg(&models_dir)
+                .arg("--save-root")
+                .arg(&kebab)
+                .args(&kebab_render),
+        );
+        same_tree(&images, &kebab);
+    }
+}

@@ -11,6 +11,7 @@
 pub mod gl;
 pub mod run;
 pub mod stage;
+pub mod steps;
 pub mod view;
 
 use crate::error::{Error, Result};
