@@ -298,7 +298,10 @@ class _Units(_MapStyle):
     def __init__(self, *, transform=None, target_transform=None, **flags) -> None:
         self.transform = transform
         self.target_transform = target_transform
-        flags = dict(flags, backend="cpu", threads=1, quiet=True)
+        # The engine of whole units: "cpu" (default) or "gl" (the command's GL stages, a context per
+        # unit rendered; pixel-identical on llvmpipe). Open clouds (fractaldb.torch) draw on the CPU.
+        flags = dict(flags, threads=1, quiet=True)
+        flags.setdefault("backend", "cpu")
         self._argv = _checked(["fractaldb", self._command, *_flags(flags)])
         self._pid: Optional[int] = None
         self._ds = None

@@ -259,7 +259,7 @@ impl Units {
     /// `argv`: the command line (`fractaldb rcdb|mvfdb` and its flags).
     #[new]
     fn new(py: Python<'_>, argv: Vec<String>) -> PyResult<Self> {
-        // The Python side passes --backend cpu, -j 1 and -q; env(false) writes nothing. The whole
+        // The Python side passes -j 1, -q and --backend (cpu unless asked); env(false) writes nothing. The whole
         // dataset, never a launcher's rank of it (RANK in the environment): the torch side splits.
         let (ds, job) = interruptible(py, || Self::prepare(argv))?;
         let ds: &'static (dyn Dataset + Send) = Box::leak(ds);

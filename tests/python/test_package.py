@@ -590,3 +590,19 @@ def test_rcdb_and_mvfdb_iterables_yield_every_sample_once_over_ranks_and_workers
     assert not (want - got), "a sample never came"
     assert sum(got.values()) - sum(want.values()) == len(ds) % 2
     assert set(got) <= set(want)
+
+
+@pytest.mark.parametrize(
+    "cls,flags",
+    [
+        ("RCDB", dict(numof_classes=2, numof_instances=3, image_size=32, numof_thread=1)),
+        ("MVFractalDB", dict(classes=2, weight_rows="0-1", views=2, img_size=32)),
+    ],
+)
+def test_rcdb_and_mvfdb_units_on_the_gl_engine_equal_the_cpu_engine(cls, flags):
+    """backend="gl": whole units through the command's GL stages (llvmpipe here), the CPU pixels."""
+    cpu = getattr(fractaldb, cls)(**flags)
+    gl = getattr(fractaldb, cls)(backend="gl", **flags)  # llvmpipe in CI, as the Rust GL tests
+    assert len(gl) == len(cpu) > 0
+    for i in range(len(cpu)):
+        assert np.array_equal(gl.sample(i)[0], cpu.sample(i)[0]), i
