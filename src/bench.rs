@@ -522,6 +522,7 @@ fn mvfdb_workload(a: &BenchArgs, png: PngConfig) -> Result<Workload> {
         point_size: 1,
         png,
         job: Run::default(),
+        prepared: None,
     };
     let (dataset, _) = opts.split()?.expect("views > 0 and weights");
     Ok(Workload {

@@ -1341,6 +1341,7 @@ impl MvfdbArgs {
                 gray: false,
             },
             job,
+            prepared: None,
         })
     }
 }

@@ -158,6 +158,11 @@ pub trait Dataset: Sync {
         let _lock = crate::sink::folder::short_lock(out);
         crate::sink::write_names(out, &self.class_names(), writer)
     }
+    /// What its last preparation found that another process may be handed instead of preparing
+    /// again (MV-FractalDB's search and model pass), as JSON; `None`: nothing worth handing over.
+    fn prepared(&self) -> Option<serde_json::Value> {
+        None
+    }
     /// Which slice of the work this run is beyond its rank, in the lock's name (RCDB's
     /// `--thread_num`): two runs of one slice never run at once, other slices do.
     fn slice(&self) -> String {

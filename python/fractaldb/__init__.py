@@ -290,8 +290,9 @@ class _Units(_MapStyle):
     Keyword arguments are the command's flags (``numof_classes=4`` is ``--numof_classes 4``); its
     defaults are the command's. A sample renders its whole unit once; the unit's next samples are
     free, so iterate in order or use ``fractaldb.torch``. Preparation (the class starts, the
-    search and models) runs once, when the dataset is made: forked DataLoader workers share it;
-    a ``spawn``/``forkserver`` worker prepares it again from the pickled settings."""
+    search and models) runs once, when the dataset is made: forked DataLoader workers share it,
+    and a pickled dataset (a ``spawn``/``forkserver`` worker) carries MV-FractalDB's search and
+    model pass with it (RCDB's class starts are cheap: made again)."""
 
     _command = ""
 
@@ -309,11 +310,18 @@ class _Units(_MapStyle):
 
     def _dataset(self):
         # Made once: a forked worker keeps the parent's prepared dataset (it holds no threads or
-        # device state, and its open clouds are the worker's own copy).
+        # device state, and its open clouds are the worker's own copy); an unpickled one (a spawn
+        # or forkserver worker) is made from the parent's preparation, not prepared again.
         if self._ds is None:
-            self._ds = _engine().Units(self._argv)
+            self._ds = _engine().Units(self._argv, getattr(self, "_prepared", None))
             self._pid = os.getpid()
         return self._ds
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        if self._ds is not None:
+            state["_prepared"] = self._ds.prepared()
+        return state
 
     def key(self, i: int) -> Tuple[int, int, int, int]:
         """(class, row, instance, flip) of sample ``i``: RCDB's (class, group of 100 instances,

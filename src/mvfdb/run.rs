@@ -40,6 +40,17 @@ pub struct MvfdbOptions {
     /// How the run goes: output, folders or shards (same order v2, manifest and indexes as
     /// `render`), threads, ranks, engine.
     pub job: Run,
+    /// What an earlier preparation with the same settings found (the search's maps, which models
+    /// are valid): a worker process given it skips the search and the model pass. Only a run that
+    /// writes nothing takes it.
+    pub prepared: Option<std::sync::Arc<Prepared>>,
+}
+
+/// The outcome of the search and the model pass that the views need, to hand to another process.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+pub struct Prepared {
+    pub maps: Vec<Vec<Map3>>,
+    pub valid: Vec<Vec<bool>>,
 }
 
 /// The version of MV-FractalDB's bytes, in every settings record and shard fingerprint: 2 since
@@ -69,6 +80,7 @@ pub(crate) fn spec(o: &MvfdbOptions, rows: &[u32], mults: &[[f64; 12]]) -> serde
         point_size,
         png,
         job: _,
+        prepared: _,
     } = o;
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
@@ -184,14 +196,19 @@ fn front(o: &MvfdbOptions, out: Option<&Path>, weights: Option<Weights>) -> Resu
     let write = out.is_some();
     let out = out.unwrap_or(Path::new(""));
     let pdir = out.join("params");
+    // What an earlier preparation found, for a run that writes nothing.
+    let given = o.prepared.as_deref().filter(|_| !write);
     // 1. The search (its CSVs are what the model step reads back).
-    let found = search_with(
-        o.seed,
-        o.classes,
-        o.variance,
-        o.job.progress != crate::progress::Mode::Quiet,
-        super::GIVE_UP,
-    )?;
+    let found = match given {
+        Some(p) => p.maps.clone(),
+        None => search_with(
+            o.seed,
+            o.classes,
+            o.variance,
+            o.job.progress != crate::progress::Mode::Quiet,
+            super::GIVE_UP,
+        )?,
+    };
     if write {
         fsutil::create_dir(&pdir)?;
         fsutil::remove_stale_tmp(&pdir);
@@ -229,6 +246,9 @@ fn front(o: &MvfdbOptions, out: Option<&Path>, weights: Option<Weights>) -> Resu
     for _ in 0..maps.len() {
         starts.push(rng.clone());
         rng.skip_doubles(super::POINTS * mults.len());
+    }
+    if let Some(p) = given {
+        return prepared_front(s, p, (maps, rows, mults), starts);
     }
     let slots: Vec<Mutex<(Vec<bool>, Vec<NumpyRandom>)>> = (0..maps.len())
         .map(|_| Mutex::new((vec![], vec![])))
@@ -277,6 +297,47 @@ fn front(o: &MvfdbOptions, out: Option<&Path>, weights: Option<Weights>) -> Resu
         mults,
         starts,
         valid,
+        checkpoints,
+    })
+}
+
+/// The front of a given preparation: its validity flags, and the model stream's checkpoints found
+/// by skipping (no model computed).
+fn prepared_front(
+    mut s: Summary,
+    p: &Prepared,
+    (maps, rows, mults): (Vec<Vec<Map3>>, Vec<u32>, Vec<[f64; 12]>),
+    starts: Vec<NumpyRandom>,
+) -> Result<Front> {
+    if p.valid.len() != maps.len() || p.valid.iter().any(|v| v.len() != mults.len()) {
+        return Err(Error::Other(
+            "internal: a preparation of other settings was handed over".into(),
+        ));
+    }
+    let checkpoints = starts
+        .iter()
+        .map(|start| {
+            let mut rng = start.clone();
+            (0..mults.len())
+                .filter_map(|pos| {
+                    let mark = (pos as u32)
+                        .is_multiple_of(super::stage::CHECKPOINT)
+                        .then(|| rng.clone());
+                    rng.skip_doubles(super::POINTS);
+                    mark
+                })
+                .collect()
+        })
+        .collect();
+    s.models = p.valid.iter().flatten().filter(|v| **v).count();
+    s.skipped = p.valid.iter().flatten().filter(|v| !**v).count();
+    Ok(Front {
+        s,
+        maps,
+        rows,
+        mults,
+        starts,
+        valid: p.valid.clone(),
         checkpoints,
     })
 }
@@ -403,6 +464,8 @@ pub struct Mvfdb {
     rows: Vec<u32>,
     mults: Vec<[f64; 12]>,
     found: Mutex<Summary>,
+    /// What the last preparation found ([`Dataset::prepared`]).
+    last: Mutex<Option<Prepared>>,
 }
 
 impl MvfdbOptions {
@@ -421,6 +484,7 @@ impl MvfdbOptions {
             rows,
             mults,
             found: Mutex::default(),
+            last: Mutex::default(),
         };
         Ok(Some((ds, self.job.clone())))
     }
@@ -462,6 +526,10 @@ impl Mvfdb {
         let w = (self.rows.clone(), self.mults.clone());
         let out = env.out.as_deref().filter(|_| env.writer);
         let f = front(&self.o, out, Some(w))?;
+        *self.last.lock().unwrap() = Some(Prepared {
+            maps: f.maps.clone(),
+            valid: f.valid.clone(),
+        });
         *self.found.lock().unwrap() = Summary {
             classes: f.s.classes,
             models: f.s.models,
@@ -475,6 +543,9 @@ impl Mvfdb {
 impl Dataset for Mvfdb {
     fn kind(&self) -> &'static str {
         "mvfdb"
+    }
+    fn prepared(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self.last.lock().unwrap().as_ref()?).ok()
     }
     fn title(&self) -> &'static str {
         "MV-FractalDB"

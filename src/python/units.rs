@@ -32,6 +32,8 @@ pub struct Units {
     last: Mutex<Option<(u64, Vec<Vec<u8>>)>>,
     /// Open clouds, each a cursor over its samples.
     open: Mutex<HashMap<u64, Arc<Mutex<Open>>>>,
+    /// Made from another process's preparation.
+    reused: bool,
 }
 
 /// An open cloud: its samples' canvases drawn one at a time, in id order.
@@ -106,7 +108,10 @@ fn npy_data(bytes: &[u8]) -> crate::Result<&[u8]> {
 
 impl Units {
     /// The family's dataset from its command's flags (`argv[1]` is `rcdb` or `mvfdb`).
-    fn prepare(argv: Vec<String>) -> crate::Result<(Box<dyn Dataset + Send>, crate::dataset::Run)> {
+    fn prepare(
+        argv: Vec<String>,
+        prepared: Option<String>,
+    ) -> crate::Result<(Box<dyn Dataset + Send>, crate::dataset::Run)> {
         let cli = crate::cli::Cli::try_parse_args(&argv)
             .map_err(|e| Error::Other(e.render().to_string().trim_end().to_string()))?;
         match cli.cmd {
@@ -114,7 +119,18 @@ impl Units {
                 let (ds, job) = a.to_options()?.split()?;
                 Ok((Box::new(ds), job))
             }
-            crate::cli::Command::Mvfdb(a) => match a.to_options()?.split()? {
+            crate::cli::Command::Mvfdb(a) => match {
+                let mut o = a.to_options()?;
+                if let Some(p) = prepared {
+                    let p = serde_json::from_str(&p).map_err(|e| {
+                        Error::Other(format!("internal: a malformed preparation: {e}"))
+                    })?;
+                    o.prepared = Some(std::sync::Arc::new(p));
+                }
+                o
+            }
+            .split()?
+            {
                 Some((ds, job)) => Ok((Box::new(ds), job)),
                 None => Err(Error::flag("--views", "the dataset has views: at least 1")),
             },
@@ -256,12 +272,16 @@ impl Units {
 
 #[pymethods]
 impl Units {
-    /// `argv`: the command line (`fractaldb rcdb|mvfdb` and its flags).
+    /// `argv`: the command line (`fractaldb rcdb|mvfdb` and its flags); `prepared`: what
+    /// `prepared()` of a dataset with the same command line returned (another process's), so
+    /// MV-FractalDB's search and model pass are not run again.
     #[new]
-    fn new(py: Python<'_>, argv: Vec<String>) -> PyResult<Self> {
+    #[pyo3(signature = (argv, prepared = None))]
+    fn new(py: Python<'_>, argv: Vec<String>, prepared: Option<String>) -> PyResult<Self> {
+        let reused = prepared.is_some();
         // The Python side passes -j 1, -q and --backend (cpu unless asked); env(false) writes nothing. The whole
         // dataset, never a launcher's rank of it (RANK in the environment): the torch side splits.
-        let (ds, job) = interruptible(py, || Self::prepare(argv))?;
+        let (ds, job) = interruptible(py, || Self::prepare(argv, prepared))?;
         let ds: &'static (dyn Dataset + Send) = Box::leak(ds);
         let rank = crate::cluster::Rank::default();
         let work = ds.folder(&rank, &job.env(false)).map_err(to_py)?;
@@ -296,7 +316,20 @@ impl Units {
             starts,
             last: Mutex::new(None),
             open: Mutex::default(),
+            reused,
         })
+    }
+
+    /// What the preparation found, for another process (`Units(argv, prepared)`): JSON, or
+    /// `None` when the family has nothing worth handing over (RCDB's class starts are cheap).
+    fn prepared(&self) -> Option<String> {
+        self.ds.prepared().map(|v| v.to_string())
+    }
+
+    /// Whether this dataset was made from another process's preparation.
+    #[getter]
+    fn reused_preparation(&self) -> bool {
+        self.reused
     }
 
     fn __len__(&self) -> usize {

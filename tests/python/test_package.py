@@ -606,3 +606,27 @@ def test_rcdb_and_mvfdb_units_on_the_gl_engine_equal_the_cpu_engine(cls, flags):
     assert len(gl) == len(cpu) > 0
     for i in range(len(cpu)):
         assert np.array_equal(gl.sample(i)[0], cpu.sample(i)[0]), i
+
+
+def test_a_pickled_mvfdb_dataset_carries_its_preparation_to_spawned_workers():
+    """MV-FractalDB's search and model pass run once, in the parent: a pickled dataset carries them
+    (its unpickled copy prepares nothing and draws the same pixels), so a ``spawn`` DataLoader's
+    workers yield every sample once without searching again."""
+    import pickle
+    from collections import Counter
+
+    torch = pytest.importorskip("torch", reason="pip install torch")
+    from fractaldb.torch import MVFractalDBIterable
+
+    flags = dict(classes=2, weight_rows="0-19", views=2, img_size=24)
+    ds = fractaldb.MVFractalDB(**flags)
+    again = pickle.loads(pickle.dumps(ds))
+    assert again._dataset().reused_preparation and not ds._dataset().reused_preparation
+    assert all(np.array_equal(again.sample(i)[0], ds.sample(i)[0]) for i in range(len(ds)))
+    it = MVFractalDBIterable(batch_size=8, open_clouds=3, **flags)
+    loader = torch.utils.data.DataLoader(it, batch_size=None, num_workers=2, multiprocessing_context="spawn")
+    got = Counter()
+    for images, labels in loader:
+        got.update((im.contiguous().numpy().tobytes(), int(lb)) for im, lb in zip(images, labels))
+    want = Counter((ds.sample(i)[0].tobytes(), ds.sample(i)[1]) for i in range(len(ds)))
+    assert got == want
