@@ -18,6 +18,8 @@ pub(super) enum Resource {
     },
     /// timm's `_info.json` (at the root and under each epoch: the shards beside it).
     Info,
+    /// The Hugging Face dataset card, `README.md` (class names for `cls`).
+    Card,
     Wids,
     Manifest,
     Health,
@@ -60,6 +62,7 @@ pub(super) fn parse_path(
         "metrics" if parts.len() == 1 => return Ok(Resource::Metrics),
         "manifest.json" if parts.len() == 1 => return Ok(Resource::Manifest),
         "_info.json" => return Ok(Resource::Info),
+        "README.md" if parts.len() == 1 => return Ok(Resource::Card),
         _ => {}
     }
     if parts.len() == 1 && file == format!("{prefix}-wids.json") {
@@ -254,6 +257,27 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Body>) -> Response<Body>
                 st.class_names.len(),
                 &shards,
             ))
+        }
+        Resource::Card => {
+            let m = wds::Manifest {
+                kind: "fractaldb-serve-manifest-v1".into(),
+                config: st.fingerprint.clone(),
+                total_samples: st.layout.total,
+                samples_per_shard: st.layout.per_shard,
+                shard_count: st.layout.shards,
+                rank: 0,
+                world_size: 1,
+                shards: vec![],
+                classes: st.class_names.clone(),
+            };
+            let mut r = Response::new(Body::from(crate::sink::readers::hf_card(
+                &st.prefix, &m, None,
+            )));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/markdown; charset=utf-8"),
+            );
+            r
         }
         Resource::Wids => {
             let base = base_url(&st, req.headers());
@@ -520,6 +544,7 @@ mod tests {
         assert_eq!(p("/fractaldb-wids.json"), Ok(Resource::Wids));
         assert_eq!(p("/manifest.json"), Ok(Resource::Manifest));
         assert_eq!(p("/_info.json"), Ok(Resource::Info));
+        assert_eq!(p("/README.md"), Ok(Resource::Card));
         assert_eq!(p("/epoch/3/_info.json"), Ok(Resource::Info));
         assert_eq!(p("/healthz"), Ok(Resource::Health));
         assert_eq!(p("/metrics"), Ok(Resource::Metrics));

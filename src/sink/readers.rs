@@ -124,7 +124,7 @@ pub fn hf_card(prefix: &str, m: &Manifest, json: Option<&serde_json::Value>) -> 
          import timm\nds = timm.data.create_dataset(\"wds/{prefix}\", root=\"path/to/this/folder\", split=\"train\")\n```\n",
         m.total_samples,
         m.classes.len(),
-        m.shards.len(),
+        m.shard_count,
         env!("CARGO_PKG_VERSION"),
     );
     y

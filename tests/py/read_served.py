@@ -1,7 +1,8 @@
 """Reads a running fractaldb service with clients we did not write: webdataset by URL (it fetches
 with curl), wids with the served index, fsspec's HTTP filesystem (size, ranged reads), timm's
-WebDataset reader (the served `_info.json`), and the Prometheus text parser on /metrics; prints a
-JSON summary (samples read, shards listed, metric names).
+WebDataset reader (the served `_info.json`), Hugging Face `datasets` (the shards by URL, class names
+from the served dataset card), and the Prometheus text parser on /metrics; prints a JSON summary
+(samples read, shards listed, metric names).
 
 usage: read_served.py BASE_URL PREFIX SHARDS
 """
@@ -70,6 +71,23 @@ ds = timm.data.create_dataset(f"wds/{prefix}", root=base, split="train", is_trai
 assert len(ds) == n, (len(ds), n)
 timm_seen = sum(1 for _ in ds)
 assert timm_seen == n, (timm_seen, n)
+
+# Hugging Face datasets reads the served shards by URL; the served dataset card names the classes.
+import tempfile  # noqa: E402
+
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp())
+import datasets  # noqa: E402
+import yaml  # noqa: E402
+
+card = urllib.request.urlopen(f"{base}/README.md").read().decode()
+features = datasets.Features._from_yaml_list(yaml.safe_load(card.split("---")[1])["dataset_info"]["features"])
+urls = [e["url"] for e in listed]
+hf = datasets.load_dataset("webdataset", data_files={"train": urls}, split="train")
+hf = hf.cast_column("cls", features["cls"])
+assert len(hf) == n, (len(hf), n)
+manifest = json.load(urllib.request.urlopen(f"{base}/manifest.json"))
+assert hf.features["cls"].names == manifest["classes"]
+assert hf.features["cls"].int2str(hf[0]["cls"]) == hf[0]["json"]["class"]
 
 metrics = urllib.request.urlopen(f"{base}/metrics").read().decode()
 names = sorted(f.name for f in text_string_to_metric_families(metrics))
