@@ -342,3 +342,117 @@ fn presets_set_the_published_flags_and_any_flag_overrides_them() {
     let e = run_err(bin().args(["rcdb", "--preset", "FractalDB-1k"]));
     assert!(e.contains("RCDB-1k") && e.contains("RCDB-21k"), "{e}");
 }
+
+/// The originals' own command lines (FractalDB's two scripts with `=` and underscores as their
+/// README writes them, RCDB's) make the same files as our kebab spellings.
+#[test]
+fn the_originals_command_lines_make_the_files_of_the_kebab_spellings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let orig = |p: &str| format!("--save_dir={}", t.join(p).display());
+    run_ok(bin().args([
+        "search",
+        "-q",
+        "--rate=0.2",
+        "--category=2",
+        "--numof_point=100000",
+        &orig("so"),
+    ]));
+    run_ok(
+        bin()
+            .args([
+                "search",
+                "-q",
+                "--rate",
+                "0.2",
+                "--categories",
+                "2",
+                "--points",
+                "100000",
+                "--no-previews",
+                "--out",
+            ])
+            .arg(t.join("sk")),
+    );
+    same_tree(
+        &t.join("so/csv_rate0.2_category2"),
+        &t.join("sk/csv_rate0.2_category2"),
+    );
+    let classes = t.join("so/csv_rate0.2_category2");
+    let weights = reference().join("weights/weights_0.4.csv");
+    let small = ["--instance", "1", "--weight-rows", "0-1"];
+    run_ok(
+        bin()
+            .args([
+                "render",
+                "-q",
+                &format!("--load_root={}", classes.display()),
+            ])
+            .arg(format!("--save_root={}", t.join("ro").display()))
+            .args([
+                "--image_size_x=40",
+                "--image_size_y=40",
+                "--iteration=3000",
+                "--draw_type=patch_gray",
+            ])
+            .arg(format!("--weight_csv={}", weights.display()))
+            .args(small),
+    );
+    run_ok(
+        bin()
+            .args(["render", "-q", "--load-root"])
+            .arg(&classes)
+            .arg("--save-root")
+            .arg(t.join("rk"))
+            .args([
+                "--image-size-x",
+                "40",
+                "--image-size-y",
+                "40",
+                "--iteration",
+                "3000",
+                "--draw-type",
+                "patch_gray",
+                "--weight-csv",
+                "builtin:0.4",
+            ])
+            .args(small),
+    );
+    assert_eq!(pngs(&t.join("ro")).len(), 16);
+    same_tree(&t.join("ro"), &t.join("rk"));
+    let rcdb =
+        |dir: &str, flags: &[&str]| run_ok(bin().args(["rcdb", "-q"]).args(flags).arg(t.join(dir)));
+    rcdb(
+        "co",
+        &[
+            "--numof_classes",
+            "2",
+            "--numof_instances",
+            "3",
+            "--image_size",
+            "32",
+            "--numof_thread",
+            "1",
+            "--thread_num",
+            "0",
+            "--save_root",
+        ],
+    );
+    rcdb(
+        "ck",
+        &[
+            "--numof-classes",
+            "2",
+            "--numof-instances",
+            "3",
+            "--image-size",
+            "32",
+            "--numof-thread",
+            "1",
+            "--thread-num",
+            "0",
+            "--save-root",
+        ],
+    );
+    same_tree(&t.join("co"), &t.join("ck"));
+}
