@@ -84,11 +84,52 @@ fn info_verify_and_sha256sums_on_every_familys_folders_and_shards() {
             .args(["--img_size", "32", "--save_root"])
             .arg(&mv),
     );
+    // RCDB's and MV-FractalDB's shards too.
+    let (rcdb_w, mv_w) = (tmp.path().join("rw"), tmp.path().join("mw"));
+    run_ok(
+        bin()
+            .args(["rcdb", "-q", "--format", "wds", "--samples-per-shard", "4"])
+            .args([
+                "--numof_classes",
+                "2",
+                "--numof_instances",
+                "5",
+                "--image_size",
+                "32",
+            ])
+            .args(["--numof_thread", "1", "--save_root"])
+            .arg(&rcdb_w),
+    );
+    run_ok(
+        bin()
+            .args([
+                "mvfdb",
+                "-q",
+                "--format",
+                "wds",
+                "--samples-per-shard",
+                "5",
+                "--classes",
+                "2",
+            ])
+            .args([
+                "--weight-rows",
+                "0-2",
+                "--views",
+                "2",
+                "--img_size",
+                "32",
+                "--save_root",
+            ])
+            .arg(&mv_w),
+    );
     for (dir, family, kind, images) in [
         (&folder, "fractaldb", "folder", 400),
         (&shards, "fractaldb", "shards", 400),
         (&rcdb, "rcdb", "folder", 10),
         (&mv, "mvfdb", "folder", 12),
+        (&rcdb_w, "rcdb", "shards", 10),
+        (&mv_w, "mvfdb", "shards", 12),
     ] {
         let v = info(dir);
         let d = &v["datasets"][0];
