@@ -184,22 +184,26 @@ fn models(a: &ModelsStep) -> Result<()> {
         Some(sel) => crate::plan::parse_selection("--weight-rows", sel, all.len() as u32)?,
         None => (0..all.len() as u32).collect(),
     };
+    // Every params file read before any model is written: a bad one leaves nothing behind.
+    let params: Vec<Vec<Map3>> = files
+        .iter()
+        .map(|f| read_params(f))
+        .collect::<Result<_>>()?;
     // One numpy stream through every class and row, as the original's one process draws it.
     let mut rng = NumpyRandom::seed(a.model_seed);
     let mut made = 0;
-    for f in &files {
+    for (f, maps) in files.iter().zip(&params) {
         let class = f
             .file_stem()
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let maps = read_params(f)?;
         let dir = a.save_root.join(&class);
         fsutil::create_dir(&dir)?;
         for &r in &rows {
             crate::check_interrupt()?;
             let u = rng.random_vec(POINTS);
-            if let Some(pts) = instance(&maps, &all[r as usize], &u) {
+            if let Some(pts) = instance(maps, &all[r as usize], &u) {
                 fsutil::write_atomic(&dir.join(format!("{class}_{r:04}.ply")), &ply(&pts), false)?;
                 made += 1;
             }
