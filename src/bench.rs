@@ -306,6 +306,7 @@ fn variants(a: &BenchArgs) -> Result<Vec<Variant>> {
         let gl = GlOptions {
             raster,
             cpu_rescale: false,
+            memory_mib: None,
         };
         out.push(Variant {
             name: name.into(),

@@ -308,12 +308,20 @@ pub struct DeviceArgs {
     /// EGL device index (`fractaldb devices`) for --backend gl, overriding --gpu
     #[arg(long)]
     pub egl_device: Option<usize>,
+    /// Video memory (MiB) a GL context may size its batches by (default: a quarter of the free
+    /// memory the driver reports); FractalDB's point buffers, the part that grows
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(64..))]
+    pub gl_memory: Option<u64>,
 }
 
 impl DeviceArgs {
     /// The engine on this rank's device (`quiet`: no note when auto falls back to the CPU).
     fn backend(&self, rank: &cluster::Rank, gl: GlOptions, quiet: bool) -> Result<Backend> {
         let choice = gl_choice(self.gpu, self.egl_device, rank);
+        let gl = GlOptions {
+            memory_mib: self.gl_memory,
+            ..gl
+        };
         resolve_backend(self.backend, vec![choice], gl, quiet)
     }
 }
@@ -885,6 +893,7 @@ impl RenderArgs {
         GlOptions {
             raster: self.raster,
             cpu_rescale: self.rescale == RescaleArg::Cpu,
+            memory_mib: self.device.gl_memory,
         }
     }
 
@@ -992,7 +1001,11 @@ fn parse_views(s: &str) -> std::result::Result<(u32, bool), String> {
 
 /// The GPU of `--gpu` (a CUDA ordinal) or `--egl-device`; by default the local rank's, respecting
 /// CUDA_VISIBLE_DEVICES.
-fn gl_choice(gpu: Option<i64>, egl_device: Option<usize>, rank: &cluster::Rank) -> Choice {
+pub(crate) fn gl_choice(
+    gpu: Option<i64>,
+    egl_device: Option<usize>,
+    rank: &cluster::Rank,
+) -> Choice {
     let gpu = gpu.unwrap_or_else(|| {
         let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
         crate::render::gl::egl::cuda_ordinal_for(rank.local_rank, visible.as_deref(), usize::MAX)

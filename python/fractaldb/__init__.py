@@ -18,7 +18,7 @@ from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["search", "render", "FractalDB", "ClassInfo", "run", "__version__"]
+__all__ = ["search", "render", "FractalDB", "RCDB", "MVFractalDB", "ClassInfo", "run", "GL_MEMORY", "__version__"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -115,6 +115,26 @@ def render(load_root: PathLike, out: PathLike, **render_flags) -> None:
     run("render", "--load-root", os.fspath(load_root), "--out", os.fspath(out), *_flags(render_flags))
 
 
+#: Video memory (MiB) one GL context of a Python dataset sizes its batches by, unless told
+#: (``gl_memory=``): a DataLoader worker each, beside a training job on the same GPU.
+GL_MEMORY = 1024
+
+
+def _device(backend, gpu, egl_device, gl_memory) -> dict:
+    """The engine keywords of every family, checked: the native datasets' ``backend``, ``gpu``,
+    ``egl_device`` and ``gl_memory``."""
+    if backend not in ("cpu", "gl", "auto"):
+        raise ValueError(f"backend must be \"cpu\", \"gl\" or \"auto\", got {backend!r}")
+    for name, v in (("gpu", gpu), ("egl_device", egl_device), ("gl_memory", gl_memory)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise TypeError(f"{name} must be an int, got {v!r}")
+        if v is not None and v < 0:
+            raise ValueError(f"{name} must not be negative, got {v}")
+    if gl_memory is not None and gl_memory < 64:
+        raise ValueError(f"gl_memory is in MiB: at least 64, got {gl_memory}")
+    return dict(backend=backend, gpu=gpu, egl_device=egl_device, gl_memory=gl_memory)
+
+
 class _MapStyle:
     """What every family's map-style dataset shares: torchvision's conventions over ``sample(i)``."""
 
@@ -147,6 +167,18 @@ class _MapStyle:
     def file_name(self, i: int) -> str:
         """Where the command's folder output writes sample ``i``, relative to its output root."""
         return self._dataset().file_name(i)
+
+    @property
+    def engine(self) -> str:
+        """The engine this process draws on, ``"cpu"`` or ``"gl"`` (``backend="auto"`` is decided
+        on first asking, in this process)."""
+        return self._dataset().backend
+
+    def sample_batch_into(self, ids: Sequence[int], out: np.ndarray, epoch: int = 0) -> List[int]:
+        """Writes samples ``ids`` into ``out`` (a writable, C-contiguous uint8 array of
+        ``len(ids)`` x the sample's shape, e.g. a batch tensor's ``.numpy()``); returns their labels.
+        On the GL engine the batch is one request to the device."""
+        return self._dataset()._batch_into([operator.index(i) for i in ids], out, epoch)
 
     def _pil(self, image: np.ndarray):
         """A sample's array as a PIL image (mode ``L`` for one channel, ``RGB`` for three)."""
@@ -194,9 +226,17 @@ class FractalDB(_MapStyle):
 
     ``classes`` is a folder of class CSVs. ``weights`` is a weights CSV or ``builtin:S``;
     ``mask_rng`` ``"counter[:S]"`` (default, keyed by ``seed``) or ``"python:S"`` (the original's
-    seeded masks); ``flips`` a list of 0..3; ``backend`` is accepted for symmetry with ``render``
-    (samples are drawn by the CPU engine). Nothing native is created until the first call, so an
+    seeded masks); ``flips`` a list of 0..3. Nothing native is created until the first call, so an
     instance can be made before a DataLoader forks its workers.
+
+    ``backend``: ``"cpu"``, ``"gl"`` (the GL engine through headless EGL) or ``"auto"`` (gl on a
+    hardware GPU, else cpu): the same pixels either way. It is decided, and the GL engine's context
+    made, in the process that draws (a DataLoader worker makes its own after the fork); ``engine``
+    says which it is. On the GL engine a batch (``sample_batch_into``, :mod:`fractaldb.torch`'s batch
+    mode) is one request: its clouds computed and drawn together on the device. ``gpu`` (a CUDA
+    ordinal; default ``LOCAL_RANK``, as the commands choose) or ``egl_device`` picks the device;
+    ``gl_memory`` (MiB, default 1024) bounds what one context sizes its batches by (the command's
+    ``--gl-memory``; it defaults to a quarter of the free video memory).
     """
 
     def __init__(
@@ -212,6 +252,9 @@ class FractalDB(_MapStyle):
         seed: int = 0,
         mask_rng: Optional[str] = None,
         backend: str = "auto",
+        gpu: Optional[int] = None,
+        egl_device: Optional[int] = None,
+        gl_memory: Optional[int] = GL_MEMORY,
         weight_rows: Optional[str] = None,
         png_gray: bool = False,
         transform=None,
@@ -239,6 +282,7 @@ class FractalDB(_MapStyle):
             )
         )
         self.backend = backend
+        self._device = _device(backend, gpu, egl_device, gl_memory)
         self._pid: Optional[int] = None
         self._ds = None
         self._dataset()  # validate now: bad input raises here, with the file and line
@@ -246,7 +290,7 @@ class FractalDB(_MapStyle):
     def _dataset(self):
         # One native dataset per process: a forked DataLoader worker makes its own on first use.
         if self._ds is None or self._pid != os.getpid():
-            self._ds = _engine().Dataset(self._argv)
+            self._ds = _engine().Dataset(self._argv, **self._device)
             self._pid = os.getpid()
         return self._ds
 
@@ -292,17 +336,23 @@ class _Units(_MapStyle):
     free, so iterate in order or use ``fractaldb.torch``. Preparation (the class starts, the
     search and models) runs once, when the dataset is made: forked DataLoader workers share it,
     and a pickled dataset (a ``spawn``/``forkserver`` worker) carries MV-FractalDB's search and
-    model pass with it (RCDB's class starts are cheap: made again)."""
+    model pass with it (RCDB's class starts are cheap: made again).
+
+    ``backend``, ``gpu``, ``egl_device``, ``gl_memory``: the engine, as :class:`FractalDB`'s (a
+    unit, or a batch's wanted instances of its units, drawn by the family's GL stage)."""
 
     _command = ""
 
     def __init__(self, *, transform=None, target_transform=None, **flags) -> None:
         self.transform = transform
         self.target_transform = target_transform
-        # The engine of whole units: "cpu" (default) or "gl" (the command's GL stages, a context per
-        # unit rendered; pixel-identical on llvmpipe). Open clouds (fractaldb.torch) draw on the CPU.
-        flags = dict(flags, threads=1, quiet=True)
-        flags.setdefault("backend", "cpu")
+        # The engine (see FractalDB): decided in the process that draws; the command line's own
+        # stages are the CPU engine's (open clouds, fractaldb.torch's CPU path, draw on them).
+        self._device = _device(
+            flags.pop("backend", "auto"), flags.pop("gpu", None), flags.pop("egl_device", None),
+            flags.pop("gl_memory", GL_MEMORY),
+        )
+        flags = dict(flags, threads=1, quiet=True, backend="cpu")
         self._argv = _checked(["fractaldb", self._command, *_flags(flags)])
         self._pid: Optional[int] = None
         self._ds = None
@@ -313,7 +363,7 @@ class _Units(_MapStyle):
         # device state, and its open clouds are the worker's own copy); an unpickled one (a spawn
         # or forkserver worker) is made from the parent's preparation, not prepared again.
         if self._ds is None:
-            self._ds = _engine().Units(self._argv, getattr(self, "_prepared", None))
+            self._ds = _engine().Units(self._argv, getattr(self, "_prepared", None), **self._device)
             self._pid = os.getpid()
         return self._ds
 
@@ -357,6 +407,10 @@ class RCDB(_Units):
 class MVFractalDB(_Units):
     """MV-FractalDB and ExFractalDB (``fractaldb mvfdb``'s flags as keywords: ``classes``,
     ``weight_rows``, ``views`` (``"random:N"`` for ExFractalDB views), ``img_size``, ``model_seed``,
-    ``view_seed``...). The search and models run when it is made."""
+    ``view_seed``...). The search and models run when it is made.
+
+    ``backend="auto"`` is the CPU engine here, also on a GPU: MV-FractalDB's views follow the GL
+    driver's point rule, measured equal to the original's goldens on llvmpipe only (the CPU engine
+    reproduces llvmpipe's arithmetic); ``backend="gl"`` draws on the GPU all the same."""
 
     _command = "mvfdb"

@@ -40,6 +40,9 @@ __all__ = ["FractalDBIterable", "RCDBIterable", "MVFractalDBIterable", "rank_and
 #: (4 bytes per pixel: 512 KiB at 362x362), so ~256 MB per worker.
 OPEN_CLOUDS = 512
 
+#: Samples per request to the GL engine in sample mode (batch mode: a batch per request).
+GL_CHUNK = 64
+
 
 def rank_and_world() -> Tuple[int, int]:
     """This process's (rank, world size): ``torch.distributed`` if initialised, else the launcher's
@@ -225,7 +228,10 @@ class _Mixed(IterableDataset):
         ds = self.dataset._dataset()
         draw_epoch = epoch if self._epochs else 0
         try:
-            if self.batch_size is not None:
+            # Decided here, in the worker: a GL context is made after the DataLoader's fork.
+            if ds.backend == "gl":
+                yield from self._gl(ds, events, draw_epoch)
+            elif self.batch_size is not None:
                 yield from self._batches(ds, events, draw_epoch)
             else:
                 yield from self._samples(ds, events, draw_epoch)
@@ -275,6 +281,30 @@ class _Mixed(IterableDataset):
                 k = 0
         if k:
             yield self._rgb(images[:k]), labels[:k]
+
+    def _gl(self, ds, events, epoch: int) -> Iterator:
+        """The GL engine: the same order, each batch (in sample mode, each run of
+        :data:`GL_CHUNK` samples) one request drawn on the device straight into its tensor; no
+        clouds are held open (the device computes a batch's clouds together)."""
+        bs = self.batch_size or GL_CHUNK
+        shape = tuple(ds.shape[:2]) + (1,) if self._expand else tuple(ds.shape)
+        ids = [n for what, n in events if what == "sample"]
+        for a in range(0, len(ids), bs):
+            chunk = ids[a:a + bs]
+            images = torch.empty((len(chunk),) + shape, dtype=torch.uint8)
+            if self.batch_size is not None:
+                images.share_memory_()
+            labels = ds._batch_into(chunk, images.numpy(), epoch)
+            if self.batch_size is not None:
+                yield self._rgb(images), torch.tensor(labels, dtype=torch.int64)
+                continue
+            for image, label in zip(images, labels):
+                if self.target_transform is not None:
+                    label = self.target_transform(label)
+                if self.transform is not None:
+                    yield self.transform(self.dataset._pil(image.numpy())), label
+                else:
+                    yield image, label
 
     def _rgb(self, images):
         return images.expand(*images.shape[:3], 3) if self._expand else images

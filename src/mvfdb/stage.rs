@@ -73,7 +73,15 @@ impl Stages for MvStages {
         self.backend.workers(threads)
     }
     fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>> {
-        match &self.backend {
+        self.open_on(&self.backend, worker, stats)
+    }
+    fn open_on<'s>(
+        &'s self,
+        backend: &Backend,
+        worker: usize,
+        stats: &'s StageStats,
+    ) -> Result<Box<dyn Stage + 's>> {
+        match backend {
             Backend::Cpu => Ok(Box::new(CpuStage { s: self, stats })),
             Backend::Gl(d, _) => {
                 let gl = MvGl::new(d.get(worker).copied().unwrap_or_default())?;

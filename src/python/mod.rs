@@ -7,6 +7,7 @@
 //! work (inside a unit too: between instances, inside a chaos game), and `KeyboardInterrupt` is
 //! raised. A sample that needs a new cloud runs that way too.
 
+mod engine;
 mod units;
 
 use crate::error::Error;
@@ -170,6 +171,44 @@ struct Dataset {
     open: Mutex<std::collections::HashMap<u64, Arc<Open>>>,
     /// Canvas buffers reused by samples of open clouds (a fresh one per sample costs page faults).
     canvases: Mutex<Vec<Vec<u8>>>,
+    /// The engine asked for, and this process's GL engine once started.
+    device: engine::Device,
+    engine: engine::Slot,
+}
+
+/// FractalDB's plan, settings and chaos sequence, owned by the GL engine's thread.
+struct OwnedFractal {
+    plan: Plan,
+    cfg: RenderConfig,
+    u: Vec<f64>,
+}
+
+impl render::Stages for OwnedFractal {
+    fn workers(&self, _threads: usize) -> usize {
+        1
+    }
+    fn open<'s>(
+        &'s self,
+        worker: usize,
+        stats: &'s render::StageStats,
+    ) -> crate::Result<Box<dyn render::Stage + 's>> {
+        self.open_on(&render::Backend::Cpu, worker, stats)
+    }
+    fn open_on<'s>(
+        &'s self,
+        backend: &render::Backend,
+        worker: usize,
+        stats: &'s render::StageStats,
+    ) -> crate::Result<Box<dyn render::Stage + 's>> {
+        let ctx = render::StageContext {
+            plan: &self.plan,
+            cfg: &self.cfg,
+            u: &self.u,
+            quiet: true,
+            stats,
+        };
+        backend.open(worker, ctx)
+    }
 }
 
 /// A gray patch canvas (every pixel 0 or 127) as one bit per pixel: an open cloud's kept canvas
@@ -250,9 +289,20 @@ struct Last {
 
 #[pymethods]
 impl Dataset {
-    /// `argv`: `render` flags as on the command line (`--load-root DIR --instance 10 ...`).
+    /// `argv`: `render` flags as on the command line (`--load-root DIR --instance 10 ...`);
+    /// `backend` "cpu", "gl" or "auto" (resolved in the process that draws), on the GPU of `gpu`
+    /// (a CUDA ordinal; default `LOCAL_RANK`) or `egl_device`, its batches sized by `gl_memory` MiB.
     #[new]
-    fn new(py: Python<'_>, argv: Vec<String>) -> PyResult<Self> {
+    #[pyo3(signature = (argv, backend = "cpu", gpu = None, egl_device = None, gl_memory = None))]
+    fn new(
+        py: Python<'_>,
+        argv: Vec<String>,
+        backend: &str,
+        gpu: Option<i64>,
+        egl_device: Option<usize>,
+        gl_memory: Option<u64>,
+    ) -> PyResult<Self> {
+        let device = engine::Device::new(backend, gpu, egl_device, gl_memory).map_err(to_py)?;
         let mut full = vec!["fractaldb".to_string(), "render".to_string()];
         full.extend(argv);
         let cli = crate::cli::Cli::try_parse_args(&full)
@@ -270,7 +320,61 @@ impl Dataset {
             cache: Mutex::new(None),
             open: Mutex::default(),
             canvases: Mutex::default(),
+            device,
+            engine: engine::Slot::default(),
         })
+    }
+
+    /// The engine this process draws on: "cpu" or "gl" (`auto` is decided here, on first use).
+    #[getter]
+    fn backend(&self) -> PyResult<&'static str> {
+        Ok(if self.gl()?.is_some() { "gl" } else { "cpu" })
+    }
+
+    /// Samples `ids` of epoch `epoch` written into `out`, a `numpy.ndarray` of `len(ids)` x `shape`
+    /// (or x 1 channel for a gray draw type; a batch tensor's array, checked as `_sample_into`
+    /// checks it); returns their labels. On the
+    /// GL engine the whole batch is one request (its clouds computed and drawn together).
+    #[pyo3(signature = (ids, out, epoch = 0))]
+    fn _batch_into(
+        &self,
+        py: Python<'_>,
+        ids: Vec<u64>,
+        out: &Bound<'_, PyAny>,
+        epoch: u64,
+    ) -> PyResult<Vec<u32>> {
+        let samples = ids
+            .iter()
+            .map(|&i| self.sample_of(i))
+            .collect::<PyResult<Vec<_>>>()?;
+        self.check_epoch(epoch)?;
+        let (h, w, mut c) = self.shape();
+        // A gray draw type's one channel, also when the samples are RGB (as Units takes it).
+        let per = out.getattr("size")?.extract::<usize>()? / ids.len().max(1);
+        if per == h * w && !self.cfg.mode.is_color() {
+            c = 1;
+        }
+        let batch = (ids.len() * h, w, c);
+        array_address(out, batch)?;
+        let pal = render::palette(self.cfg.mode);
+        let n = h * w * c;
+        let (canvases, at) = match self.gl()? {
+            Some(engine) => self.gl_canvases(py, &engine, &samples, epoch)?,
+            None => {
+                let mut canvases = Vec::with_capacity(ids.len());
+                for &i in &ids {
+                    canvases.push(vec![self.cpu_canvas(py, i, epoch)?]);
+                }
+                let at = (0..ids.len()).map(|j| (j, 0)).collect();
+                (canvases, at)
+            }
+        };
+        write_array(out, batch, |dst| {
+            for ((s, &(u, k)), row) in samples.iter().zip(&at).zip(dst.chunks_exact_mut(n)) {
+                render::write_flip_into(&canvases[u][k], w, h, s.flip, &pal, c, row);
+            }
+        })?;
+        Ok(samples.iter().map(|s| s.class).collect())
     }
 
     fn __len__(&self) -> usize {
@@ -311,6 +415,11 @@ impl Dataset {
         // Checked once before the draw (a clear error without the work) and read again after it,
         // with the GIL held from there to the write: no Python code runs in between.
         array_address(out, (h, w, c))?;
+        if let Some(engine) = self.gl()? {
+            let (canvases, _) = self.gl_canvases(py, &engine, &[s], epoch)?;
+            self.write_into_array(out, &canvases[0][0], s)?;
+            return Ok(s.class);
+        }
         if let Some(held) = self.held_of(i) {
             let canvas = py.detach(|| self.draw_held(&held, s, epoch));
             self.write_into_array(out, &canvas, s)?;
@@ -393,6 +502,24 @@ impl Dataset {
     ) -> PyResult<(Bound<'py, PyByteArray>, u32)> {
         let s = self.sample_of(i)?;
         self.check_epoch(epoch)?;
+        let gl_canvas = match self.gl()? {
+            Some(engine) => Some(
+                self.gl_canvases(py, &engine, &[s], epoch)?
+                    .0
+                    .remove(0)
+                    .remove(0),
+            ),
+            None => None,
+        };
+        if let Some(canvas) = gl_canvas {
+            let (h, w, c) = self.shape();
+            let pal = render::palette(self.cfg.mode);
+            let out = PyByteArray::new_with(py, h * w * c, |buf| {
+                render::write_flip_into(&canvas, w, h, s.flip, &pal, c, buf);
+                Ok(())
+            })?;
+            return Ok((out, s.class));
+        }
         if let Some(held) = self.held_of(i) {
             let canvas = py.detach(|| self.draw_held(&held, s, epoch));
             let (h, w, c) = self.shape();
@@ -416,6 +543,63 @@ impl Dataset {
 }
 
 impl Dataset {
+    /// This process's GL engine, or `None` when it draws on the CPU.
+    fn gl(&self) -> PyResult<Option<engine::Engine>> {
+        self.engine
+            .get(&self.device, || OwnedFractal {
+                plan: self.plan.clone(),
+                cfg: self.cfg.clone(),
+                u: self.u.clone(),
+            })
+            .map_err(to_py)
+    }
+
+    /// The canvases of `samples` (of epoch `epoch`) in one request to the GL engine: a unit per
+    /// cloud with its wanted instances; with each sample's (unit, slot) in them.
+    fn gl_canvases(
+        &self,
+        py: Python<'_>,
+        engine: &engine::Engine,
+        samples: &[crate::plan::Sample],
+        epoch: u64,
+    ) -> PyResult<(engine::Canvases, Vec<(usize, usize)>)> {
+        let mut units: Vec<render::Unit> = Vec::new();
+        let mut unit_of: std::collections::HashMap<(u32, u32), usize> = Default::default();
+        let mut slot_of: std::collections::HashMap<(usize, u32), usize> = Default::default();
+        let mut at = Vec::with_capacity(samples.len());
+        for s in samples {
+            let u = *unit_of.entry((s.class, s.row)).or_insert_with(|| {
+                units.push(render::Unit {
+                    class: s.class,
+                    row: s.row,
+                    epoch,
+                    instances: Vec::new(),
+                });
+                units.len() - 1
+            });
+            let k = *slot_of.entry((u, s.instance)).or_insert_with(|| {
+                units[u].instances.push(s.instance);
+                units[u].instances.len() - 1
+            });
+            at.push((u, k));
+        }
+        let canvases = interruptible(py, || engine.render(units))?;
+        Ok((canvases, at))
+    }
+
+    /// The canvas of sample `i` of epoch `epoch` on the CPU engine (from its open cloud, or the
+    /// cache of the last cloud).
+    fn cpu_canvas(&self, py: Python<'_>, i: u64, epoch: u64) -> PyResult<Vec<u8>> {
+        let s = self.sample_of(i)?;
+        if let Some(held) = self.held_of(i) {
+            return Ok(py.detach(|| self.draw_held(&held, s, epoch)));
+        }
+        self.run_draw(py, s, || self.draw_canvas(s, epoch))?;
+        let mut guard = self.cache.lock().unwrap();
+        self.draw_canvas_in(&mut guard, s, epoch).map_err(to_py)?;
+        Ok(guard.as_ref().expect("drawn").canvas.clone())
+    }
+
     /// Writes sample `s`'s image from its `canvas` into the numpy array `out` (checked here, with
     /// the GIL held by the caller from the check to the end of the write).
     fn write_into_array(

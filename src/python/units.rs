@@ -34,6 +34,9 @@ pub struct Units {
     open: Mutex<HashMap<u64, Arc<Mutex<Open>>>>,
     /// Made from another process's preparation.
     reused: bool,
+    /// The engine asked for, and this process's GL engine once started.
+    device: super::engine::Device,
+    engine: super::engine::Slot,
 }
 
 /// An open cloud: its samples' canvases drawn one at a time, in id order.
@@ -275,9 +278,21 @@ impl Units {
     /// `argv`: the command line (`fractaldb rcdb|mvfdb` and its flags); `prepared`: what
     /// `prepared()` of a dataset with the same command line returned (another process's), so
     /// MV-FractalDB's search and model pass are not run again.
+    /// `backend`, `gpu`, `egl_device`, `gl_memory`: as `Dataset`'s (MV-FractalDB's `auto` is the
+    /// CPU engine: its GL views follow the driver's point rule).
     #[new]
-    #[pyo3(signature = (argv, prepared = None))]
-    fn new(py: Python<'_>, argv: Vec<String>, prepared: Option<String>) -> PyResult<Self> {
+    #[pyo3(signature = (argv, prepared = None, backend = "cpu", gpu = None, egl_device = None, gl_memory = None))]
+    fn new(
+        py: Python<'_>,
+        argv: Vec<String>,
+        prepared: Option<String>,
+        backend: &str,
+        gpu: Option<i64>,
+        egl_device: Option<usize>,
+        gl_memory: Option<u64>,
+    ) -> PyResult<Self> {
+        let mut device =
+            super::engine::Device::new(backend, gpu, egl_device, gl_memory).map_err(to_py)?;
         let reused = prepared.is_some();
         // The Python side passes -j 1, -q and --backend (cpu unless asked); env(false) writes nothing. The whole
         // dataset, never a launcher's rank of it (RANK in the environment): the torch side splits.
@@ -308,7 +323,10 @@ impl Units {
                 if n == first.images.len() { 1 } else { n as u64 }
             }
         };
+        device.auto_gl = ds.kind() != "mvfdb";
         Ok(Units {
+            device,
+            engine: super::engine::Slot::default(),
             ds,
             work,
             stages,
@@ -324,6 +342,89 @@ impl Units {
     /// `None` when the family has nothing worth handing over (RCDB's class starts are cheap).
     fn prepared(&self) -> Option<String> {
         self.ds.prepared().map(|v| v.to_string())
+    }
+
+    /// The engine this process draws on: "cpu" or "gl" (`auto` is decided here, on first use).
+    #[getter]
+    fn backend(&self) -> PyResult<&'static str> {
+        Ok(if self.gl()?.is_some() { "gl" } else { "cpu" })
+    }
+
+    /// Samples `ids` written into `out`, a `numpy.ndarray` of `len(ids)` x H x W x 3 (or x 1 for
+    /// the gray value alone); returns their labels. On the GL engine the whole batch is one request
+    /// (its units' wanted instances drawn together); on the CPU from open clouds where open.
+    #[pyo3(signature = (ids, out, epoch = 0))]
+    fn _batch_into(
+        &self,
+        py: Python<'_>,
+        ids: Vec<u64>,
+        out: &Bound<'_, PyAny>,
+        epoch: u64,
+    ) -> PyResult<Vec<u32>> {
+        no_epochs(epoch)?;
+        let at = ids
+            .iter()
+            .map(|&i| self.locate(i))
+            .collect::<PyResult<Vec<_>>>()?;
+        let (h, w, _) = self.shape();
+        let per = out.getattr("size")?.extract::<usize>()? / ids.len().max(1);
+        let c = if per == h * w { 1 } else { 3 };
+        let batch = (ids.len() * h, w, c);
+        super::array_address(out, batch)?;
+        let f = self.ds.image();
+        let labels = at.iter().map(|&(k, _)| self.work.unit(k).class).collect();
+        let Some(engine) = self.gl()? else {
+            // The CPU engine: each sample's RGB pixels, then all written with the GIL held.
+            let mut rgb = Vec::with_capacity(ids.len());
+            for (&i, &(k, j)) in ids.iter().zip(&at) {
+                let mut got = None;
+                self.draw_open(py, i, 3, |fill| {
+                    let mut v = vec![0; h * w * 3];
+                    fill(&mut v);
+                    got = Some(v);
+                    Ok(())
+                })?;
+                rgb.push(match got {
+                    Some(v) => v,
+                    None => self.unit_image(py, k, j)?,
+                });
+            }
+            super::write_array(out, batch, |dst| {
+                for (p, row) in rgb.iter().zip(dst.chunks_exact_mut(h * w * c)) {
+                    copy_channels(p, c, row);
+                }
+            })?;
+            return Ok(labels);
+        };
+        let mut units: Vec<crate::render::Unit> = Vec::new();
+        let mut unit_of: HashMap<u64, usize> = HashMap::new();
+        let mut slot_of: HashMap<(usize, usize), usize> = HashMap::new();
+        let mut where_ = Vec::with_capacity(ids.len());
+        for &(k, j) in &at {
+            let fu = self.work.unit(k);
+            let u = *unit_of.entry(k).or_insert_with(|| {
+                units.push(crate::render::Unit {
+                    class: fu.class,
+                    row: fu.row,
+                    epoch: 0,
+                    instances: Vec::new(),
+                });
+                units.len() - 1
+            });
+            let slot = *slot_of.entry((u, j)).or_insert_with(|| {
+                units[u].instances.push(fu.images[j].0);
+                units[u].instances.len() - 1
+            });
+            where_.push((u, slot, fu.images[j].1));
+        }
+        let canvases = interruptible(py, || engine.render(units))?;
+        super::write_array(out, batch, |dst| {
+            for (&(u, slot, flip), row) in where_.iter().zip(dst.chunks_exact_mut(h * w * c)) {
+                let canvas = &canvases[u][slot];
+                crate::render::write_flip_into(canvas, w, h, flip, &f.palette, c, row);
+            }
+        })?;
+        Ok(labels)
     }
 
     /// Whether this dataset was made from another process's preparation.
@@ -445,15 +546,7 @@ impl Units {
             return Ok(label);
         }
         let rgb = self.unit_image(py, k, j)?;
-        write(&|buf: &mut [u8]| {
-            if c == 3 {
-                buf.copy_from_slice(&rgb);
-            } else {
-                buf.iter_mut()
-                    .zip(rgb.chunks_exact(3))
-                    .for_each(|(b, p)| *b = p[0]);
-            }
-        })?;
+        write(&|buf: &mut [u8]| copy_channels(&rgb, c, buf))?;
         Ok(label)
     }
 
@@ -494,7 +587,46 @@ fn no_epochs(epoch: u64) -> PyResult<()> {
     Ok(())
 }
 
+/// RGB pixels into `row` as `c` channels (1: the first of each pixel).
+fn copy_channels(rgb: &[u8], c: usize, row: &mut [u8]) {
+    if c == 3 {
+        row.copy_from_slice(rgb);
+    } else {
+        row.iter_mut()
+            .zip(rgb.chunks_exact(3))
+            .for_each(|(b, p)| *b = p[0]);
+    }
+}
+
 impl Units {
+    /// This process's GL engine, or `None` when it draws on the CPU.
+    fn gl(&self) -> PyResult<Option<super::engine::Engine>> {
+        self.engine.get(&self.device, || self.stages).map_err(to_py)
+    }
+
+    /// Unit `k` rendered on the GL engine: its images' RGB pixels, in unit order.
+    fn render_gl(&self, engine: &super::engine::Engine, k: u64) -> crate::Result<Vec<Vec<u8>>> {
+        let u = self.work.unit(k);
+        let unit = crate::render::Unit {
+            class: u.class,
+            row: u.row,
+            epoch: 0,
+            instances: u.images.iter().map(|im| im.0).collect(),
+        };
+        let canvases = engine.render(vec![unit])?;
+        let f = self.ds.image();
+        let (w, h) = (f.width as usize, f.height as usize);
+        Ok(u.images
+            .iter()
+            .zip(&canvases[0])
+            .map(|(im, canvas)| {
+                let mut rgb = Vec::new();
+                crate::render::write_flip(canvas, w, h, im.1, &f.palette, 3, &mut rgb);
+                rgb
+            })
+            .collect())
+    }
+
     /// Image `j` of unit `k` (RGB), through the last-unit cache.
     fn unit_image(&self, py: Python<'_>, k: u64, j: usize) -> PyResult<Vec<u8>> {
         let cached = self
@@ -503,8 +635,13 @@ impl Units {
             .unwrap()
             .as_ref()
             .is_some_and(|(u, _)| *u == k);
+        let engine = self.gl()?;
+        let render = |k| match &engine {
+            Some(e) => self.render_gl(e, k),
+            None => self.render(k),
+        };
         if !cached {
-            let images = interruptible(py, || self.render(k))?;
+            let images = interruptible(py, || render(k))?;
             *self.last.lock().unwrap() = Some((k, images));
         }
         let last = self.last.lock().unwrap();
@@ -513,7 +650,7 @@ impl Units {
             // Another thread rendered another unit in between: this one again.
             _ => {
                 drop(last);
-                let mut images = interruptible(py, || self.render(k))?;
+                let mut images = interruptible(py, || render(k))?;
                 Ok(std::mem::take(&mut images[j]))
             }
         }

@@ -27,7 +27,15 @@ impl Stages for RcdbStages {
         self.backend.workers(threads)
     }
     fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>> {
-        Ok(match &self.backend {
+        self.open_on(&self.backend, worker, stats)
+    }
+    fn open_on<'s>(
+        &'s self,
+        backend: &Backend,
+        worker: usize,
+        stats: &'s StageStats,
+    ) -> Result<Box<dyn Stage + 's>> {
+        Ok(match backend {
             Backend::Cpu => Box::new(CpuStage {
                 settings: &self.settings,
                 starts: &self.starts,

@@ -85,6 +85,17 @@ pub trait Stages: Sync {
     fn workers(&self, threads: usize) -> usize;
     /// Opens the stage of worker `worker`; called on the thread that runs the stage.
     fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>>;
+    /// [`open`](Self::open) on `backend` instead of the run's own (Python's engine of one process
+    /// draws on the GL engine from stages prepared for the CPU). A family with one engine ignores it.
+    fn open_on<'s>(
+        &'s self,
+        backend: &Backend,
+        worker: usize,
+        stats: &'s StageStats,
+    ) -> Result<Box<dyn Stage + 's>> {
+        let _ = backend;
+        self.open(worker, stats)
+    }
     /// `unit`'s canvases one at a time on the CPU engine, for readers that keep many units open
     /// and draw from them in turn (Python's mixed iterables); `None`: the family has no cursor.
     /// `unit.instances` must ascend (the stream order of the families that have one).
@@ -108,6 +119,14 @@ impl<T: Stages + ?Sized> Stages for &T {
     }
     fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>> {
         (**self).open(worker, stats)
+    }
+    fn open_on<'s>(
+        &'s self,
+        backend: &Backend,
+        worker: usize,
+        stats: &'s StageStats,
+    ) -> Result<Box<dyn Stage + 's>> {
+        (**self).open_on(backend, worker, stats)
     }
     fn cursor(&self, unit: Unit) -> Option<Result<Box<dyn Cursor + Send + '_>>> {
         (**self).cursor(unit)
@@ -163,6 +182,14 @@ impl Stages for FractalStages<'_> {
         self.backend.workers(threads)
     }
     fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>> {
+        self.open_on(&self.backend, worker, stats)
+    }
+    fn open_on<'s>(
+        &'s self,
+        backend: &Backend,
+        worker: usize,
+        stats: &'s StageStats,
+    ) -> Result<Box<dyn Stage + 's>> {
         let ctx = StageContext {
             plan: self.plan,
             cfg: self.cfg,
@@ -170,7 +197,7 @@ impl Stages for FractalStages<'_> {
             quiet: self.quiet,
             stats,
         };
-        self.backend.open(worker, ctx)
+        backend.open(worker, ctx)
     }
 }
 

@@ -630,3 +630,107 @@ def test_a_pickled_mvfdb_dataset_carries_its_preparation_to_spawned_workers():
         got.update((im.contiguous().numpy().tobytes(), int(lb)) for im, lb in zip(images, labels))
     want = Counter((ds.sample(i)[0].tobytes(), ds.sample(i)[1]) for i in range(len(ds)))
     assert got == want
+
+
+GL_FAMILIES = [
+    ("FractalDB", dict(draw_type="patch_gray", flips=[0, 3], **SMALL)),
+    ("FractalDB", dict(draw_type="patch_color", mask_rng="python:7", image_size=40, iteration=2000, instances=2)),
+    ("RCDB", dict(numof_classes=3, numof_instances=20, image_size=32, numof_thread=1)),
+    ("MVFractalDB", dict(classes=2, weight_rows="0-3", views=2, img_size=32)),
+]
+
+
+def _family(cls, folder, **flags):
+    return fractaldb.FractalDB(folder, **flags) if cls == "FractalDB" else getattr(fractaldb, cls)(**flags)
+
+
+@pytest.mark.parametrize("cls,flags", GL_FAMILIES)
+def test_every_family_draws_on_the_gl_engine_as_on_the_cpu(classes, cls, flags):
+    """backend="gl" (llvmpipe here): a batch is one request to the process's engine (a context kept
+    between batches), and its pixels are the CPU engine's (themselves the commands' PNGs), as RGB
+    or as the one gray channel, ids in any order and repeated; sample(i) too."""
+    cpu = _family(cls, classes, backend="cpu", **flags)
+    gl = _family(cls, classes, backend="gl", **flags)
+    assert (cpu.engine, gl.engine) == ("cpu", "gl")
+    n = len(cpu)
+    ids = [(i * 37) % n for i in range(min(n, 48))] + [0, 0]
+    want = [cpu.sample(i) for i in ids]
+    for channels in (3, 1):
+        if channels == 1 and cls == "FractalDB" and "color" in flags["draw_type"]:
+            continue
+        out = np.zeros((len(ids),) + cpu.shape[:2] + (channels,), np.uint8)
+        labels = gl.sample_batch_into(ids, out)
+        assert labels == [lb for _, lb in want]
+        for j, (image, _) in enumerate(want):
+            assert np.array_equal(out[j], image[:, :, :channels]), (channels, ids[j])
+    assert np.array_equal(gl.sample(ids[5])[0], want[5][0])
+    # An empty batch, a wrong array.
+    assert gl.sample_batch_into([], np.zeros((0,) + cpu.shape, np.uint8)) == []
+    with pytest.raises(ValueError, match="sample_into needs"):
+        gl.sample_batch_into([0, 1], np.zeros((1,) + cpu.shape, np.uint8))
+
+
+def test_engine_keywords_are_checked():
+    with pytest.raises(ValueError, match="backend must be"):
+        fractaldb.RCDB(backend="vulkan", numof_classes=1)
+    with pytest.raises(ValueError, match="gl_memory is in MiB"):
+        fractaldb.RCDB(gl_memory=8, numof_classes=1)
+    with pytest.raises(TypeError, match="gpu must be an int"):
+        fractaldb.MVFractalDB(gpu="0", classes=1)
+    # MV-FractalDB's auto stays on the CPU engine (no hardware here: every family's auto does).
+    assert fractaldb.MVFractalDB(classes=1, weight_rows="0", views=1, img_size=16).engine == "cpu"
+
+
+@pytest.mark.parametrize("cls,flags", [GL_FAMILIES[0], GL_FAMILIES[2], GL_FAMILIES[3]])
+@pytest.mark.parametrize("context,batch_size", [("fork", 8), ("spawn", 8), ("fork", None)])
+def test_gl_iterables_yield_the_cpu_batches_in_forked_and_spawned_workers(classes, cls, flags, context, batch_size):
+    """fractaldb.torch on the GL engine: the parent drew on its own engine first, then 2 DataLoader
+    workers (fork or spawn) each make their own context and yield exactly the CPU engine's batches,
+    in the same order (sample mode: requests of GL_CHUNK samples)."""
+    torch = pytest.importorskip("torch", reason="pip install torch")
+    import fractaldb.torch as ft
+
+    if context == "spawn" and cls != "FractalDB":
+        pytest.skip("spawned workers: one family is enough (the pickled preparation has its own test)")
+
+    def loader(backend):
+        kw = dict(flags, backend=backend, open_clouds=5, batch_size=batch_size)
+        make = getattr(ft, cls + "Iterable")
+        it = make(classes, **kw) if cls == "FractalDB" else make(**kw)
+        assert it.dataset.engine == backend  # the parent's own engine, before the fork
+        return it, torch.utils.data.DataLoader(it, batch_size=None, num_workers=2, multiprocessing_context=context)
+
+    def items(backend):
+        it, ld = loader(backend)
+        got = []
+        for images, labels in ld:
+            if batch_size is None:
+                images, labels = images[None], torch.tensor([labels])
+            got.append([(im.contiguous().numpy().tobytes(), int(lb)) for im, lb in zip(images, labels)])
+        assert len(got) == len(it)
+        return got
+
+    cpu, gl = items("cpu"), items("gl")
+    assert gl == cpu
+    assert sum(map(len, gl)) == len(_family(cls, classes, **flags))
+
+
+def test_gl_workers_make_their_own_egl_context(tmp_path):
+    """The GL iterables really draw through EGL in the workers: with glvnd pointed at a vendor file
+    that does not exist (the parent never opened EGL), an epoch of backend="gl" fails in the
+    workers with the EGL error, where backend="cpu" and the working EGL yield every batch."""
+    pytest.importorskip("torch", reason="pip install torch")
+    code = (
+        "import sys, torch, fractaldb.torch as ft\n"
+        "it = ft.RCDBIterable(backend=sys.argv[1], batch_size=8, numof_classes=2, numof_instances=10,"
+        " image_size=32, numof_thread=1)\n"
+        "n = sum(len(l) for _, l in torch.utils.data.DataLoader(it, batch_size=None, num_workers=2))\n"
+        "print('samples', n)\n"
+    )
+    bogus = dict(os.environ, __EGL_VENDOR_LIBRARY_FILENAMES=str(tmp_path / "none.json"))
+    for backend, env, ok in (("gl", bogus, False), ("cpu", bogus, True), ("gl", dict(os.environ), True)):
+        p = subprocess.run([sys.executable, "-c", code, backend], env=env, capture_output=True, text=True, timeout=600)
+        if ok:
+            assert p.returncode == 0 and "samples 20" in p.stdout, (backend, p.stderr[-2000:])
+        else:
+            assert p.returncode != 0 and "EGL" in p.stderr and "worker" in p.stderr, p.stderr[-2000:]

@@ -72,6 +72,9 @@ pub struct GlOptions {
     pub raster: RasterMethod,
     /// Rescale the clouds on the CPU (read the fp64 points back) instead of in `glsl/rescale.comp`.
     pub cpu_rescale: bool,
+    /// Video memory (MiB) the batches are sized by (`--gl-memory`); `None`: a quarter of the free
+    /// memory the driver reports (2 GiB when it reports none).
+    pub memory_mib: Option<u64>,
 }
 
 /// Instances drawn by one instanced GL_POINTS draw (the size of the fragment shader's key array).
@@ -216,36 +219,58 @@ impl GlEngine {
         if self.ctx.software {
             return SOFTWARE_BATCH;
         }
-        let n = n.max(1);
-        // NVX_gpu_memory_info's available video memory (KiB), when the driver has it: use a quarter.
+        // NVX_gpu_memory_info's available video memory (KiB), 0 when the driver lacks it; the
+        // largest storage block.
         // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
         // it).
-        let avail = unsafe {
-            let kib = self.ctx.gl.get_parameter_i32(0x9049);
-            while self.ctx.gl.get_error() != glow::NO_ERROR {}
-            if kib > 0 {
-                kib as usize * 1024 / 4
-            } else {
-                2 << 30
-            }
+        let (free_kib, max_block) = unsafe {
+            let gl = &self.ctx.gl;
+            let kib = gl.get_parameter_i32(0x9049);
+            while gl.get_error() != glow::NO_ERROR {}
+            let block = gl.get_parameter_i64(glow::MAX_SHADER_STORAGE_BLOCK_SIZE);
+            while gl.get_error() != glow::NO_ERROR {}
+            (kib, block)
         };
-        let by_memory = avail / (n * (8 + 8 + 4 + 4));
-        // The largest buffer glow sizes (i32) and the driver binds as one storage block.
-        // SAFETY: the GL contract of `render::gl` (this thread's current context, live objects of
-        // it).
-        let max_block = unsafe {
-            let v = self
-                .ctx
-                .gl
-                .get_parameter_i64(glow::MAX_SHADER_STORAGE_BLOCK_SIZE);
-            while self.ctx.gl.get_error() != glow::NO_ERROR {}
-            if v > 0 {
-                (v as usize).min(MAX_BUFFER)
-            } else {
-                MAX_BUFFER
-            }
-        };
-        let by_buffer = max_block / (n * 8);
-        by_memory.min(by_buffer).clamp(1, MAX_BATCH)
+        clouds_per_batch(n, self.opts.memory_mib, free_kib, max_block)
+    }
+}
+
+/// Clouds of `n` points per device batch: their fp64 points and two batches of packed points
+/// within `budget_mib` (`--gl-memory`; else a quarter of the driver's `free_kib`, else 2 GiB), and
+/// within one storage block of `max_block` bytes (the largest buffer glow sizes when unknown).
+fn clouds_per_batch(n: usize, budget_mib: Option<u64>, free_kib: i32, max_block: i64) -> usize {
+    let n = n.max(1);
+    let avail = match budget_mib {
+        Some(mib) => (mib as usize).saturating_mul(1 << 20),
+        None if free_kib > 0 => free_kib as usize * 1024 / 4,
+        None => 2 << 30,
+    };
+    let by_memory = avail / n.saturating_mul(8 + 8 + 4 + 4);
+    let max_block = if max_block > 0 {
+        (max_block as usize).min(MAX_BUFFER)
+    } else {
+        MAX_BUFFER
+    };
+    let by_buffer = max_block / n.saturating_mul(8);
+    by_memory.min(by_buffer).clamp(1, MAX_BATCH)
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    #[test]
+    fn a_memory_budget_bounds_the_batch() {
+        let n = 200_000; // FractalDB-1k's points: 4.8 MB a cloud in the batch buffers
+        assert_eq!(clouds_per_batch(n, Some(1024), 80 << 20, 1 << 40), 223);
+        assert_eq!(clouds_per_batch(n, Some(64), 80 << 20, 1 << 40), 13);
+        // Without a budget: a quarter of what is free (80 GiB free: one 2 GiB buffer's worth).
+        assert_eq!(clouds_per_batch(n, None, 80 << 20, 1 << 40), 1342);
+        assert_eq!(clouds_per_batch(1000, None, 80 << 20, 1 << 40), MAX_BATCH);
+        assert_eq!(clouds_per_batch(n, None, 4 << 20, 1 << 40), 223);
+        assert_eq!(clouds_per_batch(n, None, 0, 0), 447);
+        // One storage block holds a batch's xs: 128 MiB blocks hold 83 clouds.
+        assert_eq!(clouds_per_batch(n, Some(1 << 20), 0, 128 << 20), 83);
+        assert_eq!(clouds_per_batch(usize::MAX / 64, Some(64), 0, 0), 1);
     }
 }
