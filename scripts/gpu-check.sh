@@ -9,7 +9,11 @@
 #      then the GL rows alone on more classes (the steady state: several device-sized batches);
 #   5. RCDB: GL == CPU (folders and shards), then `bench --family rcdb --backend cpu,gl`;
 #   6. MV-FractalDB: how many GL views differ from the CPU engine (llvmpipe's arithmetic, equal to every
-#      golden), then `bench --family mvfdb --backend cpu,gl` at the defaults (224x224, 10,000 points, 12 views).
+#      golden), then `bench --family mvfdb --backend cpu,gl` at the defaults (224x224, 10,000 points, 12 views);
+#   7. training on the fly (when the machine's python3 has torch and numpy, and the abi3 wheel was built
+#      here with `maturin build --release` and carried as target/wheels): scripts/bench-python.py for
+#      FractalDB and RCDB on the CPU and the GL engine, fork and spawn workers, 2 workers, with a
+#      ResNet-18's training-step rate fed by the loader (CUDA in the parent, EGL in the workers).
 # Results go to $OUT (or ./gpu-check-out), each step's as soon as it ends. Works on Mesa too (then the GL
 # figures are llvmpipe's). Sizes: GPU_CHECK_CLASSES (parity and the first bench), GPU_CHECK_GL_CLASSES,
 # GPU_CHECK_ITER, GPU_CHECK_SIZE, GPU_CHECK_REPEAT.
@@ -86,4 +90,20 @@ margs=(mvfdb --classes 4 --weight-csv "${MVFDB_WEIGHTS:-builtin}" --weight-rows 
 echo "mvfdb views: $(diff -rq "$work/mv-cpu/images" "$work/mv-gl/images" | wc -l) of $(find "$work/mv-cpu/images" -name '*.png' | wc -l) images differ (GPU vs CPU emulation of llvmpipe)" | tee -a "$out/mvfdb.txt"
 "$bin" bench --family mvfdb --backend cpu,gl --classes 4 --repeat "$repeat" --json > "$out/bench-mvfdb.json" 2> "$out/bench-mvfdb.txt"
 cat "$out/bench-mvfdb.txt"
+echo "== python (on the fly)" | tee "$out/python.txt"
+wheel=$(ls target/wheels/fractaldb-*abi3*.whl 2>/dev/null | head -1 || true)
+if [ -n "$wheel" ] && python3 -c 'import torch, numpy, torchvision' 2>/dev/null; then
+  python3 -m pip install -q --no-deps --no-index --target "$work/py" "$wheel"
+  pyclasses=${GPU_CHECK_PY_CLASSES:-16}
+  for fam in fractaldb rcdb; do
+    for run in "cpu fork" "gl fork" "gl spawn"; do
+      set -- $run
+      PYTHONPATH="$work/py" timeout 900 python3 scripts/bench-python.py --family "$fam" --classes "$pyclasses" \
+        --backend "$1" --start-method "$2" --workers 2 --threads "$(nproc)" --train resnet18 --train-steps 20 \
+        2>&1 | tail -3 | tee -a "$out/python.txt" || echo "python $fam $run: FAILED" | tee -a "$out/python.txt"
+    done
+  done
+else
+  echo "skipped: no carried wheel (target/wheels) or no torch/torchvision/numpy in python3" | tee -a "$out/python.txt"
+fi
 echo "results in $out"

@@ -734,3 +734,23 @@ def test_gl_workers_make_their_own_egl_context(tmp_path):
             assert p.returncode == 0 and "samples 20" in p.stdout, (backend, p.stderr[-2000:])
         else:
             assert p.returncode != 0 and "EGL" in p.stderr and "worker" in p.stderr, p.stderr[-2000:]
+
+
+def test_bench_python_runs_on_both_engines_with_a_training_step_rate():
+    """scripts/bench-python.py (what gpu-check.sh runs on an NVIDIA machine) with tiny settings: the
+    GL engine in spawned workers, and the training-step rate of a model fed by the loader."""
+    pytest.importorskip("torchvision", reason="pip install torchvision")
+    import json
+
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "bench-python.py")
+    for extra in (["--backend", "gl", "--start-method", "spawn"], ["--train", "resnet18", "--train-steps", "1"]):
+        argv = [sys.executable, script, "--family", "rcdb", "--classes", "2", "--instances", "64",
+                "--image-size", "64", "--threads", "1", *extra]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+        assert p.returncode == 0, p.stderr[-3000:]
+        r = json.loads(p.stdout.splitlines()[0])
+        assert r["images"] == 128 and r["on_the_fly_samples_per_s"] > 0 and r["render_images_per_s"] > 0
+        if "--train" in extra:
+            assert r["train_steps"] == 1 and r["train_steps_per_s_fed"] > 0 and r["train_steps_per_s_alone"] > 0
+        else:
+            assert (r["backend"], r["start_method"]) == ("gl", "spawn")
