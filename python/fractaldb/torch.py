@@ -42,6 +42,9 @@ OPEN_CLOUDS = 512
 
 #: Samples per request to the GL engine in sample mode (batch mode: a batch per request).
 GL_CHUNK = 64
+#: Requests a worker keeps submitted beyond the one it writes: the engine draws the next batch
+#: (FractalDB: its chaos games between this batch's rasters) while the worker hands this one over.
+GL_AHEAD = 1
 
 
 def rank_and_world() -> Tuple[int, int]:
@@ -284,27 +287,36 @@ class _Mixed(IterableDataset):
 
     def _gl(self, ds, events, epoch: int) -> Iterator:
         """The GL engine: the same order, each batch (in sample mode, each run of
-        :data:`GL_CHUNK` samples) one request drawn on the device straight into its tensor; no
-        clouds are held open (the device computes a batch's clouds together)."""
+        :data:`GL_CHUNK` samples) one request drawn on the device straight into its tensor, the next
+        :data:`GL_AHEAD` requests submitted before it is written (the engine draws them meanwhile);
+        no clouds are held open (the device computes a batch's clouds together)."""
         bs = self.batch_size or GL_CHUNK
         shape = tuple(ds.shape[:2]) + (1,) if self._expand else tuple(ds.shape)
         ids = [n for what, n in events if what == "sample"]
-        for a in range(0, len(ids), bs):
-            chunk = ids[a:a + bs]
-            images = torch.empty((len(chunk),) + shape, dtype=torch.uint8)
-            if self.batch_size is not None:
-                images.share_memory_()
-            labels = ds._batch_into(chunk, images.numpy(), epoch)
-            if self.batch_size is not None:
-                yield self._rgb(images), torch.tensor(labels, dtype=torch.int64)
-                continue
-            for image, label in zip(images, labels):
-                if self.target_transform is not None:
-                    label = self.target_transform(label)
-                if self.transform is not None:
-                    yield self.transform(self.dataset._pil(image.numpy())), label
-                else:
-                    yield image, label
+        tickets = (ds._batch_submit(ids[a:a + bs], epoch) for a in range(0, len(ids), bs))
+        ahead: List = []
+        for ticket in tickets:
+            ahead.append(ticket)
+            if len(ahead) > GL_AHEAD:
+                yield from self._gl_write(ahead.pop(0), shape)
+        for ticket in ahead:
+            yield from self._gl_write(ticket, shape)
+
+    def _gl_write(self, ticket, shape) -> Iterator:
+        images = torch.empty((ticket.size,) + shape, dtype=torch.uint8)
+        if self.batch_size is not None:
+            images.share_memory_()
+        labels = ticket.write_into(images.numpy())
+        if self.batch_size is not None:
+            yield self._rgb(images), torch.tensor(labels, dtype=torch.int64)
+            return
+        for image, label in zip(images, labels):
+            if self.target_transform is not None:
+                label = self.target_transform(label)
+            if self.transform is not None:
+                yield self.transform(self.dataset._pil(image.numpy())), label
+            else:
+                yield image, label
 
     def _rgb(self, images):
         return images.expand(*images.shape[:3], 3) if self._expand else images

@@ -11,11 +11,15 @@ use crate::error::{Error, Result};
 use crate::render::gl::{GlOptions, egl};
 use crate::render::{Backend, Canvas, Feed, StageStats, Stages, Unit};
 use crossbeam_channel::{Receiver, Sender};
+use pyo3::prelude::*;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 /// A request's canvases: by unit, by slot (the unit's `instances`).
 pub type Canvases = Vec<Vec<Vec<u8>>>;
+
+/// Each sample's canvas in a request: (unit, slot, flip).
+pub type Place = Vec<(usize, usize, u8)>;
 
 /// Which engine a Python dataset draws on, resolved in the process that draws.
 #[derive(Clone, Copy, Debug)]
@@ -137,17 +141,82 @@ impl Engine {
         Engine { tx }
     }
 
-    /// `units` drawn: their canvases by unit and slot.
-    pub fn render(&self, units: Vec<Unit>) -> Result<Canvases> {
-        if units.iter().all(|u| u.instances.is_empty()) {
-            return Ok(units.iter().map(|_| Vec::new()).collect());
-        }
-        let ended = || Error::Other("internal: the GL engine's thread has ended".into());
+    /// `units` handed to the engine; their canvases come with [`Pending::wait`]. Requests queue in
+    /// order, so a caller that submits the next batch before waiting for this one keeps the device
+    /// busy (the FractalDB stage runs the next batch's chaos games between this one's rasters).
+    pub fn submit(&self, units: Vec<Unit>) -> Result<Pending> {
         let (reply, got) = crossbeam_channel::bounded(1);
+        if units.iter().all(|u| u.instances.is_empty()) {
+            let _ = reply.send(Ok(units.iter().map(|_| Vec::new()).collect()));
+            return Ok(Pending(got));
+        }
         self.tx
             .send(Request { units, reply })
             .map_err(|_| ended())?;
-        got.recv().map_err(|_| ended())?
+        Ok(Pending(got))
+    }
+}
+
+fn ended() -> Error {
+    Error::Other("internal: the GL engine's thread has ended".into())
+}
+
+/// A submitted request's canvases, when they come.
+pub struct Pending(Receiver<Result<Canvases>>);
+
+impl Pending {
+    /// Canvases drawn already (the CPU engine).
+    pub fn ready(canvases: Canvases) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let _ = tx.send(Ok(canvases));
+        Pending(rx)
+    }
+
+    pub fn wait(self) -> Result<Canvases> {
+        self.0.recv().map_err(|_| ended())?
+    }
+}
+
+/// A batch of samples as one request: a unit per cloud (or stream stretch, or model) with the
+/// instances the batch wants of it, each once; and where each sample's canvas is.
+pub struct Batch {
+    epoch: u64,
+    pub units: Vec<Unit>,
+    unit_of: HashMap<u64, usize>,
+    slot_of: HashMap<(usize, u32), usize>,
+    pub place: Place,
+}
+
+impl Batch {
+    pub fn new(epoch: u64) -> Self {
+        Batch {
+            epoch,
+            units: Vec::new(),
+            unit_of: HashMap::new(),
+            slot_of: HashMap::new(),
+            place: Vec::new(),
+        }
+    }
+
+    /// The next sample: instance `instance` (flipped `flip`) of the unit `key` names, which is
+    /// (`class`, `row`).
+    pub fn add(&mut self, key: u64, class: u32, row: u32, instance: u32, flip: u8) {
+        let epoch = self.epoch;
+        let units = &mut self.units;
+        let u = *self.unit_of.entry(key).or_insert_with(|| {
+            units.push(Unit {
+                class,
+                row,
+                epoch,
+                instances: Vec::new(),
+            });
+            units.len() - 1
+        });
+        let k = *self.slot_of.entry((u, instance)).or_insert_with(|| {
+            units[u].instances.push(instance);
+            units[u].instances.len() - 1
+        });
+        self.place.push((u, k, flip));
     }
 }
 
@@ -306,5 +375,121 @@ impl Feed for Queue {
             let _ = d.reply.send(Ok(d.canvases));
         }
         true
+    }
+}
+
+/// What a [`Ticket`] writes: canvases coming from the GL engine (by unit and slot, each sample's
+/// place in them, flipped and coloured by the palette), or RGB images drawn already (the CPU engine).
+pub enum Drawn {
+    Canvases {
+        pending: Pending,
+        place: Place,
+        palette: Box<[[u8; 3]; 256]>,
+    },
+    Rgb(Vec<Vec<u8>>),
+}
+
+/// A batch submitted (`_batch_submit`): `write_into(out)` waits for its samples and writes them
+/// into `out`, a `numpy.ndarray` of `size` x H x W x C, once. Submitting the next batch before
+/// writing this one keeps the GL engine busy meanwhile.
+#[pyclass(module = "fractaldb._native")]
+pub struct Ticket {
+    drawn: Mutex<Option<Drawn>>,
+    labels: Vec<u32>,
+    height: usize,
+    width: usize,
+    /// The samples' channels; 1 is taken too when `gray` (every palette entry gray).
+    channels: usize,
+    gray: bool,
+}
+
+impl Ticket {
+    pub fn new(drawn: Drawn, labels: Vec<u32>, shape: (usize, usize, usize), gray: bool) -> Self {
+        Ticket {
+            drawn: Mutex::new(Some(drawn)),
+            labels,
+            height: shape.0,
+            width: shape.1,
+            channels: shape.2,
+            gray,
+        }
+    }
+
+    /// The (rows, width, channels) `out` must have for this batch, checked (the channels from its
+    /// size: 1 for a gray batch's one channel).
+    pub fn out_shape(
+        out: &Bound<'_, PyAny>,
+        n: usize,
+        shape: (usize, usize, usize),
+        gray: bool,
+    ) -> PyResult<(usize, usize, usize)> {
+        let (h, w, c) = shape;
+        let size = out.getattr("size")?.extract::<usize>()?;
+        let c = if gray && size == n * h * w { 1 } else { c };
+        let batch = (n * h, w, c);
+        super::array_address(out, batch)?;
+        Ok(batch)
+    }
+}
+
+#[pymethods]
+impl Ticket {
+    /// Samples in the batch.
+    #[getter]
+    fn size(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Waits for the batch, writes it into `out` (checked first, and again with the GIL held from
+    /// there to the end of the write) and returns its labels.
+    pub fn write_into(&self, py: Python<'_>, out: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+        let n = self.labels.len();
+        let shape = (self.height, self.width, self.channels);
+        let batch = Self::out_shape(out, n, shape, self.gray)?;
+        let drawn = self.drawn.lock().unwrap().take().ok_or_else(|| {
+            pyo3::exceptions::PyValueError::new_err("this batch was written already")
+        })?;
+        let (h, w, c) = (self.height, self.width, batch.2);
+        match drawn {
+            Drawn::Canvases {
+                pending,
+                place,
+                palette,
+            } => {
+                let canvases = super::interruptible(py, move || pending.wait())?;
+                super::write_array(out, batch, |dst| {
+                    for (&(u, k, flip), row) in place.iter().zip(dst.chunks_exact_mut(h * w * c)) {
+                        crate::render::write_flip_into(
+                            &canvases[u][k],
+                            w,
+                            h,
+                            flip,
+                            &palette,
+                            c,
+                            row,
+                        );
+                    }
+                })?;
+            }
+            Drawn::Rgb(images) => {
+                super::write_array(out, batch, |dst| {
+                    for (p, row) in images.iter().zip(dst.chunks_exact_mut(h * w * c)) {
+                        copy_channels(p, c, row);
+                    }
+                })?;
+            }
+        }
+        Ok(self.labels.clone())
+    }
+}
+
+/// RGB pixels into `row` as `c` channels (1: the first of each pixel).
+pub fn copy_channels(rgb: &[u8], c: usize, row: &mut [u8]) {
+    if c == 3 {
+        row.copy_from_slice(rgb);
+    } else {
+        row.iter_mut()
+            .zip(rgb.chunks_exact(3))
+            .for_each(|(b, p)| *b = p[0]);
     }
 }

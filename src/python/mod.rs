@@ -333,8 +333,8 @@ impl Dataset {
 
     /// Samples `ids` of epoch `epoch` written into `out`, a `numpy.ndarray` of `len(ids)` x `shape`
     /// (or x 1 channel for a gray draw type; a batch tensor's array, checked as `_sample_into`
-    /// checks it); returns their labels. On the
-    /// GL engine the whole batch is one request (its clouds computed and drawn together).
+    /// checks it, before the draw); returns their labels. On the GL engine the whole batch is one
+    /// request (its clouds computed and drawn together).
     #[pyo3(signature = (ids, out, epoch = 0))]
     fn _batch_into(
         &self,
@@ -343,38 +343,38 @@ impl Dataset {
         out: &Bound<'_, PyAny>,
         epoch: u64,
     ) -> PyResult<Vec<u32>> {
+        engine::Ticket::out_shape(out, ids.len(), self.shape(), !self.cfg.mode.is_color())?;
+        self._batch_submit(py, ids, epoch)?.write_into(py, out)
+    }
+
+    /// Samples `ids` of epoch `epoch` handed to the engine at once: a ticket whose `write_into(out)`
+    /// waits for them (on the CPU engine they are drawn here).
+    #[pyo3(signature = (ids, epoch = 0))]
+    fn _batch_submit(&self, py: Python<'_>, ids: Vec<u64>, epoch: u64) -> PyResult<engine::Ticket> {
         let samples = ids
             .iter()
             .map(|&i| self.sample_of(i))
             .collect::<PyResult<Vec<_>>>()?;
         self.check_epoch(epoch)?;
-        let (h, w, mut c) = self.shape();
-        // A gray draw type's one channel, also when the samples are RGB (as Units takes it).
-        let per = out.getattr("size")?.extract::<usize>()? / ids.len().max(1);
-        if per == h * w && !self.cfg.mode.is_color() {
-            c = 1;
-        }
-        let batch = (ids.len() * h, w, c);
-        array_address(out, batch)?;
-        let pal = render::palette(self.cfg.mode);
-        let n = h * w * c;
-        let (canvases, at) = match self.gl()? {
-            Some(engine) => self.gl_canvases(py, &engine, &samples, epoch)?,
+        let (pending, place) = match self.gl()? {
+            Some(e) => self.submit(&e, &samples, epoch)?,
             None => {
                 let mut canvases = Vec::with_capacity(ids.len());
                 for &i in &ids {
                     canvases.push(vec![self.cpu_canvas(py, i, epoch)?]);
                 }
-                let at = (0..ids.len()).map(|j| (j, 0)).collect();
-                (canvases, at)
+                let place = samples.iter().enumerate().map(|(j, s)| (j, 0, s.flip));
+                (engine::Pending::ready(canvases), place.collect())
             }
         };
-        write_array(out, batch, |dst| {
-            for ((s, &(u, k)), row) in samples.iter().zip(&at).zip(dst.chunks_exact_mut(n)) {
-                render::write_flip_into(&canvases[u][k], w, h, s.flip, &pal, c, row);
-            }
-        })?;
-        Ok(samples.iter().map(|s| s.class).collect())
+        let drawn = engine::Drawn::Canvases {
+            pending,
+            place,
+            palette: Box::new(render::palette(self.cfg.mode)),
+        };
+        let labels = samples.iter().map(|s| s.class).collect();
+        let gray = !self.cfg.mode.is_color();
+        Ok(engine::Ticket::new(drawn, labels, self.shape(), gray))
     }
 
     fn __len__(&self) -> usize {
@@ -416,7 +416,8 @@ impl Dataset {
         // with the GIL held from there to the write: no Python code runs in between.
         array_address(out, (h, w, c))?;
         if let Some(engine) = self.gl()? {
-            let (canvases, _) = self.gl_canvases(py, &engine, &[s], epoch)?;
+            let (pending, _) = self.submit(&engine, &[s], epoch)?;
+            let canvases = interruptible(py, move || pending.wait())?;
             self.write_into_array(out, &canvases[0][0], s)?;
             return Ok(s.class);
         }
@@ -503,12 +504,14 @@ impl Dataset {
         let s = self.sample_of(i)?;
         self.check_epoch(epoch)?;
         let gl_canvas = match self.gl()? {
-            Some(engine) => Some(
-                self.gl_canvases(py, &engine, &[s], epoch)?
-                    .0
-                    .remove(0)
-                    .remove(0),
-            ),
+            Some(engine) => {
+                let (pending, _) = self.submit(&engine, &[s], epoch)?;
+                Some(
+                    interruptible(py, move || pending.wait())?
+                        .remove(0)
+                        .remove(0),
+                )
+            }
             None => None,
         };
         if let Some(canvas) = gl_canvas {
@@ -554,37 +557,21 @@ impl Dataset {
             .map_err(to_py)
     }
 
-    /// The canvases of `samples` (of epoch `epoch`) in one request to the GL engine: a unit per
-    /// cloud with its wanted instances; with each sample's (unit, slot) in them.
-    fn gl_canvases(
+    /// `samples` (of epoch `epoch`) submitted to the GL engine as one request: a unit per cloud
+    /// with its wanted instances; with each sample's (unit, slot, flip) in it.
+    fn submit(
         &self,
-        py: Python<'_>,
         engine: &engine::Engine,
         samples: &[crate::plan::Sample],
         epoch: u64,
-    ) -> PyResult<(engine::Canvases, Vec<(usize, usize)>)> {
-        let mut units: Vec<render::Unit> = Vec::new();
-        let mut unit_of: std::collections::HashMap<(u32, u32), usize> = Default::default();
-        let mut slot_of: std::collections::HashMap<(usize, u32), usize> = Default::default();
-        let mut at = Vec::with_capacity(samples.len());
+    ) -> PyResult<(engine::Pending, engine::Place)> {
+        let mut batch = engine::Batch::new(epoch);
         for s in samples {
-            let u = *unit_of.entry((s.class, s.row)).or_insert_with(|| {
-                units.push(render::Unit {
-                    class: s.class,
-                    row: s.row,
-                    epoch,
-                    instances: Vec::new(),
-                });
-                units.len() - 1
-            });
-            let k = *slot_of.entry((u, s.instance)).or_insert_with(|| {
-                units[u].instances.push(s.instance);
-                units[u].instances.len() - 1
-            });
-            at.push((u, k));
+            let key = (u64::from(s.class) << 32) | u64::from(s.row);
+            batch.add(key, s.class, s.row, s.instance, s.flip);
         }
-        let canvases = interruptible(py, || engine.render(units))?;
-        Ok((canvases, at))
+        let pending = engine.submit(batch.units).map_err(to_py)?;
+        Ok((pending, batch.place))
     }
 
     /// The canvas of sample `i` of epoch `epoch` on the CPU engine (from its open cloud, or the
@@ -850,5 +837,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(usage_error, m)?)?;
     m.add_class::<Dataset>()?;
     m.add_class::<units::Units>()?;
+    m.add_class::<engine::Ticket>()?;
     Ok(())
 }

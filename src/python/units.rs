@@ -4,6 +4,7 @@
 //! model's views); a sample renders its whole unit once (kept for the unit's next samples)
 //! through the same render stages and pipeline as the command, encoded as `.npy` instead of PNG.
 
+use super::engine::{Batch, Drawn, Ticket, copy_channels};
 use super::{interruptible, to_py};
 use crate::dataset::{Dataset, FolderWork};
 use crate::encode::Encoding;
@@ -351,8 +352,9 @@ impl Units {
     }
 
     /// Samples `ids` written into `out`, a `numpy.ndarray` of `len(ids)` x H x W x 3 (or x 1 for
-    /// the gray value alone); returns their labels. On the GL engine the whole batch is one request
-    /// (its units' wanted instances drawn together); on the CPU from open clouds where open.
+    /// the gray value alone; checked before the draw); returns their labels. On the GL engine the
+    /// whole batch is one request (its units' wanted instances drawn together); on the CPU from
+    /// open clouds where open.
     #[pyo3(signature = (ids, out, epoch = 0))]
     fn _batch_into(
         &self,
@@ -361,70 +363,55 @@ impl Units {
         out: &Bound<'_, PyAny>,
         epoch: u64,
     ) -> PyResult<Vec<u32>> {
+        Ticket::out_shape(out, ids.len(), self.shape(), true)?;
+        self._batch_submit(py, ids, epoch)?.write_into(py, out)
+    }
+
+    /// Samples `ids` handed to the engine at once: a ticket whose `write_into(out)` waits for them
+    /// (on the CPU engine they are drawn here).
+    #[pyo3(signature = (ids, epoch = 0))]
+    fn _batch_submit(&self, py: Python<'_>, ids: Vec<u64>, epoch: u64) -> PyResult<Ticket> {
         no_epochs(epoch)?;
         let at = ids
             .iter()
             .map(|&i| self.locate(i))
             .collect::<PyResult<Vec<_>>>()?;
-        let (h, w, _) = self.shape();
-        let per = out.getattr("size")?.extract::<usize>()? / ids.len().max(1);
-        let c = if per == h * w { 1 } else { 3 };
-        let batch = (ids.len() * h, w, c);
-        super::array_address(out, batch)?;
-        let f = self.ds.image();
         let labels = at.iter().map(|&(k, _)| self.work.unit(k).class).collect();
-        let Some(engine) = self.gl()? else {
-            // The CPU engine: each sample's RGB pixels, then all written with the GIL held.
-            let mut rgb = Vec::with_capacity(ids.len());
-            for (&i, &(k, j)) in ids.iter().zip(&at) {
-                let mut got = None;
-                self.draw_open(py, i, 3, |fill| {
-                    let mut v = vec![0; h * w * 3];
-                    fill(&mut v);
-                    got = Some(v);
-                    Ok(())
-                })?;
-                rgb.push(match got {
-                    Some(v) => v,
-                    None => self.unit_image(py, k, j)?,
-                });
-            }
-            super::write_array(out, batch, |dst| {
-                for (p, row) in rgb.iter().zip(dst.chunks_exact_mut(h * w * c)) {
-                    copy_channels(p, c, row);
+        let (h, w, c) = self.shape();
+        let drawn = match self.gl()? {
+            Some(engine) => {
+                let mut batch = Batch::new(0);
+                for &(k, j) in &at {
+                    let u = self.work.unit(k);
+                    let (instance, flip, ..) = u.images[j];
+                    batch.add(k, u.class, u.row, instance, flip);
                 }
-            })?;
-            return Ok(labels);
-        };
-        let mut units: Vec<crate::render::Unit> = Vec::new();
-        let mut unit_of: HashMap<u64, usize> = HashMap::new();
-        let mut slot_of: HashMap<(usize, usize), usize> = HashMap::new();
-        let mut where_ = Vec::with_capacity(ids.len());
-        for &(k, j) in &at {
-            let fu = self.work.unit(k);
-            let u = *unit_of.entry(k).or_insert_with(|| {
-                units.push(crate::render::Unit {
-                    class: fu.class,
-                    row: fu.row,
-                    epoch: 0,
-                    instances: Vec::new(),
-                });
-                units.len() - 1
-            });
-            let slot = *slot_of.entry((u, j)).or_insert_with(|| {
-                units[u].instances.push(fu.images[j].0);
-                units[u].instances.len() - 1
-            });
-            where_.push((u, slot, fu.images[j].1));
-        }
-        let canvases = interruptible(py, || engine.render(units))?;
-        super::write_array(out, batch, |dst| {
-            for (&(u, slot, flip), row) in where_.iter().zip(dst.chunks_exact_mut(h * w * c)) {
-                let canvas = &canvases[u][slot];
-                crate::render::write_flip_into(canvas, w, h, flip, &f.palette, c, row);
+                Drawn::Canvases {
+                    pending: engine.submit(batch.units).map_err(to_py)?,
+                    place: batch.place,
+                    palette: Box::new(self.ds.image().palette),
+                }
             }
-        })?;
-        Ok(labels)
+            None => {
+                // The CPU engine: each sample's RGB pixels, from its open cloud or its unit.
+                let mut rgb = Vec::with_capacity(ids.len());
+                for (&i, &(k, j)) in ids.iter().zip(&at) {
+                    let mut got = None;
+                    self.draw_open(py, i, c, |fill| {
+                        let mut v = vec![0; h * w * c];
+                        fill(&mut v);
+                        got = Some(v);
+                        Ok(())
+                    })?;
+                    rgb.push(match got {
+                        Some(v) => v,
+                        None => self.unit_image(py, k, j)?,
+                    });
+                }
+                Drawn::Rgb(rgb)
+            }
+        };
+        Ok(Ticket::new(drawn, labels, (h, w, c), true))
     }
 
     /// Whether this dataset was made from another process's preparation.
@@ -587,17 +574,6 @@ fn no_epochs(epoch: u64) -> PyResult<()> {
     Ok(())
 }
 
-/// RGB pixels into `row` as `c` channels (1: the first of each pixel).
-fn copy_channels(rgb: &[u8], c: usize, row: &mut [u8]) {
-    if c == 3 {
-        row.copy_from_slice(rgb);
-    } else {
-        row.iter_mut()
-            .zip(rgb.chunks_exact(3))
-            .for_each(|(b, p)| *b = p[0]);
-    }
-}
-
 impl Units {
     /// This process's GL engine, or `None` when it draws on the CPU.
     fn gl(&self) -> PyResult<Option<super::engine::Engine>> {
@@ -613,7 +589,7 @@ impl Units {
             epoch: 0,
             instances: u.images.iter().map(|im| im.0).collect(),
         };
-        let canvases = engine.render(vec![unit])?;
+        let canvases = engine.submit(vec![unit])?.wait()?;
         let f = self.ds.image();
         let (w, h) = (f.width as usize, f.height as usize);
         Ok(u.images
