@@ -169,26 +169,34 @@ def test_bad_input_raises_with_file_and_line(tmp_path, classes):
         fractaldb.FractalDB(classes, **SMALL).sample(10**9)
 
 
-def test_one_dataset_shared_by_eight_threads_gives_the_single_thread_samples(classes):
+@pytest.mark.parametrize("backend", ["cpu", "gl"])
+def test_one_dataset_shared_by_eight_threads_gives_the_single_thread_samples(classes, backend):
     """The canvas cache was read after its lock was released and taken again: samples drawn by 8
     threads at once differed from the same samples drawn alone. Every thread now gets exactly the
-    single-thread bytes, through sample() and sample_into(); out-of-range indices raise IndexError."""
+    single-thread bytes, through sample(), sample_into() and batches; on the GL engine too (one
+    engine thread serves the 8 threads' requests in turn); out-of-range indices raise IndexError."""
     import threading
 
     ds = fractaldb.FractalDB(classes, **SMALL)
     n = len(ds)
     alone = [ds.sample(i)[0].copy() for i in range(n)]
-    shared = fractaldb.FractalDB(classes, **SMALL)
+    shared = fractaldb.FractalDB(classes, backend=backend, **SMALL)
     bad = []
 
     def worker(k):
         rng = np.random.default_rng(k)
         out = np.empty(shared.shape, dtype=np.uint8)
-        for i in rng.integers(0, n, size=300):
+        batch = np.empty((4,) + shared.shape, dtype=np.uint8)
+        for i in rng.integers(0, n, size=300 if backend == "cpu" else 150):
             i = int(i)
-            if k % 2:
+            if k % 3 == 1:
                 shared.sample_into(i, out)
                 got = out
+            elif k % 3 == 2:
+                ids = [i, (i * 7) % n, i, (i + 1) % n]
+                shared.sample_batch_into(ids, batch)
+                bad.extend((k, j) for b, j in zip(batch, ids) if not np.array_equal(b, alone[j]))
+                got = batch[0]
             else:
                 got = shared.sample(i)[0]
             if not np.array_equal(got, alone[i]):
