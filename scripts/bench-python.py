@@ -80,7 +80,7 @@ def family(tmp):
         if a.image_size:
             flags += ["--img_size", a.image_size]
         return MVFractalDBIterable, kw, n, lambda out: fractaldb.run("mvfdb", *map(str, flags + ["--out", out]), *shards(n))
-    classes = fractaldb.search(categories=a.classes, out=os.path.join(tmp, "s"), quiet=True, no_previews=True)
+    classes = fractaldb.search(num_classes=a.classes, out=os.path.join(tmp, "s"), quiet=True, no_previews=True)
     root = os.path.dirname(classes[0].path)
     n = a.classes * 25 * a.instances * 4
     size = a.image_size or 362

@@ -18,7 +18,7 @@ from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["search", "render", "FractalDB", "RCDB", "MVFractalDB", "ClassInfo", "run", "GL_MEMORY", "__version__"]
+__all__ = ["search", "render", "FractalDB", "RCDB", "MVFractalDB", "ClassInfo", "run", "NAMES", "GL_MEMORY", "__version__"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -55,6 +55,39 @@ def _flags(flags: dict) -> List[str]:
     return out
 
 
+#: The Python keywords that differ from a command's flag names (docs/usage.md, "One name table"):
+#: torch's conventions (``root``: the class folder, as torchvision's datasets call it;
+#: ``num_classes``: a count of classes) and one name per idea across the families. The command's
+#: own flag names are accepted too (``numof_classes=``, ``instance=``): its scripts' spellings.
+NAMES = {
+    "search": {"num_classes": ("categories",)},
+    "render": {
+        "root": ("load_root",),
+        "instances": ("instance",),
+        "image_size": ("image_size_x", "image_size_y"),
+        "weights": ("weight_csv",),
+    },
+    "rcdb": {"num_classes": ("numof_classes",), "instances": ("numof_instances",)},
+    "mvfdb": {"num_classes": ("classes",), "image_size": ("img_size",), "weights": ("weight_csv",)},
+}
+
+
+def _spell(command: str, kwargs: dict) -> dict:
+    """``kwargs`` with the Python names of :data:`NAMES` turned into the command's flag names;
+    ``TypeError`` when one idea is given under both names."""
+    out = dict(kwargs)
+    for name, flags in NAMES.get(command, {}).items():
+        if name not in out:
+            continue
+        clash = [f for f in flags if f in out and f != name]
+        if clash:
+            raise TypeError(f"{command}: {name}= and {clash[0]}= name the same setting: give one")
+        value = out.pop(name)
+        for f in flags:
+            out[f] = value
+    return out
+
+
 def run(*argv: str) -> None:
     """Runs a ``fractaldb`` command line (``run("render", "--help")``); raises on failure."""
     argv = ["fractaldb", *argv]
@@ -75,24 +108,36 @@ class ClassInfo(NamedTuple):
     maps: List[Tuple[float, ...]]
 
 
+#: An argument not given (``None`` is a value some callers pass by mistake, and is refused).
+_UNSET = object()
+
+
 def search(
-    categories: int = 1000,
+    num_classes: int = _UNSET,  # type: ignore[assignment]
     rate: float = 0.2,
     points: int = 100_000,
     seed: int = 1,
     out: Optional[PathLike] = None,
+    *,
+    categories: int = _UNSET,  # type: ignore[assignment]
     **flags,
 ) -> List[ClassInfo]:
     """The category search (``fractaldb search``): writes
     ``{out}/csv_rate{rate}_category{categories}/*.csv`` (default ``out``: ``./data``) and returns the
-    classes found, in order. Extra keyword arguments are more flags (``threads=4``, ``quiet=True``)."""
-    for name, value, kind in (("categories", categories, int), ("points", points, int), ("seed", seed, int)):
+    classes found, in order. ``num_classes`` (default 1000) is the command's ``--categories`` (that
+    name works too). Extra keyword arguments are more flags (``threads=4``, ``quiet=True``)."""
+    if num_classes is not _UNSET and categories is not _UNSET:
+        raise TypeError("search: num_classes= and categories= name the same setting: give one")
+    count = "categories" if categories is not _UNSET else "num_classes"
+    if categories is _UNSET:
+        categories = 1000 if num_classes is _UNSET else num_classes
+    for name, value, kind in ((count, categories, int), ("points", points, int), ("seed", seed, int)):
         if isinstance(value, bool) or not isinstance(value, kind):
             raise TypeError(f"search: {name} must be an int, got {value!r}")
     if isinstance(rate, bool) or not isinstance(rate, (int, float)):
         raise TypeError(f"search: rate must be a number, got {rate!r}")
     if categories < 1:
-        raise ValueError(f"search: categories must be at least 1, got {categories}")
+        raise ValueError(f"search: {count} must be at least 1, got {categories}")
     out = os.fspath(out) if out is not None else "./data"
     run(
         "search",
@@ -108,11 +153,18 @@ def search(
     return classes
 
 
-def render(load_root: PathLike, out: PathLike, **render_flags) -> None:
-    """Writes a dataset as ``fractaldb render --load-root LOAD_ROOT --out OUT ...`` does (the same
-    files), with its progress bar. ``render_flags`` are its flags: ``instance=10``,
-    ``format="wds"``, ``flips=[0, 1]``, ``quiet=True``..."""
-    run("render", "--load-root", os.fspath(load_root), "--out", os.fspath(out), *_flags(render_flags))
+def render(root: PathLike, out: PathLike, **render_flags) -> None:
+    """Writes a dataset as ``fractaldb render --load-root ROOT --out OUT ...`` does (the same
+    files), with its progress bar. ``render_flags``: :class:`FractalDB`'s keywords
+    (``instances=10``, ``image_size=362``, ``weights=...``) and any other flag of the command
+    (``format="wds"``, ``flips=[0, 1]``, ``quiet=True``); the command's own names work too
+    (``instance=10``, see :data:`NAMES`)."""
+    for k in ("transform", "target_transform"):
+        if k in render_flags:
+            raise TypeError(f"render: {k}= is a dataset's, not render's")
+    flags = _spell("render", dict(render_flags, root=root))
+    root = flags.pop("load_root")
+    run("render", "--load-root", os.fspath(root), "--out", os.fspath(out), *_flags(flags))
 
 
 #: Video memory (MiB) one GL context of a Python dataset sizes its batches by, unless told
@@ -224,7 +276,8 @@ class FractalDB(_MapStyle):
     folder layout (``00000/00000_02_count_3_flip1.png``) and ``key(i)`` its 4 indices.
     Consecutive samples of one (class, weight row) compute its point cloud once.
 
-    ``classes`` is a folder of class CSVs. ``weights`` is a weights CSV or ``builtin:S``;
+    ``root`` is a folder of class CSVs (torchvision's name; the command's ``--load-root``);
+    ``weights`` is a weights CSV or ``builtin:S``;
     ``mask_rng`` ``"counter[:S]"`` (default, keyed by ``seed``) or ``"python:S"`` (the original's
     seeded masks); ``flips`` a list of 0..3. Nothing native is created until the first call, so an
     instance can be made before a DataLoader forks its workers.
@@ -241,7 +294,7 @@ class FractalDB(_MapStyle):
 
     def __init__(
         self,
-        classes: PathLike,
+        root: PathLike,
         *,
         image_size: int = 362,
         iteration: int = 200_000,
@@ -264,7 +317,7 @@ class FractalDB(_MapStyle):
         self.target_transform = target_transform
         self._argv = _flags(
             dict(
-                load_root=os.fspath(classes),
+                load_root=os.fspath(root),
                 image_size_x=image_size,
                 image_size_y=image_size,
                 iteration=iteration,
@@ -331,8 +384,9 @@ def _checked(argv: List[str]) -> List[str]:
 class _Units(_MapStyle):
     """A family drawn one sample at a time through its command's own render stages: sample ``i`` is
     the ``i``-th image of the command's folder output (unit by unit), pixel-identical to its PNG.
-    Keyword arguments are the command's flags (``numof_classes=4`` is ``--numof_classes 4``); its
-    defaults are the command's. A sample renders its whole unit once; the unit's next samples are
+    Keyword arguments are the command's flags (``numof_thread=4`` is ``--numof_thread 4``), with the
+    Python names of :data:`NAMES` for the ideas every family shares (``num_classes``, ``instances``,
+    ``image_size``, ``weights``; the command's names work too); its defaults are the command's. A sample renders its whole unit once; the unit's next samples are
     free, so iterate in order or use ``fractaldb.torch``. Preparation (the class starts, the
     search and models) runs once, when the dataset is made: forked DataLoader workers share it,
     and a pickled dataset (a ``spawn``/``forkserver`` worker) carries MV-FractalDB's search and
@@ -352,7 +406,7 @@ class _Units(_MapStyle):
             flags.pop("backend", "auto"), flags.pop("gpu", None), flags.pop("egl_device", None),
             flags.pop("gl_memory", GL_MEMORY),
         )
-        flags = dict(flags, threads=1, quiet=True, backend="cpu")
+        flags = dict(_spell(self._command, flags), threads=1, quiet=True, backend="cpu")
         self._argv = _checked(["fractaldb", self._command, *_flags(flags)])
         self._pid: Optional[int] = None
         self._ds = None
@@ -398,16 +452,17 @@ class _Units(_MapStyle):
 
 
 class RCDB(_Units):
-    """RCDB (``fractaldb rcdb``'s flags as keywords: ``numof_classes``, ``numof_instances``,
+    """RCDB (``fractaldb rcdb``'s flags as keywords: ``num_classes`` (``numof_classes``), ``instances``
+    (``numof_instances``),
     ``image_size``, ``vertex_num``, ...). ``file_name(i)`` is the image's path under ``--save_root``."""
 
     _command = "rcdb"
 
 
 class MVFractalDB(_Units):
-    """MV-FractalDB and ExFractalDB (``fractaldb mvfdb``'s flags as keywords: ``classes``,
-    ``weight_rows``, ``views`` (``"random:N"`` for ExFractalDB views), ``img_size``, ``model_seed``,
-    ``view_seed``...). The search and models run when it is made.
+    """MV-FractalDB and ExFractalDB (``fractaldb mvfdb``'s flags as keywords: ``num_classes``
+    (``classes``), ``weight_rows``, ``views`` (``"random:N"`` for ExFractalDB views), ``image_size``
+    (``img_size``), ``model_seed``, ``view_seed``...). The search and models run when it is made.
 
     ``backend="auto"`` is the CPU engine here, also on a GPU: MV-FractalDB's views follow the GL
     driver's point rule, measured equal to the original's goldens on llvmpipe only (the CPU engine

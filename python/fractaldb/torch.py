@@ -357,7 +357,7 @@ class FractalDBIterable(_Mixed):
 
     def __init__(
         self,
-        classes,
+        root,
         *,
         open_clouds: int = OPEN_CLOUDS,
         epoch: int = 0,
@@ -380,7 +380,7 @@ class FractalDBIterable(_Mixed):
             fractaldb_kwargs["png_gray"] = True
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        dataset = FractalDB(classes, **fractaldb_kwargs)
+        dataset = FractalDB(root, **fractaldb_kwargs)
         # Samples per instance (its flips: consecutive ids), kept together in a cloud's order.
         first = dataset.key(0)[2]
         flips = sum(1 for j in range(dataset.per_cloud) if dataset.key(j)[2] == first)

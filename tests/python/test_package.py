@@ -771,3 +771,29 @@ def test_bench_python_runs_on_both_engines_with_a_training_step_rate():
             assert r["train_steps"] == 1 and r["train_steps_per_s_fed"] > 0 and r["train_steps_per_s_alone"] > 0
         else:
             assert (r["backend"], r["start_method"]) == ("gl", "spawn")
+
+
+def test_one_name_per_idea_in_every_function_and_family(tmp_path, classes):
+    """fractaldb.NAMES: root, num_classes, instances, image_size and weights mean the same in
+    search(), render(), FractalDB, RCDB and MVFractalDB; the commands' own names work too and give
+    the same dataset; both names at once is a TypeError."""
+    ds = fractaldb.FractalDB(root=classes, **SMALL)
+    fractaldb.render(classes, tmp_path / "a", quiet=True, **SMALL)
+    fractaldb.render(root=classes, out=tmp_path / "b", quiet=True, instance=2, image_size_x=48, image_size_y=48,
+                     iteration=3000)
+    for d in ("a", "b"):
+        assert np.array_equal(png(tmp_path / d / ds.file_name(5)), ds.sample(5)[0])
+    with pytest.raises(TypeError, match="name the same setting"):
+        fractaldb.render(classes, tmp_path / "c", instances=2, instance=2)
+    found = fractaldb.search(num_classes=2, out=tmp_path / "s", quiet=True, no_previews=True)
+    assert len(found) == 2 and len(fractaldb.search(categories=2, out=tmp_path / "s2", quiet=True, no_previews=True)) == 2
+    with pytest.raises(TypeError, match="same setting"):
+        fractaldb.search(2, categories=2)
+    a = fractaldb.RCDB(num_classes=2, instances=3, image_size=32, numof_thread=1)
+    b = fractaldb.RCDB(numof_classes=2, numof_instances=3, image_size=32, numof_thread=1)
+    assert len(a) == len(b) == 6 and np.array_equal(a.sample(5)[0], b.sample(5)[0])
+    with pytest.raises(TypeError, match="same setting"):
+        fractaldb.RCDB(num_classes=2, numof_classes=2)
+    a = fractaldb.MVFractalDB(num_classes=2, image_size=24, weight_rows="0-1", views=2)
+    b = fractaldb.MVFractalDB(classes=2, img_size=24, weight_rows="0-1", views=2)
+    assert a.shape == b.shape == (24, 24, 3) and np.array_equal(a.sample(3)[0], b.sample(3)[0])
