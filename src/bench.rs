@@ -455,11 +455,7 @@ fn workload(a: &BenchArgs, work: &std::path::Path) -> Result<Workload> {
             });
             Ok(Workload {
                 total: settings.made_classes() as u64 * settings.instances as u64,
-                dataset: Box::new(crate::rcdb::run::Rcdb {
-                    settings,
-                    png,
-                    thread_num: None,
-                }),
+                dataset: Box::new(crate::rcdb::run::Rcdb::new(settings, png, None)),
                 // RCDB has no chaos game: its first stage replays the random streams.
                 first_stage: "stream_replay",
                 formats: both,

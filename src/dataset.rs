@@ -159,7 +159,8 @@ pub trait Dataset: Sync {
         crate::sink::write_names(out, &self.class_names(), writer)
     }
     /// What its last preparation found that another process may be handed instead of preparing
-    /// again (MV-FractalDB's search and model pass), as JSON; `None`: nothing worth handing over.
+    /// again (MV-FractalDB's search and model pass, RCDB's class starts), as JSON; `None`: nothing
+    /// worth handing over.
     fn prepared(&self) -> Option<serde_json::Value> {
         None
     }

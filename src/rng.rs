@@ -250,6 +250,20 @@ impl PyRandom {
         }
     }
 
+    /// The generator's state: its 624 words and position (what `random.getstate()` holds), for
+    /// another process.
+    pub fn state(&self) -> (Vec<u32>, usize) {
+        (self.mt.mt.to_vec(), self.mt.idx)
+    }
+
+    /// A generator at a [`state`](Self::state); `None` when `words` and `idx` are not one.
+    pub fn from_state(words: &[u32], idx: usize) -> Option<Self> {
+        let mt: [u32; N] = words.try_into().ok()?;
+        (idx <= N).then_some(PyRandom {
+            mt: Mt19937 { mt, idx },
+        })
+    }
+
     /// `random.getrandbits(k)` for k <= 32.
     #[inline]
     pub fn getrandbits(&mut self, k: u32) -> u32 {

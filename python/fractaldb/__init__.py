@@ -389,8 +389,8 @@ class _Units(_MapStyle):
     ``image_size``, ``weights``; the command's names work too); its defaults are the command's. A sample renders its whole unit once; the unit's next samples are
     free, so iterate in order or use ``fractaldb.torch``. Preparation (the class starts, the
     search and models) runs once, when the dataset is made: forked DataLoader workers share it,
-    and a pickled dataset (a ``spawn``/``forkserver`` worker) carries MV-FractalDB's search and
-    model pass with it (RCDB's class starts are cheap: made again).
+    and a pickled dataset (a ``spawn``/``forkserver`` worker) carries them with it (MV-FractalDB's
+    search and model pass, RCDB's class starts).
 
     ``backend``, ``gpu``, ``egl_device``, ``gl_memory``: the engine, as :class:`FractalDB`'s (a
     unit, or a batch's wanted instances of its units, drawn by the family's GL stage)."""

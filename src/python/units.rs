@@ -120,7 +120,13 @@ impl Units {
             .map_err(|e| Error::Other(e.render().to_string().trim_end().to_string()))?;
         match cli.cmd {
             crate::cli::Command::Rcdb(a) => {
-                let (ds, job) = a.to_options()?.split()?;
+                let (mut ds, job) = a.to_options()?.split()?;
+                if let Some(p) = prepared {
+                    let v = serde_json::from_str(&p).map_err(|e| {
+                        Error::Other(format!("internal: a malformed preparation: {e}"))
+                    })?;
+                    ds = ds.with_prepared(&v)?;
+                }
                 Ok((Box::new(ds), job))
             }
             crate::cli::Command::Mvfdb(a) => match {
@@ -339,8 +345,8 @@ impl Units {
         })
     }
 
-    /// What the preparation found, for another process (`Units(argv, prepared)`): JSON, or
-    /// `None` when the family has nothing worth handing over (RCDB's class starts are cheap).
+    /// What the preparation found, for another process (`Units(argv, prepared)`): JSON (RCDB's
+    /// class starts; MV-FractalDB's search and model pass), or `None`.
     fn prepared(&self) -> Option<String> {
         self.ds.prepared().map(|v| v.to_string())
     }

@@ -236,6 +236,44 @@ pub struct Rcdb {
     pub settings: Settings,
     pub png: PngConfig,
     pub thread_num: Option<u32>,
+    /// Class starts another process found for these settings ([`Dataset::prepared`]), used
+    /// instead of replaying the streams when no parameter files are to be written.
+    pub given: Option<Arc<ClassStarts>>,
+    /// The class starts the last preparation found.
+    pub last: Mutex<Option<Arc<ClassStarts>>>,
+}
+
+impl Rcdb {
+    pub fn new(settings: Settings, png: PngConfig, thread_num: Option<u32>) -> Self {
+        Rcdb {
+            settings,
+            png,
+            thread_num,
+            given: None,
+            last: Mutex::default(),
+        }
+    }
+
+    /// `given` from [`Dataset::prepared`]'s JSON; an error when it is not one of these settings.
+    pub fn with_prepared(mut self, v: &serde_json::Value) -> Result<Self> {
+        let bad =
+            || Error::Other("internal: a preparation of other settings was handed over".into());
+        if v.get("settings").and_then(|s| s.as_str()) != Some(&format!("{:?}", self.settings)) {
+            return Err(bad());
+        }
+        let mut starts = ClassStarts::new();
+        for entry in v
+            .get("class_starts")
+            .and_then(|a| a.as_array())
+            .ok_or_else(bad)?
+        {
+            let (class, words, idx): (u32, Vec<u32>, usize) =
+                serde_json::from_value(entry.clone()).map_err(|_| bad())?;
+            starts.insert(class, PyRandom::from_state(&words, idx).ok_or_else(bad)?);
+        }
+        self.given = Some(Arc::new(starts));
+        Ok(self)
+    }
 }
 
 impl RcdbOptions {
@@ -257,11 +295,7 @@ impl RcdbOptions {
                  (--rank/--world-size or the launcher's environment), or use --format folder",
             ));
         }
-        let ds = Rcdb {
-            settings: settings.clone(),
-            png: *png,
-            thread_num: *thread_num,
-        };
+        let ds = Rcdb::new(settings.clone(), *png, *thread_num);
         Ok((ds, job.clone()))
     }
 }
@@ -279,10 +313,17 @@ impl Rcdb {
         if let Some(out) = &env.out {
             fsutil::create_dir(&out.join("param"))?;
         }
-        let starts = class_starts(s, classes, env.threads, &|c, text| match &env.out {
-            Some(out) => write_if_changed(&param_path(out, c), text),
-            None => Ok(()),
-        })?;
+        let starts = match &self.given {
+            // Handed over (a spawned DataLoader worker's dataset): no replay, nothing to write.
+            Some(g) if env.out.is_none() && classes.iter().all(|c| g.contains_key(c)) => {
+                classes.iter().map(|c| (*c, g[c].clone())).collect()
+            }
+            _ => class_starts(s, classes, env.threads, &|c, text| match &env.out {
+                Some(out) => write_if_changed(&param_path(out, c), text),
+                None => Ok(()),
+            })?,
+        };
+        *self.last.lock().unwrap() = Some(Arc::new(starts.clone()));
         Ok(RcdbStages {
             settings: s.clone(),
             starts,
@@ -296,6 +337,24 @@ impl Rcdb {
 impl Dataset for Rcdb {
     fn kind(&self) -> &'static str {
         "rcdb"
+    }
+    /// The class starts (each a stream's state: 2.5 KB), so that another process's dataset of the
+    /// same settings does not replay the streams again (RCDB-1k: ~9 s on one thread).
+    fn prepared(&self) -> Option<serde_json::Value> {
+        let last = self.last.lock().unwrap();
+        let mut starts: Vec<_> = last.as_ref()?.iter().collect();
+        starts.sort_by_key(|(c, _)| **c);
+        let starts: Vec<_> = starts
+            .into_iter()
+            .map(|(c, r)| {
+                let (words, idx) = r.state();
+                serde_json::json!([c, words, idx])
+            })
+            .collect();
+        Some(serde_json::json!({
+            "settings": format!("{:?}", self.settings),
+            "class_starts": starts,
+        }))
     }
     fn title(&self) -> &'static str {
         "RCDB"

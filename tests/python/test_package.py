@@ -797,3 +797,31 @@ def test_one_name_per_idea_in_every_function_and_family(tmp_path, classes):
     a = fractaldb.MVFractalDB(num_classes=2, image_size=24, weight_rows="0-1", views=2)
     b = fractaldb.MVFractalDB(classes=2, img_size=24, weight_rows="0-1", views=2)
     assert a.shape == b.shape == (24, 24, 3) and np.array_equal(a.sample(3)[0], b.sample(3)[0])
+
+
+def test_a_pickled_rcdb_dataset_carries_its_class_starts():
+    """RCDB's class starts (a stream state per class, found by replaying the streams) travel with a
+    pickled dataset: the copy draws the same pixels without replaying, and really uses what it was
+    handed (a tampered start changes that class's images, and only that class's); a preparation of
+    other settings is refused."""
+    import json
+    import pickle
+
+    flags = dict(num_classes=3, instances=4, image_size=32, numof_thread=1)
+    ds = fractaldb.RCDB(**flags)
+    again = pickle.loads(pickle.dumps(ds))
+    assert again._dataset().reused_preparation
+    assert all(np.array_equal(again.sample(i)[0], ds.sample(i)[0]) for i in range(len(ds)))
+    state = ds.__getstate__()
+    prepared = json.loads(state["_prepared"])
+    _, words, idx = prepared["class_starts"][1]
+    words[idx % 624] ^= 1 << 31  # the next word class 1's stream draws (or the first of its next twist)
+    tampered = fractaldb.RCDB.__new__(fractaldb.RCDB)
+    tampered.__dict__.update(state, _prepared=json.dumps(prepared))
+    same = {i: np.array_equal(tampered.sample(i)[0], ds.sample(i)[0]) for i in range(len(ds))}
+    assert all(same[i] for i in same if tampered.key(i)[0] != 1)
+    assert not all(same[i] for i in same if tampered.key(i)[0] == 1)
+    other = fractaldb.RCDB.__new__(fractaldb.RCDB)
+    other.__dict__.update(fractaldb.RCDB(**dict(flags, image_size=48)).__getstate__(), _prepared=state["_prepared"])
+    with pytest.raises(RuntimeError, match="other settings"):
+        other.sample(0)
