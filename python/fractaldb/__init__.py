@@ -164,7 +164,9 @@ def render(root: PathLike, out: PathLike, **render_flags) -> None:
             raise TypeError(f"render: {k}= is a dataset's, not render's")
     flags = _spell("render", dict(render_flags, root=root))
     root = flags.pop("load_root")
-    run("render", "--load-root", os.fspath(root), "--out", os.fspath(out), *_flags(flags))
+    argv = ["render", "--load-root", os.fspath(root), "--out", os.fspath(out), *_flags(flags)]
+    _checked(["fractaldb", *argv], "render")
+    run(*argv)
 
 
 #: Video memory (MiB) one GL context of a Python dataset sizes its batches by, unless told
@@ -334,6 +336,7 @@ class FractalDB(_MapStyle):
                 quiet=True,
             )
         )
+        _checked(["fractaldb", "render", *self._argv], "FractalDB")
         self.backend = backend
         self._device = _device(backend, gpu, egl_device, gl_memory)
         self._pid: Optional[int] = None
@@ -370,15 +373,26 @@ class FractalDB(_MapStyle):
         return self._dataset().per_cloud
 
 
-def _checked(argv: List[str]) -> List[str]:
+def _checked(argv: List[str], who: str) -> List[str]:
     """``argv`` if it parses; else TypeError for a keyword the command does not have, ValueError
-    for a bad value, with the command line's message inside."""
+    for a bad value, each in Python's terms (the keyword, not the flag), the command's reason kept."""
+    import re
+
     why = _engine().usage_error(argv)
     if why is None:
         return argv
-    if "unexpected argument" in why:
-        raise TypeError(why)
-    raise ValueError(why)
+    m = re.search(r"unexpected argument '--?([^' ]+)'", why)
+    if m:
+        name = m.group(1).replace("-", "_")
+        raise TypeError(
+            f"{who}() got an unexpected keyword argument {name!r} (its keywords: the flags of "
+            f"`fractaldb {argv[1]} --help` with _ for -, and {', '.join(sorted(NAMES.get(argv[1], {})))})"
+        )
+    m = re.search(r"invalid value '(.*)' for '--?([^' ]+)[^']*': (.*)", why)
+    if m:
+        value, name, reason = m.groups()
+        raise ValueError(f"{who}: invalid value {value!r} for {name.replace('-', '_')}=: {reason.strip()}")
+    raise ValueError(f"{who}: {why.removeprefix('error: ').splitlines()[0]}")
 
 
 class _Units(_MapStyle):
@@ -407,7 +421,7 @@ class _Units(_MapStyle):
             flags.pop("gl_memory", GL_MEMORY),
         )
         flags = dict(_spell(self._command, flags), threads=1, quiet=True, backend="cpu")
-        self._argv = _checked(["fractaldb", self._command, *_flags(flags)])
+        self._argv = _checked(["fractaldb", self._command, *_flags(flags)], type(self).__name__)
         self._pid: Optional[int] = None
         self._ds = None
         self._dataset()  # validate now: bad input raises here
