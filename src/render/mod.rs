@@ -2,6 +2,7 @@
 
 pub mod cpu;
 pub mod gl;
+pub mod resident;
 
 use crate::error::{Error, Result};
 use crate::plan::Plan;
