@@ -356,6 +356,10 @@ class FractalDBIterable(_Mixed):
     tensors of ``batch_size`` (gray draw types cross the workers' shared memory as one channel and
     are expanded to RGB without a copy). Other keyword arguments are
     :class:`fractaldb.FractalDB`'s. ``rank`` and ``world_size`` override :func:`rank_and_world`.
+
+    ``backend="gl"`` (or ``"auto"`` on a hardware GPU): each worker makes its own GL context and
+    draws each batch as one request to it, :data:`GL_AHEAD` batches submitted ahead (the same
+    order and batches as the CPU engine; docs/python.md, "On the GPU").
     """
 
     def __init__(
