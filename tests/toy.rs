@@ -151,10 +151,15 @@ impl SampleMeta for ToyMeta {
 struct ToyStages(u32);
 
 impl Stages for ToyStages {
-    fn workers(&self, threads: usize) -> usize {
-        threads
+    fn backend(&self) -> &Backend {
+        &fractaldb::render::CPU
     }
-    fn open<'s>(&'s self, _: usize, _: &'s StageStats) -> fractaldb::Result<Box<dyn Stage + 's>> {
+    fn open_on<'s>(
+        &'s self,
+        _: &Backend,
+        _: usize,
+        _: &'s StageStats,
+    ) -> fractaldb::Result<Box<dyn Stage + 's>> {
         Ok(Box::new(ToyStage(self.0 as usize)))
     }
 }

@@ -69,11 +69,8 @@ pub struct MvStages {
 }
 
 impl Stages for MvStages {
-    fn workers(&self, threads: usize) -> usize {
-        self.backend.workers(threads)
-    }
-    fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>> {
-        self.open_on(&self.backend, worker, stats)
+    fn backend(&self) -> &Backend {
+        &self.backend
     }
     fn open_on<'s>(
         &'s self,

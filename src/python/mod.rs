@@ -184,15 +184,9 @@ struct OwnedFractal {
 }
 
 impl render::Stages for OwnedFractal {
-    fn workers(&self, _threads: usize) -> usize {
-        1
-    }
-    fn open<'s>(
-        &'s self,
-        worker: usize,
-        stats: &'s render::StageStats,
-    ) -> crate::Result<Box<dyn render::Stage + 's>> {
-        self.open_on(&render::Backend::Cpu, worker, stats)
+    /// Only the GL engine opens it (`open_on`); the CPU engine draws in the dataset itself.
+    fn backend(&self) -> &render::Backend {
+        &render::CPU
     }
     fn open_on<'s>(
         &'s self,
@@ -503,35 +497,31 @@ impl Dataset {
     ) -> PyResult<(Bound<'py, PyByteArray>, u32)> {
         let s = self.sample_of(i)?;
         self.check_epoch(epoch)?;
-        let gl_canvas = match self.gl()? {
+        // The GL engine's canvas, or one from the sample's open cloud (its buffer pooled).
+        let (canvas, pooled) = match self.gl()? {
             Some(engine) => {
                 let (pending, _) = self.submit(&engine, &[s], epoch)?;
-                Some(
-                    interruptible(py, move || pending.wait())?
-                        .remove(0)
-                        .remove(0),
+                let mut got = interruptible(py, move || pending.wait())?;
+                (Some(got.remove(0).remove(0)), false)
+            }
+            None => {
+                let held = self.held_of(i);
+                (
+                    held.map(|h| py.detach(|| self.draw_held(&h, s, epoch))),
+                    true,
                 )
             }
-            None => None,
         };
-        if let Some(canvas) = gl_canvas {
+        if let Some(canvas) = canvas {
             let (h, w, c) = self.shape();
             let pal = render::palette(self.cfg.mode);
             let out = PyByteArray::new_with(py, h * w * c, |buf| {
                 render::write_flip_into(&canvas, w, h, s.flip, &pal, c, buf);
                 Ok(())
             })?;
-            return Ok((out, s.class));
-        }
-        if let Some(held) = self.held_of(i) {
-            let canvas = py.detach(|| self.draw_held(&held, s, epoch));
-            let (h, w, c) = self.shape();
-            let pal = render::palette(self.cfg.mode);
-            let out = PyByteArray::new_with(py, h * w * c, |buf| {
-                render::write_flip_into(&canvas, w, h, s.flip, &pal, c, buf);
-                Ok(())
-            })?;
-            self.canvases.lock().unwrap().push(canvas);
+            if pooled {
+                self.canvases.lock().unwrap().push(canvas);
+            }
             return Ok((out, s.class));
         }
         self.run_draw(py, s, || self.draw(s, epoch))?;

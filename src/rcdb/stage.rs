@@ -23,11 +23,8 @@ pub struct RcdbStages {
 }
 
 impl Stages for RcdbStages {
-    fn workers(&self, threads: usize) -> usize {
-        self.backend.workers(threads)
-    }
-    fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>> {
-        self.open_on(&self.backend, worker, stats)
+    fn backend(&self) -> &Backend {
+        &self.backend
     }
     fn open_on<'s>(
         &'s self,

@@ -82,10 +82,16 @@ pub struct StageContext<'a> {
 /// Opens the render stages of a run: the one thing the pipeline needs of a dataset family (FractalDB's
 /// [`FractalStages`], RCDB's `rcdb::RcdbStages`).
 pub trait Stages: Sync {
+    /// The run's engine (`--backend`; [`CPU`] for a family with one engine).
+    fn backend(&self) -> &Backend;
     /// Render worker threads for `threads` CPU threads (one per GPU for a GL engine).
-    fn workers(&self, threads: usize) -> usize;
-    /// Opens the stage of worker `worker`; called on the thread that runs the stage.
-    fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>>;
+    fn workers(&self, threads: usize) -> usize {
+        self.backend().workers(threads)
+    }
+    /// Opens the stage of worker `worker` on the run's engine; called on the thread that runs it.
+    fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>> {
+        self.open_on(self.backend(), worker, stats)
+    }
     /// [`open`](Self::open) on `backend` instead of the run's own (Python's engine of one process
     /// draws on the GL engine from stages prepared for the CPU). A family with one engine ignores it.
     fn open_on<'s>(
@@ -93,10 +99,7 @@ pub trait Stages: Sync {
         backend: &Backend,
         worker: usize,
         stats: &'s StageStats,
-    ) -> Result<Box<dyn Stage + 's>> {
-        let _ = backend;
-        self.open(worker, stats)
-    }
+    ) -> Result<Box<dyn Stage + 's>>;
     /// `unit`'s canvases one at a time on the CPU engine, for readers that keep many units open
     /// and draw from them in turn (Python's mixed iterables); `None`: the family has no cursor.
     /// `unit.instances` must ascend (the stream order of the families that have one).
@@ -105,6 +108,9 @@ pub trait Stages: Sync {
         None
     }
 }
+
+/// The CPU engine, for [`Stages::backend`] of a family with one engine.
+pub static CPU: Backend = Backend::Cpu;
 
 /// A unit opened by [`Stages::cursor`]: its canvases in the order of its instances, each drawn only
 /// when asked for. It keeps the unit's stream state (an RCDB stream's 2.5 KB, an MV-FractalDB model).
@@ -115,6 +121,9 @@ pub trait Cursor {
 
 /// A borrowed family's stages are stages too (a prepared dataset lends its own).
 impl<T: Stages + ?Sized> Stages for &T {
+    fn backend(&self) -> &Backend {
+        (**self).backend()
+    }
     fn workers(&self, threads: usize) -> usize {
         (**self).workers(threads)
     }
@@ -179,11 +188,8 @@ impl FractalStages<'_> {
 }
 
 impl Stages for FractalStages<'_> {
-    fn workers(&self, threads: usize) -> usize {
-        self.backend.workers(threads)
-    }
-    fn open<'s>(&'s self, worker: usize, stats: &'s StageStats) -> Result<Box<dyn Stage + 's>> {
-        self.open_on(&self.backend, worker, stats)
+    fn backend(&self) -> &Backend {
+        &self.backend
     }
     fn open_on<'s>(
         &'s self,

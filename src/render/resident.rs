@@ -423,10 +423,15 @@ mod tests {
     }
 
     impl Stages for Fake {
-        fn workers(&self, _threads: usize) -> usize {
-            1
+        fn backend(&self) -> &Backend {
+            &crate::render::CPU
         }
-        fn open<'s>(&'s self, _w: usize, _s: &'s StageStats) -> Result<Box<dyn Stage + 's>> {
+        fn open_on<'s>(
+            &'s self,
+            _: &Backend,
+            _: usize,
+            _: &'s StageStats,
+        ) -> Result<Box<dyn Stage + 's>> {
             Ok(Box::new(FakeStage(&self.0)))
         }
     }
