@@ -700,17 +700,19 @@ def test_engine_keywords_are_checked():
     assert fractaldb.MVFractalDB(classes=1, weight_rows="0", views=1, img_size=16).engine == "cpu"
 
 
-@pytest.mark.parametrize("cls,flags", [GL_FAMILIES[0], GL_FAMILIES[2], GL_FAMILIES[3]])
-@pytest.mark.parametrize("context,batch_size", [("fork", 8), ("spawn", 8), ("fork", None)])
+@pytest.mark.parametrize(
+    "cls,flags,context,batch_size",
+    # Every family forked, in batches and samples; spawned workers for one family (the pickled
+    # preparations have their own tests).
+    [(*f, c, b) for f in (GL_FAMILIES[0], GL_FAMILIES[2], GL_FAMILIES[3]) for c, b in (("fork", 8), ("fork", None))]
+    + [(*GL_FAMILIES[0], "spawn", 8)],
+)
 def test_gl_iterables_yield_the_cpu_batches_in_forked_and_spawned_workers(classes, cls, flags, context, batch_size):
     """fractaldb.torch on the GL engine: the parent drew on its own engine first, then 2 DataLoader
     workers (fork or spawn) each make their own context and yield exactly the CPU engine's batches,
     in the same order (sample mode: requests of GL_CHUNK samples)."""
     torch = pytest.importorskip("torch", reason="pip install torch")
     import fractaldb.torch as ft
-
-    if context == "spawn" and cls != "FractalDB":
-        pytest.skip("spawned workers: one family is enough (the pickled preparation has its own test)")
 
     def loader(backend):
         kw = dict(flags, backend=backend, open_clouds=5, batch_size=batch_size)
