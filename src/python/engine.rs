@@ -61,6 +61,9 @@ impl Device {
     /// The GL device of this process, or `None` for the CPU engine. `auto` probes the devices (a
     /// context opened and closed), so it is asked in the process that draws, never before a fork.
     fn gl(&self) -> Result<Option<egl::Choice>> {
+        if matches!(self.want, BackendArg::Cpu) {
+            return Ok(None);
+        }
         let rank = crate::cluster::from_env(None, None).unwrap_or_default();
         let choice = crate::cli::gl_choice(self.gpu, self.egl_device, &rank);
         Ok(match self.want {
@@ -158,8 +161,13 @@ impl Ticket {
         gray: bool,
     ) -> PyResult<(usize, usize, usize)> {
         let (h, w, c) = shape;
-        let size = out.getattr("size")?.extract::<usize>()?;
-        let c = if gray && size == n * h * w { 1 } else { c };
+        // Anything but an array fails the check below with the type it is.
+        let size = out.getattr("size").and_then(|v| v.extract::<usize>()).ok();
+        let c = if gray && size == Some(n * h * w) {
+            1
+        } else {
+            c
+        };
         let batch = (n * h, w, c);
         super::array_address(out, batch)?;
         Ok(batch)

@@ -526,13 +526,7 @@ impl Units {
         no_epochs(epoch)?;
         let (k, j) = self.locate(i)?;
         let label = self.work.unit(k).class;
-        let (h, w, _) = self.shape();
-        let c = if out.getattr("size")?.extract::<usize>().ok() == Some(h * w) {
-            1
-        } else {
-            3
-        };
-        super::array_address(out, (h, w, c))?;
+        let (h, w, c) = Ticket::out_shape(out, 1, self.shape(), true)?;
         // Read again with the GIL held from there to the write: no Python code runs between.
         let write = |fill: &dyn Fn(&mut [u8])| super::write_array(out, (h, w, c), fill);
         if self.draw_open(py, i, c, write)?.is_some() {
