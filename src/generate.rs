@@ -243,8 +243,7 @@ impl Dataset for Fractal {
                 .map(|c| crate::sink::wds::hex(&Sha256::digest(c.ifs.to_csv().as_bytes())))
                 .collect(),
         };
-        let names = folder::check_or_write_record(out, &record, writer)?;
-        crate::sink::write_names(out, &names, writer)
+        folder::check_or_write_record(out, &record, writer).map(|_| ())
     }
     /// Runs of other class subsets may write into one folder at once (the originals' way of
     /// splitting a dataset by hand): each class set is a slice of its own.

@@ -76,13 +76,16 @@ pub fn read_record(out: &Path) -> Result<Option<Record>> {
 /// killed run's temporary of it, so concurrent ranks never race on the file. A run with the same
 /// settings and other classes (the originals' way of splitting a folder by hand: class subsets,
 /// one after another or at once) adds its classes to the record and `classes.txt`, under the
-/// folder's short lock; a class already there with other maps is refused. Returns the record's
-/// classes after it.
+/// folder's short lock (both are only ever written under it); a class already there with other
+/// maps is refused. Returns the record's classes after it.
 pub fn check_or_write_record(out: &Path, rec: &Record, writer: bool) -> Result<Vec<String>> {
     fsutil::create_dir(out)?;
     let _lock = short_lock(out);
+    // `classes.txt` is written under the same lock as the record: a run that wrote it after the
+    // lock (another class subset merging meanwhile) put its own classes over the merged list.
     if let Some(old) = read_record(out)? {
         if old.config == rec.config && old.classes == rec.classes {
+            crate::sink::write_names(out, &old.classes, writer)?;
             return Ok(old.classes);
         }
         let merged = with_classes_of(&old, rec).map_err(|why| {
@@ -99,12 +102,15 @@ pub fn check_or_write_record(out: &Path, rec: &Record, writer: bool) -> Result<V
             write_record(out, &merged)?;
             let names: String = merged.classes.iter().map(|c| format!("{c}\n")).collect();
             fsutil::write_atomic(&out.join("classes.txt"), names.as_bytes(), true)?;
+        } else {
+            crate::sink::write_names(out, &merged.classes, writer)?;
         }
         return Ok(merged.classes);
     }
     if writer {
         write_record(out, rec)?;
     }
+    crate::sink::write_names(out, &rec.classes, writer)?;
     Ok(rec.classes.clone())
 }
 
